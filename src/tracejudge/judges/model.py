@@ -1,0 +1,291 @@
+"""The judge data model: what a judge is, what it judges, what it returns.
+
+A judge is data where it can be (:class:`Judge`: a prompt template with
+declared variables, a 0..1 score, a direction and a default threshold) and
+code where it must be (:class:`CodeJudge`: a plain function). Results follow
+section 4.6 of the design document, plus tokens, attempts and the error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import statistics
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tracejudge.judges.errors import JudgeError
+
+#: Placeholders look like ``{output}``, ``{inputs.topic}`` or ``{metadata.node.type}``;
+#: ``{{`` and ``}}`` are literal braces.
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)*$")
+JUDGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
+
+
+def template_variables(template: str) -> list[str]:
+    """The variables a template uses, in order of first use.
+
+    >>> template_variables("Q: {input}\\nA: {output} {{literal}}")
+    ['input', 'output']
+    """
+    seen: list[str] = []
+    for match in PLACEHOLDER.finditer(template):
+        name = match.group(1)
+        if name is None:
+            continue
+        name = name.strip()
+        if not VARIABLE_NAME.match(name):
+            raise ValueError(
+                f"template placeholder {{{name}}} is not a variable name "
+                "(letters, digits, '_' and dotted paths; write {{ and }} for literal braces)"
+            )
+        if name not in seen:
+            seen.append(name)
+    return seen
+
+
+class Judge(BaseModel):
+    """An LLM judge: a prompt template scored 0..1 by a model.
+
+    >>> Judge(name="tone", prompt="Is this polite?\\n{output}", variables=["output"]).variables
+    ('output',)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["llm"] = "llm"
+    name: str
+    description: str = ""
+    prompt: str
+    variables: tuple[str, ...] = ()
+    greater_is_better: bool = True
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    model: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    aggregations: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> "Judge":
+        if not JUDGE_NAME.match(self.name):
+            raise ValueError(f"judge name {self.name!r} must match {JUDGE_NAME.pattern}")
+        used = template_variables(self.prompt)
+        if not self.variables:
+            object.__setattr__(self, "variables", tuple(used))
+        undeclared = [v for v in used if v not in self.variables]
+        if undeclared:
+            raise ValueError(
+                f"judge {self.name!r}: template uses undeclared variable(s) {undeclared}; "
+                f"declared: {list(self.variables)}"
+            )
+        return self
+
+    @property
+    def version(self) -> str:
+        """A short hash of what changes the judge's meaning (for idempotency keys)."""
+        blob = json.dumps(
+            [self.description, self.prompt, self.greater_is_better, self.parameters], sort_keys=True, default=str
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+CodeJudgeResult = Union[float, tuple[float, str], "JudgeReply"]
+CodeJudgeFn = Callable[["JudgeInput"], CodeJudgeResult | Awaitable[CodeJudgeResult]]
+
+
+class CodeJudge(BaseModel):
+    """A judge written as a Python function returning a score (and a rationale).
+
+    >>> j = CodeJudge(name="short", fn=lambda x: (1.0 if len(x.output_text) < 50 else 0.0, "length"))
+    >>> j.kind
+    'code'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    kind: Literal["code"] = "code"
+    name: str
+    description: str = ""
+    fn: Any  # CodeJudgeFn; typed loosely so pydantic does not wrap it
+    variables: tuple[str, ...] = ("output",)
+    greater_is_better: bool = True
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    model: str | None = None
+    aggregations: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> "CodeJudge":
+        if not JUDGE_NAME.match(self.name):
+            raise ValueError(f"judge name {self.name!r} must match {JUDGE_NAME.pattern}")
+        if not callable(self.fn):
+            raise ValueError(f"code judge {self.name!r}: fn must be callable")
+        return self
+
+    @property
+    def version(self) -> str:
+        code = getattr(self.fn, "__code__", None)
+        blob = f"{getattr(self.fn, '__module__', '')}.{getattr(self.fn, '__qualname__', '')}"
+        if code is not None:
+            blob += hashlib.sha256(code.co_code).hexdigest()
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+AnyJudge = Judge | CodeJudge
+
+
+class JudgeInput(BaseModel):
+    """What one target offers its judges: output, input, context, expected answer, metadata.
+
+    ``inputs`` holds the raw input fields so templates can name any of them,
+    by name (``{topic}``) or by path (``{inputs.request.topic}``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = "workflow"
+    span_id: str | None = None
+    output: Any = None
+    input: Any = None
+    context: list[Any] = Field(default_factory=list)
+    expected: Any = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def output_text(self) -> str:
+        return to_text(self.output)
+
+
+def to_text(value: Any) -> str:
+    """Text a judge can read: strings as they are, everything else as compact JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+class JudgeReply(BaseModel):
+    """The JSON object a judge model must answer with."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    score: float = Field(ge=0.0, le=1.0)
+    rationale: str = ""
+
+
+class TokenUsage(BaseModel):
+    prompt: int = 0
+    completion: int = 0
+
+
+class ErrorInfo(BaseModel):
+    """Why a judge produced no score: a stable code (``type``) and a message."""
+
+    type: str
+    message: str
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JudgeResult(BaseModel):
+    """One judge on one target (design section 4.6, plus tokens, attempts and error)."""
+
+    name: str
+    target: str = "workflow"
+    span_id: str | None = None
+    score: float | None = None
+    threshold: float
+    passed: bool = False
+    greater_is_better: bool = True
+    rationale: str | None = None
+    model: str | None = None
+    duration_ms: float = 0.0
+    timestamp: str = Field(default_factory=utc_now)
+    tokens: TokenUsage = Field(default_factory=TokenUsage)
+    attempts: int = 0
+    error: ErrorInfo | None = None
+    truncated: dict[str, int] = Field(default_factory=dict)
+    key: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.score is not None
+
+    @property
+    def quality(self) -> float | None:
+        """The score on the 'higher is better' scale used for means and bands."""
+        if self.score is None:
+            return None
+        return self.score if self.greater_is_better else 1.0 - self.score
+
+    @classmethod
+    def failed(cls, error: JudgeError, **fields: Any) -> "JudgeResult":
+        fields.setdefault("attempts", error.attempts)
+        return cls(error=ErrorInfo(type=error.code, message=error.message), passed=False, score=None, **fields)
+
+
+def passes(score: float, threshold: float, *, greater_is_better: bool = True) -> bool:
+    """Whether a score meets its threshold (at most the threshold when lower is better)."""
+    return score >= threshold if greater_is_better else score <= threshold
+
+
+class Aggregate(BaseModel):
+    """Summary of several judge results (design section 4.6 ``aggregate``)."""
+
+    mean_score: float | None
+    min_score: float | None
+    all_passed: bool
+    count: int
+    errors: int = 0
+    variance: float | None = None
+
+
+def aggregate(results: list[JudgeResult], *, variance: bool = False) -> Aggregate:
+    """Mean and min over the scored results (quality scale); all_passed is False if any failed or errored.
+
+    >>> r = [JudgeResult(name="a", score=0.9, threshold=0.8, passed=True),
+    ...      JudgeResult(name="b", score=0.7, threshold=0.8, passed=False)]
+    >>> aggregate(r).mean_score, aggregate(r).all_passed
+    (0.8, False)
+    """
+    scores = [r.quality for r in results if r.quality is not None]
+    errors = sum(1 for r in results if r.error is not None)
+    return Aggregate(
+        mean_score=round(statistics.fmean(scores), 6) if scores else None,
+        min_score=min(scores) if scores else None,
+        all_passed=bool(results) and errors == 0 and all(r.passed for r in results),
+        count=len(results),
+        errors=errors,
+        variance=(round(statistics.pvariance(scores), 6) if variance and len(scores) > 1 else (0.0 if variance and scores else None)),
+    )
+
+
+#: Section 5.2 of the design document: lower bound of each band, best first.
+QUALITY_BANDS: tuple[tuple[float, str], ...] = (
+    (0.9, "Excellent"),
+    (0.8, "Good"),
+    (0.7, "Acceptable"),
+    (0.6, "Needs improvement"),
+    (0.0, "Unacceptable"),
+)
+
+
+def quality_band(score: float | None) -> str | None:
+    """The design's quality band for a 0..1 score.
+
+    >>> quality_band(0.93), quality_band(0.85), quality_band(0.55)
+    ('Excellent', 'Good', 'Unacceptable')
+    """
+    if score is None:
+        return None
+    for lower, name in QUALITY_BANDS:
+        if score >= lower:
+            return name
+    return QUALITY_BANDS[-1][1]

@@ -1,0 +1,65 @@
+"""Which judges run on which target, with which threshold and model (design section 4.4).
+
+Every target gets ``judges.workflow_defaults``; a node named in
+``judges.node_overrides`` also gets its entries there, an entry for a judge
+already in the defaults replacing it for that node. A threshold comes from
+the config entry, else the judge's own default, else the environment
+threshold (production 0.80, development 0.70, experimental 0.60).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tracejudge.config import JudgeRef, TraceJudgeConfig
+from tracejudge.judges.model import AnyJudge
+from tracejudge.judges.registry import JudgeRegistry
+
+WORKFLOW_TARGET = "workflow"
+
+
+@dataclass(frozen=True)
+class PlannedJudge:
+    judge: AnyJudge
+    threshold: float
+    model: str | None = None
+
+
+def plan_for_target(
+    target: str,
+    config: TraceJudgeConfig,
+    registry: JudgeRegistry,
+    *,
+    judges: Sequence[JudgeRef] | None = None,
+    environment: str | None = None,
+) -> list[PlannedJudge]:
+    """The judges for one target (a node id, or ``"workflow"`` for the root span).
+
+    ``judges`` replaces the config's plan for this call (every target gets exactly those).
+
+    >>> from tracejudge.config import load_config
+    >>> cfg = load_config({"observability": {"mlflow": {"judges": {"workflow_defaults": [{"name": "coherence"}]}}}})
+    >>> [p.judge.name for p in plan_for_target("write", cfg, JudgeRegistry())]
+    ['coherence']
+    """
+    if judges is not None:
+        refs: dict[str, JudgeRef] = {ref.name: ref for ref in judges}
+    else:
+        refs = {ref.name: ref for ref in config.judges.workflow_defaults}
+        if target != WORKFLOW_TARGET:
+            for ref in config.judges.node_overrides.get(target, []):
+                refs[ref.name] = ref
+    default_threshold = config.environment_threshold(environment)
+    planned = []
+    for ref in refs.values():
+        judge = registry.get(ref.name)
+        threshold = ref.threshold if ref.threshold is not None else judge.threshold
+        planned.append(
+            PlannedJudge(
+                judge=judge,
+                threshold=threshold if threshold is not None else default_threshold,
+                model=ref.model or judge.model,
+            )
+        )
+    return planned

@@ -1,0 +1,168 @@
+"""Run many (target, judge) pairs at once; one failing never hides the others.
+
+:func:`run_judges` takes a list of :class:`JudgeJob` and returns one
+:class:`JudgeResult` per job, in order, always: a judge that failed, timed
+out or could not render its prompt comes back as a result with ``error``
+set and ``passed=False``. Concurrency is bounded by a semaphore; each call
+has its own per-attempt timeout (in the client) and the batch an optional
+overall deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tracejudge.config import ExecutionConfig, normalize_model
+from tracejudge.judges import errors
+from tracejudge.judges.client import LLMClient
+from tracejudge.judges.errors import JudgeError, JudgeInputError
+from tracejudge.judges.model import AnyJudge, CodeJudge, JudgeInput, JudgeReply, JudgeResult, passes, utc_now
+from tracejudge.judges.prompt import render, resolve_variable
+
+DEFAULT_CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class JudgeJob:
+    """One judge to run on one target, with the threshold and model the plan chose."""
+
+    judge: AnyJudge
+    input: JudgeInput
+    threshold: float
+    model: str | None = None
+    key: str | None = None
+
+
+async def run_judges(
+    jobs: Sequence[JudgeJob],
+    *,
+    client: LLMClient | None,
+    execution: ExecutionConfig | None = None,
+    default_model: str = "gpt-4o-mini",
+    deadline: float | None = None,
+) -> list[JudgeResult]:
+    """Run every job concurrently (bounded by ``execution.concurrency``); one result per job.
+
+    ``deadline`` is a ``time.monotonic()`` instant after which unfinished jobs
+    are given up as ``DEADLINE_EXCEEDED``.
+
+    >>> results = await run_judges(jobs, client=client)  # doctest: +SKIP
+    """
+    execution = execution or ExecutionConfig()
+    semaphore = asyncio.Semaphore(max(1, execution.concurrency))
+
+    async def one(job: JudgeJob) -> JudgeResult:
+        async with semaphore:
+            return await run_one(job, client=client, execution=execution, default_model=default_model, deadline=deadline)
+
+    return list(await asyncio.gather(*(one(job) for job in jobs)))
+
+
+async def run_one(
+    job: JudgeJob,
+    *,
+    client: LLMClient | None,
+    execution: ExecutionConfig,
+    default_model: str = "gpt-4o-mini",
+    deadline: float | None = None,
+) -> JudgeResult:
+    """Run one job; never raises (except cancellation)."""
+    judge = job.judge
+    model = normalize_model(job.model or judge.model or default_model) if judge.kind == "llm" else (judge.model or "code")
+    common: dict[str, Any] = dict(
+        name=judge.name,
+        target=job.input.target,
+        span_id=job.input.span_id,
+        threshold=job.threshold,
+        greater_is_better=judge.greater_is_better,
+        model=model,
+        key=job.key,
+    )
+    started = time.perf_counter()
+    timestamp = utc_now()
+    truncated: dict[str, int] = {}
+    try:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise JudgeError(errors.DEADLINE_EXCEEDED, "the evaluation's overall deadline passed before this judge ran")
+        try:
+            async with asyncio.timeout(remaining):
+                if isinstance(judge, CodeJudge):
+                    reply, attempts, tokens = await _run_code_judge(judge, job.input, execution.timeout_seconds), 1, None
+                else:
+                    if client is None:
+                        raise JudgeError(errors.PROVIDER_ERROR, "no LLM client configured for LLM judges")
+                    prompt = render(judge, job.input, max_input_chars=execution.max_input_chars)
+                    truncated = prompt.truncated
+                    llm = await client.score(
+                        model=model,
+                        messages=prompt.messages,
+                        judge=judge.name,
+                        parameters=judge.parameters,
+                        timeout_seconds=execution.timeout_seconds,
+                        max_attempts=execution.attempts,
+                    )
+                    reply, attempts, tokens = llm.reply, llm.attempts, llm.tokens
+        except TimeoutError:
+            raise JudgeError(errors.DEADLINE_EXCEEDED, "the evaluation's overall deadline passed while this judge ran") from None
+    except JudgeError as exc:
+        return JudgeResult.failed(
+            exc,
+            duration_ms=_ms(started),
+            timestamp=timestamp,
+            truncated=truncated,
+            **common,
+        )
+    return JudgeResult(
+        score=reply.score,
+        passed=passes(reply.score, job.threshold, greater_is_better=judge.greater_is_better),
+        rationale=reply.rationale if execution.log_rationale else None,
+        duration_ms=_ms(started),
+        timestamp=timestamp,
+        attempts=attempts,
+        truncated=truncated,
+        **({"tokens": tokens} if tokens is not None else {}),
+        **common,
+    )
+
+
+async def _run_code_judge(judge: CodeJudge, judge_input: JudgeInput, timeout: float) -> JudgeReply:
+    for variable in judge.variables:  # same missing-variable rule as LLM judges
+        resolve_variable(judge.name, variable, judge_input)
+    try:
+        async with asyncio.timeout(timeout):
+            if inspect.iscoroutinefunction(judge.fn):
+                value = await judge.fn(judge_input)
+            else:
+                value = await asyncio.to_thread(judge.fn, judge_input)
+                if inspect.isawaitable(value):
+                    value = await value
+    except TimeoutError:
+        raise JudgeError(errors.TIMEOUT, f"code judge {judge.name!r} did not return within {timeout:g} s") from None
+    except (JudgeError, JudgeInputError):
+        raise
+    except Exception as exc:
+        raise JudgeError(errors.JUDGE_EXCEPTION, f"code judge {judge.name!r} raised {type(exc).__name__}: {exc}") from None
+    return _coerce_code_reply(judge.name, value)
+
+
+def _coerce_code_reply(name: str, value: Any) -> JudgeReply:
+    if isinstance(value, JudgeReply):
+        return value
+    rationale = ""
+    if isinstance(value, tuple) and len(value) == 2:
+        value, rationale = value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise JudgeError(errors.REPLY_INVALID, f"code judge {name!r} returned {value!r}; expected a number 0..1")
+    if not 0.0 <= float(value) <= 1.0:
+        raise JudgeError(errors.REPLY_OUT_OF_RANGE, f"code judge {name!r} returned score {value!r}, outside 0..1")
+    return JudgeReply(score=float(value), rationale=str(rationale))
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)
