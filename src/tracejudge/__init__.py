@@ -1,0 +1,58 @@
+"""tracejudge: LLM judges for finished MLflow traces, in the background.
+
+A workflow finishes, its trace id goes on a Redis queue, Celery workers run
+the configured judges, and scores, rationales and pass/fail land back on the
+MLflow trace; a caller can wait on the verdict as a quality gate.
+
+>>> import tracejudge
+>>> handle = tracejudge.enqueue(trace_id, gate=True)  # doctest: +SKIP
+>>> verdict = handle.verdict(timeout=60)              # doctest: +SKIP
+"""
+
+from tracejudge.config import ConfigError, Settings, TraceJudgeConfig, load_config
+from tracejudge.enqueue import (
+    CompletedHandle,
+    DisabledHandle,
+    EnqueueError,
+    EvaluationFailed,
+    EvaluationHandle,
+    EvaluationTimeout,
+    enqueue,
+    judged,
+    last_handle,
+)
+from tracejudge.judges import (
+    CodeJudge,
+    Judge,
+    JudgeInput,
+    JudgeResult,
+    code_judge,
+    register_judge,
+)
+from tracejudge.verdict import QualityGateBlocked, QualityVerdict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CodeJudge",
+    "CompletedHandle",
+    "ConfigError",
+    "DisabledHandle",
+    "EnqueueError",
+    "EvaluationFailed",
+    "EvaluationHandle",
+    "EvaluationTimeout",
+    "Judge",
+    "JudgeInput",
+    "JudgeResult",
+    "QualityGateBlocked",
+    "QualityVerdict",
+    "Settings",
+    "TraceJudgeConfig",
+    "code_judge",
+    "enqueue",
+    "judged",
+    "last_handle",
+    "load_config",
+    "register_judge",
+]

@@ -1,0 +1,495 @@
+"""The pydantic models for everything a user writes about judging.
+
+They mirror the design document's YAML (section 4.4 judges, 5.4 quality_gate
+and quality_retry) plus our extensions (custom judges, execution limits,
+``on_error``). Inside our sections unknown keys are errors with a
+did-you-mean, because a silently ignored ``threshhold`` would judge against
+the wrong bar. ``TraceJudgeConfig`` is the one object the rest of tracejudge
+uses; ``load_config`` builds it from a user's file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError, FieldProblem, from_validation_error, show, unknown_key_message
+
+__all__ = [
+    "ENVIRONMENT_THRESHOLDS",
+    "Environment",
+    "Score",
+    "JudgeRef",
+    "ExecutionConfig",
+    "CustomJudgeConfig",
+    "JudgesConfig",
+    "QualityGateConfig",
+    "QualityRetryConfig",
+    "TraceJudgeConfig",
+    "template_variables",
+]
+
+ENVIRONMENT_THRESHOLDS: dict[str, float] = {"production": 0.80, "development": 0.70, "experimental": 0.60}
+"""Minimum acceptable score per environment (design section 5.2)."""
+
+Environment = Literal["production", "development", "experimental"]
+
+
+def _no_bool(value: Any) -> Any:
+    """YAML ``true`` is not a number; pydantic would read it as 1."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number (got {show(value)})")
+    return value
+
+
+Score = Annotated[float, BeforeValidator(_no_bool), Field(ge=0.0, le=1.0)]
+"""A judge score or threshold: 0 (worst) to 1 (best)."""
+_Number = Annotated[float, BeforeValidator(_no_bool)]
+_Count = Annotated[int, BeforeValidator(_no_bool)]
+
+_JUDGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|\{|\}")
+
+
+def template_variables(template: str) -> list[str]:
+    """Placeholders of a grading prompt, in order of first use.
+
+    ``{{`` and ``}}`` are literal braces; any other brace is an error (so the
+    prompt cannot fail later, when a worker renders it).
+
+    >>> template_variables("Prompt: {prompt}\\nOutput: {output} {{not_a_var}} {prompt}")
+    ['prompt', 'output']
+    """
+    names: list[str] = []
+    for match in _TEMPLATE_TOKEN.finditer(template):
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            continue
+        if match.group(1) is None:
+            line = template.count("\n", 0, match.start()) + 1
+            raise ValueError(
+                f"stray {token!r} on line {line} of the prompt; placeholders look like "
+                f"{{name}}, write {token * 2!r} for a literal brace"
+            )
+        if match.group(1) not in names:
+            names.append(match.group(1))
+    return names
+
+
+class _Section(BaseModel):
+    """Base of our YAML sections: unknown keys are errors with a did-you-mean;
+    ``key:`` left empty (null) means the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def _coerce(cls, data: Any) -> Any:
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_keys(cls, data: Any) -> Any:
+        data = cls._coerce(data)
+        if not isinstance(data, Mapping):
+            return data
+        allowed = list(cls.model_fields)
+        cleaned: dict[Any, Any] = {}
+        for key, value in data.items():
+            if not isinstance(key, str):
+                raise FieldProblem(f"keys must be text (got {show(key)})", loc=(str(key),))
+            if key not in allowed:
+                raise FieldProblem(unknown_key_message(key, allowed), loc=(key,))
+            field = cls.model_fields[key]
+            if value is None and not field.is_required() and field.get_default(call_default_factory=True) is not None:
+                continue  # `key:` with nothing after it -> default
+            cleaned[key] = value
+        return cleaned
+
+
+def _nonblank(value: str, what: str) -> str:
+    if not value.strip():
+        raise ValueError(f"must be a non-empty {what}")
+    return value.strip()
+
+
+class JudgeRef(_Section):
+    """One judge to run: an entry of ``workflow_defaults`` or ``node_overrides``.
+
+    Written as a mapping or a bare name: ``- relevance`` means ``- name: relevance``.
+
+    >>> JudgeRef.model_validate("relevance").name
+    'relevance'
+    """
+
+    name: str
+    threshold: Score | None = None
+    model: str | None = None
+
+    @classmethod
+    def _coerce(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data}
+        if isinstance(data, (Mapping, JudgeRef)):
+            return data
+        raise ValueError(
+            f"must be a judge name or a mapping like {{name: relevance, threshold: 0.8}} (got {show(data)})"
+        )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _nonblank(value, "judge name")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return _nonblank(value, "model name like 'gpt-4o-mini' or 'openai:/gpt-4o-mini'")
+
+
+class ExecutionConfig(_Section):
+    """How judges run: mode, timeouts, retries and limits (``judges.execution``).
+
+    >>> ExecutionConfig(retry_on_failure=False).attempts
+    1
+    """
+
+    mode: Literal["async", "sync", "disabled"] = "async"
+    timeout_seconds: _Number = 30.0
+    retry_on_failure: bool = True
+    log_rationale: bool = True
+    max_attempts: _Count = 3
+    concurrency: _Count = 32
+    max_input_chars: _Count = 20000
+    trace_wait_seconds: _Number = 30.0
+    overall_timeout_seconds: _Number = 300.0
+
+    @field_validator("timeout_seconds", "overall_timeout_seconds")
+    @classmethod
+    def _positive_seconds(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"must be a number of seconds greater than 0 (got {show(value)})")
+        return value
+
+    @field_validator("trace_wait_seconds")
+    @classmethod
+    def _wait_seconds(cls, value: float) -> float:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"must be a number of seconds, 0 or more (got {show(value)})")
+        return value
+
+    @field_validator("max_attempts", "concurrency")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be a whole number, 1 or more (got {show(value)})")
+        return value
+
+    @field_validator("max_input_chars")
+    @classmethod
+    def _enough_chars(cls, value: int) -> int:
+        if value < 100:
+            raise ValueError(f"must be a whole number, 100 or more (got {show(value)})")
+        return value
+
+    @property
+    def attempts(self) -> int:
+        """LLM attempts per judge call: ``max_attempts`` if retrying, else 1."""
+        return self.max_attempts if self.retry_on_failure else 1
+
+
+class CustomJudgeConfig(_Section):
+    """A judge defined in YAML: the design's ``make_genai_metric(...)`` as data.
+
+    >>> CustomJudgeConfig(name="tone", grading_prompt="Rate {output} for {audience}").template_variables()
+    ['output', 'audience']
+    """
+
+    name: str
+    definition: str = ""
+    grading_prompt: str
+    variables: list[str] | None = None
+    model: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    aggregations: list[Literal["mean", "variance", "min", "max", "median", "p90"]] = Field(default_factory=list)
+    greater_is_better: bool = True
+    threshold: Score | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _JUDGE_NAME.match(value):
+            raise ValueError(
+                "must start with a letter or '_' and use only letters, digits, '_', '.', '-' "
+                f"(at most 100 characters) (got {show(value)})"
+            )
+        return value
+
+    @field_validator("grading_prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be a non-empty prompt that uses {variables} such as {output}")
+        template_variables(value)  # raises on stray braces
+        return value
+
+    @field_validator("variables")
+    @classmethod
+    def _variables(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        seen: set[str] = set()
+        for index, name in enumerate(value):
+            if not _IDENTIFIER.match(name):
+                raise FieldProblem(
+                    f"must be a plain name (letters, digits, '_') (got {show(name)})", loc=(index,)
+                )
+            if name in seen:
+                raise FieldProblem(f"variable {name!r} is listed twice", loc=(index,))
+            seen.add(name)
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return _nonblank(value, "model name like 'gpt-4o-mini' or 'openai:/gpt-4o-mini'")
+
+    @field_validator("parameters")
+    @classmethod
+    def _json_parameters(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError("must hold only plain values (numbers, text, true/false, lists, mappings)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _declared(self) -> CustomJudgeConfig:
+        if self.variables is not None:
+            for name in self.template_variables():
+                if name not in self.variables:
+                    declared = ", ".join(self.variables) or "nothing"
+                    raise FieldProblem(
+                        f"grading_prompt uses {{{name}}} but variables declares only {declared}; "
+                        f"add {name!r} to variables (or write {{{{{name}}}}} for literal braces)",
+                        loc=("variables",),
+                    )
+        return self
+
+    def template_variables(self) -> list[str]:
+        """Placeholders in ``grading_prompt``, in order, each once."""
+        return template_variables(self.grading_prompt)
+
+
+def _no_repeats(refs: list[JudgeRef]) -> None:
+    seen: dict[str, int] = {}
+    for index, ref in enumerate(refs):
+        if ref.name in seen:
+            raise FieldProblem(
+                f"judge {ref.name!r} is listed twice (also at [{seen[ref.name]}]); keep one entry",
+                loc=(index, "name"),
+            )
+        seen[ref.name] = index
+
+
+class JudgesConfig(_Section):
+    """``observability.mlflow.judges``: which judges run where, and how."""
+
+    environment: Environment | None = None
+    workflow_defaults: list[JudgeRef] = Field(default_factory=list)
+    node_overrides: dict[str, list[JudgeRef]] = Field(default_factory=dict)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    custom: list[CustomJudgeConfig] = Field(default_factory=list)
+
+    @field_validator("workflow_defaults")
+    @classmethod
+    def _defaults_unique(cls, value: list[JudgeRef]) -> list[JudgeRef]:
+        _no_repeats(value)
+        return value
+
+    @field_validator("node_overrides")
+    @classmethod
+    def _overrides_unique(cls, value: dict[str, list[JudgeRef]]) -> dict[str, list[JudgeRef]]:
+        for node, refs in value.items():
+            if not node.strip():
+                raise FieldProblem("node ids must be non-empty", loc=(node,))
+            try:
+                _no_repeats(refs)
+            except FieldProblem as exc:
+                raise FieldProblem(str(exc), loc=(node, *exc.loc)) from None
+        return value
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_unique(cls, value: list[CustomJudgeConfig]) -> list[CustomJudgeConfig]:
+        seen: dict[str, int] = {}
+        for index, judge in enumerate(value):
+            if judge.name in seen:
+                raise FieldProblem(
+                    f"duplicate custom judge name {judge.name!r} (also at custom[{seen[judge.name]}]); "
+                    "names must be unique",
+                    loc=(index, "name"),
+                )
+            seen[judge.name] = index
+        return value
+
+
+class QualityGateConfig(_Section):
+    """``quality_gate``: block (or warn) when quality is below a threshold."""
+
+    enabled: bool = False
+    threshold: Score = 0.80
+    action: Literal["block", "warn", "ignore"] = "block"
+    judges: list[str] = Field(default_factory=list)
+    on_error: Literal["error", "ignore"] = "error"
+
+    @field_validator("judges")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        return _judge_name_list(value)
+
+
+class QualityRetryConfig(_Section):
+    """``quality_retry``: re-run a node whose quality is too low."""
+
+    enabled: bool = False
+    threshold: Score = 0.70
+    max_retries: _Count = 2
+    judges: list[str] = Field(default_factory=list)
+
+    @field_validator("max_retries")
+    @classmethod
+    def _retries(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be a whole number, 0 or more (got {show(value)})")
+        return value
+
+    @field_validator("judges")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        return _judge_name_list(value)
+
+
+def _judge_name_list(value: list[str]) -> list[str]:
+    for index, name in enumerate(value):
+        if not name.strip():
+            raise FieldProblem("must be a non-empty judge name", loc=(index,))
+    return [name.strip() for name in value]
+
+
+class TraceJudgeConfig(_Section):
+    """Everything tracejudge reads from a user's config; build it with ``load_config``.
+
+    >>> TraceJudgeConfig().judging_enabled
+    True
+    >>> TraceJudgeConfig().environment_threshold("development")
+    0.7
+    """
+
+    enabled: bool = True
+    enable_judges: bool = True
+    judges: JudgesConfig = Field(default_factory=JudgesConfig)
+    quality_gate: QualityGateConfig = Field(default_factory=QualityGateConfig)
+    quality_retry: QualityRetryConfig = Field(default_factory=QualityRetryConfig)
+    source: str | None = None
+
+    # Where each section sits in the user's document, for messages
+    # (e.g. {"quality_gate": "quality_gate"}); set by the loader.
+    _locations: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    DEFAULT_LOCATIONS: ClassVar[dict[str, str]] = {
+        "enabled": "observability.mlflow.enabled",
+        "enable_judges": "observability.mlflow.enable_judges",
+        "judges": "observability.mlflow.judges",
+        "quality_gate": "quality_gate",
+        "quality_retry": "quality_retry",
+    }
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> TraceJudgeConfig:  # type: ignore[override]
+        """Validate like pydantic, but raise ConfigError (paths as in the model).
+
+        >>> TraceJudgeConfig.model_validate({"quality_gate": {"threshold": 0.9}}).quality_gate.threshold
+        0.9
+        """
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            source = obj.get("source") if isinstance(obj, Mapping) else None
+            raise from_validation_error(
+                exc, source=source if isinstance(source, str) else "<dict>"
+            ) from None
+
+    @classmethod
+    def from_sections(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        source: str | None = None,
+        locations: Mapping[str, str] | None = None,
+    ) -> TraceJudgeConfig:
+        """Validate our sections; errors name the paths given in ``locations``.
+
+        >>> TraceJudgeConfig.from_sections({"enable_judges": False}, source="<dict>").judging_enabled
+        False
+        """
+        try:
+            config = super().model_validate(data)
+        except ValidationError as exc:
+            raise from_validation_error(exc, source=source, locations=locations) from None
+        config.source = source
+        config._locations = dict(locations or {})
+        return config
+
+    @property
+    def judging_enabled(self) -> bool:
+        """True when judges should run at all."""
+        return self.enabled and self.enable_judges and self.judges.execution.mode != "disabled"
+
+    def environment_threshold(self, environment: str | None = None) -> float:
+        """Minimum score for ``environment`` (the argument, else ``judges.environment``,
+        else production).
+
+        >>> TraceJudgeConfig().environment_threshold()
+        0.8
+        """
+        name = environment or self.judges.environment or "production"
+        try:
+            return ENVIRONMENT_THRESHOLDS[name]
+        except KeyError:
+            raise ConfigError(
+                f"must be one of {', '.join(ENVIRONMENT_THRESHOLDS)} (got {show(name)})",
+                source=self.source,
+                path="environment",
+            ) from None
+
+    def judge_names(self) -> set[str]:
+        """Every judge name referenced: defaults, node overrides, gate and retry."""
+        names = {ref.name for ref in self.judges.workflow_defaults}
+        for refs in self.judges.node_overrides.values():
+            names.update(ref.name for ref in refs)
+        names.update(self.quality_gate.judges)
+        names.update(self.quality_retry.judges)
+        return names
+
+    def location(self, section: str) -> str:
+        """Where ``section`` sits in the user's document, e.g. ``'quality_gate'``."""
+        return self._locations.get(section) or self.DEFAULT_LOCATIONS.get(section, section)

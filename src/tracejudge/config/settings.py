@@ -1,0 +1,175 @@
+"""Connection settings (LLM endpoint and key, Redis, MLflow) from environment variables.
+
+Where things run and the secrets to reach them differ per machine, so they come
+from the environment, never from the YAML that users share and commit. Secrets
+never show in ``repr``/``str`` or in ``redacted()`` (the form to log).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+
+from .errors import ConfigError, show
+
+__all__ = ["Settings", "normalize_model", "redact_url", "DEFAULT_LLM_BASE_URL", "NO_KEY_PLACEHOLDER"]
+
+DEFAULT_LLM_BASE_URL = "https://api.openai.com/v1"
+NO_KEY_PLACEHOLDER = "sk-no-key-needed"
+_ENVIRONMENTS = ("production", "development", "experimental")
+_URL_FIELDS = ("llm_base_url", "redis_url", "result_backend_url", "mlflow_tracking_uri")
+
+
+class Settings(BaseModel):
+    """Where tracejudge connects; build it with ``Settings.from_env()``.
+
+    >>> s = Settings.from_env({"TRACEJUDGE_REDIS_URL": "redis://:hunter2@cache:6379/0"})
+    >>> "hunter2" in repr(s)
+    False
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    default_model: str = "gpt-4o-mini"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    result_backend_url: str | None = None
+    mlflow_tracking_uri: str | None = None
+    environment: Literal["production", "development", "experimental"] | None = None
+    config_path: str | None = None
+
+    @model_validator(mode="after")
+    def _backend_defaults_to_redis(self) -> Settings:
+        if self.result_backend_url is None:
+            self.result_backend_url = self.redis_url
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``environ`` (default ``os.environ``); empty values count as unset.
+
+        >>> Settings.from_env({"OPENAI_API_KEY": "sk-a", "TRACEJUDGE_LLM_API_KEY": "sk-b"}).require_llm_key()
+        'sk-b'
+        """
+        env = os.environ if environ is None else environ
+
+        def first(*names: str) -> str | None:
+            for name in names:
+                value = (env.get(name) or "").strip()
+                if value:
+                    return value
+            return None
+
+        environment = first("TRACEJUDGE_ENVIRONMENT")
+        if environment is not None:
+            environment = environment.lower()
+            if environment not in _ENVIRONMENTS:
+                raise ConfigError(
+                    f"must be one of {', '.join(_ENVIRONMENTS)} (got {show(environment)})",
+                    source="environment",
+                    path="TRACEJUDGE_ENVIRONMENT",
+                )
+        values: dict[str, Any] = {
+            "llm_base_url": first("TRACEJUDGE_LLM_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE"),
+            "llm_api_key": first("TRACEJUDGE_LLM_API_KEY", "OPENAI_API_KEY"),
+            "default_model": first("TRACEJUDGE_JUDGE_MODEL"),
+            "redis_url": first("TRACEJUDGE_REDIS_URL"),
+            "result_backend_url": first("TRACEJUDGE_RESULT_BACKEND"),
+            "mlflow_tracking_uri": first("MLFLOW_TRACKING_URI"),
+            "environment": environment,
+            "config_path": first("TRACEJUDGE_CONFIG"),
+        }
+        return cls(**{key: value for key, value in values.items() if value is not None})
+
+    @property
+    def llm_endpoint(self) -> str:
+        """The LLM base URL in use (OpenAI's when none is set)."""
+        return self.llm_base_url or DEFAULT_LLM_BASE_URL
+
+    def require_llm_key(self) -> str:
+        """The API key; a placeholder for a loopback endpoint; else ConfigError.
+
+        >>> Settings(llm_base_url="http://localhost:11434/v1").require_llm_key()
+        'sk-no-key-needed'
+        """
+        if self.llm_api_key is not None:
+            return self.llm_api_key.get_secret_value()
+        host = urlsplit(self.llm_endpoint).hostname or self.llm_endpoint
+        if _is_loopback(host):
+            return NO_KEY_PLACEHOLDER
+        raise ConfigError(
+            f"no API key for {host}: set TRACEJUDGE_LLM_API_KEY (or OPENAI_API_KEY)",
+            source="environment",
+            path="TRACEJUDGE_LLM_API_KEY",
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict safe to log: key as ``***``, URL passwords as ``***``.
+
+        >>> Settings(llm_api_key="sk-secret").redacted()["llm_api_key"]
+        '***'
+        """
+        data = self.model_dump()
+        data["llm_api_key"] = "***" if self.llm_api_key is not None else None
+        for name in _URL_FIELDS:
+            if data[name] is not None:
+                data[name] = redact_url(data[name])
+        return data
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name in _URL_FIELDS and isinstance(value, str):
+                value = redact_url(value)
+            yield name, value
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/;\s]*):(?P<password>[^@/;\s]*)@")
+_QUERY_SECRET = re.compile(r"(?P<key>[?&;](?:password|passwd|pwd|token|access_token|api_key|apikey)=)[^&;#\s]*", re.I)
+
+
+def redact_url(url: str) -> str:
+    """Hide passwords in a URL (or ``;``-separated URLs, as Celery allows).
+
+    >>> redact_url("redis://:s3cret@redis:6379/0")
+    'redis://:***@redis:6379/0'
+    >>> redact_url("postgresql://mlflow:pw@db/mlflow?sslmode=require")
+    'postgresql://mlflow:***@db/mlflow?sslmode=require'
+    """
+    url = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    return _QUERY_SECRET.sub(lambda m: f"{m['key']}***", url)
+
+
+def normalize_model(model: str) -> str:
+    """The model name the OpenAI-compatible endpoint expects.
+
+    Drops an MLflow-style ``provider:/`` prefix and surrounding whitespace.
+
+    >>> normalize_model("openai:/gpt-4o-mini"), normalize_model(" gpt-4o-mini "), normalize_model("azure:/my-deploy")
+    ('gpt-4o-mini', 'gpt-4o-mini', 'my-deploy')
+    >>> normalize_model("ollama:/llama3:8b")
+    'llama3:8b'
+    """
+    name = model.strip()
+    match = re.match(r"^[A-Za-z][A-Za-z0-9_.-]*:/+", name)
+    if match:
+        name = name[match.end():].strip()
+    if not name:
+        raise ValueError(f"empty model name (got {model!r}); use e.g. 'gpt-4o-mini' or 'openai:/gpt-4o-mini'")
+    return name

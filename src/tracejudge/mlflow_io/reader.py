@@ -1,0 +1,247 @@
+"""Read a finished trace from MLflow and turn it into judge targets.
+
+A target is one node span (named ``node_<id>``, or carrying a ``node.id``
+attribute) with its inputs, outputs and context (outputs of TOOL and
+RETRIEVER spans under it), plus the root span as the ``workflow`` target.
+A plain trace without node spans has just the root.
+
+MLflow exports traces asynchronously, so "not found" (or a half-written
+trace) right after the workflow returned is :class:`TraceNotReady`, which
+the caller retries for a grace period; a malformed id is
+:class:`InvalidTraceId`, which is permanent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracejudge.judges.model import JudgeInput
+from tracejudge.judges.plan import WORKFLOW_TARGET
+
+NODE_PREFIX = "node_"
+NODE_ID_ATTRIBUTE = "node.id"
+CONTEXT_SPAN_TYPES = frozenset({"TOOL", "RETRIEVER"})
+TOOL_PREFIX = "tool_"
+EXPECTATION_NAMES = ("expected_response", "expected_answer", "expected_output", "expected", "ground_truth")
+#: MLflow trace ids are ``tr-<32 hex>``; other stores use other forms, so only obvious garbage is refused.
+TRACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:/.\-]{2,255}$")
+_NOT_READY_WORDS = re.compile(r"not found|does not exist|corrupted|span data|not yet|RESOURCE_DOES_NOT_EXIST", re.I)
+
+
+class TraceNotReady(LookupError):
+    """The trace is not (fully) in the store yet: retry within the grace period."""
+
+
+class InvalidTraceId(ValueError):
+    """The id cannot be a trace id: a permanent failure."""
+
+
+class MlflowUnavailable(ConnectionError):
+    """The tracking store did not answer: retry with backoff, judge calls are kept."""
+
+
+@dataclass
+class Target:
+    """One thing to judge: a node span or the workflow root."""
+
+    node_id: str
+    span_id: str
+    span_name: str
+    judge_input: JudgeInput
+
+
+@dataclass
+class LoadedTrace:
+    trace_id: str
+    experiment_id: str | None
+    run_id: str | None
+    workflow_name: str
+    targets: list[Target]
+    assessments: list[Any] = field(default_factory=list)
+
+
+def check_trace_id(trace_id: Any) -> str:
+    """Refuse ids that cannot be trace ids, with a message saying why."""
+    if not isinstance(trace_id, str) or not trace_id.strip():
+        raise InvalidTraceId(f"trace id must be a non-empty string, got {trace_id!r}")
+    if not TRACE_ID.match(trace_id):
+        raise InvalidTraceId(
+            f"malformed trace id {trace_id[:80]!r}: expected something like 'tr-<32 hex digits>'"
+        )
+    return trace_id
+
+
+def fetch_trace(client: Any, trace_id: str) -> Any:
+    """``client.get_trace`` with MLflow's failures sorted into not-ready, unavailable and the rest."""
+    from mlflow.exceptions import MlflowException
+
+    check_trace_id(trace_id)
+    try:
+        trace = client.get_trace(trace_id)
+    except MlflowException as exc:
+        code = getattr(exc, "error_code", "")
+        text = str(exc)
+        if code == "RESOURCE_DOES_NOT_EXIST" or _NOT_READY_WORDS.search(text):
+            raise TraceNotReady(f"trace {trace_id} is not in the tracking store (yet): {text[:300]}") from None
+        if _looks_unavailable(text):
+            raise MlflowUnavailable(f"MLflow tracking server unavailable: {text[:300]}") from None
+        raise
+    except (ConnectionError, OSError) as exc:
+        raise MlflowUnavailable(f"MLflow tracking server unavailable: {exc}") from None
+    if trace is None:
+        raise TraceNotReady(f"trace {trace_id} is not in the tracking store (yet)")
+    if not trace.data.spans:
+        raise TraceNotReady(f"trace {trace_id} has no spans in the store yet")
+    status = str(getattr(trace.info, "state", getattr(trace.info, "status", "")))
+    if "IN_PROGRESS" in status:
+        raise TraceNotReady(f"trace {trace_id} is still in progress")
+    return trace
+
+
+def load_trace(client: Any, trace_id: str) -> LoadedTrace:
+    """Fetch a trace once and extract its targets."""
+    trace = fetch_trace(client, trace_id)
+    info = trace.info
+    metadata = dict(getattr(info, "trace_metadata", None) or getattr(info, "request_metadata", None) or {})
+    tags = dict(getattr(info, "tags", None) or {})
+    root = _root_span(trace.data.spans)
+    return LoadedTrace(
+        trace_id=trace_id,
+        experiment_id=_experiment_id(info),
+        run_id=metadata.get("mlflow.sourceRun"),
+        workflow_name=tags.get("mlflow.traceName") or (root.name if root is not None else "workflow"),
+        targets=extract_targets(trace),
+        assessments=list(getattr(info, "assessments", None) or []),
+    )
+
+
+def extract_targets(trace: Any) -> list[Target]:
+    """Node spans in start order, then the workflow root."""
+    spans = list(trace.data.spans)
+    children: dict[str | None, list[Any]] = {}
+    for span in spans:
+        children.setdefault(span.parent_id, []).append(span)
+    root = _root_span(spans)
+    expectations = _expectations(trace)
+    root_inputs = _as_dict(root.inputs) if root is not None else {}
+    targets: list[Target] = []
+    for span in sorted(spans, key=lambda s: (s.start_time_ns or 0)):
+        node_id = _node_id(span)
+        if node_id is None:
+            continue
+        targets.append(_target(node_id, span, _context(span, children), root_inputs, expectations))
+    if root is not None:
+        all_context = [s.outputs for s in spans if _is_context_span(s) and s.outputs is not None]
+        targets.append(_target(WORKFLOW_TARGET, root, all_context, {}, expectations))
+    return targets
+
+
+def _target(node_id: str, span: Any, context: list[Any], root_inputs: dict[str, Any], expectations: dict[str, Any]) -> Target:
+    inputs = _as_dict(span.inputs)
+    merged = {**root_inputs, **inputs}
+    metadata = _nest({k: v for k, v in (span.attributes or {}).items() if not k.startswith("mlflow.")})
+    expected = expectations.get(span.span_id, expectations.get(None))
+    if expected is None:
+        expected = metadata.get("node", {}).get("expected") if isinstance(metadata.get("node"), dict) else None
+    return Target(
+        node_id=node_id,
+        span_id=span.span_id,
+        span_name=span.name,
+        judge_input=JudgeInput(
+            target=node_id,
+            span_id=span.span_id,
+            output=_unwrap(span.outputs),
+            input=span.inputs,
+            context=context,
+            expected=expected,
+            inputs=merged,
+            metadata=metadata,
+        ),
+    )
+
+
+def _node_id(span: Any) -> str | None:
+    attributes = span.attributes or {}
+    if attributes.get(NODE_ID_ATTRIBUTE):
+        return str(attributes[NODE_ID_ATTRIBUTE])
+    if span.name and span.name.startswith(NODE_PREFIX) and len(span.name) > len(NODE_PREFIX):
+        return span.name[len(NODE_PREFIX):]
+    return None
+
+
+def _is_context_span(span: Any) -> bool:
+    kind = str(span.span_type or "").upper()
+    return kind in CONTEXT_SPAN_TYPES or (span.name or "").startswith(TOOL_PREFIX)
+
+
+def _context(span: Any, children: dict[str | None, list[Any]]) -> list[Any]:
+    found: list[Any] = []
+    stack = list(children.get(span.span_id, []))
+    while stack:
+        child = stack.pop(0)
+        if _node_id(child) is not None:
+            continue  # a nested node owns its own tools
+        if _is_context_span(child) and child.outputs is not None:
+            found.append(child.outputs)
+        stack.extend(children.get(child.span_id, []))
+    return found
+
+
+def _expectations(trace: Any) -> dict[str | None, Any]:
+    found: dict[str | None, Any] = {}
+    for assessment in getattr(trace.info, "assessments", None) or []:
+        expectation = getattr(assessment, "expectation", None)
+        if expectation is None or assessment.name not in EXPECTATION_NAMES:
+            continue
+        found.setdefault(assessment.span_id, expectation.value)
+    return found
+
+
+def _root_span(spans: list[Any]) -> Any:
+    for span in spans:
+        if span.parent_id is None:
+            return span
+    return spans[0] if spans else None
+
+
+def _experiment_id(info: Any) -> str | None:
+    experiment_id = getattr(info, "experiment_id", None)
+    if experiment_id:
+        return str(experiment_id)
+    location = getattr(info, "trace_location", None)
+    mlflow_experiment = getattr(location, "mlflow_experiment", None)
+    return getattr(mlflow_experiment, "experiment_id", None)
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _unwrap(value: Any) -> Any:
+    """``{"article": "..."}`` -> ``"..."``: a single-field output is judged as its value."""
+    if isinstance(value, dict) and len(value) == 1:
+        return next(iter(value.values()))
+    return value
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node.setdefault(parts[-1], value)
+    return nested
+
+
+def _looks_unavailable(text: str) -> bool:
+    return bool(
+        re.search(r"Max retries exceeded|Connection refused|ConnectionError|Failed to establish|timed out|503|502", text)
+    )

@@ -1,0 +1,235 @@
+"""Write judge results back to MLflow, idempotently.
+
+One feedback assessment per (target, judge): value = score (a float, so
+``feedback.relevance > 0.8`` filters work), rationale, source LLM_JUDGE with
+the model, ``span_id`` = the node's span, metadata (strings) with threshold,
+passed, duration, tokens, attempts, the evaluation id and an idempotency
+key. A failed judge is a feedback with an ``AssessmentError`` and no value.
+
+MLflow does not de-duplicate assessments, so every write carries a key
+derived from (trace, span, judge, judge version, model, threshold); before
+judging, the caller reads the keys already on the trace and skips them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from tracejudge.judges.model import ErrorInfo, JudgeResult, TokenUsage
+from tracejudge.mlflow_io.reader import MlflowUnavailable
+
+log = logging.getLogger(__name__)
+
+KEY = "tracejudge.key"
+EVALUATION_ID = "evaluation_id"
+ARTIFACT_NAME = "quality_assessment.json"
+ONLINE_RUN_TAG = "tracejudge.role"
+ONLINE_RUN_NAME = "tracejudge-online"
+DEFAULT_WRITE_CONCURRENCY = 8
+TAG_PREFIX = "tracejudge."
+_UNAVAILABLE = re.compile(
+    r"Max retries exceeded|Connection refused|ConnectionError|Failed to establish|Read timed out|"
+    r"RemoteDisconnected|status code 50[234]|Bad Gateway|Service Unavailable",
+    re.I,
+)
+
+T = TypeVar("T")
+
+
+def result_key(trace_id: str, span_id: str | None, judge: str, version: str, model: str | None, threshold: float) -> str:
+    """The idempotency key of one (trace, span, judge) result.
+
+    >>> len(result_key("tr-1", "s1", "coherence", "abc", "gpt-4o-mini", 0.8))
+    24
+    """
+    blob = f"{trace_id}|{span_id}|{judge}|{version}|{model}|{threshold:.6f}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def existing_results(assessments: Iterable[Any]) -> dict[str, JudgeResult]:
+    """Our earlier results on a trace, by key (only valid assessments that carry our key)."""
+    found: dict[str, JudgeResult] = {}
+    for assessment in assessments:
+        metadata = getattr(assessment, "metadata", None) or {}
+        key = metadata.get(KEY)
+        if not key or getattr(assessment, "valid", True) is False or getattr(assessment, "feedback", None) is None:
+            continue
+        found[key] = _result_from_assessment(assessment, metadata, key)
+    return found
+
+
+def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -> dict[str, Any]:
+    """The ``mlflow.log_feedback`` arguments for one result."""
+    from mlflow.entities import AssessmentError, AssessmentSource
+
+    metadata = {
+        KEY: result.key or "",
+        EVALUATION_ID: evaluation_id,
+        "node_id": result.target,
+        "threshold": f"{result.threshold:g}",
+        "passed": "true" if result.passed else "false",
+        "greater_is_better": "true" if result.greater_is_better else "false",
+        "duration_ms": f"{result.duration_ms:.1f}",
+        "prompt_tokens": str(result.tokens.prompt),
+        "completion_tokens": str(result.tokens.completion),
+        "attempts": str(result.attempts),
+        "timestamp": result.timestamp,
+    }
+    if result.truncated:
+        metadata["truncated_chars"] = json.dumps(result.truncated, sort_keys=True)
+    source_type = "CODE" if result.model == "code" else "LLM_JUDGE"
+    kwargs: dict[str, Any] = dict(
+        trace_id=trace_id,
+        name=result.name,
+        source=AssessmentSource(source_type=source_type, source_id=(result.model or "unknown")[:250]),
+        metadata=metadata,
+        span_id=result.span_id,
+    )
+    if result.error is not None:
+        kwargs["error"] = AssessmentError(error_code=result.error.type, error_message=result.error.message)
+    else:
+        kwargs["value"] = float(result.score) if result.score is not None else None
+        if result.rationale is not None:
+            kwargs["rationale"] = result.rationale
+    return kwargs
+
+
+def log_result(trace_id: str, result: JudgeResult, *, evaluation_id: str) -> str:
+    """Write one result as a feedback assessment; returns its assessment id."""
+    import mlflow
+
+    assessment = call_mlflow(mlflow.log_feedback, **feedback_kwargs(trace_id, result, evaluation_id=evaluation_id))
+    return assessment.assessment_id
+
+
+def write_results(
+    trace_id: str, results: list[JudgeResult], *, evaluation_id: str, executor: ThreadPoolExecutor | None = None
+) -> list[str]:
+    """Write several results concurrently (bounded by the executor); raises if any write failed."""
+    if not results:
+        return []
+    own = executor is None
+    pool = executor or ThreadPoolExecutor(max_workers=DEFAULT_WRITE_CONCURRENCY)
+    try:
+        futures = [pool.submit(log_result, trace_id, r, evaluation_id=evaluation_id) for r in results]
+        ids, first_error = [], None
+        for future in futures:
+            try:
+                ids.append(future.result())
+            except Exception as exc:  # keep waiting for the rest, so no write is left running
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+        return ids
+    finally:
+        if own:
+            pool.shutdown(wait=True)
+
+
+def set_trace_tags(client: Any, trace_id: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        call_mlflow(client.set_trace_tag, trace_id, key, str(value)[:250])
+
+
+def write_report(client: Any, run_id: str, trace_id: str, report: dict[str, Any], metrics: dict[str, float]) -> str:
+    """Log ``quality_assessment.json`` and the quality metrics on a run; returns the artifact's URI."""
+    import time
+
+    from mlflow.entities import Metric
+
+    artifact_file = f"tracejudge/{trace_id}/{ARTIFACT_NAME}"
+    call_mlflow(client.log_dict, run_id, report, artifact_file)
+    now = int(time.time() * 1000)
+    call_mlflow(client.log_batch, run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    return f"runs:/{run_id}/{artifact_file}"
+
+
+_online_runs: dict[str, str] = {}
+_online_lock = threading.Lock()
+
+
+def online_run_id(client: Any, experiment_id: str) -> str:
+    """The run that holds reports of traces that have no run of their own (one per experiment).
+
+    It is found by its tag ``tracejudge.role = online`` (created on first use)
+    and cached for the life of the process.
+    """
+    with _online_lock:
+        cached = _online_runs.get(experiment_id)
+        if cached:
+            return cached
+        runs = call_mlflow(
+            client.search_runs,
+            [experiment_id],
+            filter_string=f"tags.`{ONLINE_RUN_TAG}` = 'online'",
+            max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )
+        if runs:
+            run_id = runs[0].info.run_id
+        else:
+            run = call_mlflow(
+                client.create_run, experiment_id, run_name=ONLINE_RUN_NAME, tags={ONLINE_RUN_TAG: "online"}
+            )
+            run_id = run.info.run_id
+        _online_runs[experiment_id] = run_id
+        return run_id
+
+
+def link_trace(client: Any, trace_id: str, run_id: str) -> None:
+    call_mlflow(client.link_traces_to_run, [trace_id], run_id)
+
+
+def call_mlflow(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call MLflow; a server that does not answer becomes :class:`MlflowUnavailable` (retryable)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return fn(*args, **kwargs)
+    except MlflowException as exc:
+        if _UNAVAILABLE.search(str(exc)):
+            raise MlflowUnavailable(f"MLflow tracking server unavailable: {str(exc)[:300]}") from None
+        raise
+    except (ConnectionError, OSError) as exc:
+        raise MlflowUnavailable(f"MLflow tracking server unavailable: {exc}") from None
+
+
+def _result_from_assessment(assessment: Any, metadata: dict[str, str], key: str) -> JudgeResult:
+    error = getattr(assessment, "error", None)
+    value = getattr(assessment, "value", None)
+    source = getattr(assessment, "source", None)
+    return JudgeResult(
+        name=assessment.name,
+        target=metadata.get("node_id", "workflow"),
+        span_id=assessment.span_id,
+        score=float(value) if isinstance(value, (int, float)) and error is None else None,
+        threshold=_float(metadata.get("threshold"), 0.0),
+        passed=metadata.get("passed") == "true" and error is None,
+        greater_is_better=metadata.get("greater_is_better", "true") == "true",
+        rationale=getattr(assessment, "rationale", None),
+        model=getattr(source, "source_id", None),
+        duration_ms=_float(metadata.get("duration_ms"), 0.0),
+        timestamp=metadata.get("timestamp") or "",
+        tokens=TokenUsage(
+            prompt=int(_float(metadata.get("prompt_tokens"), 0)),
+            completion=int(_float(metadata.get("completion_tokens"), 0)),
+        ),
+        attempts=int(_float(metadata.get("attempts"), 0)),
+        error=ErrorInfo(type=error.error_code, message=error.error_message or "") if error is not None else None,
+        truncated=json.loads(metadata["truncated_chars"]) if metadata.get("truncated_chars") else {},
+        key=key,
+    )
+
+
+def _float(value: str | None, default: float) -> float:
+    try:
+        return float(value) if value is not None else default
+    except ValueError:
+        return default

@@ -1,0 +1,224 @@
+"""Evaluate one trace: fetch, plan, judge, write back, verdict. Safe to run twice.
+
+The steps, for one :class:`EvaluationRequest`:
+
+1. fetch the trace once, waiting up to ``trace_wait_seconds`` for one that
+   is not exported yet;
+2. plan (target, judge) pairs and give each an idempotency key;
+3. under a per-trace Redis lock, take the results already on the trace
+   (our keys in assessment metadata) and those cached in Redis by an
+   earlier attempt that could not write them, and judge only the rest;
+4. cache new results in Redis at once, then write every result not yet on
+   the trace (concurrently, bounded);
+5. tag the trace, log ``quality_assessment.json`` and the quality metrics
+   on its run, and return the verdict.
+
+So a redelivered task makes no LLM calls for work already judged and adds
+no second assessment; an MLflow outage (:class:`MlflowUnavailable`) is
+raised for the caller to retry, and the retry picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from tracejudge.config import TraceJudgeConfig
+from tracejudge.judges.errors import JudgeError
+from tracejudge.judges.model import JudgeResult
+from tracejudge.judges.plan import plan_for_target
+from tracejudge.judges.registry import UnknownJudgeError
+from tracejudge.judges.runner import JudgeJob, run_judges
+from tracejudge.mlflow_io import reader, writer
+from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady
+from tracejudge.tasks.payload import EvaluationRequest
+from tracejudge.tasks.runtime import Runtime
+from tracejudge.verdict import QualityVerdict, build_verdict, error_verdict, quality_metrics, quality_report
+
+log = logging.getLogger(__name__)
+
+CACHE_PREFIX = "tracejudge:result:"
+LOCK_PREFIX = "tracejudge:lock:"
+CACHE_TTL_SECONDS = 24 * 3600
+POLL_INITIAL_SECONDS = 0.1
+POLL_MAX_SECONDS = 2.0
+
+# Error codes of evaluations that could not run at all (permanent: no retry).
+TRACE_NOT_FOUND = "TRACE_NOT_FOUND"
+INVALID_TRACE_ID = "INVALID_TRACE_ID"
+INVALID_PAYLOAD = "INVALID_PAYLOAD"
+UNKNOWN_JUDGE = "UNKNOWN_JUDGE"
+NO_TARGETS = "NO_TARGETS"
+MLFLOW_UNAVAILABLE = "MLFLOW_UNAVAILABLE"
+
+
+def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVerdict:
+    """Run one evaluation end to end (see the module docstring). Raises only ``MlflowUnavailable``."""
+    config = request.config or runtime.config
+    execution = config.judges.execution
+    deadline = time.monotonic() + execution.overall_timeout_seconds
+    try:
+        loaded = wait_for_trace(runtime, request.trace_id, wait_seconds=execution.trace_wait_seconds)
+    except InvalidTraceId as exc:
+        return error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, evaluation_id=request.evaluation_id)
+    except TraceNotReady as exc:
+        message = (
+            f"trace {request.trace_id} was not found in the tracking store "
+            f"({runtime.settings.mlflow_tracking_uri or 'default tracking URI'}) within "
+            f"{execution.trace_wait_seconds:g} s: {exc}"
+        )
+        return error_verdict(request.trace_id, TRACE_NOT_FOUND, message, config, evaluation_id=request.evaluation_id)
+    try:
+        jobs = plan_jobs(loaded, config, runtime, request)
+    except UnknownJudgeError as exc:
+        return error_verdict(request.trace_id, UNKNOWN_JUDGE, exc.message, config, evaluation_id=request.evaluation_id)
+    if not jobs:
+        return error_verdict(
+            request.trace_id,
+            NO_TARGETS,
+            "the plan has no judges for this trace (no workflow_defaults, and no node_overrides matching its nodes)",
+            config,
+            evaluation_id=request.evaluation_id,
+            workflow_name=loaded.workflow_name,
+        )
+
+    with trace_lock(runtime, request.trace_id, timeout=execution.overall_timeout_seconds) as waited:
+        if waited:  # another worker held it: see what it wrote
+            loaded = reader.load_trace(runtime.mlflow, request.trace_id)
+        on_trace = writer.existing_results(loaded.assessments)
+        known = {**cached_results(runtime, [j.key for j in jobs if j.key not in on_trace]), **on_trace}
+        todo = [job for job in jobs if job.key not in known]
+        fresh: list[JudgeResult] = []
+        if todo:
+            fresh = runtime.run(
+                run_judges(todo, client=runtime.llm, execution=execution, default_model=runtime.settings.default_model, deadline=deadline)
+            )
+            cache_results(runtime, fresh)
+        by_key = {**known, **{r.key: r for r in fresh}}
+        results = [by_key[job.key] for job in jobs]
+        unwritten = [r for r in results if r.key not in on_trace]
+        writer.write_results(request.trace_id, unwritten, evaluation_id=request.evaluation_id, executor=runtime.write_pool)
+
+    verdict = build_verdict(
+        request.trace_id,
+        results,
+        config,
+        evaluation_id=request.evaluation_id,
+        workflow_name=loaded.workflow_name,
+        environment=request.environment,
+        reused=len(results) - len(fresh),
+        variance=any("variance" in job.judge.aggregations for job in jobs),
+    )
+    verdict.artifact_uri = write_summary(runtime, loaded, verdict)
+    log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
+    return verdict
+
+
+def wait_for_trace(runtime: Runtime, trace_id: str, *, wait_seconds: float) -> LoadedTrace:
+    """Load the trace, polling with backoff while it is not exported yet."""
+    reader.check_trace_id(trace_id)
+    give_up = time.monotonic() + wait_seconds
+    pause = POLL_INITIAL_SECONDS
+    while True:
+        try:
+            return reader.load_trace(runtime.mlflow, trace_id)
+        except TraceNotReady:
+            if time.monotonic() + pause > give_up:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, POLL_MAX_SECONDS)
+
+
+def plan_jobs(loaded: LoadedTrace, config: TraceJudgeConfig, runtime: Runtime, request: EvaluationRequest) -> list[JudgeJob]:
+    """Every (target, judge) pair of the plan, each with its idempotency key."""
+    registry = runtime.registry.with_config(config)
+    jobs = []
+    for target in loaded.targets:
+        for planned in plan_for_target(
+            target.node_id, config, registry, judges=request.judges, environment=request.environment
+        ):
+            model = planned.model or runtime.settings.default_model
+            if planned.judge.kind == "code":
+                model = "code"
+            key = writer.result_key(
+                loaded.trace_id, target.span_id, planned.judge.name, planned.judge.version, model, planned.threshold
+            )
+            jobs.append(
+                JudgeJob(judge=planned.judge, input=target.judge_input, threshold=planned.threshold, model=planned.model, key=key)
+            )
+    return jobs
+
+
+def write_summary(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict) -> str | None:
+    """Trace tags, and the report and metrics on the trace's run (or the experiment's online run)."""
+    client = runtime.mlflow
+    run_id = loaded.run_id
+    if run_id is None and loaded.experiment_id is not None:
+        run_id = writer.online_run_id(client, loaded.experiment_id)
+        writer.link_trace(client, loaded.trace_id, run_id)
+    artifact_uri = None
+    if run_id is not None:
+        artifact_uri = writer.write_report(client, run_id, loaded.trace_id, quality_report(verdict), quality_metrics(verdict))
+    tags = {
+        "tracejudge.status": verdict.status,
+        "tracejudge.passed": "true" if verdict.passed else "false",
+        "tracejudge.score": "" if verdict.overall_score is None else f"{verdict.overall_score:.4f}",
+        "tracejudge.band": verdict.band or "",
+        "tracejudge.evaluation_id": verdict.evaluation_id or "",
+    }
+    if artifact_uri:
+        tags["tracejudge.artifact"] = artifact_uri
+        tags["tracejudge.run_id"] = run_id or ""
+    writer.set_trace_tags(client, loaded.trace_id, tags)
+    return artifact_uri
+
+
+@contextmanager
+def trace_lock(runtime: Runtime, trace_id: str, *, timeout: float) -> Iterator[bool]:
+    """Hold the per-trace Redis lock so two deliveries never judge the same trace at once.
+
+    Yields whether we had to wait for another holder. Without Redis (sync mode) it is a no-op.
+    """
+    if runtime.redis is None:
+        yield False
+        return
+    lock = runtime.redis.lock(f"{LOCK_PREFIX}{trace_id}", timeout=timeout + 60, blocking_timeout=timeout + 30)
+    waited = not lock.acquire(blocking=False)
+    if waited and not lock.acquire(blocking=True):
+        raise JudgeError(MLFLOW_UNAVAILABLE, f"could not get the evaluation lock for {trace_id}")
+    try:
+        yield waited
+    finally:
+        try:
+            lock.release()
+        except Exception:  # expired: another holder may have it now; nothing to undo
+            log.warning("evaluation lock for %s had expired before release", trace_id)
+
+
+def cached_results(runtime: Runtime, keys: list[Any]) -> dict[str, JudgeResult]:
+    """Results judged by an earlier attempt that had not reached MLflow."""
+    if runtime.redis is None or not keys:
+        return {}
+    values = runtime.redis.mget([f"{CACHE_PREFIX}{k}" for k in keys])
+    found = {}
+    for key, value in zip(keys, values):
+        if value:
+            found[key] = JudgeResult.model_validate_json(value)
+    return found
+
+
+def cache_results(runtime: Runtime, results: list[JudgeResult]) -> None:
+    if runtime.redis is None or not results:
+        return
+    pipe = runtime.redis.pipeline(transaction=False)
+    for r in results:
+        pipe.set(f"{CACHE_PREFIX}{r.key}", r.model_dump_json(), ex=CACHE_TTL_SECONDS)
+    pipe.execute()
+
+
+def verdict_json(verdict: QualityVerdict) -> dict[str, Any]:
+    """The verdict as the task's JSON result."""
+    return json.loads(verdict.model_dump_json())

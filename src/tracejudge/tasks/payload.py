@@ -1,0 +1,53 @@
+"""The task payload: a small JSON object of ids and options, never a trace body.
+
+Validated on both ends: the producer builds it, the worker refuses anything
+else (wrong types, unknown fields, no trace id) with a clear error verdict
+instead of retrying.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tracejudge.config import JudgeRef, TraceJudgeConfig
+
+PAYLOAD_VERSION = 1
+
+
+class EvaluationRequest(BaseModel):
+    """What ``enqueue`` sends and the worker evaluates.
+
+    >>> EvaluationRequest(trace_id="tr-abc").gate
+    False
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = PAYLOAD_VERSION
+    trace_id: str = Field(min_length=1, max_length=512)
+    evaluation_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
+    config: TraceJudgeConfig | None = None  # None: the worker's own config
+    judges: list[JudgeRef] | None = None  # replaces the plan's judges for this call
+    gate: bool = False
+    environment: str | None = None
+    enqueued_at: float = Field(default_factory=time.time)
+
+
+def describe_payload_error(exc: ValidationError) -> str:
+    """One line per problem, naming the field: ``trace_id: Field required``."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "payload"
+        parts.append(f"{where}: {error.get('msg')}")
+    return "invalid task payload: " + "; ".join(parts)
+
+
+def payload_trace_id(payload: Any) -> str:
+    """The trace id of a payload that may be malformed (for error verdicts)."""
+    if isinstance(payload, dict) and isinstance(payload.get("trace_id"), str):
+        return payload["trace_id"]
+    return "<unknown>"

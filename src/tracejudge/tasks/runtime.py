@@ -1,0 +1,125 @@
+"""What one process keeps for all its evaluations: an event loop, an LLM client, pools, clients.
+
+A worker process (or a producer in ``sync`` mode) makes one :class:`Runtime`
+and reuses it: one event loop in a background thread runs every judge call
+of every task (so one HTTP connection pool serves them all, from any Celery
+pool: prefork, threads or solo), one thread pool issues MLflow writes
+concurrently, and one Redis client holds the result cache and the
+per-trace lock. After a fork the child builds its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from tracejudge.config import Settings, TraceJudgeConfig, load_config
+from tracejudge.judges.client import LLMClient
+from tracejudge.judges.registry import JudgeRegistry, default_registry
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+JUDGE_MODULES_ENV = "TRACEJUDGE_JUDGE_MODULES"
+WRITE_CONCURRENCY = int(os.environ.get("TRACEJUDGE_WRITE_CONCURRENCY", "8"))
+
+
+class Runtime:
+    """Per-process resources for evaluations. Build with :func:`get_runtime`."""
+
+    def __init__(self, *, settings: Settings, config: TraceJudgeConfig, use_redis: bool = True) -> None:
+        self.settings = settings
+        self.config = config
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="tracejudge-loop", daemon=True)
+        self._thread.start()
+        execution = config.judges.execution
+        self.llm = LLMClient(
+            base_url=settings.llm_base_url,
+            api_key=settings.require_llm_key(),
+            timeout_seconds=execution.timeout_seconds,
+            max_attempts=execution.attempts,
+        )
+        self.write_pool = ThreadPoolExecutor(max_workers=WRITE_CONCURRENCY, thread_name_prefix="tracejudge-write")
+        self.registry: JudgeRegistry = default_registry()
+        import_judge_modules()
+        self.redis = _redis_client(settings) if use_redis else None
+        self._mlflow_client: Any = None
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
+        """Run a coroutine on this process's loop and wait for it (from any thread)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()
+            raise
+
+    @property
+    def mlflow(self) -> Any:
+        """One ``MlflowClient`` for the process (MLflow is imported on first use)."""
+        if self._mlflow_client is None:
+            import mlflow
+            from mlflow import MlflowClient
+
+            if self.settings.mlflow_tracking_uri:
+                mlflow.set_tracking_uri(self.settings.mlflow_tracking_uri)
+            self._mlflow_client = MlflowClient()
+        return self._mlflow_client
+
+    def close(self) -> None:
+        try:
+            self.run(self.llm.aclose(), timeout=5)
+        except Exception:  # closing is best effort
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.write_pool.shutdown(wait=False)
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime(*, config: TraceJudgeConfig | None = None, settings: Settings | None = None, use_redis: bool = True) -> Runtime:
+    """The process's runtime, built on first use (and again in a forked child)."""
+    global _runtime
+    with _lock:
+        if _runtime is None or _runtime.pid != os.getpid():
+            settings = settings or Settings.from_env()
+            config = config or load_config(settings.config_path)
+            _runtime = Runtime(settings=settings, config=config, use_redis=use_redis)
+        return _runtime
+
+
+def reset_runtime() -> None:
+    """Drop the process's runtime (tests and worker shutdown)."""
+    global _runtime
+    with _lock:
+        if _runtime is not None and _runtime.pid == os.getpid():
+            _runtime.close()
+        _runtime = None
+
+
+def import_judge_modules() -> list[str]:
+    """Import the modules named in ``TRACEJUDGE_JUDGE_MODULES`` (comma-separated) so their judges register."""
+    names = [n.strip() for n in os.environ.get(JUDGE_MODULES_ENV, "").split(",") if n.strip()]
+    for name in names:
+        importlib.import_module(name)
+    return names
+
+
+def _redis_client(settings: Settings) -> Any:
+    import redis
+
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=25)

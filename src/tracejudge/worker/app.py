@@ -1,0 +1,107 @@
+"""The Celery app: Redis broker and result backend, JSON only, at-least-once delivery.
+
+Settings and why (measured, see docs/architecture.md):
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost`` + prefetch 1: a task is
+  acknowledged only after it returns, so a killed worker's task comes back;
+* ``visibility_timeout`` (broker and result backend) above the longest
+  evaluation, and kombu's unacked-restore sweep every 10 s instead of ~100 s,
+  so it comes back quickly; duplicates are then normal, and evaluations are
+  idempotent;
+* JSON only (``accept_content=["json"]``): a pickled message is refused;
+* two queues: ``tracejudge.gate`` (someone waits) and ``tracejudge.online``
+  (background); workers read them in ``sorted`` order, so the gate queue is
+  always asked first and a backlog never delays a gate.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from celery import Celery
+
+from tracejudge.config import Settings
+
+QUEUE_GATE = "tracejudge.gate"
+QUEUE_ONLINE = "tracejudge.online"
+QUEUES = (QUEUE_GATE, QUEUE_ONLINE)
+TASK_EVALUATE = "tracejudge.evaluate_trace"
+VISIBILITY_TIMEOUT = int(os.environ.get("TRACEJUDGE_VISIBILITY_TIMEOUT", "900"))
+UNACKED_RESTORE_INTERVAL = 10
+RESULT_EXPIRES = timedelta(hours=int(os.environ.get("TRACEJUDGE_RESULT_EXPIRES_HOURS", "24")))
+#: Celery's own time limits are a backstop (prefork only); our deadlines come first.
+SOFT_TIME_LIMIT = VISIBILITY_TIMEOUT - 120
+HARD_TIME_LIMIT = VISIBILITY_TIMEOUT - 60
+
+
+def with_tls_defaults(url: str) -> str:
+    """``rediss://`` URLs need ``ssl_cert_reqs`` for Celery's backend; default it to ``required``.
+
+    >>> with_tls_defaults("rediss://:pw@redis:6380/0")
+    'rediss://:pw@redis:6380/0?ssl_cert_reqs=required'
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return url
+    return url + ("&" if parts.query else "?") + "ssl_cert_reqs=required"
+
+
+def celery_settings(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration tracejudge runs with."""
+    transport: dict[str, Any] = {
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "unacked_restore_interval": UNACKED_RESTORE_INTERVAL,
+        "unacked_restore_throttle": 1,
+        "queue_order_strategy": "sorted",  # QUEUE_GATE sorts first: always asked first
+        "max_connections": 200,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 25,
+    }
+    return dict(
+        broker_url=with_tls_defaults(settings.redis_url),
+        result_backend=with_tls_defaults(settings.result_backend_url or settings.redis_url),
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_deduplicate_successful_tasks=True,
+        broker_transport_options=transport,
+        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT, "retry_policy": {"timeout": 5.0}},
+        visibility_timeout=VISIBILITY_TIMEOUT,
+        result_expires=RESULT_EXPIRES,
+        result_extended=True,
+        task_track_started=True,
+        broker_connection_retry_on_startup=True,
+        task_soft_time_limit=SOFT_TIME_LIMIT,
+        task_time_limit=HARD_TIME_LIMIT,
+        task_default_queue=QUEUE_ONLINE,
+        task_routes={TASK_EVALUATE: {"queue": QUEUE_ONLINE}},
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        worker_soft_shutdown_timeout=30,
+        worker_hijack_root_logger=False,
+    )
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    """A Celery app configured for tracejudge, with the evaluation task registered.
+
+    >>> app = make_app(Settings.from_env({"TRACEJUDGE_REDIS_URL": "redis://127.0.0.1:6379/0"}))
+    >>> app.conf.accept_content
+    ['json']
+    """
+    settings = settings or Settings.from_env()
+    app = Celery("tracejudge")
+    app.conf.update(celery_settings(settings))
+    from tracejudge.worker import task  # noqa: F401  (registers the task on this app)
+
+    task.register(app)
+    return app
