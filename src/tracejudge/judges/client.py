@@ -198,6 +198,10 @@ class LLMClient:
         content = completion.choices[0].message.content if completion.choices else None
         return content or "", usage
 
+    def clear_provider_failure(self) -> None:
+        """Forget an earlier 401/403/quota refusal (after fixing the key, or in tests)."""
+        self._provider_failure = None
+
     def _fail_fast_if_refused(self) -> None:
         if self._provider_failure is None:
             return

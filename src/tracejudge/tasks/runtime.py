@@ -87,28 +87,32 @@ class Runtime:
         self.write_pool.shutdown(wait=False)
 
 
-_runtime: Runtime | None = None
+_runtimes: dict[bool, Runtime] = {}
 _lock = threading.Lock()
 
 
 def get_runtime(*, config: TraceJudgeConfig | None = None, settings: Settings | None = None, use_redis: bool = True) -> Runtime:
-    """The process's runtime, built on first use (and again in a forked child)."""
-    global _runtime
+    """The process's runtime, built on first use (and again in a forked child).
+
+    Workers use Redis (result cache, per-trace lock); ``sync`` mode does not,
+    so each kind is kept apart.
+    """
     with _lock:
-        if _runtime is None or _runtime.pid != os.getpid():
+        runtime = _runtimes.get(use_redis)
+        if runtime is None or runtime.pid != os.getpid():
             settings = settings or Settings.from_env()
             config = config or load_config(settings.config_path)
-            _runtime = Runtime(settings=settings, config=config, use_redis=use_redis)
-        return _runtime
+            runtime = _runtimes[use_redis] = Runtime(settings=settings, config=config, use_redis=use_redis)
+        return runtime
 
 
 def reset_runtime() -> None:
-    """Drop the process's runtime (tests and worker shutdown)."""
-    global _runtime
+    """Drop the process's runtimes (tests, and after settings change)."""
     with _lock:
-        if _runtime is not None and _runtime.pid == os.getpid():
-            _runtime.close()
-        _runtime = None
+        for runtime in _runtimes.values():
+            if runtime.pid == os.getpid():
+                runtime.close()
+        _runtimes.clear()
 
 
 def import_judge_modules() -> list[str]:
