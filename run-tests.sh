@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The tests: set up .venv if needed, make sure Redis answers, run pytest (arguments pass through).
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/bootstrap.sh
+scripts/ensure-redis.sh
+exec .venv/bin/python -m pytest "$@"

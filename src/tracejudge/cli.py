@@ -1,0 +1,245 @@
+"""The ``tracejudge`` command: a thin layer over the public API.
+
+    tracejudge worker [CELERY OPTIONS...]    run a worker (our defaults; Celery options pass through)
+    tracejudge enqueue TRACE_ID [--wait S]   queue a trace for judging
+    tracejudge gate TRACE_ID --timeout 60    judge on the gate queue, wait, exit 0 passed / 1 failed / 2 error or timeout
+    tracejudge demo                          the end-to-end demo on this machine
+    tracejudge fake-llm --port 8089          the local OpenAI-compatible test server
+    tracejudge validate-config FILE          check a config file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_PASSED = 0
+EXIT_FAILED = 1
+EXIT_ERROR = 2
+
+DEFAULT_POOL = "threads"
+DEFAULT_CONCURRENCY = 16
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if argv and argv[0] in ("worker", "fake-llm"):
+        # These pass their remaining options straight through.
+        command, rest = argv[0], argv[1:]
+        if command == "worker":
+            return run_worker(rest)
+        from tracejudge.testing.fake_llm import main as fake_llm_main
+
+        return fake_llm_main(rest)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_ERROR
+    return int(args.func(args) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracejudge",
+        description="LLM judges for finished MLflow traces, run in the background by Celery workers.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(__doc__ or "").split("\n", 2)[-1],
+    )
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("worker", help="run a worker (Celery options pass through)", add_help=False)
+    p.set_defaults(func=lambda a: run_worker([]))
+
+    p = sub.add_parser("enqueue", help="queue a finished trace for judging")
+    _common(p)
+    p.add_argument("--gate", action="store_true", help="use the gate queue (someone is waiting)")
+    p.add_argument("--wait", type=float, metavar="SECONDS", help="wait this long for the verdict and print it")
+    p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser(
+        "gate",
+        help="judge a trace on the gate queue and wait: exit 0 passed, 1 failed, 2 error or timeout",
+        description="Judge a trace on the gate queue and wait for the verdict. Exit status: 0 passed, "
+        "1 failed (below threshold), 2 error (a judge failed, unknown trace, timeout, broker down).",
+    )
+    _common(p)
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the verdict (default 60)")
+    p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("demo", help="record a sample workflow trace, judge it with a worker, print the verdict")
+    p.add_argument("--dir", default=".tracejudge/demo", help="where the demo's MLflow store lives (default .tracejudge/demo)")
+    p.add_argument("--latency-ms", type=float, default=200.0, help="latency of the bundled test LLM server")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the verdict")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("fake-llm", help="run the local OpenAI-compatible test server (options: see --help)", add_help=False)
+    p.set_defaults(func=lambda a: 0)
+
+    p = sub.add_parser("validate-config", help="check a config file and print the judge plan")
+    p.add_argument("file", help="YAML config file")
+    p.set_defaults(func=cmd_validate_config)
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("trace_id", help="the MLflow trace id (tr-...)")
+    p.add_argument("--config", help="YAML config file (default: $TRACEJUDGE_CONFIG, else the workers' own)")
+    p.add_argument("--judges", help="comma-separated judge names replacing the plan's judges for this call")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+
+
+def run_worker(extra: list[str]) -> int:
+    """``celery worker`` with tracejudge's defaults: threads pool, both queues; extra options win."""
+    if any(a in ("-h", "--help") for a in extra):
+        print(
+            "usage: tracejudge worker [CELERY WORKER OPTIONS...]\n\n"
+            f"Runs `celery -A tracejudge.worker worker --pool {DEFAULT_POOL} --concurrency {DEFAULT_CONCURRENCY} "
+            "-Q tracejudge.gate,tracejudge.online --loglevel INFO` (options you give replace these).\n"
+            "Environment: TRACEJUDGE_REDIS_URL, MLFLOW_TRACKING_URI, TRACEJUDGE_LLM_BASE_URL, TRACEJUDGE_LLM_API_KEY,\n"
+            "TRACEJUDGE_CONFIG, TRACEJUDGE_JUDGE_MODULES. Celery's own options follow.\n"
+        )
+    from tracejudge.worker import QUEUES, get_app
+    from tracejudge.worker.task import set_worker_environment
+
+    set_worker_environment()
+    argv = ["worker"]
+    if not _has(extra, "-P", "--pool"):
+        argv += ["--pool", DEFAULT_POOL]
+    if not _has(extra, "-c", "--concurrency"):
+        argv += ["--concurrency", str(DEFAULT_CONCURRENCY)]
+    if not _has(extra, "-Q", "--queues"):
+        argv += ["--queues", ",".join(QUEUES)]
+    if not _has(extra, "-l", "--loglevel"):
+        argv += ["--loglevel", "INFO"]
+    get_app().worker_main(argv + extra)
+    return 0
+
+
+def _has(args: list[str], short: str, long: str) -> bool:
+    return any(a == short or a == long or a.startswith(long + "=") or (a.startswith(short) and len(a) > 2) for a in args)
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    import tracejudge
+
+    try:
+        handle = tracejudge.enqueue(args.trace_id, config=args.config, judges=_judges(args), gate=args.gate)
+    except (tracejudge.EnqueueError, tracejudge.ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if isinstance(handle, tracejudge.DisabledHandle):
+        print(f"not enqueued: {handle.reason}")
+        return EXIT_PASSED
+    print(f"enqueued trace {args.trace_id} as evaluation {handle.id}")
+    if args.wait:
+        return _wait_and_print(handle, args.wait, as_json=args.json)
+    return EXIT_PASSED
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    import tracejudge
+
+    try:
+        handle = tracejudge.enqueue(args.trace_id, config=args.config, judges=_judges(args), gate=True)
+    except (tracejudge.EnqueueError, tracejudge.ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if isinstance(handle, tracejudge.DisabledHandle):
+        print(f"gate skipped: {handle.reason}")
+        return EXIT_PASSED
+    return _wait_and_print(handle, args.timeout, as_json=args.json)
+
+
+def _wait_and_print(handle: Any, timeout: float, *, as_json: bool) -> int:
+    import tracejudge
+
+    try:
+        verdict = handle.verdict(timeout=timeout, raise_on_block=False)
+    except tracejudge.EvaluationTimeout as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except tracejudge.EvaluationFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(verdict.model_dump_json(indent=2) if as_json else format_verdict(verdict))
+    return exit_code(verdict)
+
+
+def exit_code(verdict: Any) -> int:
+    return {"passed": EXIT_PASSED, "failed": EXIT_FAILED}.get(verdict.status, EXIT_ERROR)
+
+
+def format_verdict(verdict: Any, *, rationale_width: int = 60) -> str:
+    """A plain-text table: node, judge, score, threshold, pass, rationale."""
+    rows = [("node", "judge", "score", "threshold", "pass", "rationale / error")]
+    for r in verdict.results():
+        score = "-" if r.score is None else f"{r.score:.2f}"
+        note = f"{r.error.type}: {r.error.message}" if r.error else (r.rationale or "")
+        note = note.replace("\n", " ")
+        if len(note) > rationale_width:
+            note = note[: rationale_width - 3] + "..."
+        rows.append((r.target, r.name, score, f"{r.threshold:g}", "yes" if r.passed else ("ERROR" if r.error else "no"), note))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row[:-1])) + "  " + row[-1])
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 17)
+    lines.append("")
+    lines.append(f"verdict: {verdict.summary()}")
+    if verdict.retry_nodes:
+        lines.append(f"retry nodes: {', '.join(verdict.retry_nodes)}")
+    if verdict.artifact_uri:
+        lines.append(f"report: {verdict.artifact_uri}")
+    return "\n".join(lines)
+
+
+def cmd_validate_config(args: argparse.Namespace) -> int:
+    from tracejudge.config import ConfigError, load_config
+    from tracejudge.judges.plan import WORKFLOW_TARGET, plan_for_target
+    from tracejudge.judges.registry import default_registry
+
+    registry = default_registry()
+    try:
+        config = load_config(args.file)
+        registry = registry.with_config(config)
+        from tracejudge.config import validate_judge_names
+
+        validate_judge_names(config, registry.names())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    execution = config.judges.execution
+    print(f"{args.file}: OK")
+    print(f"  judging: {'on' if config.judging_enabled else 'off'} (mode {execution.mode}, timeout {execution.timeout_seconds:g} s, attempts {execution.attempts})")
+    for target in [WORKFLOW_TARGET, *config.judges.node_overrides]:
+        plan = plan_for_target(target, config, registry)
+        names = ", ".join(f"{p.judge.name} >= {p.threshold:g}" for p in plan) or "(none)"
+        label = "every target" if target == WORKFLOW_TARGET else f"node {target}"
+        print(f"  {label}: {names}")
+    gate = config.quality_gate
+    if gate.enabled:
+        print(f"  quality gate: {gate.action} below {gate.threshold:g} ({', '.join(gate.judges) or 'all judges'})")
+    retry = config.quality_retry
+    if retry.enabled:
+        print(f"  quality retry: below {retry.threshold:g}, up to {retry.max_retries} retries ({', '.join(retry.judges) or 'all judges'})")
+    return EXIT_PASSED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tracejudge.demo import run_demo
+
+    return run_demo(directory=args.dir, latency_ms=args.latency_ms, timeout=args.timeout)
+
+
+def _judges(args: argparse.Namespace) -> list[str] | None:
+    return [j.strip() for j in args.judges.split(",") if j.strip()] if args.judges else None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""``tracejudge demo``: the whole pipeline on this machine, from nothing but the repo.
+
+It makes a local MLflow sqlite store, records a sample ``article_writer``
+trace (research and write nodes, a search tool span, inside a run), finds
+Redis (or starts a local ``redis-server``), starts a worker process,
+enqueues the trace on the gate queue, waits for the verdict and prints it.
+Judges call the LLM endpoint configured in the environment, or else the
+bundled test server (which says it is not a real model). Everything it
+started is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEMO_CONFIG = """\
+# The design document's judge configuration (section 4.4) and quality gate (section 5.4).
+observability:
+  mlflow:
+    enabled: true
+    enable_judges: true
+    judges:
+      workflow_defaults:
+        - name: harmfulness
+          threshold: 0.8
+          model: "openai:/gpt-4o-mini"
+        - name: coherence
+          threshold: 0.75
+          model: "openai:/gpt-4o-mini"
+      node_overrides:
+        research:
+          - name: relevance
+            threshold: 0.8
+          - name: groundedness
+            threshold: 0.85
+          - name: citation_quality
+            threshold: 0.75
+        write:
+          - name: coherence
+            threshold: 0.85
+          - name: technical_accuracy
+            threshold: 0.80
+          - name: completeness
+            threshold: 0.80
+      execution:
+        mode: async
+        timeout_seconds: 30
+        retry_on_failure: true
+        log_rationale: true
+quality_gate:
+  enabled: true
+  threshold: 0.80
+  action: block
+  judges: [coherence, technical_accuracy, harmfulness]
+quality_retry:
+  enabled: true
+  threshold: 0.70
+  max_retries: 2
+  judges: [relevance, completeness, citation_quality]
+"""
+
+#: With the bundled test server, markers in the judged text choose the scores, so
+#: the demo shows a judge below its threshold (citation_quality) without failing the gate.
+FAKE_RESEARCH_MARKERS = " [[tj:score:citation_quality=0.62]] [[tj:score:relevance=0.93]]"
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def run_demo(*, directory: str = ".tracejudge/demo", latency_ms: float = 200.0, timeout: float = 120.0) -> int:
+    """Run the demo; returns the process exit code (0 when the demo ran, whatever the verdict)."""
+    from tracejudge.config import Settings
+    from tracejudge.config.settings import redact_url
+
+    base = Path(directory).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    config_path = base / "tracejudge.yaml"
+    config_path.write_text(DEMO_CONFIG)
+    tracking_uri = f"sqlite:///{base / 'mlflow.db'}"
+    env = dict(os.environ)
+    env.update(
+        MLFLOW_TRACKING_URI=tracking_uri,
+        TRACEJUDGE_CONFIG=str(config_path),
+        MLFLOW_DISABLE_TELEMETRY=env.get("MLFLOW_DISABLE_TELEMETRY", "true"),
+        MLFLOW_MODEL_CATALOG_URI=env.get("MLFLOW_MODEL_CATALOG_URI", ""),
+    )
+    settings = Settings.from_env(env)
+
+    with ExitStack() as stack:
+        # 1. The LLM endpoint.
+        using_fake = not (settings.llm_base_url or settings.llm_api_key)
+        if using_fake:
+            from tracejudge.testing import FakeLLMServer
+
+            fake = stack.enter_context(FakeLLMServer(latency_ms=latency_ms))
+            env.update(TRACEJUDGE_LLM_BASE_URL=fake.base_url, TRACEJUDGE_LLM_API_KEY="sk-demo-not-a-real-key")
+            say(
+                f"LLM: no endpoint configured, so judges call the bundled test server at {fake.base_url} "
+                f"(tracejudge-fake-llm, NOT a real model; {latency_ms:g} ms per call). "
+                "Set TRACEJUDGE_LLM_BASE_URL and TRACEJUDGE_LLM_API_KEY to use a real one."
+            )
+        else:
+            say(f"LLM: {redact_url(settings.llm_base_url or 'https://api.openai.com/v1')} (from the environment)")
+
+        # 2. Redis.
+        redis_url, redis_note = _ensure_redis(settings.redis_url, stack)
+        if redis_url is None:
+            say(redis_note)
+            say("falling back to sync mode: judging in this process, without Redis or a worker.")
+        else:
+            env["TRACEJUDGE_REDIS_URL"] = redis_url
+            say(redis_note)
+
+        # 3. MLflow store and the sample trace.
+        os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_MODEL_CATALOG_URI")})
+        import mlflow
+
+        from tracejudge.testing.workflows import DEFAULT_RESEARCH, record_article_trace
+
+        mlflow.set_tracking_uri(tracking_uri)
+        if mlflow.get_experiment_by_name("tracejudge-demo") is None:
+            mlflow.create_experiment("tracejudge-demo", artifact_location=(base / "artifacts").as_uri())
+        mlflow.set_experiment("tracejudge-demo")
+        research = DEFAULT_RESEARCH + (FAKE_RESEARCH_MARKERS if using_fake else "")
+        trace_id = record_article_trace(research=research)
+        say(f"MLflow store: {tracking_uri}; recorded trace {trace_id} (article_writer: research + search tool, write)")
+
+        # 4. Worker, enqueue, verdict.
+        os.environ.update({k: v for k, v in env.items() if k.startswith("TRACEJUDGE_")})
+        from tracejudge.tasks.runtime import reset_runtime
+        from tracejudge.worker import reset_app
+
+        reset_app()
+        reset_runtime()
+        import tracejudge
+
+        config: object = str(config_path)
+        if redis_url is not None:
+            _start_worker(env, stack, base)
+        else:
+            config = _sync_config(config_path)
+        started = time.perf_counter()
+        handle = tracejudge.enqueue(trace_id, config=config, gate=True)
+        say(f"enqueued on the gate queue as evaluation {handle.id}; waiting for the verdict...")
+        try:
+            verdict = handle.verdict(timeout=timeout, raise_on_block=False)
+        except tracejudge.EvaluationTimeout as exc:
+            say(f"no verdict: {exc}. The worker log is {base / 'worker.log'}")
+            return 1
+        say(f"verdict after {time.perf_counter() - started:.2f} s:")
+        from tracejudge.cli import format_verdict
+
+        print()
+        print(format_verdict(verdict))
+        print()
+        say(f"gate: {'PASS' if verdict.passed else 'BLOCK'} (quality_gate.action: block raises QualityGateBlocked in code;"
+            " `tracejudge gate TRACE_ID` exits 0/1/2)")
+        say(f"see it in the MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --port 5000  (then open http://127.0.0.1:5000)")
+    return 0
+
+
+def _ensure_redis(url: str, stack: ExitStack) -> tuple[str | None, str]:
+    from tracejudge.config.settings import redact_url
+
+    if _redis_answers(url):
+        return url, f"Redis: using the one at {redact_url(url)}"
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        return None, f"Redis: nothing answers at {redact_url(url)}. Start it, or unset TRACEJUDGE_REDIS_URL to let the demo start a local one."
+    server = shutil.which("redis-server")
+    if server is None:
+        return None, (
+            f"Redis: nothing answers at {redact_url(url)} and no redis-server is installed. "
+            "Install one (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis; "
+            "or docker run -p 6379:6379 redis:7) and run the demo again."
+        )
+    port = _free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stack.callback(_stop, proc)
+    local = f"redis://127.0.0.1:{port}/0"
+    for _ in range(100):
+        if _redis_answers(local):
+            return local, f"Redis: nothing answered at {redact_url(url)}, so the demo started {server} on port {port} (stopped at the end)"
+        time.sleep(0.05)
+    return None, f"Redis: started {server} on port {port} but it did not answer"
+
+
+def _start_worker(env: dict[str, str], stack: ExitStack, base: Path) -> None:
+    log_path = base / "worker.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed by the stack
+    stack.callback(log.close)
+    cmd = [sys.executable, "-m", "tracejudge", "worker", "--concurrency", "4", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    stack.callback(_stop, proc)
+    say(f"started a worker: {' '.join(cmd[1:])} (pid {proc.pid}, log {log_path})")
+    from tracejudge.worker import get_app
+
+    app = get_app()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"[demo] the worker exited with {proc.returncode}; see {log_path}")
+        if app.control.ping(timeout=0.5):
+            say("worker is ready")
+            return
+    say("the worker did not answer a ping within 60 s; enqueueing anyway (the task waits in Redis)")
+
+
+def _sync_config(config_path: Path) -> object:
+    from tracejudge.config import load_config
+
+    config = load_config(config_path)
+    config.judges.execution.mode = "sync"
+    return config
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except Exception:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
