@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +69,8 @@ def pipeline_env(fake_llm, redis_url: str, mlflow_store: str) -> Iterator[dict[s
         "TRACEJUDGE_LLM_BASE_URL": fake_llm.base_url,
         "TRACEJUDGE_LLM_API_KEY": "sk-test-not-secret",
         "MLFLOW_TRACKING_URI": mlflow_store,
+        # a key prefix of its own, so two test runs on one Redis never take each other's tasks
+        "TRACEJUDGE_KEY_PREFIX": f"tjtest-{uuid.uuid4().hex[:8]}:",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -89,12 +92,10 @@ def pipeline_env(fake_llm, redis_url: str, mlflow_store: str) -> Iterator[dict[s
 @pytest.fixture(scope="module")
 def worker(pipeline_env) -> Iterator[object]:
     """A real Celery worker in a thread (threads pool), consuming both queues."""
-    import redis
     from celery.contrib.testing.worker import start_worker
 
     from tracejudge.worker import QUEUES, get_app
 
-    redis.Redis.from_url(pipeline_env["TRACEJUDGE_REDIS_URL"]).flushdb()
     app = get_app()
     with start_worker(
         app,

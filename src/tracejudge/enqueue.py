@@ -224,6 +224,7 @@ def resolve_config(config: ConfigSource) -> TraceJudgeConfig:
 
 def _send(request: Any, config: TraceJudgeConfig) -> EvaluationHandle:
     from kombu.exceptions import OperationalError
+    from redis.exceptions import RedisError
 
     from tracejudge.worker import QUEUE_GATE, QUEUE_ONLINE, TASK_EVALUATE, get_app
 
@@ -236,7 +237,8 @@ def _send(request: Any, config: TraceJudgeConfig) -> EvaluationHandle:
             task_id=request.evaluation_id,
             queue=QUEUE_GATE if request.gate else QUEUE_ONLINE,
         )
-    except OperationalError as exc:
+    except (OperationalError, RedisError, ConnectionError, OSError, RuntimeError) as exc:
+        # RuntimeError: Celery's result consumer gave up reconnecting to Redis.
         raise EnqueueError(
             f"could not enqueue trace {request.trace_id}: the broker at {_redacted_broker(app)} is unreachable ({exc})"
         ) from None

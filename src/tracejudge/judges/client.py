@@ -15,6 +15,7 @@ spending calls on a provider that refuses us.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import re
@@ -102,7 +103,7 @@ class LLMClient:
         self.timeout_seconds = timeout_seconds
         self.max_attempts = max_attempts
         self.rate_limiter = rate_limiter
-        self._backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
+        self._backoff = _exponential_jitter(backoff_initial, backoff_max)
         self._no_response_format: set[str] = set()
         self._provider_failure: tuple[JudgeError, float] | None = None
         self._openai = openai.AsyncOpenAI(
@@ -135,6 +136,7 @@ class LLMClient:
         attempts = 0
         timeout = timeout_seconds or self.timeout_seconds
         tokens = TokenUsage()
+        request_parameters = self._request_parameters(parameters or {}, judge)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(max_attempts or self.max_attempts),
             wait=self._wait,
@@ -144,20 +146,23 @@ class LLMClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    attempts += 1
+                    # Checked before every attempt (another call may have been refused
+                    # meanwhile); ``attempts`` counts only requests actually sent.
                     self._fail_fast_if_refused()
                     if self.rate_limiter is not None:
                         await self.rate_limiter(model)
-                    content, usage = await self._complete(model, messages, judge, parameters or {}, timeout)
+                        self._fail_fast_if_refused()  # refused while we waited for a slot
+                    attempts += 1
+                    content, usage = await self._complete(model, messages, judge, request_parameters, timeout)
                     tokens.prompt += usage.prompt
                     tokens.completion += usage.completion
         except JudgeError as exc:
             exc.attempts = attempts
             raise
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
+            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                 raise
-            error = self._translate(exc)
+            error = self._translate(exc, timeout)
             error.attempts = attempts
             if error.code in errors.PROVIDER_WIDE:
                 self._provider_failure = (error, time.monotonic())
@@ -174,6 +179,9 @@ class LLMClient:
     ) -> tuple[str, TokenUsage]:
         headers = {JUDGE_HEADER: judge} if judge else None
         use_format = model not in self._no_response_format
+        plain = {k: v for k, v in parameters.items() if k != "response_format"}
+        # A judge's own response_format (e.g. json_object) wins over the JSON schema.
+        formatted = {"response_format": REPLY_SCHEMA, **parameters} if use_format else plain
         async with asyncio.timeout(timeout):
             try:
                 completion = await self._openai.chat.completions.create(
@@ -181,8 +189,7 @@ class LLMClient:
                     messages=messages,  # type: ignore[arg-type]
                     extra_headers=headers,
                     timeout=timeout,
-                    **({"response_format": REPLY_SCHEMA} if use_format else {}),
-                    **parameters,
+                    **formatted,
                 )
             except openai.BadRequestError as exc:
                 if not use_format or not _RESPONSE_FORMAT_WORDS.search(str(exc)):
@@ -190,13 +197,35 @@ class LLMClient:
                 log.info("endpoint %s rejects response_format for model %s; using plain JSON instructions", self.host, model)
                 self._no_response_format.add(model)
                 completion = await self._openai.chat.completions.create(
-                    model=model, messages=messages, extra_headers=headers, timeout=timeout, **parameters  # type: ignore[arg-type]
+                    model=model, messages=messages, extra_headers=headers, timeout=timeout, **plain  # type: ignore[arg-type]
                 )
         usage = TokenUsage()
         if completion.usage is not None:
             usage = TokenUsage(prompt=completion.usage.prompt_tokens or 0, completion=completion.usage.completion_tokens or 0)
         content = completion.choices[0].message.content if completion.choices else None
         return content or "", usage
+
+    def _request_parameters(self, parameters: dict[str, Any], judge: str | None) -> dict[str, Any]:
+        """A judge's ``parameters`` as keyword arguments for ``chat.completions.create``.
+
+        Parameters the SDK knows (temperature, seed, max_tokens, ...) are passed as
+        they are; others (``top_k`` of vLLM or Ollama, ...) go into the JSON body via
+        ``extra_body`` instead of making every call fail with a TypeError. Parameters
+        that would change what the call is (model, messages, streaming) are refused.
+        """
+        reserved = sorted(RESERVED_PARAMETERS.intersection(parameters))
+        if reserved:
+            raise JudgeError(
+                errors.BAD_REQUEST,
+                f"judge {judge!r}: parameter(s) {reserved} cannot be set in a judge's parameters "
+                "(tracejudge sets them itself)",
+            )
+        known = _create_parameters(self._openai)
+        kwargs = {k: v for k, v in parameters.items() if k in known}
+        extra = {k: v for k, v in parameters.items() if k not in known}
+        if extra:
+            kwargs["extra_body"] = extra
+        return kwargs
 
     def clear_provider_failure(self) -> None:
         """Forget an earlier 401/403/quota refusal (after fixing the key, or in tests)."""
@@ -221,10 +250,23 @@ class LLMClient:
             return min(retry_after, RETRY_AFTER_MAX_SECONDS)
         return self._backoff(state)
 
-    def _translate(self, exc: BaseException) -> JudgeError:
+    def _translate(self, exc: BaseException, timeout: float | None = None) -> JudgeError:
+        error = self._translate_unredacted(exc, self.timeout_seconds if timeout is None else timeout)
+        error.message = self._redact(error.message)
+        error.args = (f"{error.code}: {error.message}",)
+        return error
+
+    def _redact(self, text: str) -> str:
+        """Remove the API key from text bound for results, logs and MLflow (some proxies echo it)."""
+        key = self._openai.api_key if isinstance(self._openai.api_key, str) else ""
+        if len(key) >= 6 and key in text:
+            text = text.replace(key, "<redacted>")
+        return text
+
+    def _translate_unredacted(self, exc: BaseException, timeout: float) -> JudgeError:
         where = self.host
         if isinstance(exc, (asyncio.TimeoutError, TimeoutError, openai.APITimeoutError)):
-            return JudgeError(errors.TIMEOUT, f"no reply from {where} within {self.timeout_seconds:g} s")
+            return JudgeError(errors.TIMEOUT, f"no reply from {where} within {timeout:g} s")
         if isinstance(exc, openai.APIConnectionError):
             return JudgeError(errors.CONNECTION_ERROR, f"connection to {where} failed: {_cause(exc)}")
         if isinstance(exc, openai.APIStatusError):
@@ -280,6 +322,31 @@ def parse_reply(content: str | None) -> JudgeReply:
         return JudgeReply.model_validate(data)
     except ValidationError as exc:  # pragma: no cover - covered by the checks above
         raise JudgeReplyError(errors.REPLY_INVALID, f"invalid judge reply: {exc.errors()[0]['msg']}") from None
+
+
+#: Judge parameters that would change what the call is; refused.
+RESERVED_PARAMETERS = frozenset(
+    {"model", "messages", "stream", "stream_options", "timeout", "extra_headers", "extra_query", "extra_body"}
+)
+_CREATE_PARAMETERS: frozenset[str] | None = None
+
+
+def _create_parameters(client: openai.AsyncOpenAI) -> frozenset[str]:
+    """The keyword arguments ``chat.completions.create`` of the installed SDK accepts."""
+    global _CREATE_PARAMETERS
+    if _CREATE_PARAMETERS is None:
+        signature = inspect.signature(client.chat.completions.create)
+        _CREATE_PARAMETERS = frozenset(
+            name for name, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+        ) - RESERVED_PARAMETERS
+    return _CREATE_PARAMETERS
+
+
+def _exponential_jitter(initial: float, maximum: float) -> wait_exponential_jitter:
+    """tenacity >= 9.1 calls the first wait ``multiplier`` (``initial`` is deprecated); older ones ``initial``."""
+    if "multiplier" in inspect.signature(wait_exponential_jitter).parameters:
+        return wait_exponential_jitter(multiplier=initial, max=maximum)
+    return wait_exponential_jitter(initial=initial, max=maximum)
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -64,6 +64,14 @@ def resolve_variable(judge_name: str, variable: str, judge_input: JudgeInput) ->
         value = getattr(judge_input, canonical)
         if canonical == "context" and not value:
             value = _MISSING
+        if _absent(value):
+            # ``{question}`` on a target without an input part, but with a ``question``
+            # input field (or metadata field): use that field.
+            for source in (judge_input.inputs, judge_input.metadata):
+                found = _lookup(source, [variable])
+                if not _absent(found):
+                    value = found
+                    break
     elif variable.startswith("inputs."):
         value = _lookup(judge_input.inputs, variable.split(".")[1:])
     elif variable.startswith("metadata."):
@@ -72,7 +80,7 @@ def resolve_variable(judge_name: str, variable: str, judge_input: JudgeInput) ->
         value = _lookup(judge_input.inputs, variable.split("."))
         if value is _MISSING:
             value = _lookup(judge_input.metadata, variable.split("."))
-    if value is _MISSING or value is None or (isinstance(value, str) and not value.strip()):
+    if _absent(value):
         raise JudgeInputError(
             f"judge {judge_name!r} needs template variable {{{variable}}} but target "
             f"{judge_input.target!r} has {_describe(judge_input, variable, value)}"
@@ -129,6 +137,11 @@ class _Missing:
 _MISSING: Any = _Missing()
 
 
+def _absent(value: Any) -> bool:
+    """No usable value: missing, None, or blank text."""
+    return value is _MISSING or value is None or (isinstance(value, str) and not value.strip())
+
+
 def _lookup(data: Any, path: list[str]) -> Any:
     for part in path:
         if isinstance(data, dict) and part in data:
@@ -141,7 +154,7 @@ def _lookup(data: Any, path: list[str]) -> Any:
 
 
 def _describe(judge_input: JudgeInput, variable: str, value: Any) -> str:
-    what = "it empty" if value is not _MISSING else "no such field"
+    what = "an empty value" if value is not _MISSING else "no such field"
     parts = [
         f"output={'yes' if judge_input.output not in (None, '') else 'no'}",
         f"input={'yes' if judge_input.input not in (None, '') else 'no'}",

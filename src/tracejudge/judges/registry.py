@@ -31,7 +31,7 @@ class UnknownJudgeError(JudgeError, KeyError):
     def __init__(self, name: str, known: Iterable[str]) -> None:
         known = sorted(known)
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f"; did you mean {close[0]!r}?" if close else "."
         super().__init__(errors.UNKNOWN_JUDGE, f"unknown judge {name!r}{hint} Known judges: {', '.join(known)}")
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message

@@ -73,7 +73,12 @@ async def run_one(
 ) -> JudgeResult:
     """Run one job; never raises (except cancellation)."""
     judge = job.judge
-    model = normalize_model(job.model or judge.model or default_model) if judge.kind == "llm" else (judge.model or "code")
+    model_error: JudgeError | None = None
+    try:
+        model = _model_for(judge, job.model, default_model)
+    except ValueError as exc:  # e.g. a blank model name: this judge fails, not the batch
+        model = job.model or judge.model or default_model
+        model_error = JudgeError(errors.BAD_REQUEST, f"judge {judge.name!r}: {exc}")
     common: dict[str, Any] = dict(
         name=judge.name,
         target=job.input.target,
@@ -90,8 +95,11 @@ async def run_one(
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise JudgeError(errors.DEADLINE_EXCEEDED, "the evaluation's overall deadline passed before this judge ran")
+        if model_error is not None:
+            raise model_error
+        overall = asyncio.timeout(remaining)
         try:
-            async with asyncio.timeout(remaining):
+            async with overall:
                 if isinstance(judge, CodeJudge):
                     reply, attempts, tokens = await _run_code_judge(judge, job.input, execution.timeout_seconds), 1, None
                 else:
@@ -109,10 +117,21 @@ async def run_one(
                     )
                     reply, attempts, tokens = llm.reply, llm.attempts, llm.tokens
         except TimeoutError:
+            if not overall.expired():  # a TimeoutError of someone else's, not our deadline
+                raise
             raise JudgeError(errors.DEADLINE_EXCEEDED, "the evaluation's overall deadline passed while this judge ran") from None
     except JudgeError as exc:
         return JudgeResult.failed(
             exc,
+            duration_ms=_ms(started),
+            timestamp=timestamp,
+            truncated=truncated,
+            **common,
+        )
+    except Exception as exc:  # a bug somewhere must not take the other judges' results down
+        error = JudgeError(errors.JUDGE_EXCEPTION, f"judge {judge.name!r} failed unexpectedly: {type(exc).__name__}: {exc}")
+        return JudgeResult.failed(
+            error,
             duration_ms=_ms(started),
             timestamp=timestamp,
             truncated=truncated,
@@ -134,16 +153,19 @@ async def run_one(
 async def _run_code_judge(judge: CodeJudge, judge_input: JudgeInput, timeout: float) -> JudgeReply:
     for variable in judge.variables:  # same missing-variable rule as LLM judges
         resolve_variable(judge.name, variable, judge_input)
+    limit = asyncio.timeout(timeout)
     try:
-        async with asyncio.timeout(timeout):
+        async with limit:
             if inspect.iscoroutinefunction(judge.fn):
                 value = await judge.fn(judge_input)
             else:
                 value = await asyncio.to_thread(judge.fn, judge_input)
                 if inspect.isawaitable(value):
                     value = await value
-    except TimeoutError:
-        raise JudgeError(errors.TIMEOUT, f"code judge {judge.name!r} did not return within {timeout:g} s") from None
+    except TimeoutError as exc:
+        if limit.expired():
+            raise JudgeError(errors.TIMEOUT, f"code judge {judge.name!r} did not return within {timeout:g} s") from None
+        raise JudgeError(errors.JUDGE_EXCEPTION, f"code judge {judge.name!r} raised {type(exc).__name__}: {exc}") from None
     except (JudgeError, JudgeInputError):
         raise
     except Exception as exc:
@@ -162,6 +184,12 @@ def _coerce_code_reply(name: str, value: Any) -> JudgeReply:
     if not 0.0 <= float(value) <= 1.0:
         raise JudgeError(errors.REPLY_OUT_OF_RANGE, f"code judge {name!r} returned score {value!r}, outside 0..1")
     return JudgeReply(score=float(value), rationale=str(rationale))
+
+
+def _model_for(judge: AnyJudge, job_model: str | None, default_model: str) -> str:
+    if judge.kind == "llm":
+        return normalize_model(job_model or judge.model or default_model)
+    return judge.model or "code"
 
 
 def _ms(started: float) -> float:

@@ -35,7 +35,7 @@ from tracejudge.judges.runner import JudgeJob, run_judges
 from tracejudge.mlflow_io import reader, writer
 from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady
 from tracejudge.tasks.payload import EvaluationRequest
-from tracejudge.tasks.runtime import Runtime
+from tracejudge.tasks.runtime import Runtime, key_prefix
 from tracejudge.verdict import QualityVerdict, build_verdict, error_verdict, quality_metrics, quality_report
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def trace_lock(runtime: Runtime, trace_id: str, *, timeout: float) -> Iterator[b
     if runtime.redis is None:
         yield False
         return
-    lock = runtime.redis.lock(f"{LOCK_PREFIX}{trace_id}", timeout=timeout + 60, blocking_timeout=timeout + 30)
+    lock = runtime.redis.lock(f"{key_prefix()}{LOCK_PREFIX}{trace_id}", timeout=timeout + 60, blocking_timeout=timeout + 30)
     waited = not lock.acquire(blocking=False)
     if waited and not lock.acquire(blocking=True):
         raise JudgeError(MLFLOW_UNAVAILABLE, f"could not get the evaluation lock for {trace_id}")
@@ -202,7 +202,8 @@ def cached_results(runtime: Runtime, keys: list[Any]) -> dict[str, JudgeResult]:
     """Results judged by an earlier attempt that had not reached MLflow."""
     if runtime.redis is None or not keys:
         return {}
-    values = runtime.redis.mget([f"{CACHE_PREFIX}{k}" for k in keys])
+    prefix = key_prefix() + CACHE_PREFIX
+    values = runtime.redis.mget([f"{prefix}{k}" for k in keys])
     found = {}
     for key, value in zip(keys, values):
         if value:
@@ -213,9 +214,10 @@ def cached_results(runtime: Runtime, keys: list[Any]) -> dict[str, JudgeResult]:
 def cache_results(runtime: Runtime, results: list[JudgeResult]) -> None:
     if runtime.redis is None or not results:
         return
+    prefix = key_prefix() + CACHE_PREFIX
     pipe = runtime.redis.pipeline(transaction=False)
     for r in results:
-        pipe.set(f"{CACHE_PREFIX}{r.key}", r.model_dump_json(), ex=CACHE_TTL_SECONDS)
+        pipe.set(f"{prefix}{r.key}", r.model_dump_json(), ex=CACHE_TTL_SECONDS)
     pipe.execute()
 
 

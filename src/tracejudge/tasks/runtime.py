@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 JUDGE_MODULES_ENV = "TRACEJUDGE_JUDGE_MODULES"
+KEY_PREFIX_ENV = "TRACEJUDGE_KEY_PREFIX"
 WRITE_CONCURRENCY = int(os.environ.get("TRACEJUDGE_WRITE_CONCURRENCY", "8"))
 
 
@@ -113,6 +114,11 @@ def reset_runtime() -> None:
             if runtime.pid == os.getpid():
                 runtime.close()
         _runtimes.clear()
+
+
+def key_prefix() -> str:
+    """A prefix for every Redis key tracejudge and Celery write (``TRACEJUDGE_KEY_PREFIX``), for a shared Redis."""
+    return os.environ.get(KEY_PREFIX_ENV, "")
 
 
 def import_judge_modules() -> list[str]:

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from celery import Celery
 
 from tracejudge.config import Settings
+from tracejudge.tasks.runtime import key_prefix
 
 QUEUE_GATE = "tracejudge.gate"
 QUEUE_ONLINE = "tracejudge.online"
@@ -35,6 +36,10 @@ RESULT_EXPIRES = timedelta(hours=int(os.environ.get("TRACEJUDGE_RESULT_EXPIRES_H
 #: Celery's own time limits are a backstop (prefork only); our deadlines come first.
 SOFT_TIME_LIMIT = VISIBILITY_TIMEOUT - 120
 HARD_TIME_LIMIT = VISIBILITY_TIMEOUT - 60
+#: A producer whose Redis is down gets an error in about a second, not after Celery's 20 retries.
+PRODUCER_BACKEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5, "timeout": 5.0}
+#: A worker storing a verdict rides out a Redis restart (about 30 s).
+WORKER_BACKEND_RETRY = {"max_retries": 30, "interval_start": 0, "interval_step": 1, "interval_max": 2, "timeout": 5.0}
 
 
 def with_tls_defaults(url: str) -> str:
@@ -60,6 +65,11 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": 5,
         "health_check_interval": 25,
     }
+    backend_transport: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT, "retry_policy": PRODUCER_BACKEND_RETRY}
+    prefix = key_prefix()
+    if prefix:  # a shared Redis: keep our queues, results and keys apart
+        transport["global_keyprefix"] = prefix
+        backend_transport["global_keyprefix"] = prefix
     return dict(
         broker_url=with_tls_defaults(settings.redis_url),
         result_backend=with_tls_defaults(settings.result_backend_url or settings.redis_url),
@@ -72,7 +82,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         worker_prefetch_multiplier=1,
         worker_deduplicate_successful_tasks=True,
         broker_transport_options=transport,
-        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT, "retry_policy": {"timeout": 5.0}},
+        result_backend_transport_options=backend_transport,
         visibility_timeout=VISIBILITY_TIMEOUT,
         result_expires=RESULT_EXPIRES,
         result_extended=True,

@@ -77,9 +77,16 @@ def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:
 
 
 @signals.worker_init.connect
-def _warm_worker(**_: Any) -> None:
-    """Once per worker: environment defaults, then import MLflow (~2 s) before any task."""
+def _warm_worker(sender: Any = None, **_: Any) -> None:
+    """Once per worker: environment defaults, patient result storing, then import MLflow (~2 s)."""
+    from tracejudge.worker.app import WORKER_BACKEND_RETRY
+
     set_worker_environment()
+    app = getattr(sender, "app", None)
+    if app is not None:
+        options = dict(app.conf.result_backend_transport_options or {})
+        options["retry_policy"] = WORKER_BACKEND_RETRY
+        app.conf.result_backend_transport_options = options
     import mlflow  # noqa: F401
 
     from tracejudge.tasks.runtime import import_judge_modules
