@@ -62,8 +62,9 @@ _Number = Annotated[float, BeforeValidator(_no_bool)]
 _Count = Annotated[int, BeforeValidator(_no_bool)]
 
 _JUDGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|\{|\}")
+#: A variable is a name or a dotted path into the judged input: ``topic``, ``inputs.request.topic``.
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*$")
+_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)\}|\{|\}")
 
 
 def template_variables(template: str) -> list[str]:

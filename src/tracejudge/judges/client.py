@@ -171,6 +171,7 @@ class LLMClient:
             reply = parse_reply(content)
         except JudgeReplyError as exc:
             exc.attempts = attempts
+            exc.tokens = tokens  # the reply was paid for even though it was unusable
             raise
         return LLMReply(reply=reply, tokens=tokens, attempts=attempts, model=model)
 

@@ -45,6 +45,7 @@ class JudgeError(Exception):
         self.code = code
         self.message = message
         self.attempts = attempts
+        self.tokens: object | None = None  # TokenUsage spent before the failure, when known
 
 
 class JudgeInputError(JudgeError):

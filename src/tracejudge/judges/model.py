@@ -228,6 +228,8 @@ class JudgeResult(BaseModel):
     @classmethod
     def failed(cls, error: JudgeError, **fields: Any) -> "JudgeResult":
         fields.setdefault("attempts", error.attempts)
+        if getattr(error, "tokens", None) is not None:
+            fields.setdefault("tokens", error.tokens)
         return cls(error=ErrorInfo(type=error.code, message=error.message), passed=False, score=None, **fields)
 
 
