@@ -1,0 +1,220 @@
+"""Real processes for reliability tests, the chaos run and the benchmarks: on loopback only.
+
+* :class:`RedisServer`: a ``redis-server`` on a free port with its own
+  directory (append-only file on, as in docker-compose), which can be
+  stopped and started again with its data;
+* :class:`MlflowServer`: an ``mlflow server`` (gunicorn workers) on a sqlite
+  store, which can be stopped and started again;
+* :class:`WorkerProcess`: a ``tracejudge worker`` subprocess that can be
+  killed (SIGKILL) or stopped gracefully (SIGTERM).
+
+Each stops what it started (context managers), so a test or script that
+fails still leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+READY_TIMEOUT = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(check: Any, *, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready\n{tail}")
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} was not ready within {timeout:g} s")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+class RedisServer:
+    """A private ``redis-server`` (append-only file on) that survives restarts with its data."""
+
+    def __init__(self, *, port: int | None = None, directory: str | os.PathLike[str] | None = None, appendonly: bool = True) -> None:
+        self.port = port or free_port()
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="tracejudge-redis-"))
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
+        log = self.dir / "redis.log"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always", "--logfile", str(log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        _wait(lambda: client.ping(), timeout=20, what=f"redis-server on {self.port}", proc=self.proc, log=log)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+    def restart(self, *, down_seconds: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class MlflowServer:
+    """``mlflow server`` on a sqlite store, with gunicorn workers; can be stopped and started again."""
+
+    def __init__(self, *, directory: str | os.PathLike[str] | None = None, port: int | None = None, workers: int = 4) -> None:
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="tracejudge-mlflow-"))
+        self.port = port or free_port()
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MlflowServer":
+        log = self.dir / "mlflow-server.log"
+        env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+        cmd = [
+            mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(self.port),
+            "--backend-store-uri", f"sqlite:///{self.dir / 'mlflow.db'}",
+            "--artifacts-destination", str(self.dir / "artifacts"),
+            "--gunicorn-opts", f"--workers {self.workers} --timeout 120",
+        ]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        _wait(self._healthy, timeout=READY_TIMEOUT, what=f"mlflow server on {self.port}", proc=self.proc, log=log)
+        return self
+
+    def _healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.url}/health", timeout=2) as reply:
+            return reply.status == 200
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+    def __enter__(self) -> "MlflowServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class WorkerProcess:
+    """A ``tracejudge worker`` subprocess (its own process group, so SIGKILL takes the pool too)."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        name: str | None = None,
+        concurrency: int = 8,
+        pool: str = "threads",
+        queues: str = "tracejudge.gate,tracejudge.online",
+        log: str | os.PathLike[str] | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
+        self.env = dict(os.environ, **env)
+        self.name = name or f"w{free_port()}"
+        self.concurrency = concurrency
+        self.pool = pool
+        self.queues = queues
+        self.log = Path(log or tempfile.mkstemp(prefix=f"tracejudge-{self.name}-", suffix=".log")[1])
+        self.extra = extra or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self, *, wait: bool = True) -> "WorkerProcess":
+        cmd = [
+            sys.executable, "-m", "tracejudge", "worker", "--pool", self.pool, "--concurrency", str(self.concurrency),
+            "--queues", self.queues, "--hostname", f"{self.name}@%h", "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle", *self.extra,
+        ]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        if wait:
+            _wait(self._ready, timeout=READY_TIMEOUT, what=f"worker {self.name}", proc=self.proc, log=self.log)
+        return self
+
+    def _ready(self) -> bool:
+        return "ready." in self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool) at once, as a crash or OOM would."""
+        _stop(self.proc, sig=signal.SIGKILL)
+
+    def terminate(self, *, timeout: float = 60.0) -> int | None:
+        """SIGTERM: Celery's warm shutdown (running tasks finish, the rest stay queued)."""
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop(self.proc, sig=signal.SIGKILL)
+            return None
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def __enter__(self) -> "WorkerProcess":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
