@@ -67,7 +67,7 @@ def pipeline_env(fake_llm, redis_url: str, mlflow_store: str) -> Iterator[dict[s
     env = {
         "TRACEJUDGE_REDIS_URL": redis_url,
         "TRACEJUDGE_LLM_BASE_URL": fake_llm.base_url,
-        "TRACEJUDGE_LLM_API_KEY": "sk-test-not-secret",
+        "TRACEJUDGE_LLM_API_KEY": "sk-SENTINEL-7f3c9e1d-must-never-be-logged",
         "MLFLOW_TRACKING_URI": mlflow_store,
         # a key prefix of its own, so two test runs on one Redis never take each other's tasks
         "TRACEJUDGE_KEY_PREFIX": f"tjtest-{uuid.uuid4().hex[:8]}:",
