@@ -73,6 +73,7 @@ class RedisServer:
     def __init__(self, *, port: int | None = None, directory: str | os.PathLike[str] | None = None, appendonly: bool = True) -> None:
         self.port = port or free_port()
         self.dir = Path(directory or tempfile.mkdtemp(prefix="tracejudge-redis-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -117,6 +118,7 @@ class MlflowServer:
 
     def __init__(self, *, directory: str | os.PathLike[str] | None = None, port: int | None = None, workers: int = 4) -> None:
         self.dir = Path(directory or tempfile.mkdtemp(prefix="tracejudge-mlflow-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None

@@ -1,0 +1,390 @@
+"""Chaos scenarios against real processes on loopback, shared by the reliability tests and ``bench/chaos.py``.
+
+A :class:`ChaosStack` owns everything one scenario needs: a private
+``redis-server`` (append-only file on), an MLflow store (a sqlite file, or a
+real ``mlflow server`` when the scenario stops it), the fake LLM server,
+``tracejudge worker`` subprocesses, and this process's environment (the
+producer side: ``enqueue`` and the verdict handles talk to the private
+Redis). Leaving the ``with`` block stops every process it started and puts
+the environment and MLflow's tracking URI back, even on failure or Ctrl-C.
+
+Each ``scenario_*`` function runs one failure against a fresh stack and
+returns a :class:`ScenarioResult` (counts, never timing assertions): the
+tests assert on it, the chaos script prints it as a table.
+
+The judge plan is small on purpose: ``harmfulness`` on every target plus
+``relevance`` on the research node, so an ``article_writer`` trace gets
+exactly :data:`JUDGES_PER_TRACE` feedback assessments, one per (span, judge).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from tracejudge.testing.processes import MlflowServer, RedisServer, WorkerProcess
+
+#: The judges each span of an ``article_writer`` trace gets under :func:`chaos_config`.
+EXPECTED_JUDGES: dict[str, tuple[str, ...]] = {
+    "node_research": ("harmfulness", "relevance"),
+    "node_write": ("harmfulness",),
+    "article_writer": ("harmfulness",),
+}
+JUDGES_PER_TRACE = sum(len(j) for j in EXPECTED_JUDGES.values())
+EXPERIMENT = "tracejudge-chaos"
+KEY_METADATA = "tracejudge.key"
+
+
+def chaos_config(*, timeout_seconds: float = 20, trace_wait_seconds: float = 30, overall_timeout_seconds: float = 300) -> dict[str, Any]:
+    """The config every chaos evaluation is sent with (see the module docstring)."""
+    return {
+        "observability": {
+            "mlflow": {
+                "enabled": True,
+                "enable_judges": True,
+                "judges": {
+                    "workflow_defaults": [{"name": "harmfulness", "threshold": 0.5}],
+                    "node_overrides": {"research": [{"name": "relevance", "threshold": 0.5}]},
+                    "execution": {
+                        "mode": "async",
+                        "timeout_seconds": timeout_seconds,
+                        "trace_wait_seconds": trace_wait_seconds,
+                        "overall_timeout_seconds": overall_timeout_seconds,
+                    },
+                },
+            }
+        },
+        "quality_gate": {"enabled": True, "threshold": 0.5, "action": "block"},
+    }
+
+
+# --------------------------------------------------------------------------- audit
+
+
+@dataclasses.dataclass
+class Audit:
+    """What is on the traces in MLflow, against what the plan expects."""
+
+    traces: int = 0
+    expected: int = 0  #: (span, judge) pairs the plan asks for
+    written: int = 0  #: feedback assessments of ours found (duplicates included)
+    duplicates: int = 0  #: assessments beyond the first for one (span, judge)
+    lost: int = 0  #: expected (span, judge) pairs without any assessment
+    unexpected: int = 0  #: assessments for a (span, judge) the plan does not have
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def exact(self) -> bool:
+        return self.duplicates == 0 and self.lost == 0 and self.unexpected == 0 and self.written == self.expected
+
+
+def audit_traces(trace_ids: Sequence[str], *, client: Any = None) -> Audit:
+    """Count our feedback assessments per (span, judge) on every trace."""
+    from mlflow import MlflowClient
+
+    client = client or MlflowClient()
+    audit = Audit(traces=len(trace_ids))
+    for trace_id in trace_ids:
+        trace = client.get_trace(trace_id)
+        span_ids = {s.name: s.span_id for s in trace.data.spans}
+        expected = {(span_ids[span], judge) for span, judges in EXPECTED_JUDGES.items() for judge in judges}
+        found = Counter(
+            (a.span_id, a.name)
+            for a in trace.info.assessments or []
+            if getattr(a, "feedback", None) is not None and KEY_METADATA in (a.metadata or {})
+        )
+        audit.expected += len(expected)
+        audit.written += sum(found.values())
+        for pair, count in found.items():
+            if pair not in expected:
+                audit.unexpected += count
+                audit.problems.append(f"{trace_id}: unexpected assessment {pair} x{count}")
+            elif count > 1:
+                audit.duplicates += count - 1
+                audit.problems.append(f"{trace_id}: {pair} written {count} times")
+        for pair in sorted(expected - set(found)):
+            audit.lost += 1
+            audit.problems.append(f"{trace_id}: {pair} missing")
+    return audit
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+@dataclasses.dataclass
+class Outcome:
+    """The verdicts of a batch of handles, and when the last one arrived (``time.monotonic()``)."""
+
+    verdicts: dict[str, Any]  #: trace id -> QualityVerdict
+    failures: dict[str, str]  #: trace id -> why there is no verdict
+    last_done: float
+
+    @property
+    def statuses(self) -> Counter[str]:
+        return Counter(v.status for v in self.verdicts.values())
+
+
+def wait_for_verdicts(handles: Sequence[Any], *, timeout: float, poll: float = 0.2) -> Outcome:
+    """Wait for every handle, noting when each became ready; never raises for one handle.
+
+    Redis may be down part of the time: errors while polling count as "not ready yet".
+    """
+    from tracejudge.verdict import QualityVerdict
+
+    deadline = time.monotonic() + timeout
+    pending = list(handles)
+    done_at: dict[str, float] = {}
+    while pending and time.monotonic() < deadline:
+        still = []
+        for handle in pending:
+            try:
+                ready = handle.ready()
+            except Exception:
+                ready = False
+            if ready:
+                done_at[handle.id] = time.monotonic()
+            else:
+                still.append(handle)
+        pending = still
+        if pending:
+            time.sleep(poll)
+    verdicts: dict[str, QualityVerdict] = {}
+    failures: dict[str, str] = {}
+    for handle in handles:
+        if handle.id not in done_at:
+            failures[handle.trace_id] = f"no verdict within {timeout:g} s (state {_state(handle)})"
+            continue
+        try:
+            verdicts[handle.trace_id] = handle.verdict(timeout=30, raise_on_block=False)
+        except Exception as exc:
+            failures[handle.trace_id] = f"{type(exc).__name__}: {exc}"
+    return Outcome(verdicts=verdicts, failures=failures, last_done=max(done_at.values(), default=time.monotonic()))
+
+
+def count_ready(handles: Sequence[Any]) -> int:
+    n = 0
+    for handle in handles:
+        try:
+            n += bool(handle.ready())
+        except Exception:
+            pass
+    return n
+
+
+def wait_until(check: Any, *, timeout: float, what: str, poll: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(poll)
+    raise TimeoutError(f"{what}: not within {timeout:g} s")
+
+
+def _state(handle: Any) -> str:
+    try:
+        return str(handle.status)
+    except Exception as exc:
+        return f"unknown ({type(exc).__name__})"
+
+
+# --------------------------------------------------------------------------- environment
+
+
+@contextlib.contextmanager
+def producer_environment(env: dict[str, str], *, tracking_uri: str, artifact_root: Path | None = None) -> Iterator[str]:
+    """This process as a producer against a private stack: env vars, Celery app, MLflow URI and experiment.
+
+    Everything is put back on exit (the app and runtime are rebuilt lazily from
+    the restored environment). Yields the experiment id.
+    """
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from tracejudge.tasks.runtime import reset_runtime
+    from tracejudge.worker import reset_app
+
+    saved_env = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"]}
+    saved_uri = tracking_utils._tracking_uri
+    saved_experiment = fluent._active_experiment_id
+    os.environ.update(env)
+    reset_app()
+    reset_runtime()
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            location = artifact_root.as_uri() if artifact_root is not None else None
+            experiment_id = mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+        mlflow.set_experiment(experiment_id=experiment_id)
+        yield experiment_id
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+        fluent._active_experiment_id = saved_experiment
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset_app()
+        reset_runtime()
+
+
+class ChaosStack:
+    """Private Redis, MLflow store (sqlite, or a real server), fake LLM and workers for one scenario.
+
+    >>> with ChaosStack(latency_ms=150, visibility_timeout=10) as stack:  # doctest: +SKIP
+    ...     traces = stack.record(100)
+    ...     handles = stack.enqueue(traces)
+    ...     w1 = stack.worker("w1")
+    """
+
+    def __init__(
+        self,
+        *,
+        latency_ms: float = 0,
+        visibility_timeout: int | None = None,
+        mlflow_server: bool = False,
+        workdir: str | os.PathLike[str] | None = None,
+        keep: bool = False,
+    ) -> None:
+        self.latency_ms = latency_ms
+        self.visibility_timeout = visibility_timeout
+        self.use_mlflow_server = mlflow_server
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="tracejudge-chaos-"))
+        self.keep = keep
+        self.key_prefix = f"tjchaos-{uuid.uuid4().hex[:8]}:"
+        self.redis: RedisServer | None = None
+        self.mlflow: MlflowServer | None = None
+        self.llm: Any = None
+        self.workers: list[WorkerProcess] = []
+        self._exit = contextlib.ExitStack()
+
+    # -- life cycle
+
+    def __enter__(self) -> "ChaosStack":
+        try:
+            self._start()
+        except BaseException:
+            self._exit.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        from tracejudge.testing.fake_llm import FakeLLMServer
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.redis = RedisServer(directory=self.workdir / "redis")
+        self._exit.callback(self.redis.stop)
+        self.redis.start()
+        self.llm = self._exit.enter_context(FakeLLMServer(latency_ms=self.latency_ms, retry_after=0.05))
+        if self.use_mlflow_server:
+            self.mlflow = MlflowServer(directory=self.workdir / "mlflow")
+            self._exit.callback(self.mlflow.stop)
+            self.mlflow.start()
+            self.tracking_uri = self.mlflow.url
+            artifact_root = None  # the server's --artifacts-destination
+        else:
+            (self.workdir / "mlflow").mkdir(exist_ok=True)
+            self.tracking_uri = f"sqlite:///{self.workdir / 'mlflow' / 'mlflow.db'}"
+            artifact_root = self.workdir / "mlflow" / "artifacts"
+        self._exit.callback(self._stop_workers)
+        self.experiment_id = self._exit.enter_context(
+            producer_environment(self.env(), tracking_uri=self.tracking_uri, artifact_root=artifact_root)
+        )
+        if not self.keep:
+            self._exit.callback(shutil.rmtree, self.workdir, True)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._exit.close()
+
+    def _stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+
+    # -- pieces
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a worker of this stack (and of this process as producer)."""
+        assert self.redis is not None and self.llm is not None
+        env = {
+            "TRACEJUDGE_REDIS_URL": self.redis.url,
+            "TRACEJUDGE_LLM_BASE_URL": self.llm.base_url,
+            "TRACEJUDGE_LLM_API_KEY": "sk-test-not-secret",
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "TRACEJUDGE_KEY_PREFIX": self.key_prefix,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_MODEL_CATALOG_URI": "",
+        }
+        if self.visibility_timeout is not None:
+            env["TRACEJUDGE_VISIBILITY_TIMEOUT"] = str(self.visibility_timeout)
+        env.update(extra)
+        return env
+
+    def worker(self, name: str, *, concurrency: int = 8, wait: bool = True, **extra_env: str) -> WorkerProcess:
+        """Start a ``tracejudge worker`` subprocess (threads pool) on this stack."""
+        worker = WorkerProcess(self.env(**extra_env), name=name, concurrency=concurrency, log=self.workdir / f"{name}.log")
+        self.workers.append(worker)
+        return worker.start(wait=wait)
+
+    def record(self, n: int, *, research: str | None = None, article: str | None = None) -> list[str]:
+        """Record ``n`` ``article_writer`` traces (each in its own run), waiting until all are in the store."""
+        import mlflow
+
+        from tracejudge.testing import workflows
+
+        ids = []
+        for i in range(n):
+            ids.append(
+                workflows.record_article_trace(
+                    topic=f"topic {i}",
+                    research=research or workflows.DEFAULT_RESEARCH,
+                    article=article or workflows.DEFAULT_ARTICLE,
+                )
+            )
+        mlflow.flush_trace_async_logging()
+        return ids
+
+    def enqueue(self, trace_ids: Sequence[str], **kwargs: Any) -> list[Any]:
+        import tracejudge
+
+        config = chaos_config()
+        return [tracejudge.enqueue(trace_id, config=config, **kwargs) for trace_id in trace_ids]
+
+    def redis_client(self) -> Any:
+        import redis
+
+        assert self.redis is not None
+        return redis.Redis.from_url(self.redis.url, socket_connect_timeout=1, socket_timeout=5)
+
+    def unacked(self) -> int:
+        """Messages delivered to a worker and not acknowledged yet (kombu's ``unacked`` hash)."""
+        return int(self.redis_client().hlen(f"{self.key_prefix}unacked"))
+
+    def queued(self) -> int:
+        """Messages waiting in the two tracejudge queues."""
+        from tracejudge.worker import QUEUES
+
+        client = self.redis_client()
+        return sum(int(client.llen(f"{self.key_prefix}{q}")) for q in QUEUES)
+
+    def llm_requests(self) -> int:
+        return int(self.llm.stats()["requests"])
+
+    def log_tail(self, chars: int = 3000) -> str:
+        parts = []
+        for worker in self.workers:
+            text = worker.log.read_text(errors="replace") if worker.log.exists() else ""
+            parts.append(f"--- {worker.name} ({worker.log}) ---\n{text[-chars:]}")
+        return "\n".join(parts)
