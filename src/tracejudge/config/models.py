@@ -180,6 +180,15 @@ class ExecutionConfig(_Section):
     max_input_chars: _Count = 20000
     trace_wait_seconds: _Number = 30.0
     overall_timeout_seconds: _Number = 300.0
+    #: Judge calls per second to one model of the endpoint, shared by all workers (through Redis).
+    rate_limit_per_second: _Number | None = None
+
+    @field_validator("rate_limit_per_second")
+    @classmethod
+    def _positive_rate(cls, value: float | None) -> float | None:
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            raise ValueError(f"must be a number of calls per second greater than 0 (got {show(value)})")
+        return value
 
     @field_validator("timeout_seconds", "overall_timeout_seconds")
     @classmethod

@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import openai
@@ -69,6 +69,18 @@ _RESPONSE_FORMAT_WORDS = re.compile(r"response_format|json_schema", re.IGNORECAS
 _CODE_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL | re.IGNORECASE)
 
 RateLimiter = Callable[[str], Awaitable[None]]
+
+
+class SharedLimiter(Protocol):
+    """A rate limit shared by every caller of an endpoint (e.g. all workers, through Redis).
+
+    ``acquire`` waits for a slot; ``cool_down`` is told of a 429 so that every
+    caller, not just this one, waits out the provider's ``Retry-After``.
+    """
+
+    async def acquire(self, model: str) -> None: ...
+
+    async def cool_down(self, model: str, seconds: float) -> None: ...
 
 
 @dataclass
@@ -131,8 +143,12 @@ class LLMClient:
         parameters: dict[str, Any] | None = None,
         timeout_seconds: float | None = None,
         max_attempts: int | None = None,
+        limiter: SharedLimiter | None = None,
     ) -> LLMReply:
-        """Ask the model for a ``{score, rationale}`` reply; raise :class:`JudgeError` on failure."""
+        """Ask the model for a ``{score, rationale}`` reply; raise :class:`JudgeError` on failure.
+
+        ``limiter`` (optional) is waited on before every attempt and told of every 429.
+        """
         attempts = 0
         timeout = timeout_seconds or self.timeout_seconds
         tokens = TokenUsage()
@@ -149,11 +165,20 @@ class LLMClient:
                     # Checked before every attempt (another call may have been refused
                     # meanwhile); ``attempts`` counts only requests actually sent.
                     self._fail_fast_if_refused()
-                    if self.rate_limiter is not None:
-                        await self.rate_limiter(model)
+                    if self.rate_limiter is not None or limiter is not None:
+                        if self.rate_limiter is not None:
+                            await self.rate_limiter(model)
+                        if limiter is not None:
+                            await limiter.acquire(model)
                         self._fail_fast_if_refused()  # refused while we waited for a slot
                     attempts += 1
-                    content, usage = await self._complete(model, messages, judge, request_parameters, timeout)
+                    try:
+                        content, usage = await self._complete(model, messages, judge, request_parameters, timeout)
+                    except openai.RateLimitError as exc:
+                        if limiter is not None and _error_code(exc) != "insufficient_quota":
+                            wait = _retry_after_seconds(exc)
+                            await limiter.cool_down(model, min(wait if wait is not None else 1.0, RETRY_AFTER_MAX_SECONDS))
+                        raise
                     tokens.prompt += usage.prompt
                     tokens.completion += usage.completion
         except JudgeError as exc:

@@ -19,7 +19,7 @@ from typing import Any
 
 from tracejudge.config import ExecutionConfig, normalize_model
 from tracejudge.judges import errors
-from tracejudge.judges.client import LLMClient
+from tracejudge.judges.client import LLMClient, SharedLimiter
 from tracejudge.judges.errors import JudgeError, JudgeInputError
 from tracejudge.judges.model import AnyJudge, CodeJudge, JudgeInput, JudgeReply, JudgeResult, passes, utc_now
 from tracejudge.judges.prompt import render, resolve_variable
@@ -45,6 +45,7 @@ async def run_judges(
     execution: ExecutionConfig | None = None,
     default_model: str = "gpt-4o-mini",
     deadline: float | None = None,
+    limiter: SharedLimiter | None = None,
 ) -> list[JudgeResult]:
     """Run every job concurrently (bounded by ``execution.concurrency``); one result per job.
 
@@ -58,7 +59,9 @@ async def run_judges(
 
     async def one(job: JudgeJob) -> JudgeResult:
         async with semaphore:
-            return await run_one(job, client=client, execution=execution, default_model=default_model, deadline=deadline)
+            return await run_one(
+                job, client=client, execution=execution, default_model=default_model, deadline=deadline, limiter=limiter
+            )
 
     return list(await asyncio.gather(*(one(job) for job in jobs)))
 
@@ -70,6 +73,7 @@ async def run_one(
     execution: ExecutionConfig,
     default_model: str = "gpt-4o-mini",
     deadline: float | None = None,
+    limiter: SharedLimiter | None = None,
 ) -> JudgeResult:
     """Run one job; never raises (except cancellation)."""
     judge = job.judge
@@ -114,6 +118,7 @@ async def run_one(
                         parameters=judge.parameters,
                         timeout_seconds=execution.timeout_seconds,
                         max_attempts=execution.attempts,
+                        limiter=limiter,
                     )
                     reply, attempts, tokens = llm.reply, llm.attempts, llm.tokens
         except TimeoutError:

@@ -94,7 +94,14 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         fresh: list[JudgeResult] = []
         if todo:
             fresh = runtime.run(
-                run_judges(todo, client=runtime.llm, execution=execution, default_model=runtime.settings.default_model, deadline=deadline)
+                run_judges(
+                    todo,
+                    client=runtime.llm,
+                    execution=execution,
+                    default_model=runtime.settings.default_model,
+                    deadline=deadline,
+                    limiter=runtime.limiter(execution.rate_limit_per_second),
+                )
             )
             cache_results(runtime, fresh)
         by_key = {**known, **{r.key: r for r in fresh}}

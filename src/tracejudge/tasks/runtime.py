@@ -52,6 +52,8 @@ class Runtime:
         self.registry: JudgeRegistry = default_registry()
         import_judge_modules()
         self.redis = _redis_client(settings) if use_redis else None
+        self._async_redis: Any = None
+        self._limiters: dict[float | None, Any] = {}
         self._mlflow_client: Any = None
 
     def _run_loop(self) -> None:
@@ -66,6 +68,25 @@ class Runtime:
         except BaseException:
             future.cancel()
             raise
+
+    def limiter(self, per_second: float | None) -> Any:
+        """The shared (Redis) rate limiter for this endpoint, or None without Redis."""
+        if self.redis is None:
+            return None
+        limiter = self._limiters.get(per_second)
+        if limiter is None:
+            from tracejudge.tasks.ratelimit import RedisRateLimiter
+
+            if self._async_redis is None:
+                import redis.asyncio
+
+                self._async_redis = redis.asyncio.Redis.from_url(
+                    self.settings.redis_url, socket_connect_timeout=5, socket_timeout=10
+                )
+            limiter = self._limiters[per_second] = RedisRateLimiter(
+                self._async_redis, endpoint=self.llm.host, per_second=per_second, prefix=key_prefix()
+            )
+        return limiter
 
     @property
     def mlflow(self) -> Any:
