@@ -146,3 +146,15 @@ def test_cli_worker_help_names_our_defaults():
     done = subprocess.run([sys.executable, "-m", "tracejudge", "worker", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     assert "--pool threads" in done.stdout and "tracejudge.gate,tracejudge.online" in done.stdout
+
+
+def test_judged_decorator_traces_and_enqueues(pipeline_env):
+    @tracejudge.judged(config=_config("sync"))
+    def answer(question: str) -> str:
+        return f"The answer to {question!r} is 42."
+
+    assert answer("life") == "The answer to 'life' is 42."  # return value unchanged
+    handle = tracejudge.last_handle()
+    assert isinstance(handle, tracejudge.CompletedHandle)
+    verdict = handle.verdict()
+    assert verdict.status == "passed" and [r.target for r in verdict.results()] == ["workflow"]
