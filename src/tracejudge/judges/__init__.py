@@ -6,6 +6,7 @@ Knows no Celery and no MLflow, so it can be tested, reused and benchmarked alone
 from tracejudge.judges.builtin import BUILTIN_JUDGES
 from tracejudge.judges.client import LLMClient, parse_reply
 from tracejudge.judges.errors import JudgeError, JudgeInputError, JudgeReplyError
+from tracejudge.judges.mlflow_scorer import scorer_judge
 from tracejudge.judges.model import (
     Aggregate,
     AnyJudge,
@@ -60,4 +61,5 @@ __all__ = [
     "register_judge",
     "render",
     "run_judges",
+    "scorer_judge",
 ]
