@@ -125,16 +125,9 @@ def _has(args: list[str], short: str, long: str) -> bool:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    import tracejudge
-
-    try:
-        handle = tracejudge.enqueue(args.trace_id, config=args.config, judges=_judges(args), gate=args.gate)
-    except (tracejudge.EnqueueError, tracejudge.ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    if isinstance(handle, tracejudge.DisabledHandle):
-        print(f"not enqueued: {handle.reason}")
-        return EXIT_PASSED
+    handle = _enqueue(args, gate=args.gate)
+    if not hasattr(handle, "verdict"):
+        return handle  # an exit code: error, or judging is off
     print(f"enqueued trace {args.trace_id} as evaluation {handle.id}")
     if args.wait:
         return _wait_and_print(handle, args.wait, as_json=args.json)
@@ -142,17 +135,25 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    handle = _enqueue(args, gate=True)
+    if not hasattr(handle, "verdict"):
+        return handle
+    return _wait_and_print(handle, args.timeout, as_json=args.json)
+
+
+def _enqueue(args: argparse.Namespace, *, gate: bool) -> Any:
+    """The handle, or an exit code after printing why there is none."""
     import tracejudge
 
     try:
-        handle = tracejudge.enqueue(args.trace_id, config=args.config, judges=_judges(args), gate=True)
+        handle = tracejudge.enqueue(args.trace_id, config=args.config, judges=_judges(args), gate=gate)
     except (tracejudge.EnqueueError, tracejudge.ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     if isinstance(handle, tracejudge.DisabledHandle):
-        print(f"gate skipped: {handle.reason}")
+        print(f"not evaluated: {handle.reason}")
         return EXIT_PASSED
-    return _wait_and_print(handle, args.timeout, as_json=args.json)
+    return handle
 
 
 def _wait_and_print(handle: Any, timeout: float, *, as_json: bool) -> int:

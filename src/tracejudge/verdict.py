@@ -77,7 +77,12 @@ class QualityVerdict(BaseModel):
         if self.error:
             text += f"; {self.error.type}: {self.error.message}"
         if self.failures:
-            text += "; below threshold: " + ", ".join(f"{r.target}/{r.name}={r.score:.2f}" for r in self.failures if r.score is not None)
+            gating = set(self.gate_judges)
+            text += "; below threshold: " + ", ".join(
+                f"{r.target}/{r.name}={r.score:.2f}" + ("" if not gating or r.name in gating else " (not gating)")
+                for r in self.failures
+                if r.score is not None
+            )
         if self.errors:
             text += "; judge errors: " + ", ".join(f"{r.target}/{r.name} {r.error.type}" for r in self.errors if r.error)
         return text
