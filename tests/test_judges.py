@@ -534,3 +534,20 @@ def test_parse_reply_errors(content, code):
         parse_reply(content)
     assert info.value.code == code
     assert str(info.value).startswith(f"{code}: ")
+
+
+def test_entry_point_judges_are_loaded_and_broken_plugins_do_not_break_the_registry(monkeypatch, caplog):
+    """A package ships judges under the `tracejudge.judges` entry-point group."""
+    from importlib.metadata import EntryPoint
+
+    from tracejudge.judges import registry as registry_module
+
+    shipped = [
+        EntryPoint(name="extra", value="tests.plugin_judges:JUDGES", group="tracejudge.judges"),
+        EntryPoint(name="broken", value="tests.no_such_module:X", group="tracejudge.judges"),
+    ]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: [ep for ep in shipped if ep.group == group])
+    reg = registry_module.JudgeRegistry()
+    reg.load_entry_points()
+    assert "plugin_tone" in reg and "plugin_len" in reg
+    assert "could not load judges from entry point broken" in caplog.text
