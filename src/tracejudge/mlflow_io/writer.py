@@ -13,6 +13,7 @@ judging, the caller reads the keys already on the trace and skips them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -113,42 +114,68 @@ def write_results(
     trace_id: str, results: list[JudgeResult], *, evaluation_id: str, executor: ThreadPoolExecutor | None = None
 ) -> list[str]:
     """Write several results concurrently (bounded by the executor); raises if any write failed."""
-    if not results:
+    return write_all(
+        [functools.partial(log_result, trace_id, r, evaluation_id=evaluation_id) for r in results], executor=executor
+    )
+
+
+def write_all(calls: list[Callable[[], T]], *, executor: ThreadPoolExecutor | None = None) -> list[T]:
+    """Run MLflow calls concurrently (bounded by the executor); wait for all, then raise the first failure."""
+    if not calls:
         return []
     own = executor is None
     pool = executor or ThreadPoolExecutor(max_workers=DEFAULT_WRITE_CONCURRENCY)
     try:
-        futures = [pool.submit(log_result, trace_id, r, evaluation_id=evaluation_id) for r in results]
-        ids, first_error = [], None
+        futures = [pool.submit(call) for call in calls]
+        done, first_error = [], None
         for future in futures:
             try:
-                ids.append(future.result())
+                done.append(future.result())
             except Exception as exc:  # keep waiting for the rest, so no write is left running
                 first_error = first_error or exc
         if first_error is not None:
             raise first_error
-        return ids
+        return done
     finally:
         if own:
             pool.shutdown(wait=True)
 
 
-def set_trace_tags(client: Any, trace_id: str, tags: dict[str, str]) -> None:
-    for key, value in tags.items():
-        call_mlflow(client.set_trace_tag, trace_id, key, str(value)[:250])
+def report_path(trace_id: str) -> str:
+    """Where a trace's report lives in its run's artifacts (one per trace, so a run can hold many)."""
+    return f"tracejudge/{trace_id}/{ARTIFACT_NAME}"
 
 
-def write_report(client: Any, run_id: str, trace_id: str, report: dict[str, Any], metrics: dict[str, float]) -> str:
-    """Log ``quality_assessment.json`` and the quality metrics on a run; returns the artifact's URI."""
+def report_uri(run_id: str, trace_id: str) -> str:
+    return f"runs:/{run_id}/{report_path(trace_id)}"
+
+
+def summary_calls(
+    client: Any,
+    trace_id: str,
+    *,
+    tags: dict[str, str],
+    run_id: str | None,
+    report: dict[str, Any],
+    metrics: dict[str, float],
+) -> list[Callable[[], Any]]:
+    """The MLflow calls that write trace tags, and the report and metrics on the run (for :func:`write_all`)."""
     import time
 
     from mlflow.entities import Metric
 
-    artifact_file = f"tracejudge/{trace_id}/{ARTIFACT_NAME}"
-    call_mlflow(client.log_dict, run_id, report, artifact_file)
-    now = int(time.time() * 1000)
-    call_mlflow(client.log_batch, run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-    return f"runs:/{run_id}/{artifact_file}"
+    calls: list[Callable[[], Any]] = [
+        functools.partial(call_mlflow, client.set_trace_tag, trace_id, key, str(value)[:250]) for key, value in tags.items()
+    ]
+    if run_id is not None:
+        now = int(time.time() * 1000)
+        calls.append(functools.partial(call_mlflow, client.log_dict, run_id, report, report_path(trace_id)))
+        calls.append(
+            functools.partial(
+                call_mlflow, client.log_batch, run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+            )
+        )
+    return calls
 
 
 _online_runs: dict[str, str] = {}

@@ -20,8 +20,10 @@ raised for the caller to retry, and the retry picks up where it stopped.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 CACHE_PREFIX = "tracejudge:result:"
 LOCK_PREFIX = "tracejudge:lock:"
 CACHE_TTL_SECONDS = 24 * 3600
+#: The per-trace lock expires this long after its holder stops renewing it (e.g. was SIGKILLed).
+LOCK_TTL_SECONDS = 20.0
 POLL_INITIAL_SECONDS = 0.1
 POLL_MAX_SECONDS = 2.0
 
@@ -106,20 +110,22 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             cache_results(runtime, fresh)
         by_key = {**known, **{r.key: r for r in fresh}}
         results = [by_key[job.key] for job in jobs]
+        verdict = build_verdict(
+            request.trace_id,
+            results,
+            config,
+            evaluation_id=request.evaluation_id,
+            workflow_name=loaded.workflow_name,
+            environment=request.environment,
+            reused=len(results) - len(fresh),
+            variance=any("variance" in job.judge.aggregations for job in jobs),
+        )
+        # One concurrent batch: the assessments not yet on the trace, the tags, the report and metrics.
         unwritten = [r for r in results if r.key not in on_trace]
-        writer.write_results(request.trace_id, unwritten, evaluation_id=request.evaluation_id, executor=runtime.write_pool)
+        calls = [functools.partial(writer.log_result, request.trace_id, r, evaluation_id=request.evaluation_id) for r in unwritten]
+        calls += summary_calls(runtime, loaded, verdict)
+        writer.write_all(calls, executor=runtime.write_pool)
 
-    verdict = build_verdict(
-        request.trace_id,
-        results,
-        config,
-        evaluation_id=request.evaluation_id,
-        workflow_name=loaded.workflow_name,
-        environment=request.environment,
-        reused=len(results) - len(fresh),
-        variance=any("variance" in job.judge.aggregations for job in jobs),
-    )
-    verdict.artifact_uri = write_summary(runtime, loaded, verdict)
     log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
 
@@ -159,28 +165,34 @@ def plan_jobs(loaded: LoadedTrace, config: TraceJudgeConfig, runtime: Runtime, r
     return jobs
 
 
-def write_summary(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict) -> str | None:
-    """Trace tags, and the report and metrics on the trace's run (or the experiment's online run)."""
+def summary_calls(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict) -> list[Any]:
+    """Trace tags, and the report and metrics on the trace's run (or the experiment's online run).
+
+    Sets ``verdict.artifact_uri``; returns the MLflow calls to make (see ``writer.write_all``).
+    """
     client = runtime.mlflow
     run_id = loaded.run_id
     if run_id is None and loaded.experiment_id is not None:
         run_id = writer.online_run_id(client, loaded.experiment_id)
         writer.link_trace(client, loaded.trace_id, run_id)
-    artifact_uri = None
     if run_id is not None:
-        artifact_uri = writer.write_report(client, run_id, loaded.trace_id, quality_report(verdict), quality_metrics(verdict))
+        verdict.artifact_uri = writer.report_uri(run_id, loaded.trace_id)
     tags = {
         "tracejudge.status": verdict.status,
         "tracejudge.passed": "true" if verdict.passed else "false",
         "tracejudge.score": "" if verdict.overall_score is None else f"{verdict.overall_score:.4f}",
         "tracejudge.band": verdict.band or "",
-        "tracejudge.evaluation_id": verdict.evaluation_id or "",
     }
-    if artifact_uri:
-        tags["tracejudge.artifact"] = artifact_uri
-        tags["tracejudge.run_id"] = run_id or ""
-    writer.set_trace_tags(client, loaded.trace_id, tags)
-    return artifact_uri
+    if verdict.artifact_uri:
+        tags["tracejudge.artifact"] = verdict.artifact_uri
+    return writer.summary_calls(
+        client,
+        loaded.trace_id,
+        tags=tags,
+        run_id=run_id,
+        report=quality_report(verdict),
+        metrics=quality_metrics(verdict),
+    )
 
 
 @contextmanager
@@ -189,20 +201,45 @@ def trace_lock(runtime: Runtime, trace_id: str, *, timeout: float) -> Iterator[b
 
     Yields whether we had to wait for another holder. Without Redis (sync mode) it is a no-op.
     """
+    from redis.exceptions import LockError
+
     if runtime.redis is None:
         yield False
         return
-    lock = runtime.redis.lock(f"{key_prefix()}{LOCK_PREFIX}{trace_id}", timeout=timeout + 60, blocking_timeout=timeout + 30)
+    # A short TTL, renewed while held: a SIGKILLed holder's lock is gone within LOCK_TTL_SECONDS,
+    # so its redelivered task is not kept waiting for the whole evaluation timeout.
+    lock = runtime.redis.lock(f"{key_prefix()}{LOCK_PREFIX}{trace_id}", timeout=LOCK_TTL_SECONDS, blocking_timeout=timeout + 30)
     waited = not lock.acquire(blocking=False)
     if waited and not lock.acquire(blocking=True):
         raise JudgeError(MLFLOW_UNAVAILABLE, f"could not get the evaluation lock for {trace_id}")
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew_lock, args=(lock, stop, trace_id), name="tracejudge-lock", daemon=True)
+    renewer.start()
     try:
         yield waited
     finally:
+        stop.set()
+        renewer.join(timeout=5)
         try:
             lock.release()
-        except Exception:  # expired: another holder may have it now; nothing to undo
+        except LockError:  # expired: another holder may have it now; nothing to undo
             log.warning("evaluation lock for %s had expired before release", trace_id)
+        except Exception as exc:  # Redis unreachable: the lock expires by itself within LOCK_TTL_SECONDS
+            log.warning("could not release the evaluation lock for %s: %s", trace_id, exc)
+
+
+def _renew_lock(lock: Any, stop: threading.Event, trace_id: str) -> None:
+    """Reset the lock's TTL every quarter TTL until ``stop`` is set (the holder is alive)."""
+    from redis.exceptions import LockError
+
+    while not stop.wait(LOCK_TTL_SECONDS / 4):
+        try:
+            lock.reacquire()
+        except LockError:
+            log.warning("evaluation lock for %s was lost (expired before renewal)", trace_id)
+            return
+        except Exception as exc:  # Redis briefly unreachable: try again next round
+            log.warning("could not renew the evaluation lock for %s: %s", trace_id, exc)
 
 
 def cached_results(runtime: Runtime, keys: list[Any]) -> dict[str, JudgeResult]:
