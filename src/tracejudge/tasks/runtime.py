@@ -80,8 +80,9 @@ class Runtime:
             if self._async_redis is None:
                 import redis.asyncio
 
+                # with retries like the sync client's: a Redis restart must not turn judge calls into errors
                 self._async_redis = redis.asyncio.Redis.from_url(
-                    self.settings.redis_url, socket_connect_timeout=5, socket_timeout=10
+                    self.settings.redis_url, socket_connect_timeout=5, socket_timeout=10, **_redis_retry(asyncio=True)
                 )
             limiter = self._limiters[per_second] = RedisRateLimiter(
                 self._async_redis, endpoint=self.llm.host, per_second=per_second, prefix=key_prefix()
@@ -150,7 +151,30 @@ def import_judge_modules() -> list[str]:
     return names
 
 
+#: The evaluation's own Redis calls (lock, result cache) wait out a Redis restart (~1 minute) instead
+#: of failing the task: a failed task is acknowledged, so its evaluation would be lost.
+REDIS_RETRIES = 30
+REDIS_RETRY_CAP_SECONDS = 2.0
+
+
+def _redis_retry(*, asyncio: bool = False) -> dict[str, Any]:
+    """Client options: retry connection errors with backoff for about a minute."""
+    import redis
+    from redis.backoff import ExponentialBackoff
+
+    if asyncio:
+        from redis.asyncio.retry import Retry
+    else:
+        from redis.retry import Retry  # type: ignore[assignment]
+    return {
+        "retry": Retry(ExponentialBackoff(cap=REDIS_RETRY_CAP_SECONDS, base=0.1), REDIS_RETRIES),
+        "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+    }
+
+
 def _redis_client(settings: Settings) -> Any:
     import redis
 
-    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=25)
+    return redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=25, **_redis_retry()
+    )

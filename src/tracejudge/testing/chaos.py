@@ -8,7 +8,7 @@ producer side: ``enqueue`` and the verdict handles talk to the private
 Redis). Leaving the ``with`` block stops every process it started and puts
 the environment and MLflow's tracking URI back, even on failure or Ctrl-C.
 
-Each ``scenario_*`` function runs one failure against a fresh stack and
+Each ``run_*`` function runs one failure against a fresh stack and
 returns a :class:`ScenarioResult` (counts, never timing assertions): the
 tests assert on it, the chaos script prints it as a table.
 
@@ -269,6 +269,7 @@ class ChaosStack:
         self.mlflow: MlflowServer | None = None
         self.llm: Any = None
         self.workers: list[WorkerProcess] = []
+        self.handles: list[Any] = []
         self._exit = contextlib.ExitStack()
 
     # -- life cycle
@@ -300,6 +301,7 @@ class ChaosStack:
             self.tracking_uri = f"sqlite:///{self.workdir / 'mlflow' / 'mlflow.db'}"
             artifact_root = self.workdir / "mlflow" / "artifacts"
         self._exit.callback(self._stop_workers)
+        self._exit.callback(self.handles.clear)  # result handles unsubscribe while Redis still answers
         self.experiment_id = self._exit.enter_context(
             producer_environment(self.env(), tracking_uri=self.tracking_uri, artifact_root=artifact_root)
         )
@@ -326,15 +328,19 @@ class ChaosStack:
             "TRACEJUDGE_KEY_PREFIX": self.key_prefix,
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "MLFLOW_MODEL_CATALOG_URI": "",
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
         }
         if self.visibility_timeout is not None:
             env["TRACEJUDGE_VISIBILITY_TIMEOUT"] = str(self.visibility_timeout)
         env.update(extra)
         return env
 
-    def worker(self, name: str, *, concurrency: int = 8, wait: bool = True, **extra_env: str) -> WorkerProcess:
-        """Start a ``tracejudge worker`` subprocess (threads pool) on this stack."""
-        worker = WorkerProcess(self.env(**extra_env), name=name, concurrency=concurrency, log=self.workdir / f"{name}.log")
+    def worker(self, name: str, *, concurrency: int = 8, pool: str = "threads", wait: bool = True, **extra_env: str) -> WorkerProcess:
+        """Start a ``tracejudge worker`` subprocess on this stack (MLflow client settings as in production)."""
+        from tracejudge.worker.task import WORKER_ENVIRONMENT
+
+        env = {**WORKER_ENVIRONMENT, **self.env(**extra_env)}
+        worker = WorkerProcess(env, name=name, concurrency=concurrency, pool=pool, log=self.workdir / f"{name}.log")
         self.workers.append(worker)
         return worker.start(wait=wait)
 
@@ -357,10 +363,13 @@ class ChaosStack:
         return ids
 
     def enqueue(self, trace_ids: Sequence[str], **kwargs: Any) -> list[Any]:
+        """``tracejudge.enqueue`` every trace with :func:`chaos_config`; returns the handles."""
         import tracejudge
 
         config = chaos_config()
-        return [tracejudge.enqueue(trace_id, config=config, **kwargs) for trace_id in trace_ids]
+        handles = [tracejudge.enqueue(trace_id, config=config, **kwargs) for trace_id in trace_ids]
+        self.handles.extend(handles)
+        return handles
 
     def redis_client(self) -> Any:
         import redis
@@ -382,9 +391,231 @@ class ChaosStack:
     def llm_requests(self) -> int:
         return int(self.llm.stats()["requests"])
 
+    def log_count(self, text: str) -> int:
+        """How often ``text`` appears in the logs of this stack's workers."""
+        return sum(w.log.read_text(errors="replace").count(text) for w in self.workers if w.log.exists())
+
     def log_tail(self, chars: int = 3000) -> str:
         parts = []
         for worker in self.workers:
             text = worker.log.read_text(errors="replace") if worker.log.exists() else ""
             parts.append(f"--- {worker.name} ({worker.log}) ---\n{text[-chars:]}")
         return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclasses.dataclass
+class ScenarioResult:
+    """What one chaos scenario did, in counts (and the recovery time, for people, not for asserts)."""
+
+    scenario: str
+    traces: int
+    audit: Audit
+    outcome: Outcome
+    llm_requests: int  #: chat requests the fake LLM server answered
+    recovery_seconds: float | None  #: failure start -> last verdict
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def expected_llm_requests(self) -> int:
+        return self.traces * JUDGES_PER_TRACE
+
+    @property
+    def verdicts(self) -> int:
+        return len(self.outcome.verdicts)
+
+    @property
+    def error_verdicts(self) -> dict[str, str]:
+        return {t: v.summary() for t, v in self.outcome.verdicts.items() if v.status == "error"}
+
+    @property
+    def ok(self) -> bool:
+        return self.audit.exact and self.verdicts == self.traces and not self.error_verdicts
+
+    def describe(self) -> str:
+        """Everything needed to see what went wrong (for assertion messages)."""
+        lines = [
+            f"{self.scenario}: traces {self.traces}, verdicts {self.verdicts} {dict(self.outcome.statuses)}, "
+            f"assessments {self.audit.written}/{self.audit.expected}, duplicates {self.audit.duplicates}, "
+            f"lost {self.audit.lost}, unexpected {self.audit.unexpected}, LLM calls {self.llm_requests} "
+            f"(plan: {self.expected_llm_requests}), notes {self.notes}",
+            *self.audit.problems[:10],
+            *[f"{t}: {why}" for t, why in list(self.outcome.failures.items())[:10]],
+            *[f"{t}: {why}" for t, why in list(self.error_verdicts.items())[:10]],
+        ]
+        return "\n".join(lines)
+
+
+TABLE_HEADER = (
+    "scenario", "traces", "verdicts", "evaluations expected", "evaluations written",
+    "duplicates", "lost", "LLM calls (plan)", "recovery s",
+)
+
+
+def table_row(result: ScenarioResult) -> tuple[str, ...]:
+    recovery = "-" if result.recovery_seconds is None else f"{result.recovery_seconds:.1f}"
+    return (
+        result.scenario, str(result.traces), str(result.verdicts), str(result.audit.expected), str(result.audit.written),
+        str(result.audit.duplicates), str(result.audit.lost), f"{result.llm_requests} ({result.expected_llm_requests})",
+        recovery,
+    )
+
+
+def format_table(results: Sequence[ScenarioResult]) -> str:
+    """A Markdown table of the results (one row per scenario)."""
+    rows = [TABLE_HEADER, *(table_row(r) for r in results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def _say(log: Any, message: str) -> None:
+    if log is not None:
+        log(message)
+
+
+def _finish(stack: ChaosStack, name: str, trace_ids: list[str], handles: list[Any], *, started: float | None,
+            timeout: float, notes: dict[str, Any], log: Any) -> ScenarioResult:
+    outcome = wait_for_verdicts(handles, timeout=timeout)
+    recovery = outcome.last_done - started if started is not None else None
+    _say(log, f"[{name}] {len(outcome.verdicts)}/{len(handles)} verdicts; auditing MLflow")
+    audit = audit_traces(trace_ids)
+    result = ScenarioResult(name, len(trace_ids), audit, outcome, stack.llm_requests(), recovery, notes)
+    if not result.ok:
+        result.notes["worker_logs"] = stack.log_tail()
+    return result
+
+
+def run_worker_kill(
+    *, traces: int = 100, latency_ms: float = 150, concurrency: int = 8, kill_after: int | None = None,
+    visibility_timeout: int = 10, timeout: float = 600, log: Any = None,
+) -> ScenarioResult:
+    """SIGKILL a worker with evaluations in flight and queued, then start another one.
+
+    The killed worker's unacknowledged tasks come back after the visibility
+    timeout plus kombu's restore sweep (10 s); the new worker reuses what is
+    already on the traces or cached, so nothing is written twice.
+    """
+    name = "worker SIGKILL"
+    kill_after = traces // 5 if kill_after is None else kill_after
+    with ChaosStack(latency_ms=latency_ms, visibility_timeout=visibility_timeout) as stack:
+        _say(log, f"[{name}] recording {traces} traces")
+        trace_ids = stack.record(traces)
+        handles = stack.enqueue(trace_ids)
+        w1 = stack.worker("w1", concurrency=concurrency)
+        wait_until(lambda: count_ready(handles) >= kill_after and stack.unacked() > 0, timeout=timeout, what=f"{kill_after} verdicts")
+        notes = {"verdicts_before_kill": count_ready(handles), "unacked_at_kill": stack.unacked(), "queued_at_kill": stack.queued()}
+        started = time.monotonic()
+        w1.kill()
+        _say(log, f"[{name}] SIGKILLed w1 ({notes}); starting w2")
+        stack.worker("w2", concurrency=concurrency)
+        return _finish(stack, name, trace_ids, handles, started=started, timeout=timeout, notes=notes, log=log)
+
+
+def run_mlflow_outage(
+    *, traces: int = 40, outage: float = 30, latency_ms: float = 150, concurrency: int = 8, timeout: float = 900,
+    log: Any = None,
+) -> ScenarioResult:
+    """Stop the MLflow tracking server mid-run for ``outage`` seconds, then start it again on the same port.
+
+    Evaluations that meet the outage retry with backoff (``MlflowUnavailable``);
+    judge results made before a failed write are cached in Redis, so no judge
+    call is repeated: the LLM sees exactly one call per (span, judge).
+    """
+    name = f"MLflow server down {outage:g} s"
+    with ChaosStack(latency_ms=latency_ms, mlflow_server=True) as stack:
+        assert stack.mlflow is not None
+        _say(log, f"[{name}] recording {traces} traces")
+        trace_ids = stack.record(traces)
+        handles = stack.enqueue(trace_ids)
+        stack.worker("w1", concurrency=concurrency)
+        wait_until(lambda: count_ready(handles) >= max(1, traces // 5), timeout=timeout, what="first verdicts")
+        notes: dict[str, Any] = {"verdicts_before_outage": count_ready(handles), "unacked_at_outage": stack.unacked()}
+        started = time.monotonic()
+        stack.mlflow.stop()
+        _say(log, f"[{name}] MLflow server stopped ({notes})")
+        time.sleep(max(0.0, outage - (time.monotonic() - started)))
+        notes["verdicts_during_outage"] = count_ready(handles) - notes["verdicts_before_outage"]
+        stack.mlflow.start()
+        notes["down_seconds"] = round(time.monotonic() - started, 1)
+        _say(log, f"[{name}] MLflow server back after {notes['down_seconds']} s")
+        result = _finish(stack, name, trace_ids, handles, started=started, timeout=timeout, notes=notes, log=log)
+        result.notes["task_retries"] = stack.log_count("MLflow unavailable for")
+        return result
+
+
+def run_redis_restart(
+    *, traces: int = 60, down: float = 5, latency_ms: float = 150, concurrency: int = 8, timeout: float = 600,
+    log: Any = None,
+) -> ScenarioResult:
+    """Restart the (append-only) Redis mid-run; an ``enqueue`` while it is down must fail fast and clearly.
+
+    Workers reconnect by themselves; evaluations in flight wait out the restart
+    (their Redis calls and result storing retry), queued ones survive in the
+    append-only file. One more trace is enqueued after the restart, so the
+    producer is shown to recover too. ``notes["enqueue_error"]`` is the
+    exception ``enqueue`` raised while Redis was down (or None).
+    """
+    import tracejudge
+
+    name = f"Redis restart ({down:g} s down)"
+    with ChaosStack(latency_ms=latency_ms) as stack:
+        assert stack.redis is not None
+        _say(log, f"[{name}] recording {traces} traces")
+        trace_ids = stack.record(traces)
+        late = trace_ids.pop()
+        handles = stack.enqueue(trace_ids)
+        stack.worker("w1", concurrency=concurrency)
+        wait_until(lambda: count_ready(handles) >= max(1, traces // 5), timeout=timeout, what="first verdicts")
+        notes: dict[str, Any] = {"verdicts_before_restart": count_ready(handles), "unacked_at_restart": stack.unacked()}
+        started = time.monotonic()
+        stack.redis.stop()
+        try:
+            tracejudge.enqueue(late, config=chaos_config())
+            notes["enqueue_error"] = None
+        except Exception as exc:
+            notes["enqueue_error"] = exc
+            notes["enqueue_error_seconds"] = round(time.monotonic() - started, 2)
+        time.sleep(max(0.0, down - (time.monotonic() - started)))
+        stack.redis.start()
+        _say(log, f"[{name}] Redis back after {time.monotonic() - started:.1f} s ({notes})")
+        handles += stack.enqueue([late])
+        trace_ids.append(late)
+        result = _finish(stack, name, trace_ids, handles, started=started, timeout=timeout, notes=notes, log=log)
+        result.notes["unacked_after"] = stack.unacked()
+        result.notes["broker_reconnects"] = stack.log_count("Connection to broker lost")
+        return result
+
+
+def run_graceful_shutdown(
+    *, traces: int = 12, judge_latency_ms: int = 2000, concurrency: int = 4, timeout: float = 300, log: Any = None,
+) -> ScenarioResult:
+    """SIGTERM a worker busy with slow evaluations: in-flight ones finish, queued ones stay queued.
+
+    Then a new worker finishes the rest. ``notes`` has what was running when
+    the signal came and what was done and queued when the worker had exited.
+    """
+    name = "worker SIGTERM (warm shutdown)"
+    slow = f"[[tj:latency={judge_latency_ms}]]"
+    with ChaosStack() as stack:
+        _say(log, f"[{name}] recording {traces} traces")
+        trace_ids = stack.record(traces, research=f"Slow findings {slow}", article=f"Slow article {slow}")
+        handles = stack.enqueue(trace_ids)
+        w1 = stack.worker("w1", concurrency=concurrency)
+        busy = concurrency * JUDGES_PER_TRACE
+        wait_until(lambda: stack.llm.stats()["in_flight"] >= busy, timeout=timeout, what=f"{busy} judge calls in flight")
+        notes: dict[str, Any] = {
+            "running_at_term": stack.unacked(), "verdicts_at_term": count_ready(handles), "queued_at_term": stack.queued(),
+        }
+        started = time.monotonic()
+        notes["exit_code"] = w1.terminate(timeout=timeout)
+        notes.update(
+            verdicts_after_exit=count_ready(handles), queued_after_exit=stack.queued(),
+            unacked_after_exit=stack.unacked(), llm_requests_after_exit=stack.llm_requests(),
+        )
+        _say(log, f"[{name}] w1 exited ({notes}); starting w2")
+        stack.worker("w2", concurrency=concurrency)
+        return _finish(stack, name, trace_ids, handles, started=started, timeout=timeout, notes=notes, log=log)

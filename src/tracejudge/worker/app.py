@@ -30,16 +30,43 @@ QUEUE_GATE = "tracejudge.gate"
 QUEUE_ONLINE = "tracejudge.online"
 QUEUES = (QUEUE_GATE, QUEUE_ONLINE)
 TASK_EVALUATE = "tracejudge.evaluate_trace"
-VISIBILITY_TIMEOUT = int(os.environ.get("TRACEJUDGE_VISIBILITY_TIMEOUT", "900"))
+DEFAULT_VISIBILITY_TIMEOUT = 900
 UNACKED_RESTORE_INTERVAL = 10
 RESULT_EXPIRES = timedelta(hours=int(os.environ.get("TRACEJUDGE_RESULT_EXPIRES_HOURS", "24")))
-#: Celery's own time limits are a backstop (prefork only); our deadlines come first.
-SOFT_TIME_LIMIT = VISIBILITY_TIMEOUT - 120
-HARD_TIME_LIMIT = VISIBILITY_TIMEOUT - 60
+
+
+def visibility_timeout() -> int:
+    """``TRACEJUDGE_VISIBILITY_TIMEOUT`` (default 900 s), read when an app is built (so ``reset_app`` sees changes)."""
+    return int(os.environ.get("TRACEJUDGE_VISIBILITY_TIMEOUT", str(DEFAULT_VISIBILITY_TIMEOUT)))
+
+
+def time_limits(visibility: int) -> tuple[int | None, int | None]:
+    """Celery's (soft, hard) time limits: a backstop (prefork only) 2 and 1 minutes under the visibility timeout.
+
+    None when the visibility timeout is too short for that (tests): a limit of 0 or less would
+    make prefork fail every task at once ("Soft time limit (-110s) exceeded").
+
+    >>> time_limits(900), time_limits(10)
+    ((780, 840), (None, None))
+    """
+    soft, hard = visibility - 120, visibility - 60
+    return (soft if soft > 0 else None, hard if hard > 0 else None)
+
+
+VISIBILITY_TIMEOUT = visibility_timeout()  # as at import; celery_settings() reads the environment again
+SOFT_TIME_LIMIT, HARD_TIME_LIMIT = time_limits(VISIBILITY_TIMEOUT)
 #: A producer whose Redis is down gets an error in about a second, not after Celery's 20 retries.
 PRODUCER_BACKEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5, "timeout": 5.0}
 #: A worker storing a verdict rides out a Redis restart (about 30 s).
 WORKER_BACKEND_RETRY = {"max_retries": 30, "interval_start": 0, "interval_step": 1, "interval_max": 2, "timeout": 5.0}
+#: ``retry_policy`` above covers only the backend's SET; storing a result first GETs the old one, and
+#: only ``result_backend_always_retry`` retries that (and every other backend call): about a minute.
+WORKER_BACKEND_ALWAYS_RETRY = {
+    "result_backend_always_retry": True,
+    "result_backend_max_retries": 40,
+    "result_backend_base_sleep_between_retries_ms": 200,
+    "result_backend_max_sleep_between_retries_ms": 3000,
+}
 
 
 def with_tls_defaults(url: str) -> str:
@@ -56,8 +83,10 @@ def with_tls_defaults(url: str) -> str:
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
     """The Celery configuration tracejudge runs with."""
+    visibility = visibility_timeout()
+    soft_limit, hard_limit = time_limits(visibility)
     transport: dict[str, Any] = {
-        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "visibility_timeout": visibility,
         "unacked_restore_interval": UNACKED_RESTORE_INTERVAL,
         "unacked_restore_throttle": 1,
         "queue_order_strategy": "sorted",  # QUEUE_GATE sorts first: always asked first
@@ -65,7 +94,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": 5,
         "health_check_interval": 25,
     }
-    backend_transport: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT, "retry_policy": PRODUCER_BACKEND_RETRY}
+    backend_transport: dict[str, Any] = {"visibility_timeout": visibility, "retry_policy": PRODUCER_BACKEND_RETRY}
     prefix = key_prefix()
     if prefix:  # a shared Redis: keep our queues, results and keys apart
         transport["global_keyprefix"] = prefix
@@ -83,13 +112,13 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         worker_deduplicate_successful_tasks=True,
         broker_transport_options=transport,
         result_backend_transport_options=backend_transport,
-        visibility_timeout=VISIBILITY_TIMEOUT,
+        visibility_timeout=visibility,
         result_expires=RESULT_EXPIRES,
         result_extended=True,
         task_track_started=True,
         broker_connection_retry_on_startup=True,
-        task_soft_time_limit=SOFT_TIME_LIMIT,
-        task_time_limit=HARD_TIME_LIMIT,
+        task_soft_time_limit=soft_limit,
+        task_time_limit=hard_limit,
         task_default_queue=QUEUE_ONLINE,
         task_routes={TASK_EVALUATE: {"queue": QUEUE_ONLINE}},
         task_publish_retry=True,

@@ -26,8 +26,9 @@ MLFLOW_RETRY_CAP_SECONDS = 15
 WORKER_ENVIRONMENT = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_MODEL_CATALOG_URI": "",
-    # MLflow's HTTP client retries 7 times with long backoff by default; our task retries instead.
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    # MLflow's HTTP client retries 7 times with long backoff by default, and a retried POST whose first
+    # reply was lost writes a second assessment; our task retries instead (it re-reads the trace first).
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
@@ -79,7 +80,7 @@ def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:
 @signals.worker_init.connect
 def _warm_worker(sender: Any = None, **_: Any) -> None:
     """Once per worker: environment defaults, patient result storing, then import MLflow (~2 s)."""
-    from tracejudge.worker.app import WORKER_BACKEND_RETRY
+    from tracejudge.worker.app import WORKER_BACKEND_ALWAYS_RETRY, WORKER_BACKEND_RETRY
 
     set_worker_environment()
     app = getattr(sender, "app", None)
@@ -87,6 +88,8 @@ def _warm_worker(sender: Any = None, **_: Any) -> None:
         options = dict(app.conf.result_backend_transport_options or {})
         options["retry_policy"] = WORKER_BACKEND_RETRY
         app.conf.result_backend_transport_options = options
+        # (the producer keeps failing fast; a worker must not lose a verdict to a Redis restart)
+        app.conf.update(WORKER_BACKEND_ALWAYS_RETRY)
     import mlflow  # noqa: F401
 
     from tracejudge.tasks.runtime import import_judge_modules
