@@ -125,12 +125,15 @@ def enqueue(
     gate: bool = False,
     environment: str | None = None,
     evaluation_id: str | None = None,
+    block: bool = True,
 ) -> AnyHandle:
     """Queue a finished trace for judging; returns at once with a handle.
 
     ``config`` is a path, a mapping or a loaded config (sent with the task);
     without it the workers use their own. ``judges`` replaces the plan's judges
     for this call. ``gate=True`` uses the gate queue (someone is waiting).
+    ``block=False`` hands the message to a background sender (microseconds;
+    see :mod:`tracejudge.sender`) instead of sending it to Redis here.
 
     >>> handle = enqueue("tr-5f1c...", gate=True)  # doctest: +SKIP
     >>> handle.verdict(timeout=60)  # doctest: +SKIP
@@ -145,6 +148,10 @@ def enqueue(
     if mode == "disabled":
         return _disabled(trace_id, "judging is off (judges.execution.mode: disabled)")
     refs = [_as_ref(j) for j in judges] if judges is not None else None
+    if not block and not evaluation_id:
+        from tracejudge.sender import new_evaluation_id  # no os.urandom: it would hand the GIL to the sender
+
+        evaluation_id = new_evaluation_id()
     request = EvaluationRequest(
         trace_id=trace_id,
         config=resolved if explicit else None,
@@ -155,6 +162,10 @@ def enqueue(
     )
     if mode == "sync":
         handle: AnyHandle = CompletedHandle(evaluate_now(request, config=resolved), config=resolved)
+    elif not block:
+        from tracejudge.sender import submit
+
+        handle = submit(request, resolved)
     else:
         handle = _send(request, resolved)
     _last_handle.set(handle)
