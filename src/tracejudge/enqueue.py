@@ -247,6 +247,9 @@ def _send(request: Any, config: TraceJudgeConfig) -> EvaluationHandle:
             args=[payload],
             task_id=request.evaluation_id,
             queue=QUEUE_GATE if request.gate else QUEUE_ONLINE,
+            # Celery would otherwise saferepr the whole payload into the headers (measured: p50 1034 -> 650 us)
+            argsrepr=request.trace_id,
+            kwargsrepr="{}",
         )
     except (OperationalError, RedisError, ConnectionError, OSError, RuntimeError) as exc:
         # RuntimeError: Celery's result consumer gave up reconnecting to Redis.

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "tracejudge:rate:"
 MAX_SLEEP_SECONDS = 5.0
+#: How long a process trusts its last look at the cool-down key (saves a Redis call per judge call).
+COOL_DOWN_CHECK_SECONDS = 0.25
 
 #: GCRA: KEYS[1] = bucket, ARGV[1] = ms between calls, ARGV[2] = burst (calls).
 #: Returns 0 when a slot was taken, else the ms to wait before asking again.
@@ -48,6 +51,7 @@ class RedisRateLimiter:
         self.per_second = per_second
         self.prefix = f"{prefix}{KEY_PREFIX}{endpoint}:"
         self._script = redis.register_script(_GCRA)
+        self._clear_until: dict[str, float] = {}  # model -> monotonic time until which no cool-down was seen
 
     async def acquire(self, model: str) -> None:
         await self._wait_out_cool_down(model)
@@ -67,14 +71,18 @@ class RedisRateLimiter:
         key = f"{self.prefix}{model}:cooldown"
         # keep the longer of an existing cool-down and this one
         current = await self.redis.pttl(key)
+        self._clear_until.pop(model, None)
         if current is None or current < seconds * 1000:
             await self.redis.set(key, "1", px=max(1, int(seconds * 1000)))
             log.info("rate limited by %s for %s: all workers wait %.2f s", self.endpoint, model, seconds)
 
     async def _wait_out_cool_down(self, model: str) -> None:
+        if time.monotonic() < self._clear_until.get(model, 0.0):
+            return  # looked a moment ago: no cool-down
         key = f"{self.prefix}{model}:cooldown"
         while True:
             remaining = await self.redis.pttl(key)
             if remaining is None or remaining <= 0:
+                self._clear_until[model] = time.monotonic() + COOL_DOWN_CHECK_SECONDS
                 return
             await asyncio.sleep(min(remaining / 1000.0, MAX_SLEEP_SECONDS))

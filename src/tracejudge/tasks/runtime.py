@@ -80,10 +80,18 @@ class Runtime:
             if self._async_redis is None:
                 import redis.asyncio
 
-                # with retries like the sync client's: a Redis restart must not turn judge calls into errors
-                self._async_redis = redis.asyncio.Redis.from_url(
-                    self.settings.redis_url, socket_connect_timeout=5, socket_timeout=10, **_redis_retry(asyncio=True)
+                # with retries like the sync client's: a Redis restart must not turn judge calls into errors;
+                # a blocking pool: many judge calls at once wait for a connection instead of failing
+                # (redis-py's default pool raises MaxConnectionsError past 100; measured at -c 32)
+                pool = redis.asyncio.BlockingConnectionPool.from_url(
+                    self.settings.redis_url,
+                    max_connections=64,
+                    timeout=30,
+                    socket_connect_timeout=5,
+                    socket_timeout=10,
+                    **_redis_retry(asyncio=True),
                 )
+                self._async_redis = redis.asyncio.Redis(connection_pool=pool)
             limiter = self._limiters[per_second] = RedisRateLimiter(
                 self._async_redis, endpoint=self.llm.host, per_second=per_second, prefix=key_prefix()
             )
