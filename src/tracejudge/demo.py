@@ -164,7 +164,9 @@ def run_demo(*, directory: str = ".tracejudge/demo", latency_ms: float = 200.0, 
         print()
         say(f"gate: {'PASS' if verdict.passed else 'BLOCK'} (quality_gate.action: block raises QualityGateBlocked in code;"
             " `tracejudge gate TRACE_ID` exits 0/1/2)")
-        say(f"see it in the MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --port 5000  (then open http://127.0.0.1:5000)")
+        mlflow_bin = Path(sys.executable).with_name("mlflow")
+        ui = str(mlflow_bin) if mlflow_bin.exists() else "mlflow"
+        say(f"see it in the MLflow UI: {ui} ui --backend-store-uri {tracking_uri} --port 5000  (then open http://127.0.0.1:5000)")
     return 0
 
 
