@@ -158,3 +158,18 @@ def test_judged_decorator_traces_and_enqueues(pipeline_env):
     assert isinstance(handle, tracejudge.CompletedHandle)
     verdict = handle.verdict()
     assert verdict.status == "passed" and [r.target for r in verdict.results()] == ["workflow"]
+
+
+def test_plain_celery_finds_the_app():
+    """`celery -A tracejudge.worker worker` works too: Celery finds the app and our task."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    celery = Path(sys.executable).with_name("celery")
+    done = subprocess.run([str(celery), "-A", "tracejudge.worker", "report"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "accept_content: ['json']" in done.stdout
+    import tracejudge.worker
+
+    assert "tracejudge.evaluate_trace" in tracejudge.worker.app.tasks

@@ -43,6 +43,9 @@ def register(app: Celery) -> None:
     """Register the evaluation task on ``app``."""
     from tracejudge.worker.app import TASK_EVALUATE
 
+    if TASK_EVALUATE in app.tasks:
+        return
+
     @app.task(name=TASK_EVALUATE, bind=True, max_retries=MLFLOW_RETRY_MAX, acks_late=True, reject_on_worker_lost=True)
     def evaluate_trace(self: Task, payload: Any) -> dict[str, Any]:
         return run_evaluation(self, payload)
