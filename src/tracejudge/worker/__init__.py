@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from tracejudge.worker.app import QUEUE_GATE, QUEUE_ONLINE, QUEUES, TASK_EVALUATE, make_app
+from tracejudge.worker.celery_app import QUEUE_GATE, QUEUE_ONLINE, QUEUES, TASK_EVALUATE, make_app
 
 _app: Any = None
 _lock = threading.Lock()

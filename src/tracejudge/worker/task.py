@@ -41,7 +41,7 @@ def set_worker_environment() -> None:
 
 def register(app: Celery) -> None:
     """Register the evaluation task on ``app``."""
-    from tracejudge.worker.app import TASK_EVALUATE
+    from tracejudge.worker.celery_app import TASK_EVALUATE
 
     if TASK_EVALUATE in app.tasks:
         return
@@ -83,7 +83,7 @@ def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:
 @signals.worker_init.connect
 def _warm_worker(sender: Any = None, **_: Any) -> None:
     """Once per worker: environment defaults, patient result storing, then import MLflow (~2 s)."""
-    from tracejudge.worker.app import WORKER_BACKEND_ALWAYS_RETRY, WORKER_BACKEND_RETRY
+    from tracejudge.worker.celery_app import WORKER_BACKEND_ALWAYS_RETRY, WORKER_BACKEND_RETRY
 
     set_worker_environment()
     app = getattr(sender, "app", None)
