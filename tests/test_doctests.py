@@ -1,0 +1,30 @@
+"""The examples in the public docstrings run (so they stay true)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "tracejudge.config.loader",
+    "tracejudge.config.models",
+    "tracejudge.config.settings",
+    "tracejudge.judges.model",
+    "tracejudge.judges.prompt",
+    "tracejudge.judges.registry",
+    "tracejudge.judges.client",
+    "tracejudge.judges.plan",
+    "tracejudge.verdict",
+    "tracejudge.worker.celery_app",
+    "tracejudge.mlflow_io.writer",
+    "tracejudge.tasks.payload",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
