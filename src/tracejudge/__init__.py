@@ -33,7 +33,21 @@ from tracejudge.verdict import QualityGateBlocked, QualityVerdict
 
 __version__ = "0.1.0"
 
+_SENDER_NAMES = ("BufferFull", "QueuedHandle", "configure_sender", "get_sender")
+
+
+def __getattr__(name: str):  # the non-blocking sender, loaded on first use
+    if name in _SENDER_NAMES:
+        from tracejudge import sender
+
+        return getattr(sender, name)
+    raise AttributeError(f"module 'tracejudge' has no attribute {name!r}")
+
 __all__ = [
+    "BufferFull",
+    "QueuedHandle",
+    "configure_sender",
+    "get_sender",
     "CodeJudge",
     "CompletedHandle",
     "ConfigError",
