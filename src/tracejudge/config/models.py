@@ -41,6 +41,7 @@ __all__ = [
     "QualityRetryConfig",
     "TraceJudgeConfig",
     "template_variables",
+    "TEMPLATE_TOKEN",
 ]
 
 ENVIRONMENT_THRESHOLDS: dict[str, float] = {"production": 0.80, "development": 0.70, "experimental": 0.60}
@@ -64,7 +65,8 @@ _Count = Annotated[int, BeforeValidator(_no_bool)]
 _JUDGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 #: A variable is a name or a dotted path into the judged input: ``topic``, ``inputs.request.topic``.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*$")
-_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)\}|\{|\}")
+#: Template tokens: ``{{``, ``}}``, ``{variable}``, or a stray brace (an error).
+TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)\}|\{|\}")
 
 
 def template_variables(template: str) -> list[str]:
@@ -77,7 +79,7 @@ def template_variables(template: str) -> list[str]:
     ['prompt', 'output']
     """
     names: list[str] = []
-    for match in _TEMPLATE_TOKEN.finditer(template):
+    for match in TEMPLATE_TOKEN.finditer(template):
         token = match.group(0)
         if token in ("{{", "}}"):
             continue

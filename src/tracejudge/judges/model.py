@@ -18,35 +18,13 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tracejudge.config.models import TEMPLATE_TOKEN, template_variables
 from tracejudge.judges.errors import JudgeError
 
-#: Placeholders look like ``{output}``, ``{inputs.topic}`` or ``{metadata.node.type}``;
-#: ``{{`` and ``}}`` are literal braces.
-PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)*$")
+#: Template placeholders (``{output}``, ``{inputs.topic}``; ``{{``/``}}`` are literal braces):
+#: one definition, shared with the YAML config, so a prompt that loads also renders.
+PLACEHOLDER = TEMPLATE_TOKEN
 JUDGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
-
-
-def template_variables(template: str) -> list[str]:
-    """The variables a template uses, in order of first use.
-
-    >>> template_variables("Q: {input}\\nA: {output} {{literal}}")
-    ['input', 'output']
-    """
-    seen: list[str] = []
-    for match in PLACEHOLDER.finditer(template):
-        name = match.group(1)
-        if name is None:
-            continue
-        name = name.strip()
-        if not VARIABLE_NAME.match(name):
-            raise ValueError(
-                f"template placeholder {{{name}}} is not a variable name "
-                "(letters, digits, '_' and dotted paths; write {{ and }} for literal braces)"
-            )
-        if name not in seen:
-            seen.append(name)
-    return seen
 
 
 class Judge(BaseModel):

@@ -113,7 +113,7 @@ def render(judge: Judge, judge_input: JudgeInput, *, max_input_chars: int = DEFA
             return "{"
         if token == "}}":
             return "}"
-        return values[match.group(1).strip()]
+        return values[match.group(1)]
 
     user = PLACEHOLDER.sub(substitute, judge.prompt).strip()
     direction = (

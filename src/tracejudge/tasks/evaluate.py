@@ -21,7 +21,6 @@ raised for the caller to retry, and the retry picks up where it stopped.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
@@ -29,7 +28,6 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from tracejudge.config import TraceJudgeConfig
-from tracejudge.judges.errors import JudgeError
 from tracejudge.judges.model import JudgeResult
 from tracejudge.judges.plan import plan_for_target
 from tracejudge.judges.registry import UnknownJudgeError
@@ -59,8 +57,15 @@ NO_TARGETS = "NO_TARGETS"
 MLFLOW_UNAVAILABLE = "MLFLOW_UNAVAILABLE"
 
 
+class EvaluationBusy(RuntimeError):
+    """Another delivery still holds the trace's lock after our wait: retry later (nothing is lost)."""
+
+
 def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVerdict:
-    """Run one evaluation end to end (see the module docstring). Raises only ``MlflowUnavailable``."""
+    """Run one evaluation end to end (see the module docstring).
+
+    Raises only what is worth a retry: ``MlflowUnavailable`` and :class:`EvaluationBusy`.
+    """
     config = request.config or runtime.config
     execution = config.judges.execution
     deadline = time.monotonic() + execution.overall_timeout_seconds
@@ -211,7 +216,7 @@ def trace_lock(runtime: Runtime, trace_id: str, *, timeout: float) -> Iterator[b
     lock = runtime.redis.lock(f"{key_prefix()}{LOCK_PREFIX}{trace_id}", timeout=LOCK_TTL_SECONDS, blocking_timeout=timeout + 30)
     waited = not lock.acquire(blocking=False)
     if waited and not lock.acquire(blocking=True):
-        raise JudgeError(MLFLOW_UNAVAILABLE, f"could not get the evaluation lock for {trace_id}")
+        raise EvaluationBusy(f"another delivery of {trace_id} held its evaluation lock for {timeout + 30:g} s")
     stop = threading.Event()
     renewer = threading.Thread(target=_renew_lock, args=(lock, stop, trace_id), name="tracejudge-lock", daemon=True)
     renewer.start()
@@ -267,4 +272,4 @@ def cache_results(runtime: Runtime, results: list[JudgeResult]) -> None:
 
 def verdict_json(verdict: QualityVerdict) -> dict[str, Any]:
     """The verdict as the task's JSON result."""
-    return json.loads(verdict.model_dump_json())
+    return verdict.model_dump(mode="json")

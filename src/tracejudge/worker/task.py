@@ -53,7 +53,13 @@ def register(app: Celery) -> None:
 
 def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:
     from tracejudge.mlflow_io.reader import MlflowUnavailable
-    from tracejudge.tasks.evaluate import INVALID_PAYLOAD, MLFLOW_UNAVAILABLE, evaluate_request, verdict_json
+    from tracejudge.tasks.evaluate import (
+        INVALID_PAYLOAD,
+        MLFLOW_UNAVAILABLE,
+        EvaluationBusy,
+        evaluate_request,
+        verdict_json,
+    )
     from tracejudge.tasks.payload import EvaluationRequest, describe_payload_error, payload_trace_id
     from tracejudge.tasks.runtime import get_runtime
     from tracejudge.verdict import error_verdict
@@ -67,7 +73,7 @@ def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:
         return verdict_json(error_verdict(payload_trace_id(payload), INVALID_PAYLOAD, message, runtime.config))
     try:
         return verdict_json(evaluate_request(request, runtime))
-    except MlflowUnavailable as exc:
+    except (MlflowUnavailable, EvaluationBusy) as exc:  # worth a retry: nothing judged is lost (Redis cache)
         retries = task.request.retries
         if retries >= MLFLOW_RETRY_MAX:
             log.error("giving up on %s after %d retries: %s", request.trace_id, retries, exc)
@@ -76,7 +82,7 @@ def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:
                 error_verdict(request.trace_id, MLFLOW_UNAVAILABLE, str(exc), config, evaluation_id=request.evaluation_id)
             )
         countdown = min(2**retries, MLFLOW_RETRY_CAP_SECONDS)
-        log.warning("MLflow unavailable for %s (retry %d in %d s): %s", request.trace_id, retries + 1, countdown, exc)
+        log.warning("retrying %s (retry %d in %d s): %s", request.trace_id, retries + 1, countdown, exc)
         raise task.retry(exc=exc, countdown=countdown)
 
 
