@@ -82,7 +82,8 @@ def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:
                 error_verdict(request.trace_id, MLFLOW_UNAVAILABLE, str(exc), config, evaluation_id=request.evaluation_id)
             )
         countdown = min(2**retries, MLFLOW_RETRY_CAP_SECONDS)
-        log.warning("retrying %s (retry %d in %d s): %s", request.trace_id, retries + 1, countdown, exc)
+        reason = "MLflow unavailable" if isinstance(exc, MlflowUnavailable) else "evaluation lock busy"
+        log.warning("%s for %s (retry %d in %d s): %s", reason, request.trace_id, retries + 1, countdown, exc)
         raise task.retry(exc=exc, countdown=countdown)
 
 
