@@ -157,7 +157,7 @@ def run_demo(*, directory: str = ".tracejudge/demo", latency_ms: float = 200.0, 
             say(f"no verdict: {exc}. The worker log is {base / 'worker.log'}")
             return 1
         say(f"verdict after {time.perf_counter() - started:.2f} s:")
-        from tracejudge.cli import format_verdict
+        from tracejudge.display import format_verdict
 
         print()
         print(format_verdict(verdict))

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from .errors import ConfigError, show
 
@@ -44,6 +44,16 @@ class Settings(BaseModel):
     mlflow_tracking_uri: str | None = None
     environment: Literal["production", "development", "experimental"] | None = None
     config_path: str | None = None
+    #: A prefix for every Redis key tracejudge and Celery write, to share one Redis (``TRACEJUDGE_KEY_PREFIX``).
+    key_prefix: str = ""
+    #: Modules to import at worker start so their judges register (``TRACEJUDGE_JUDGE_MODULES``, comma-separated).
+    judge_modules: tuple[str, ...] = ()
+    #: MLflow writes in flight at once per process (``TRACEJUDGE_WRITE_CONCURRENCY``).
+    write_concurrency: int = Field(default=8, ge=1, le=256)
+    #: How long Celery keeps a verdict in the result backend (``TRACEJUDGE_RESULT_EXPIRES_HOURS``).
+    result_expires_hours: float = Field(default=24, gt=0)
+    #: Seconds before an unacknowledged task is delivered again (``TRACEJUDGE_VISIBILITY_TIMEOUT``).
+    visibility_timeout: int = Field(default=900, ge=1)
 
     @model_validator(mode="after")
     def _backend_defaults_to_redis(self) -> Settings:
@@ -85,8 +95,20 @@ class Settings(BaseModel):
             "mlflow_tracking_uri": first("MLFLOW_TRACKING_URI"),
             "environment": environment,
             "config_path": first("TRACEJUDGE_CONFIG"),
+            "key_prefix": first("TRACEJUDGE_KEY_PREFIX"),
+            "judge_modules": _names(first("TRACEJUDGE_JUDGE_MODULES")),
+            "write_concurrency": first("TRACEJUDGE_WRITE_CONCURRENCY"),
+            "result_expires_hours": first("TRACEJUDGE_RESULT_EXPIRES_HOURS"),
+            "visibility_timeout": first("TRACEJUDGE_VISIBILITY_TIMEOUT"),
         }
-        return cls(**{key: value for key, value in values.items() if value is not None})
+        try:
+            return cls(**{key: value for key, value in values.items() if value is not None})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            name = ENVIRONMENT_VARIABLES.get(str(error["loc"][0]), str(error["loc"][0])) if error.get("loc") else "environment"
+            raise ConfigError(
+                f"{error['msg']} (got {show(error.get('input'))})", source="environment", path=name
+            ) from None
 
     @property
     def llm_endpoint(self) -> str:
@@ -128,6 +150,30 @@ class Settings(BaseModel):
             if name in _URL_FIELDS and isinstance(value, str):
                 value = redact_url(value)
             yield name, value
+
+
+#: The environment variable behind each setting (the README's table lists them all).
+ENVIRONMENT_VARIABLES = {
+    "llm_base_url": "TRACEJUDGE_LLM_BASE_URL",
+    "llm_api_key": "TRACEJUDGE_LLM_API_KEY",
+    "default_model": "TRACEJUDGE_JUDGE_MODEL",
+    "redis_url": "TRACEJUDGE_REDIS_URL",
+    "result_backend_url": "TRACEJUDGE_RESULT_BACKEND",
+    "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
+    "environment": "TRACEJUDGE_ENVIRONMENT",
+    "config_path": "TRACEJUDGE_CONFIG",
+    "key_prefix": "TRACEJUDGE_KEY_PREFIX",
+    "judge_modules": "TRACEJUDGE_JUDGE_MODULES",
+    "write_concurrency": "TRACEJUDGE_WRITE_CONCURRENCY",
+    "result_expires_hours": "TRACEJUDGE_RESULT_EXPIRES_HOURS",
+    "visibility_timeout": "TRACEJUDGE_VISIBILITY_TIMEOUT",
+}
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(n.strip() for n in value.split(",") if n.strip())
 
 
 def _is_loopback(host: str) -> bool:

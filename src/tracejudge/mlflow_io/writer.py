@@ -67,7 +67,7 @@ def existing_results(assessments: Iterable[Any]) -> dict[str, JudgeResult]:
 
 
 def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -> dict[str, Any]:
-    """The ``mlflow.log_feedback`` arguments for one result."""
+    """The ``mlflow.log_feedback`` (and ``Feedback``) arguments for one result."""
     from mlflow.entities import AssessmentError, AssessmentSource
 
     metadata = {
@@ -102,21 +102,19 @@ def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -
     return kwargs
 
 
-def log_result(trace_id: str, result: JudgeResult, *, evaluation_id: str) -> str:
-    """Write one result as a feedback assessment; returns its assessment id."""
-    import mlflow
+def feedback(trace_id: str, result: JudgeResult, *, evaluation_id: str) -> Any:
+    """The MLflow ``Feedback`` assessment for one result."""
+    from mlflow.entities import Feedback
 
-    assessment = call_mlflow(mlflow.log_feedback, **feedback_kwargs(trace_id, result, evaluation_id=evaluation_id))
-    return assessment.assessment_id
+    return Feedback(**feedback_kwargs(trace_id, result, evaluation_id=evaluation_id))
 
 
-def write_results(
-    trace_id: str, results: list[JudgeResult], *, evaluation_id: str, executor: ThreadPoolExecutor | None = None
-) -> list[str]:
-    """Write several results concurrently (bounded by the executor); raises if any write failed."""
-    return write_all(
-        [functools.partial(log_result, trace_id, r, evaluation_id=evaluation_id) for r in results], executor=executor
+def log_result(tracing_client: Any, trace_id: str, result: JudgeResult, *, evaluation_id: str) -> str:
+    """Write one result as a feedback assessment through ``tracing_client``; returns its assessment id."""
+    assessment = call_mlflow(
+        tracing_client.log_assessment, trace_id, feedback(trace_id, result, evaluation_id=evaluation_id)
     )
+    return assessment.assessment_id
 
 
 def write_all(calls: list[Callable[[], T]], *, executor: ThreadPoolExecutor | None = None) -> list[T]:

@@ -20,33 +20,26 @@ raised for the caller to retry, and the retry picks up where it stopped.
 
 from __future__ import annotations
 
-import functools
 import logging
-import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from tracejudge.config import TraceJudgeConfig
 from tracejudge.judges.model import JudgeResult
 from tracejudge.judges.plan import plan_for_target
 from tracejudge.judges.registry import UnknownJudgeError
 from tracejudge.judges.runner import JudgeJob, run_judges
-from tracejudge.mlflow_io import reader, writer
+from tracejudge.mlflow_io import writer
 from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady
 from tracejudge.tasks.payload import EvaluationRequest
-from tracejudge.tasks.runtime import Runtime, key_prefix
+from tracejudge.tasks.runtime import Runtime
+from tracejudge.tasks.state import EvaluationBusy
 from tracejudge.verdict import QualityVerdict, build_verdict, error_verdict, quality_metrics, quality_report
 
 log = logging.getLogger(__name__)
 
-CACHE_PREFIX = "tracejudge:result:"
-LOCK_PREFIX = "tracejudge:lock:"
-CACHE_TTL_SECONDS = 24 * 3600
-#: The per-trace lock expires this long after its holder stops renewing it (e.g. was SIGKILLed).
-LOCK_TTL_SECONDS = 20.0
-POLL_INITIAL_SECONDS = 0.1
-POLL_MAX_SECONDS = 2.0
+#: A delivery waits this much longer than the evaluation timeout for another holder of the trace's lock.
+LOCK_WAIT_MARGIN_SECONDS = 30.0
 
 # Error codes of evaluations that could not run at all (permanent: no retry).
 TRACE_NOT_FOUND = "TRACE_NOT_FOUND"
@@ -54,11 +47,8 @@ INVALID_TRACE_ID = "INVALID_TRACE_ID"
 INVALID_PAYLOAD = "INVALID_PAYLOAD"
 UNKNOWN_JUDGE = "UNKNOWN_JUDGE"
 NO_TARGETS = "NO_TARGETS"
-MLFLOW_UNAVAILABLE = "MLFLOW_UNAVAILABLE"
 
-
-class EvaluationBusy(RuntimeError):
-    """Another delivery still holds the trace's lock after our wait: retry later (nothing is lost)."""
+__all__ = ["EvaluationBusy", "evaluate_request", "plan_jobs", "verdict_json"]
 
 
 def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVerdict:
@@ -70,7 +60,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
     execution = config.judges.execution
     deadline = time.monotonic() + execution.overall_timeout_seconds
     try:
-        loaded = wait_for_trace(runtime, request.trace_id, wait_seconds=execution.trace_wait_seconds)
+        loaded = runtime.store.wait_for_trace(request.trace_id, wait_seconds=execution.trace_wait_seconds)
     except InvalidTraceId as exc:
         return error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, evaluation_id=request.evaluation_id)
     except TraceNotReady as exc:
@@ -94,11 +84,12 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             workflow_name=loaded.workflow_name,
         )
 
-    with trace_lock(runtime, request.trace_id, timeout=execution.overall_timeout_seconds) as waited:
-        if waited:  # another worker held it: see what it wrote
-            loaded = reader.load_trace(runtime.mlflow, request.trace_id)
+    state = runtime.state
+    with state.trace_lock(request.trace_id, timeout=execution.overall_timeout_seconds + LOCK_WAIT_MARGIN_SECONDS) as held:
+        if held.waited:  # another worker held it: see what it wrote
+            loaded = runtime.store.load_trace(request.trace_id)
         on_trace = writer.existing_results(loaded.assessments)
-        known = {**cached_results(runtime, [j.key for j in jobs if j.key not in on_trace]), **on_trace}
+        known = {**state.cached_results([j.key for j in jobs if j.key not in on_trace]), **on_trace}
         todo = [job for job in jobs if job.key not in known]
         fresh: list[JudgeResult] = []
         if todo:
@@ -112,7 +103,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                     limiter=runtime.limiter(execution.rate_limit_per_second),
                 )
             )
-            cache_results(runtime, fresh)
+            state.cache_results(fresh)
         by_key = {**known, **{r.key: r for r in fresh}}
         results = [by_key[job.key] for job in jobs]
         verdict = build_verdict(
@@ -127,27 +118,12 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         )
         # One concurrent batch: the assessments not yet on the trace, the tags, the report and metrics.
         unwritten = [r for r in results if r.key not in on_trace]
-        calls = [functools.partial(writer.log_result, request.trace_id, r, evaluation_id=request.evaluation_id) for r in unwritten]
+        calls = runtime.store.result_calls(request.trace_id, unwritten, evaluation_id=request.evaluation_id)
         calls += summary_calls(runtime, loaded, verdict)
-        writer.write_all(calls, executor=runtime.write_pool)
+        runtime.store.write_all(calls)
 
     log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
-
-
-def wait_for_trace(runtime: Runtime, trace_id: str, *, wait_seconds: float) -> LoadedTrace:
-    """Load the trace, polling with backoff while it is not exported yet."""
-    reader.check_trace_id(trace_id)
-    give_up = time.monotonic() + wait_seconds
-    pause = POLL_INITIAL_SECONDS
-    while True:
-        try:
-            return reader.load_trace(runtime.mlflow, trace_id)
-        except TraceNotReady:
-            if time.monotonic() + pause > give_up:
-                raise
-            time.sleep(pause)
-            pause = min(pause * 2, POLL_MAX_SECONDS)
 
 
 def plan_jobs(loaded: LoadedTrace, config: TraceJudgeConfig, runtime: Runtime, request: EvaluationRequest) -> list[JudgeJob]:
@@ -173,15 +149,12 @@ def plan_jobs(loaded: LoadedTrace, config: TraceJudgeConfig, runtime: Runtime, r
 def summary_calls(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict) -> list[Any]:
     """Trace tags, and the report and metrics on the trace's run (or the experiment's online run).
 
-    Sets ``verdict.artifact_uri``; returns the MLflow calls to make (see ``writer.write_all``).
+    Sets ``verdict.artifact_uri``; returns the MLflow calls to make (see ``TraceStore.write_all``).
     """
-    client = runtime.mlflow
-    run_id = loaded.run_id
-    if run_id is None and loaded.experiment_id is not None:
-        run_id = writer.online_run_id(client, loaded.experiment_id)
-        writer.link_trace(client, loaded.trace_id, run_id)
+    store = runtime.store
+    run_id = store.report_run(loaded)
     if run_id is not None:
-        verdict.artifact_uri = writer.report_uri(run_id, loaded.trace_id)
+        verdict.artifact_uri = store.report_uri(run_id, loaded.trace_id)
     tags = {
         "tracejudge.status": verdict.status,
         "tracejudge.passed": "true" if verdict.passed else "false",
@@ -190,84 +163,9 @@ def summary_calls(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict
     }
     if verdict.artifact_uri:
         tags["tracejudge.artifact"] = verdict.artifact_uri
-    return writer.summary_calls(
-        client,
-        loaded.trace_id,
-        tags=tags,
-        run_id=run_id,
-        report=quality_report(verdict),
-        metrics=quality_metrics(verdict),
+    return store.summary_calls(
+        loaded.trace_id, run_id=run_id, tags=tags, report=quality_report(verdict), metrics=quality_metrics(verdict)
     )
-
-
-@contextmanager
-def trace_lock(runtime: Runtime, trace_id: str, *, timeout: float) -> Iterator[bool]:
-    """Hold the per-trace Redis lock so two deliveries never judge the same trace at once.
-
-    Yields whether we had to wait for another holder. Without Redis (sync mode) it is a no-op.
-    """
-    from redis.exceptions import LockError
-
-    if runtime.redis is None:
-        yield False
-        return
-    # A short TTL, renewed while held: a SIGKILLed holder's lock is gone within LOCK_TTL_SECONDS,
-    # so its redelivered task is not kept waiting for the whole evaluation timeout.
-    lock = runtime.redis.lock(f"{key_prefix()}{LOCK_PREFIX}{trace_id}", timeout=LOCK_TTL_SECONDS, blocking_timeout=timeout + 30)
-    waited = not lock.acquire(blocking=False)
-    if waited and not lock.acquire(blocking=True):
-        raise EvaluationBusy(f"another delivery of {trace_id} held its evaluation lock for {timeout + 30:g} s")
-    stop = threading.Event()
-    renewer = threading.Thread(target=_renew_lock, args=(lock, stop, trace_id), name="tracejudge-lock", daemon=True)
-    renewer.start()
-    try:
-        yield waited
-    finally:
-        stop.set()
-        renewer.join(timeout=5)
-        try:
-            lock.release()
-        except LockError:  # expired: another holder may have it now; nothing to undo
-            log.warning("evaluation lock for %s had expired before release", trace_id)
-        except Exception as exc:  # Redis unreachable: the lock expires by itself within LOCK_TTL_SECONDS
-            log.warning("could not release the evaluation lock for %s: %s", trace_id, exc)
-
-
-def _renew_lock(lock: Any, stop: threading.Event, trace_id: str) -> None:
-    """Reset the lock's TTL every quarter TTL until ``stop`` is set (the holder is alive)."""
-    from redis.exceptions import LockError
-
-    while not stop.wait(LOCK_TTL_SECONDS / 4):
-        try:
-            lock.reacquire()
-        except LockError:
-            log.warning("evaluation lock for %s was lost (expired before renewal)", trace_id)
-            return
-        except Exception as exc:  # Redis briefly unreachable: try again next round
-            log.warning("could not renew the evaluation lock for %s: %s", trace_id, exc)
-
-
-def cached_results(runtime: Runtime, keys: list[Any]) -> dict[str, JudgeResult]:
-    """Results judged by an earlier attempt that had not reached MLflow."""
-    if runtime.redis is None or not keys:
-        return {}
-    prefix = key_prefix() + CACHE_PREFIX
-    values = runtime.redis.mget([f"{prefix}{k}" for k in keys])
-    found = {}
-    for key, value in zip(keys, values):
-        if value:
-            found[key] = JudgeResult.model_validate_json(value)
-    return found
-
-
-def cache_results(runtime: Runtime, results: list[JudgeResult]) -> None:
-    if runtime.redis is None or not results:
-        return
-    prefix = key_prefix() + CACHE_PREFIX
-    pipe = runtime.redis.pipeline(transaction=False)
-    for r in results:
-        pipe.set(f"{prefix}{r.key}", r.model_dump_json(), ex=CACHE_TTL_SECONDS)
-    pipe.execute()
 
 
 def verdict_json(verdict: QualityVerdict) -> dict[str, Any]:

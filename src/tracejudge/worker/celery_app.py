@@ -16,28 +16,20 @@ Settings and why (measured, see docs/architecture.md):
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from celery import Celery
+from celery import Celery, signals
 
 from tracejudge.config import Settings
-from tracejudge.tasks.runtime import key_prefix
+from tracejudge.tasks import prepare_worker_process, warm_runtime
+from tracejudge.worker import task
+from tracejudge.worker.names import QUEUE_GATE, QUEUE_ONLINE, QUEUES, TASK_EVALUATE
 
-QUEUE_GATE = "tracejudge.gate"
-QUEUE_ONLINE = "tracejudge.online"
-QUEUES = (QUEUE_GATE, QUEUE_ONLINE)
-TASK_EVALUATE = "tracejudge.evaluate_trace"
-DEFAULT_VISIBILITY_TIMEOUT = 900
+__all__ = ["QUEUES", "QUEUE_GATE", "QUEUE_ONLINE", "TASK_EVALUATE", "celery_settings", "make_app"]
+
 UNACKED_RESTORE_INTERVAL = 10
-RESULT_EXPIRES = timedelta(hours=int(os.environ.get("TRACEJUDGE_RESULT_EXPIRES_HOURS", "24")))
-
-
-def visibility_timeout() -> int:
-    """``TRACEJUDGE_VISIBILITY_TIMEOUT`` (default 900 s), read when an app is built (so ``reset_app`` sees changes)."""
-    return int(os.environ.get("TRACEJUDGE_VISIBILITY_TIMEOUT", str(DEFAULT_VISIBILITY_TIMEOUT)))
 
 
 def time_limits(visibility: int) -> tuple[int | None, int | None]:
@@ -53,8 +45,6 @@ def time_limits(visibility: int) -> tuple[int | None, int | None]:
     return (soft if soft > 0 else None, hard if hard > 0 else None)
 
 
-VISIBILITY_TIMEOUT = visibility_timeout()  # as at import; celery_settings() reads the environment again
-SOFT_TIME_LIMIT, HARD_TIME_LIMIT = time_limits(VISIBILITY_TIMEOUT)
 #: A producer whose Redis is down gets an error in about a second, not after Celery's 20 retries.
 PRODUCER_BACKEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5, "timeout": 5.0}
 #: A worker storing a verdict rides out a Redis restart (about 30 s).
@@ -83,7 +73,7 @@ def with_tls_defaults(url: str) -> str:
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
     """The Celery configuration tracejudge runs with."""
-    visibility = visibility_timeout()
+    visibility = settings.visibility_timeout
     soft_limit, hard_limit = time_limits(visibility)
     transport: dict[str, Any] = {
         "visibility_timeout": visibility,
@@ -95,7 +85,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 25,
     }
     backend_transport: dict[str, Any] = {"visibility_timeout": visibility, "retry_policy": PRODUCER_BACKEND_RETRY}
-    prefix = key_prefix()
+    prefix = settings.key_prefix
     if prefix:  # a shared Redis: keep our queues, results and keys apart
         transport["global_keyprefix"] = prefix
         backend_transport["global_keyprefix"] = prefix
@@ -113,7 +103,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         broker_transport_options=transport,
         result_backend_transport_options=backend_transport,
         visibility_timeout=visibility,
-        result_expires=RESULT_EXPIRES,
+        result_expires=timedelta(hours=settings.result_expires_hours),
         result_extended=True,
         task_track_started=True,
         broker_connection_retry_on_startup=True,
@@ -140,7 +130,30 @@ def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     app = Celery("tracejudge")
     app.conf.update(celery_settings(settings))
-    from tracejudge.worker import task  # noqa: F401  (registers the task on this app)
-
     task.register(app)
     return app
+
+
+@signals.worker_init.connect
+def _warm_worker(sender: Any = None, **_: Any) -> None:
+    """Once per worker: patient result storing, then the process's preparation (MLflow imported, ~2 s)."""
+    app = getattr(sender, "app", None)
+    if app is not None:
+        options = dict(app.conf.result_backend_transport_options or {})
+        options["retry_policy"] = WORKER_BACKEND_RETRY
+        app.conf.result_backend_transport_options = options
+        # (the producer keeps failing fast; a worker must not lose a verdict to a Redis restart)
+        app.conf.update(WORKER_BACKEND_ALWAYS_RETRY)
+    prepare_worker_process()
+
+
+@signals.worker_process_init.connect
+def _warm_child(**_: Any) -> None:
+    """Each prefork child builds its runtime (event loop, LLM client) before its first task."""
+    warm_runtime()
+
+
+@signals.worker_ready.connect
+def _warm_main(**_: Any) -> None:
+    """Threads/solo pools share the main process: build its runtime once, now."""
+    warm_runtime()

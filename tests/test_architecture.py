@@ -1,0 +1,160 @@
+"""The dependency direction, read from the source's imports (every import, also those inside functions).
+
+config <- judges <- mlflow_io / verdict <- tasks <- worker <- enqueue <- cli; testing on top.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "tracejudge"
+
+#: Each module's layer: a module may import only its own layer or lower ones.
+LAYERS = {
+    "config": 0,
+    "judges": 1,
+    "mlflow_io": 2,
+    "verdict": 2,
+    "tasks": 3,
+    "worker": 4,
+    "publish": 5,
+    "sender": 5,
+    "enqueue": 5,
+    "display": 6,
+    "cli": 6,
+    "demo": 6,
+    "__main__": 6,
+    "__init__": 6,
+    "testing": 6,
+}
+#: Units of one layer that must not import each other.
+SIBLINGS_APART = [("mlflow_io", "verdict")]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def unit(module: str) -> str:
+    """``tracejudge.tasks.evaluate`` -> ``tasks``; ``tracejudge`` -> ``__init__``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module this file imports, absolute (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    here = module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            for alias in node.names:  # ``from tracejudge.tasks import runtime`` imports a module too
+                found.add(f"{target}.{alias.name}")
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges: dict[str, set[str]] = defaultdict(set)
+    for name, path in modules.items():
+        for target in imports_of(path):
+            if target in modules and target != name:
+                edges[name].add(target)
+        edges.setdefault(name, set())
+    return edges
+
+
+def third_party(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in imports_of(path) if not name.startswith("tracejudge")}
+
+
+def test_every_module_has_a_layer():
+    assert {unit(m) for m in graph()} <= set(LAYERS), "a new top-level module needs a layer here and in docs/architecture.md"
+
+
+def test_dependencies_run_one_way():
+    wrong = [
+        f"{src} imports {dst}"
+        for src, targets in graph().items()
+        for dst in targets
+        if LAYERS[unit(dst)] > LAYERS[unit(src)]
+    ]
+    wrong += [
+        f"{src} imports {dst}"
+        for src, targets in graph().items()
+        for dst in targets
+        for a, b in SIBLINGS_APART
+        if {unit(src), unit(dst)} == {a, b}
+    ]
+    wrong += [f"{src} imports {dst}" for src, targets in graph().items() if unit(src) == "testing" for dst in targets if unit(dst) in ("cli", "demo")]
+    assert not wrong, "imports against the layering:\n" + "\n".join(sorted(wrong))
+
+
+def test_no_import_circles():
+    edges = graph()
+    circles = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges[node]):
+            if nxt.startswith(node + "."):
+                continue  # a package importing its own submodules (its public names) is not a circle
+            if state.get(nxt) == 1:
+                circles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+    assert not circles, "import circles:\n" + "\n".join(circles)
+
+
+def test_worker_is_only_the_celery_shell():
+    for path in (PACKAGE / "worker").rglob("*.py"):
+        assert "mlflow" not in third_party(path), f"{path.name} imports mlflow"
+        assert not any(
+            name == "tracejudge.mlflow_io" or name.startswith("tracejudge.mlflow_io.") for name in imports_of(path)
+        ), f"{path.name} imports mlflow_io"
+
+
+def test_only_mlflow_io_talks_to_mlflow_in_the_worker_path():
+    """tasks, worker and the producer reach MLflow only through mlflow_io's TraceStore."""
+    for name in ("tasks", "worker", "publish.py", "sender.py", "verdict.py"):
+        for path in ([PACKAGE / name] if name.endswith(".py") else list((PACKAGE / name).rglob("*.py"))):
+            assert "mlflow" not in third_party(path), f"{path.relative_to(PACKAGE)} imports mlflow"
+
+
+def test_imports_inside_functions_are_read():
+    assert "tracejudge.worker" in imports_of(PACKAGE / "cli.py")  # only inside run_worker()
+
+
+@pytest.mark.parametrize("circle", [("tracejudge.cli", "tracejudge.demo"), ("tracejudge.enqueue", "tracejudge.sender"),
+                                    ("tracejudge.worker.celery_app", "tracejudge.worker.task")])
+def test_the_circles_of_issue_9_are_gone(circle):
+    a, b = circle
+    edges = graph()
+    assert not (b in edges[a] and a in edges[b]), f"{a} and {b} import each other"
