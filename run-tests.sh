@@ -1,7 +1,26 @@
 #!/usr/bin/env bash
 # The tests: set up .venv if needed, make sure Redis answers, run pytest (arguments pass through).
+# A redis-server this script had to start is stopped when the tests end (its log stays in
+# $TRACEJUDGE_RUN_DIR, default .tracejudge/run/); a Redis that was already running is left alone.
 set -euo pipefail
 cd "$(dirname "$0")"
+export TRACEJUDGE_RUN_DIR="${TRACEJUDGE_RUN_DIR:-$PWD/.tracejudge/run}"
+pidfile="$TRACEJUDGE_RUN_DIR/redis-${REDIS_PORT:-6379}.pid"
 scripts/bootstrap.sh
+# a pidfile left by a run that was killed names no live process: forget it
+if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then rm -f "$pidfile"; fi
+had_pidfile=""
+[ -f "$pidfile" ] && had_pidfile=yes
 scripts/ensure-redis.sh
-exec .venv/bin/python -m pytest "$@"
+started=""
+if [ -z "$had_pidfile" ] && [ -f "$pidfile" ]; then started="$(cat "$pidfile")"; fi
+stop_redis() {
+  if [ -n "$started" ] && kill -0 "$started" 2>/dev/null; then
+    kill "$started"
+    for _ in $(seq 1 50); do kill -0 "$started" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$pidfile"
+    echo "[redis] stopped the redis-server we started (pid $started; log $TRACEJUDGE_RUN_DIR/redis-${REDIS_PORT:-6379}.log)"
+  fi
+}
+trap stop_redis EXIT
+.venv/bin/python -m pytest "$@"

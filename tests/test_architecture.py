@@ -158,3 +158,25 @@ def test_the_circles_of_issue_9_are_gone(circle):
     a, b = circle
     edges = graph()
     assert not (b in edges[a] and a in edges[b]), f"{a} and {b} import each other"
+
+
+ENV_READS = ("os.environ.get(", "os.getenv(", "os.environ[", "environ.get(")
+#: Modules that may touch the environment: config (Settings), and helpers that hand it on to child processes.
+ENV_ALLOWED = ("config", "testing", "demo")
+
+
+def test_environment_is_read_only_in_settings():
+    readers = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if unit(module_name(path)) not in ENV_ALLOWED and any(r in path.read_text() for r in ENV_READS)
+    ]
+    assert not readers, f"read environment variables in config.Settings, not in {readers}"
+
+
+def test_readme_documents_every_environment_variable():
+    from tracejudge.config.settings import ENVIRONMENT_VARIABLES
+
+    readme = (SRC.parent / "README.md").read_text()
+    missing = [name for name in ENVIRONMENT_VARIABLES.values() if f"`{name}`" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"

@@ -182,7 +182,11 @@ class RedisState:
         """
         from redis.exceptions import LockError
 
-        lock = self.redis.lock(self.key(f"lock:{trace_id}"), timeout=LOCK_TTL_SECONDS, blocking_timeout=timeout)
+        # thread_local=False: the token must be visible to the renewer thread (with redis-py's default
+        # thread-local token every renewal failed, so the lock silently expired after LOCK_TTL_SECONDS)
+        lock = self.redis.lock(
+            self.key(f"lock:{trace_id}"), timeout=LOCK_TTL_SECONDS, blocking_timeout=timeout, thread_local=False
+        )
         held = HeldLock(waited=not lock.acquire(blocking=False))
         if held.waited and not lock.acquire(blocking=True):
             raise EvaluationBusy(f"another delivery of {trace_id} held its evaluation lock for {timeout:g} s")
