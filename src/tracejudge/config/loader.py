@@ -25,8 +25,8 @@ __all__ = ["CONFIG_ENV_VAR", "load_config", "validate_judge_names", "dump_judge_
 CONFIG_ENV_VAR = "TRACEJUDGE_CONFIG"
 
 _MLFLOW = "observability.mlflow"
-_OUR_MLFLOW_KEYS = ("enabled", "enable_judges", "judges", "quality_gate", "quality_retry")
-_MOVABLE = ("quality_gate", "quality_retry")
+_OUR_MLFLOW_KEYS = ("enabled", "enable_judges", "judges", "quality_gate", "quality_retry", "quality_alerts")
+_MOVABLE = ("quality_gate", "quality_retry", "quality_alerts")
 # Keys the design document puts under observability.mlflow for other features;
 # never mistaken for typos of ours.
 _THEIR_MLFLOW_KEYS = frozenset(

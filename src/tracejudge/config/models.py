@@ -421,6 +421,7 @@ class TraceJudgeConfig(_Section):
     judges: JudgesConfig = Field(default_factory=JudgesConfig)
     quality_gate: QualityGateConfig = Field(default_factory=QualityGateConfig)
     quality_retry: QualityRetryConfig = Field(default_factory=QualityRetryConfig)
+    quality_alerts: "QualityAlertsConfig" = Field(default_factory=lambda: _alerts_config())
     source: str | None = None
 
     # Where each section sits in the user's document, for messages
@@ -433,6 +434,7 @@ class TraceJudgeConfig(_Section):
         "judges": "observability.mlflow.judges",
         "quality_gate": "quality_gate",
         "quality_retry": "quality_retry",
+        "quality_alerts": "quality_alerts",
     }
 
     @classmethod
@@ -505,3 +507,14 @@ class TraceJudgeConfig(_Section):
     def location(self, section: str) -> str:
         """Where ``section`` sits in the user's document, e.g. ``'quality_gate'``."""
         return self._locations.get(section) or self.DEFAULT_LOCATIONS.get(section, section)
+
+
+def _alerts_config() -> Any:
+    from .alerts import QualityAlertsConfig
+
+    return QualityAlertsConfig()
+
+
+from .alerts import QualityAlertsConfig  # noqa: E402  (it builds on _Section above)
+
+TraceJudgeConfig.model_rebuild()

@@ -78,6 +78,17 @@ class Theme(BaseModel):
     examples: list[str] = Field(default_factory=list, description="trace ids")
 
 
+class Failure(BaseModel):
+    """One failing result (below threshold or errored), for alert examples."""
+
+    trace_id: str
+    judge: str
+    node: str
+    score: float | None = None
+    error_code: str | None = None
+    url: str
+
+
 class WorstNode(BaseModel):
     node: str
     judge: str
@@ -127,6 +138,7 @@ class QualitySummary(BaseModel):
     bottom_traces: list[TraceRef]
     worst_nodes: list[WorstNode]
     themes: list[Theme]
+    failures: list[Failure] = Field(default_factory=list, description="up to 50 failing results, newest buckets first")
     counters: dict[str, float] = Field(default_factory=dict, description="sampling/budget counters, when kept")
     links: Links
     seconds: float = Field(0.0, description="time taken to compute the summary")

@@ -31,6 +31,7 @@ KEEP_FAILURES = 20
 TTL_SECONDS = 35 * 24 * 3600
 ROOT = "tracejudge:monitor:"
 SEP = "\x1f"
+FLOAT_FIELDS = ("|sum", "|sq", "cost")  # summed with HINCRBYFLOAT; the rest are counts (HINCRBY)
 
 
 def bucket_of(timestamp_ms: int) -> int:
@@ -183,10 +184,10 @@ def record_verdict(pipe: Any, trace: TraceRecord, *, experiment_id: str, prefix:
     bucket = bucket_of(trace.timestamp_ms)
     key = f"{base}{series_name(trace.workflow, trace.environment)}:{bucket}"
     for name, value in trace_fields(trace).items():
-        if float(value).is_integer():
-            pipe.hincrby(f"{key}:c", name, int(value))
-        else:
+        if name.endswith(FLOAT_FIELDS):
             pipe.hincrbyfloat(f"{key}:c", name, value)
+        else:
+            pipe.hincrby(f"{key}:c", name, int(value))
     for r in trace.results:
         if r.threshold is not None:
             pipe.hset(f"{key}:c", f"thr|{r.judge}|{r.node}", f"{r.threshold:g}")

@@ -11,6 +11,7 @@ from tracejudge.monitor.links import quality_url, trace_url, traces_url
 from tracejudge.monitor.models import (
     Bucket,
     BucketPoint,
+    Failure,
     JudgeStats,
     Links,
     NodeStats,
@@ -39,6 +40,7 @@ DIMENSIONS = {
     "correctness": "correctness",
 }
 EXTREMES = 5
+MAX_FAILURES = 50
 
 
 def iso(ms: int) -> str:
@@ -222,6 +224,7 @@ def summarise(
     lowest = heapq.nsmallest(EXTREMES, _unique(s for b in in_window for s in rollup.lowest.get(b, [])))
     highest = heapq.nlargest(EXTREMES, _unique(s for b in in_window for s in rollup.highest.get(b, [])))
     failures = [f for b in in_window for f in rollup.failures.get(b, [])]
+    recent = [f for b in reversed(in_window) for f in rollup.failures.get(b, [])][:MAX_FAILURES]
 
     def ref(score: float, trace_id: str) -> TraceRef:
         return TraceRef(trace_id=trace_id, score=round(score, 6), url=trace_url(links.mlflow_ui, experiment_id, trace_id))
@@ -256,6 +259,13 @@ def summarise(
         bottom_traces=[ref(s, t) for s, t in lowest],
         worst_nodes=worst,
         themes=failure_themes(failures),
+        failures=[
+            Failure(
+                trace_id=f["trace_id"], judge=f["judge"], node=f["node"], score=f.get("score"),
+                error_code=f.get("error_code"), url=trace_url(links.mlflow_ui, experiment_id, f["trace_id"]),
+            )
+            for f in recent
+        ],
         counters=counters or {},
         links=links,
     )
