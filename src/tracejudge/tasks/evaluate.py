@@ -213,7 +213,11 @@ def trace_lock(runtime: Runtime, trace_id: str, *, timeout: float) -> Iterator[b
         return
     # A short TTL, renewed while held: a SIGKILLed holder's lock is gone within LOCK_TTL_SECONDS,
     # so its redelivered task is not kept waiting for the whole evaluation timeout.
-    lock = runtime.redis.lock(f"{key_prefix()}{LOCK_PREFIX}{trace_id}", timeout=LOCK_TTL_SECONDS, blocking_timeout=timeout + 30)
+    # thread_local=False: the renewer thread must see the token the task thread acquired with
+    # (redis-py keeps it thread-local by default, so every renewal failed and the lock lapsed after 20 s)
+    lock = runtime.redis.lock(
+        f"{key_prefix()}{LOCK_PREFIX}{trace_id}", timeout=LOCK_TTL_SECONDS, blocking_timeout=timeout + 30, thread_local=False
+    )
     waited = not lock.acquire(blocking=False)
     if waited and not lock.acquire(blocking=True):
         raise EvaluationBusy(f"another delivery of {trace_id} held its evaluation lock for {timeout + 30:g} s")
