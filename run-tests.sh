@@ -23,4 +23,5 @@ stop_redis() {
   fi
 }
 trap stop_redis EXIT
+scripts/ensure-chromium.sh   # the dashboard's browser test (skipped with a reason if none can be had)
 .venv/bin/python -m pytest "$@"

@@ -20,6 +20,7 @@ LAYERS = {
     "judges": 1,
     "mlflow_io": 2,
     "verdict": 2,
+    "monitor": 2.5,  # reads back through mlflow_io; tasks records rollups, the worker's beat task checks alerts
     "tasks": 3,
     "worker": 4,
     "publish": 5,

@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from .alerts import QualityAlertsConfig
+from .base import Score, _no_bool, _Section
 from .errors import ConfigError, FieldProblem, from_validation_error, show, unknown_key_message
 
 __all__ = [
@@ -55,15 +57,6 @@ DEFAULT_ROOT_JUDGES: tuple[str, ...] = ("relevance", "coherence", "harmfulness")
 """The plan of a config that names no judges: these, on the workflow root, at the environment threshold."""
 
 
-def _no_bool(value: Any) -> Any:
-    """YAML ``true`` is not a number; pydantic would read it as 1."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number (got {show(value)})")
-    return value
-
-
-Score = Annotated[float, BeforeValidator(_no_bool), Field(ge=0.0, le=1.0)]
-"""A judge score or threshold: 0 (worst) to 1 (best)."""
 _Number = Annotated[float, BeforeValidator(_no_bool)]
 _Count = Annotated[int, BeforeValidator(_no_bool)]
 
@@ -97,36 +90,6 @@ def template_variables(template: str) -> list[str]:
         if match.group(1) not in names:
             names.append(match.group(1))
     return names
-
-
-class _Section(BaseModel):
-    """Base of our YAML sections: unknown keys are errors with a did-you-mean;
-    ``key:`` left empty (null) means the default."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @classmethod
-    def _coerce(cls, data: Any) -> Any:
-        return data
-
-    @model_validator(mode="before")
-    @classmethod
-    def _check_keys(cls, data: Any) -> Any:
-        data = cls._coerce(data)
-        if not isinstance(data, Mapping):
-            return data
-        allowed = list(cls.model_fields)
-        cleaned: dict[Any, Any] = {}
-        for key, value in data.items():
-            if not isinstance(key, str):
-                raise FieldProblem(f"keys must be text (got {show(key)})", loc=(str(key),))
-            if key not in allowed:
-                raise FieldProblem(unknown_key_message(key, allowed), loc=(key,))
-            field = cls.model_fields[key]
-            if value is None and not field.is_required() and field.get_default(call_default_factory=True) is not None:
-                continue  # `key:` with nothing after it -> default
-            cleaned[key] = value
-        return cleaned
 
 
 def _nonblank(value: str, what: str) -> str:
@@ -447,6 +410,7 @@ class TraceJudgeConfig(_Section):
     judges: JudgesConfig = Field(default_factory=JudgesConfig)
     quality_gate: QualityGateConfig = Field(default_factory=QualityGateConfig)
     quality_retry: QualityRetryConfig = Field(default_factory=QualityRetryConfig)
+    quality_alerts: "QualityAlertsConfig" = Field(default_factory=lambda: _alerts_config())
     #: Design section 10.3: ``false`` turns the quality gate and quality retry off (absent: as configured).
     quality_based_workflows: bool | None = None
     #: Design section 3.3: ``log_artifacts: false`` or ``artifact_level: minimal`` (or
@@ -468,6 +432,7 @@ class TraceJudgeConfig(_Section):
         "judges": "observability.mlflow.judges",
         "quality_gate": "quality_gate",
         "quality_retry": "quality_retry",
+        "quality_alerts": "quality_alerts",
         "quality_based_workflows": "observability.mlflow.quality_based_workflows",
         "log_artifacts": "observability.mlflow.log_artifacts",
         "artifact_level": "observability.mlflow.artifact_level",
@@ -576,3 +541,9 @@ class TraceJudgeConfig(_Section):
     def location(self, section: str) -> str:
         """Where ``section`` sits in the user's document, e.g. ``'quality_gate'``."""
         return self._locations.get(section) or self.DEFAULT_LOCATIONS.get(section, section)
+
+
+def _alerts_config() -> Any:
+    return QualityAlertsConfig()
+
+TraceJudgeConfig.model_rebuild()

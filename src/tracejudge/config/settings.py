@@ -23,7 +23,7 @@ __all__ = ["Settings", "normalize_model", "redact_url", "DEFAULT_LLM_BASE_URL", 
 DEFAULT_LLM_BASE_URL = "https://api.openai.com/v1"
 NO_KEY_PLACEHOLDER = "sk-no-key-needed"
 _ENVIRONMENTS = ("production", "development", "experimental")
-_URL_FIELDS = ("llm_base_url", "redis_url", "result_backend_url", "mlflow_tracking_uri")
+_URL_FIELDS = ("llm_base_url", "redis_url", "result_backend_url", "mlflow_tracking_uri", "mlflow_ui_url")
 
 
 class Settings(BaseModel):
@@ -53,7 +53,13 @@ class Settings(BaseModel):
     #: How long Celery keeps a verdict in the result backend (``TRACEJUDGE_RESULT_EXPIRES_HOURS``).
     result_expires_hours: float = Field(default=24, gt=0)
     #: Seconds before an unacknowledged task is delivered again (``TRACEJUDGE_VISIBILITY_TIMEOUT``).
-    visibility_timeout: int = Field(default=900, ge=1)
+    visibility_timeout: int = Field(default=15, ge=1)
+    #: The MLflow UI that reports, the dashboard and alerts link to (``MLFLOW_UI_URL``).
+    mlflow_ui_url: str | None = None
+    #: The experiment monitoring watches when none is given (``MLFLOW_EXPERIMENT_ID``, else ``MLFLOW_EXPERIMENT_NAME``).
+    experiment: str | None = None
+    #: Bearer token the dashboard requires (``TRACEJUDGE_DASHBOARD_TOKEN``); never shown.
+    dashboard_token: SecretStr | None = None
 
     @model_validator(mode="after")
     def _backend_defaults_to_redis(self) -> Settings:
@@ -100,6 +106,9 @@ class Settings(BaseModel):
             "write_concurrency": first("TRACEJUDGE_WRITE_CONCURRENCY"),
             "result_expires_hours": first("TRACEJUDGE_RESULT_EXPIRES_HOURS"),
             "visibility_timeout": first("TRACEJUDGE_VISIBILITY_TIMEOUT"),
+            "mlflow_ui_url": first("MLFLOW_UI_URL"),
+            "experiment": first("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"),
+            "dashboard_token": first("TRACEJUDGE_DASHBOARD_TOKEN"),
         }
         try:
             return cls(**{key: value for key, value in values.items() if value is not None})
@@ -140,6 +149,7 @@ class Settings(BaseModel):
         """
         data = self.model_dump()
         data["llm_api_key"] = "***" if self.llm_api_key is not None else None
+        data["dashboard_token"] = "***" if self.dashboard_token is not None else None
         for name in _URL_FIELDS:
             if data[name] is not None:
                 data[name] = redact_url(data[name])
@@ -167,6 +177,9 @@ ENVIRONMENT_VARIABLES = {
     "write_concurrency": "TRACEJUDGE_WRITE_CONCURRENCY",
     "result_expires_hours": "TRACEJUDGE_RESULT_EXPIRES_HOURS",
     "visibility_timeout": "TRACEJUDGE_VISIBILITY_TIMEOUT",
+    "mlflow_ui_url": "MLFLOW_UI_URL",
+    "experiment": "MLFLOW_EXPERIMENT_ID",
+    "dashboard_token": "TRACEJUDGE_DASHBOARD_TOKEN",
 }
 
 

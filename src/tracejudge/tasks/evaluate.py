@@ -33,7 +33,7 @@ from tracejudge.mlflow_io import writer
 from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady
 from tracejudge.tasks.payload import EvaluationRequest
 from tracejudge.tasks.runtime import Runtime
-from tracejudge.tasks.state import EvaluationBusy
+from tracejudge.tasks.state import EvaluationBusy, RedisState
 from tracejudge.verdict import QualityVerdict, build_verdict, error_verdict, quality_metrics, quality_report
 
 log = logging.getLogger(__name__)
@@ -121,9 +121,28 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         calls = runtime.store.result_calls(request.trace_id, unwritten, evaluation_id=request.evaluation_id)
         calls += summary_calls(runtime, loaded, verdict)
         runtime.store.write_all(calls)
+        record_rollup(runtime, loaded, verdict, request)
 
     log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
+
+
+def record_rollup(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, request: EvaluationRequest) -> None:
+    """Count the verdict in the monitor's Redis rollups (one pipelined round trip; never fails the evaluation)."""
+    state = runtime.state
+    if not isinstance(state, RedisState) or loaded.experiment_id is None:
+        return
+    from tracejudge.monitor.rollup import record_from_verdict, record_verdict
+
+    config = request.config or runtime.config
+    environment = request.environment or runtime.settings.environment or config.judges.environment or "production"
+    try:
+        pipe = state.redis.pipeline(transaction=False)
+        record = record_from_verdict(verdict, timestamp_ms=loaded.timestamp_ms or int(time.time() * 1000), environment=environment)
+        record_verdict(pipe, record, experiment_id=loaded.experiment_id, prefix=state.prefix)
+        pipe.execute()
+    except Exception as exc:  # the verdict is in MLflow (the source of truth); the rollup is a fast copy
+        log.warning("could not update the monitor rollups for %s: %s", loaded.trace_id, exc)
 
 
 def plan_jobs(loaded: LoadedTrace, config: TraceJudgeConfig, runtime: Runtime, request: EvaluationRequest) -> list[JudgeJob]:

@@ -24,27 +24,15 @@ from celery import Celery, signals
 
 from tracejudge.config import Settings
 from tracejudge.tasks import prepare_worker_process, warm_runtime
-from tracejudge.worker import task
+from tracejudge.worker import alerts_task, lease, task
+from tracejudge.worker.lease import lease_interval
 from tracejudge.worker.names import QUEUE_GATE, QUEUE_ONLINE, QUEUES, TASK_EVALUATE
 
 __all__ = ["QUEUES", "QUEUE_GATE", "QUEUE_ONLINE", "TASK_EVALUATE", "celery_settings", "make_app"]
 
-UNACKED_RESTORE_INTERVAL = 10
-
-
-def time_limits(visibility: int) -> tuple[int | None, int | None]:
-    """Celery's (soft, hard) time limits: a backstop (prefork only) 2 and 1 minutes under the visibility timeout.
-
-    None when the visibility timeout is too short for that (tests): a limit of 0 or less would
-    make prefork fail every task at once ("Soft time limit (-110s) exceeded").
-
-    >>> time_limits(900), time_limits(10)
-    ((780, 840), (None, None))
-    """
-    soft, hard = visibility - 120, visibility - 60
-    return (soft if soft > 0 else None, hard if hard > 0 else None)
-
-
+#: Celery's (soft, hard) time limits: a backstop on prefork only (our own deadlines bound an evaluation);
+#: not tied to the visibility timeout, which the lease (``worker/lease.py``) keeps short.
+SOFT_TIME_LIMIT, HARD_TIME_LIMIT = 780, 840
 #: A producer whose Redis is down gets an error in about a second, not after Celery's 20 retries.
 PRODUCER_BACKEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5, "timeout": 5.0}
 #: A worker storing a verdict rides out a Redis restart (about 30 s).
@@ -74,10 +62,10 @@ def with_tls_defaults(url: str) -> str:
 def celery_settings(settings: Settings) -> dict[str, Any]:
     """The Celery configuration tracejudge runs with."""
     visibility = settings.visibility_timeout
-    soft_limit, hard_limit = time_limits(visibility)
     transport: dict[str, Any] = {
         "visibility_timeout": visibility,
-        "unacked_restore_interval": UNACKED_RESTORE_INTERVAL,
+        # kombu's restore sweep as often as the lease renews: a dead worker's messages back in ~VT + VT/5
+        "unacked_restore_interval": lease_interval(visibility),
         "unacked_restore_throttle": 1,
         "queue_order_strategy": "sorted",  # QUEUE_GATE sorts first: always asked first
         "max_connections": 200,
@@ -107,8 +95,8 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         result_extended=True,
         task_track_started=True,
         broker_connection_retry_on_startup=True,
-        task_soft_time_limit=soft_limit,
-        task_time_limit=hard_limit,
+        task_soft_time_limit=SOFT_TIME_LIMIT,
+        task_time_limit=HARD_TIME_LIMIT,
         task_default_queue=QUEUE_ONLINE,
         task_routes={TASK_EVALUATE: {"queue": QUEUE_ONLINE}},
         task_publish_retry=True,
@@ -131,7 +119,20 @@ def make_app(settings: Settings | None = None) -> Celery:
     app = Celery("tracejudge")
     app.conf.update(celery_settings(settings))
     task.register(app)
+    lease.connect_signals()
+    alerts_task.register(app)
+    app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **alerts_task.beat_entries(_user_config(settings))}
     return app
+
+
+def _user_config(settings: Settings) -> Any:
+    """The workers' YAML config (for the beat schedule); defaults when it cannot be read (the worker reports it)."""
+    from tracejudge.config import ConfigError, load_config
+
+    try:
+        return load_config(settings.config_path)
+    except ConfigError:
+        return load_config({})
 
 
 @signals.worker_init.connect
