@@ -181,3 +181,35 @@ def test_readme_documents_every_environment_variable():
     readme = (SRC.parent / "README.md").read_text()
     missing = [name for name in ENVIRONMENT_VARIABLES.values() if f"`{name}`" not in readme]
     assert not missing, f"README's configuration table lacks {missing}"
+
+
+def documented_imports() -> dict[str, set[str]]:
+    """docs/architecture.md's module table: unit -> the units its last column names."""
+    import re
+
+    table: dict[str, set[str]] = {}
+    for line in (SRC.parent / "docs" / "architecture.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        names = [n.rstrip("/").removesuffix(".py") for n in re.findall(r"`([^`]+)`", cells[0])]
+        listed = {("__init__" if n == "tracejudge" else n) for n in re.findall(r"`([^`]+)`", cells[-1])}
+        for name in names:
+            table[name] = listed
+    return table
+
+
+def test_architecture_table_names_every_import_arrow_and_no_other():
+    actual: dict[str, set[str]] = defaultdict(set)
+    for src, targets in graph().items():
+        for dst in targets:
+            if unit(src) != unit(dst):
+                actual[unit(src)].add(unit(dst))
+    documented = documented_imports()
+    assert set(documented) >= set(LAYERS) - {"__init__", "__main__"}, "every package and module has a row"
+    wrong = {
+        name: {"missing from the table": sorted(actual[name] - listed), "named but not imported": sorted(listed - actual[name])}
+        for name, listed in documented.items()
+        if listed != actual[name]
+    }
+    assert not wrong, wrong
