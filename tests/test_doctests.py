@@ -20,6 +20,15 @@ MODULES = [
     "tracejudge.worker.celery_app",
     "tracejudge.mlflow_io.writer",
     "tracejudge.tasks.payload",
+    "tracejudge.config.controls",
+    "tracejudge.judges.pricing",
+    "tracejudge.judges.controls",
+    "tracejudge.tasks.sampling",
+    "tracejudge.tasks.counters",
+    "tracejudge.tasks.judged",
+    "tracejudge.tasks.deferred",
+    "tracejudge.mlflow_io.search",
+    "tracejudge.worker.scheduled",
 ]
 
 

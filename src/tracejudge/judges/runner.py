@@ -20,8 +20,9 @@ from typing import Any
 from tracejudge.config import ExecutionConfig, normalize_model
 from tracejudge.judges import errors
 from tracejudge.judges.client import LLMClient, SharedLimiter
+from tracejudge.judges.controls import CallControls
 from tracejudge.judges.errors import JudgeError, JudgeInputError
-from tracejudge.judges.model import AnyJudge, CodeJudge, JudgeInput, JudgeReply, JudgeResult, passes, utc_now
+from tracejudge.judges.model import AnyJudge, CodeJudge, JudgeInput, JudgeReply, JudgeResult, TokenUsage, passes, to_text, utc_now
 from tracejudge.judges.prompt import render, resolve_variable
 
 DEFAULT_CONCURRENCY = 32
@@ -46,6 +47,7 @@ async def run_judges(
     default_model: str = "gpt-4o-mini",
     deadline: float | None = None,
     limiter: SharedLimiter | None = None,
+    controls: CallControls | None = None,
 ) -> list[JudgeResult]:
     """Run every job concurrently (bounded by ``execution.concurrency``); one result per job.
 
@@ -60,7 +62,13 @@ async def run_judges(
     async def one(job: JudgeJob) -> JudgeResult:
         async with semaphore:
             return await run_one(
-                job, client=client, execution=execution, default_model=default_model, deadline=deadline, limiter=limiter
+                job,
+                client=client,
+                execution=execution,
+                default_model=default_model,
+                deadline=deadline,
+                limiter=limiter,
+                controls=controls,
             )
 
     return list(await asyncio.gather(*(one(job) for job in jobs)))
@@ -74,6 +82,7 @@ async def run_one(
     default_model: str = "gpt-4o-mini",
     deadline: float | None = None,
     limiter: SharedLimiter | None = None,
+    controls: CallControls | None = None,
 ) -> JudgeResult:
     """Run one job; never raises (except cancellation)."""
     judge = job.judge
@@ -95,6 +104,7 @@ async def run_one(
     started = time.perf_counter()
     timestamp = utc_now()
     truncated: dict[str, int] = {}
+    extra: dict[str, Any] = {}
     try:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
@@ -111,26 +121,46 @@ async def run_one(
                         raise JudgeError(errors.PROVIDER_ERROR, "no LLM client configured for LLM judges")
                     prompt = render(judge, job.input, max_input_chars=execution.max_input_chars)
                     truncated = prompt.truncated
-                    llm = await client.score(
-                        model=model,
-                        messages=prompt.messages,
-                        judge=judge.name,
-                        parameters=judge.parameters,
-                        timeout_seconds=execution.timeout_seconds,
-                        max_attempts=execution.attempts,
-                        limiter=limiter,
-                    )
+                    llm_client = client
+
+                    def invoke() -> Any:
+                        return llm_client.score(
+                            model=model,
+                            messages=prompt.messages,
+                            judge=judge.name,
+                            parameters=judge.parameters,
+                            timeout_seconds=execution.timeout_seconds,
+                            max_attempts=execution.attempts,
+                            limiter=limiter,
+                        )
+
+                    if controls is None:
+                        llm = await invoke()
+                    else:  # the one point where cache, budget and cost wrap an LLM call
+                        guarded = await controls.call(
+                            judge=judge.name,
+                            version=judge.version,
+                            model=model,
+                            messages=prompt.messages,
+                            parameters=judge.parameters,
+                            values=judged_values(judge, job.input, execution.max_input_chars),
+                            invoke=invoke,
+                        )
+                        llm = guarded.reply
+                        extra = {"cost_usd": guarded.cost_usd, "cached": guarded.cached, "cache_key": guarded.cache_key}
                     reply, attempts, tokens = llm.reply, llm.attempts, llm.tokens
         except TimeoutError:
             if not overall.expired():  # a TimeoutError of someone else's, not our deadline
                 raise
             raise JudgeError(errors.DEADLINE_EXCEEDED, "the evaluation's overall deadline passed while this judge ran") from None
     except JudgeError as exc:
+        spent = exc.tokens if controls is not None and isinstance(exc.tokens, TokenUsage) else None
         return JudgeResult.failed(
             exc,
             duration_ms=_ms(started),
             timestamp=timestamp,
             truncated=truncated,
+            **({"cost_usd": controls.prices.cost(model, spent.prompt, spent.completion)} if controls and spent else {}),
             **common,
         )
     except Exception as exc:  # a bug somewhere must not take the other judges' results down
@@ -151,8 +181,14 @@ async def run_one(
         attempts=attempts,
         truncated=truncated,
         **({"tokens": tokens} if tokens is not None else {}),
+        **extra,
         **common,
     )
+
+
+def judged_values(judge: Any, judge_input: JudgeInput, max_chars: int) -> dict[str, str]:
+    """The text each template variable stands for (as judged), for the result cache's key."""
+    return {v: to_text(resolve_variable(judge.name, v, judge_input))[:max_chars] for v in judge.variables}
 
 
 async def _run_code_judge(judge: CodeJudge, judge_input: JudgeInput, timeout: float) -> JudgeReply:

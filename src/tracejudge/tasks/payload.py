@@ -34,6 +34,7 @@ class EvaluationRequest(BaseModel):
     judges: list[JudgeRef] | None = None  # replaces the plan's judges for this call
     gate: bool = False
     environment: str | None = None
+    force: bool = False  # re-judge even what is already on the trace (the new results supersede the old)
     enqueued_at: float = Field(default_factory=time.time)
 
 
