@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tracejudge.config import (
+    config_warnings,
     ENVIRONMENT_THRESHOLDS,
     ConfigError,
     CustomJudgeConfig,
@@ -117,8 +118,10 @@ def test_quality_retry_block_section_5_4() -> None:
     assert retry.judges == ["relevance", "completeness"]
 
 
-def test_optimization_block_is_not_ours() -> None:
-    assert dump_judge_config(load_config(DESIGN / "optimization.yaml")) == dump_judge_config(TraceJudgeConfig())
+def test_optimization_block_is_accepted_and_reported_as_not_used() -> None:
+    config = load_config(DESIGN / "optimization.yaml")
+    assert dump_judge_config(config) == {**dump_judge_config(TraceJudgeConfig()), "unused_keys": ["optimization"]}
+    assert config_warnings(config) == ["optimization: accepted, not used by tracejudge"]
 
 
 def test_feature_flags_turn_judges_off() -> None:
@@ -181,7 +184,15 @@ def test_unrelated_keys_are_left_alone(tmp_path: Path) -> None:
             """,
         )
     )
-    assert dump_judge_config(config) == dump_judge_config(TraceJudgeConfig())
+    # nothing outside observability.mlflow is ours; under it, what we do not act on is reported, not dropped silently
+    assert config.judges == TraceJudgeConfig().judges and config.artifact_level == "full" and config.write_report
+    assert config.unused_keys == [
+        "observability.mlflow.cost_management",
+        "observability.mlflow.some_future_flag",
+        "observability.mlflow.enabled_features",
+        "observability.mlflow.artifacts.inputs",
+        "optimization",
+    ]
 
 
 def test_empty_document_and_no_source_give_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -745,3 +756,42 @@ def test_judge_entry_of_the_wrong_kind(tmp_path: Path) -> None:
     err = error_for(tmp_path, "observability: {mlflow: {judges: {workflow_defaults: [relevance, 5]}}}\n")
     assert err.path == "observability.mlflow.judges.workflow_defaults[1]"
     assert err.problem.startswith("must be a judge name or a mapping like {name: relevance")
+
+
+# --- design settings that tracejudge acts on (issue 8, item 9) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mlflow", "written"),
+    [
+        ({}, True),
+        ({"artifact_level": "standard"}, True),
+        ({"artifact_level": "minimal"}, False),
+        ({"log_artifacts": False}, False),
+        ({"artifacts": {"quality": False}}, False),
+        ({"artifact_level": "minimal", "artifacts": {"quality": True}}, True),
+    ],
+)
+def test_artifact_settings_decide_whether_the_report_is_written(mlflow, written) -> None:
+    assert load_config({"observability": {"mlflow": mlflow}}).write_report is written
+
+
+def test_design_artifact_config_writes_the_report_and_reports_the_other_switches() -> None:
+    config = load_config(DESIGN / "artifact_config.yaml")
+    assert config.write_report and config.artifact_level == "standard"
+    assert "observability.mlflow.artifacts.inputs" in config.unused_keys
+    assert "observability.mlflow.artifacts.quality" not in config.unused_keys
+
+
+def test_artifact_level_typo_is_an_error_at_its_path() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config({"observability": {"mlflow": {"artifact_level": "verbose"}}})
+    assert "observability.mlflow.artifact_level" in str(err.value) and "minimal" in str(err.value)
+
+
+def test_quality_based_workflows_false_turns_gate_and_retry_off() -> None:
+    data = {"quality_gate": {"enabled": True}, "quality_retry": {"enabled": True}}
+    assert load_config(data).gate_enabled and load_config(data).retry_enabled
+    off = load_config({**data, "observability": {"mlflow": {"quality_based_workflows": False}}})
+    assert not off.gate_enabled and not off.retry_enabled
+    assert load_config(DESIGN / "feature_flags.yaml").gate_enabled is False

@@ -173,3 +173,46 @@ def test_plain_celery_finds_the_app():
     import tracejudge.worker
 
     assert "tracejudge.evaluate_trace" in tracejudge.worker.app.tasks
+
+
+def test_cli_validate_config_reports_what_will_not_run_or_is_not_used(capsys, tmp_path):
+    """A custom judge no target uses, gate/retry judges on no target, keys accepted but not used (issue 8, 9/13)."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        """
+observability:
+  mlflow:
+    async_logging: true
+    artifacts: {quality: false, inputs: true}
+    judges:
+      workflow_defaults: [coherence]
+      node_overrides:
+        write: [{name: technical_accuracy, threshold: 0.8}]
+      custom:
+        - name: brand_voice
+          grading_prompt: "Rate the brand voice of {output}"
+quality_gate: {enabled: true, judges: [coherence, harmfulness]}
+quality_retry: {enabled: true, judges: [completeness, technical_accuracy]}
+optimization: {enabled: true, strategy: BootstrapFewShot}
+"""
+    )
+    assert cli_main(["validate-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if line.startswith("warning: ")]
+    assert any("custom[0] (brand_voice): no target uses this judge" in w for w in warnings)
+    assert any("quality_gate.judges[1] (harmfulness): this judge runs on no target" in w and "GATE_JUDGE_NOT_RUN" in w for w in warnings)
+    assert any("quality_retry.judges[0] (completeness): this judge runs on no target" in w for w in warnings)
+    assert not any("(coherence)" in w or "(technical_accuracy)" in w for w in warnings)
+    for key in ("observability.mlflow.async_logging", "observability.mlflow.artifacts.inputs", "optimization"):
+        assert f"warning: {key}: accepted, not used by tracejudge" in warnings
+    assert "quality_assessment.json: not written" in out
+    assert len(warnings) == 6
+
+
+def test_cli_validate_config_shows_the_default_plan(capsys, tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("observability: {mlflow: {enabled: true}}\n")
+    assert cli_main(["validate-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "workflow root: relevance >= 0.8, coherence >= 0.8, harmfulness >= 0.8" in out
+    assert "warning" not in out

@@ -254,7 +254,7 @@ def format_verdict(verdict: Any, *, rationale_width: int = 60) -> str:
 
 
 def cmd_validate_config(args: argparse.Namespace) -> int:
-    from tracejudge.config import ConfigError, load_config
+    from tracejudge.config import ConfigError, config_warnings, load_config, validate_judge_names
     from tracejudge.judges.plan import WORKFLOW_TARGET, plan_for_target
     from tracejudge.judges.registry import default_registry
 
@@ -262,8 +262,6 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
         registry = registry.with_config(config)
-        from tracejudge.config import validate_judge_names
-
         validate_judge_names(config, registry.names())
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -271,17 +269,26 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     execution = config.judges.execution
     print(f"{args.file}: OK")
     print(f"  judging: {'on' if config.judging_enabled else 'off'} (mode {execution.mode}, timeout {execution.timeout_seconds:g} s, attempts {execution.attempts})")
+    if not config.has_plan:
+        print("  no judges named: the default plan runs on the workflow root")
     for target in [WORKFLOW_TARGET, *config.judges.node_overrides]:
         plan = plan_for_target(target, config, registry)
         names = ", ".join(f"{p.judge.name} >= {p.threshold:g}" for p in plan) or "(none)"
-        label = "every target" if target == WORKFLOW_TARGET else f"node {target}"
+        label = ("every target" if config.has_plan else "workflow root") if target == WORKFLOW_TARGET else f"node {target}"
         print(f"  {label}: {names}")
     gate = config.quality_gate
-    if gate.enabled:
+    if config.gate_enabled:
         print(f"  quality gate: {gate.action} below {gate.threshold:g} ({', '.join(gate.judges) or 'all judges'})")
+    elif gate.enabled:
+        print("  quality gate: off (quality_based_workflows: false)")
     retry = config.quality_retry
-    if retry.enabled:
+    if config.retry_enabled:
         print(f"  quality retry: below {retry.threshold:g}, up to {retry.max_retries} retries ({', '.join(retry.judges) or 'all judges'})")
+    elif retry.enabled:
+        print("  quality retry: off (quality_based_workflows: false)")
+    print(f"  quality_assessment.json: {'written' if config.write_report else 'not written (artifact settings)'}")
+    for warning in config_warnings(config):
+        print(f"warning: {warning}")
     return EXIT_PASSED
 
 

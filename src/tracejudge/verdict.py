@@ -9,24 +9,48 @@ listed in ``quality_gate.judges``, else all):
 * their mean score is at least the threshold and each passed its own
   threshold -> ``passed``; otherwise ``failed``.
 
+A gating judge (named in ``quality_gate.judges``) that ran on no target of
+the trace makes the verdict ``error`` (``GATE_JUDGE_NOT_RUN``): a gate on a
+judge that never ran must not pass.
+
 The threshold is ``quality_gate.threshold`` when the gate is enabled, else
 the environment threshold. :func:`apply_gate` acts on ``quality_gate.action``.
+
+The numbers (design sections 2.1, 2.2, 3.2), the same in the report and the run metrics:
+
+* ``gate_score`` (the report's ``overall_quality.score``, the verdict's
+  ``overall_score``): the mean score of the gating judges, what the status is decided on;
+* a node's score: the mean of its judges' scores (``node_quality_score/<node>``);
+* ``mean_quality_score``: the mean of all judges' scores on all targets;
+* ``min_quality_score``: the lowest node score;
+* ``quality_threshold_pass``: 1.0 when every node met its threshold (each of its
+  judges scored and passed), else 0.0;
+* a judge's ``aggregations`` (``<judge>/mean``, ``<judge>/variance``...): over
+  that judge's scores on all the targets it ran on.
+
+Scores are on the "higher is better" scale (a lower-is-better judge counts as ``1 - score``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 import statistics
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from tracejudge.config import TraceJudgeConfig
+from tracejudge.config import TraceJudgeConfig, redact_url
 from tracejudge.judges.model import Aggregate, ErrorInfo, JudgeResult, aggregate, quality_band, utc_now
 
 log = logging.getLogger(__name__)
 
 Status = Literal["passed", "failed", "error", "skipped"]
+
+NO_SCORES = "NO_SCORES"
+GATE_JUDGE_NOT_RUN = "GATE_JUDGE_NOT_RUN"
 
 
 class TargetVerdict(BaseModel):
@@ -36,6 +60,16 @@ class TargetVerdict(BaseModel):
     span_id: str | None = None
     judges: list[JudgeResult]
     aggregate: Aggregate
+
+    @property
+    def score(self) -> float | None:
+        """The node's score: the mean of its judges' scores (design section 2.2)."""
+        return self.aggregate.mean_score
+
+    @property
+    def met_threshold(self) -> bool:
+        """Every judge of the node scored and passed its threshold."""
+        return self.aggregate.all_passed
 
 
 class QualityVerdict(BaseModel):
@@ -59,12 +93,33 @@ class QualityVerdict(BaseModel):
     error: ErrorInfo | None = None
     retry_nodes: list[str] = Field(default_factory=list)
     gate_judges: list[str] = Field(default_factory=list)
+    #: Per judge that asked for ``aggregations``: each over its scores on all its targets.
+    judge_aggregates: dict[str, dict[str, float]] = Field(default_factory=dict)
+    #: Things the caller should know that do not change the status (a node_overrides key matching no node...).
+    warnings: list[str] = Field(default_factory=list)
+    #: 1 for a first run; a re-run (``enqueue(..., retry_of=...)``) counts on from its parent.
+    attempt: int = 1
+    retry_of: str | None = None
+    #: True when quality_retry.max_retries re-runs are used up (``retry_nodes`` is then empty).
+    retries_exhausted: bool = False
     artifact_uri: str | None = None
     judged: int = 0
     reused: int = 0
     #: Why a ``skipped`` trace was left out (sampling, a filter).
     skipped_reason: str | None = None
     evaluated_at: str = Field(default_factory=utc_now)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_result(cls, data: Any) -> Any:
+        """Read the compact task result (:meth:`to_result`) back: drop the summary line,
+        rebuild ``failures`` and ``errors`` from the targets."""
+        if isinstance(data, Mapping) and "summary" in data:
+            data = {k: v for k, v in data.items() if k != "summary"}
+            results = [r for t in data.get("targets", []) for r in t.get("judges", [])]
+            data.setdefault("failures", [r for r in results if not r.get("error") and not r.get("passed")])
+            data.setdefault("errors", [r for r in results if r.get("error")])
+        return data
 
     @property
     def passed(self) -> bool:
@@ -87,7 +142,44 @@ class QualityVerdict(BaseModel):
             )
         if self.errors:
             text += "; judge errors: " + ", ".join(f"{r.target}/{r.name} {r.error.type}" for r in self.errors if r.error)
+        if self.retries_exhausted:
+            text += f"; quality retries used up (attempt {self.attempt})"
         return text
+
+    def headline(self) -> str:
+        """One line for lists and searches (Flower's result column): status, score, band,
+        failing judges and error codes only, so a passed verdict never reads like a failed one.
+
+        >>> QualityVerdict(trace_id="tr-1", status="passed", overall_score=0.9, threshold=0.8, band="Excellent").headline()
+        'PASSED score=0.900 band=Excellent'
+        """
+        score = "n/a" if self.overall_score is None else f"{self.overall_score:.3f}"
+        parts = [self.status.upper(), f"score={score}", f"band={(self.band or 'none').replace(' ', '_')}"]
+        failing = [f"{r.target}/{r.name}" for r in self.failures]
+        if failing:
+            parts.append("below=" + ",".join(failing))
+        codes = sorted({r.error.type for r in self.errors if r.error} | ({self.error.type} if self.error else set()))
+        if codes:
+            parts.append("codes=" + ",".join(codes))
+        if self.retries_exhausted:
+            parts.append("retries_exhausted")
+        return " ".join(parts)
+
+    def to_result(self) -> dict[str, Any]:
+        """The compact JSON the Celery task returns: ``summary`` (:meth:`headline`) first, no
+        fields left at their defaults, no copies (``failures``/``errors`` are rebuilt from the targets on reading).
+
+        >>> v = QualityVerdict(trace_id="tr-1", status="passed", overall_score=0.9, threshold=0.8)
+        >>> list(v.to_result())[:2], QualityVerdict.model_validate(v.to_result()) == v
+        (['summary', 'trace_id'], True)
+        """
+        body = self.model_dump(mode="json", exclude_defaults=True, exclude={"failures", "errors"})
+        # (times have a default factory: keep them even when they equal "now")
+        body["evaluated_at"] = self.evaluated_at
+        for target, dumped in zip(self.targets, body.get("targets", [])):
+            for result, judge in zip(target.judges, dumped["judges"]):
+                judge["timestamp"] = result.timestamp
+        return {"summary": self.headline(), **body}
 
 
 class QualityGateBlocked(Exception):
@@ -107,26 +199,64 @@ def build_verdict(
     workflow_name: str | None = None,
     environment: str | None = None,
     reused: int = 0,
+    aggregations: Mapping[str, Sequence[str]] | None = None,
+    warnings: Sequence[str] = (),
+    attempt: int = 1,
+    retry_of: str | None = None,
+    partial: bool = False,
     variance: bool = False,
 ) -> QualityVerdict:
     """Aggregate results per target and decide the status (see the module docstring).
 
-    ``variance`` adds the score variance to each target's aggregate (a judge asked for it).
+    ``aggregations`` maps a judge name to the aggregations it asked for (``mean``,
+    ``variance``...), computed over its scores on all its targets. ``attempt`` is the
+    run's number (a re-run of a trace counts on from its parent, ``retry_of``).
+    ``partial`` (a one-off run of some judges) does not hold gating judges it did
+    not run against the verdict. ``variance`` is accepted for old callers and ignored.
+
+    >>> from tracejudge.judges.model import JudgeResult
+    >>> r = [JudgeResult(name="coherence", target="write", score=0.9, threshold=0.8, passed=True)]
+    >>> cfg = TraceJudgeConfig.model_validate({"quality_gate": {"enabled": True, "judges": ["coherence", "harmfulness"]}})
+    >>> v = build_verdict("tr-1", r, cfg)
+    >>> v.status, v.error.type
+    ('error', 'GATE_JUDGE_NOT_RUN')
     """
     gate = config.quality_gate
-    gate_names = set(gate.judges) if gate.enabled and gate.judges else None
+    gate_on = config.gate_enabled
+    gate_names = set(gate.judges) if gate_on and gate.judges else None
     gating = [r for r in results if gate_names is None or r.name in gate_names]
-    threshold = gate.threshold if gate.enabled else config.environment_threshold(environment)
+    threshold = gate.threshold if gate_on else config.environment_threshold(environment)
     errors = [r for r in results if r.error is not None]
     gating_errors = [r for r in gating if r.error is not None]
     ignore_errors = gate.on_error == "ignore"
     scored = [r.quality for r in gating if r.quality is not None]
     overall = round(statistics.fmean(scored), 6) if scored else None
+    ran = {r.name for r in results}
+    not_run = sorted(gate_names - ran) if gate_names is not None and not partial else []
 
-    if gating_errors and not ignore_errors:
+    error: ErrorInfo | None = None
+    if not_run:
         status: Status = "error"
+        nodes = ", ".join(sorted({r.target for r in results})) or "none"
+        error = ErrorInfo(
+            type=GATE_JUDGE_NOT_RUN,
+            message=(
+                f"quality_gate.judges lists {', '.join(not_run)}, which ran on no target of this trace "
+                f"(targets judged: {nodes}); add it to judges.workflow_defaults or to node_overrides of a node the trace has"
+            ),
+        )
+    elif gating_errors and not ignore_errors:
+        status = "error"
     elif overall is None:
         status = "error"
+        if not gating_errors or ignore_errors:
+            error = ErrorInfo(
+                type=NO_SCORES,
+                message=(
+                    "no gating judge produced a score for this trace"
+                    + (f" (gating judges: {', '.join(sorted(gate_names))})" if gate_names else "")
+                ),
+            )
     elif overall >= threshold and all(r.passed for r in gating if r.error is None):
         status = "passed"
     else:
@@ -135,6 +265,18 @@ def build_verdict(
     targets: dict[str, list[JudgeResult]] = {}
     for r in results:
         targets.setdefault(r.target, []).append(r)
+
+    nodes_below = retry_nodes(results, config)
+    notes = list(warnings)
+    exhausted = False
+    retries = config.quality_retry.max_retries
+    if nodes_below and attempt > retries:
+        exhausted = True
+        notes.append(
+            f"quality_retry: {', '.join(nodes_below)} still below {config.quality_retry.threshold:g} after "
+            f"{attempt - 1} retr{'y' if attempt == 2 else 'ies'} (max_retries {retries}); not asking for another"
+        )
+        nodes_below = []
     return QualityVerdict(
         trace_id=trace_id,
         evaluation_id=evaluation_id,
@@ -144,28 +286,97 @@ def build_verdict(
         band=quality_band(overall),
         workflow_name=workflow_name,
         targets=[
-            TargetVerdict(node_id=node, span_id=rs[0].span_id, judges=rs, aggregate=aggregate(rs, variance=variance))
+            TargetVerdict(node_id=node, span_id=rs[0].span_id, judges=rs, aggregate=aggregate(rs))
             for node, rs in targets.items()
         ],
         failures=[r for r in results if r.error is None and not r.passed],
         errors=errors,
-        error=(
-            ErrorInfo(type="NO_SCORES", message="no judge produced a score for this trace")
-            if overall is None and not gating_errors
-            else None
-        ),
-        retry_nodes=retry_nodes(results, config),
+        error=error,
+        retry_nodes=nodes_below,
         gate_judges=sorted(gate_names) if gate_names else [],
+        judge_aggregates=judge_aggregates(results, aggregations or {}),
+        warnings=notes,
+        attempt=attempt,
+        retry_of=retry_of,
+        retries_exhausted=exhausted,
         reused=reused,
         judged=len(results) - reused,
     )
 
 
-def error_verdict(trace_id: str, code: str, message: str, config: TraceJudgeConfig, **fields: Any) -> QualityVerdict:
-    """The verdict of an evaluation that could not run at all (unknown trace, bad payload...)."""
-    threshold = config.quality_gate.threshold if config.quality_gate.enabled else config.environment_threshold()
+def judge_aggregates(results: list[JudgeResult], aggregations: Mapping[str, Sequence[str]]) -> dict[str, dict[str, float]]:
+    """Each judge's requested aggregations over its scores on all the targets it ran on.
+
+    >>> from tracejudge.judges.model import JudgeResult
+    >>> rs = [JudgeResult(name="tone", target=t, score=s, threshold=0.5) for t, s in (("a", 0.2), ("b", 0.6))]
+    >>> judge_aggregates(rs, {"tone": ["mean", "variance", "max"]})
+    {'tone': {'mean': 0.4, 'variance': 0.04, 'max': 0.6}}
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name, wanted in aggregations.items():
+        scores = [r.quality for r in results if r.name == name and r.quality is not None]
+        if not wanted or not scores:
+            continue
+        values: dict[str, float] = {}
+        for kind in wanted:
+            value = _AGGREGATIONS[kind](scores)
+            values[kind] = round(value, 6)
+        out[name] = values
+    return out
+
+
+def _p90(scores: list[float]) -> float:
+    ordered = sorted(scores)
+    return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+_AGGREGATIONS: dict[str, Any] = {
+    "mean": statistics.fmean,
+    "variance": statistics.pvariance,
+    "min": min,
+    "max": max,
+    "median": statistics.median,
+    "p90": _p90,
+}
+
+
+def unmatched_override_warnings(config: TraceJudgeConfig, node_ids: Sequence[str]) -> list[str]:
+    """A warning per ``node_overrides`` key that matches no node of the trace (its judges never ran).
+
+    >>> cfg = TraceJudgeConfig.model_validate({"judges": {"node_overrides": {"write": ["coherence"]}}})
+    >>> unmatched_override_warnings(cfg, ["workflow", "research"])[0].split(" (")[0]
+    'observability.mlflow.judges.node_overrides.write matches no node of this trace'
+    >>> unmatched_override_warnings(cfg, ["workflow", "write"])
+    []
+    """
+    present = [n for n in node_ids if n != "workflow"]
+    listing = ", ".join(present) or "none: only the workflow root"
+    where = config.location("judges")
+    return [
+        f"{where}.node_overrides.{node} matches no node of this trace (nodes: {listing}); its judges did not run. "
+        "A span becomes node <id> when it is named node_<id> or has the attribute node.id"
+        for node in config.judges.node_overrides
+        if node not in node_ids
+    ]
+
+
+def error_verdict(
+    trace_id: str, code: str, message: str, config: TraceJudgeConfig, *, environment: str | None = None, **fields: Any
+) -> QualityVerdict:
+    """The verdict of an evaluation that could not run at all (unknown trace, bad payload...).
+
+    URLs in the message have their passwords hidden (a tracking URI can carry one).
+
+    >>> error_verdict("tr-1", "TRACE_NOT_FOUND", "not in postgresql://u:pw@db/x", TraceJudgeConfig()).error.message
+    'not in postgresql://u:***@db/x'
+    """
+    threshold = config.quality_gate.threshold if config.gate_enabled else config.environment_threshold(environment)
     return QualityVerdict(
-        trace_id=str(trace_id), status="error", threshold=threshold, error=ErrorInfo(type=code, message=message), **fields
+        trace_id=str(trace_id),
+        status="error",
+        threshold=threshold,
+        error=ErrorInfo(type=code, message=redact_url(message)),
+        **fields,
     )
 
 
@@ -198,7 +409,7 @@ def cost_summary(results: list[JudgeResult]) -> dict[str, Any]:
 def retry_nodes(results: list[JudgeResult], config: TraceJudgeConfig) -> list[str]:
     """Nodes whose ``quality_retry`` judges scored below its threshold (design section 5.4)."""
     retry = config.quality_retry
-    if not retry.enabled:
+    if not config.retry_enabled:
         return []
     names = set(retry.judges) if retry.judges else None
     nodes: list[str] = []
@@ -215,7 +426,7 @@ def apply_gate(verdict: QualityVerdict, config: TraceJudgeConfig, *, raise_on_bl
     ``warn`` logs a warning, ``ignore`` just returns.
     """
     gate = config.quality_gate
-    if verdict.passed or not gate.enabled or gate.action == "ignore":
+    if verdict.passed or not config.gate_enabled or gate.action == "ignore":
         return verdict
     if gate.action == "warn":
         log.warning("quality gate (warn): %s", verdict.summary())
@@ -226,7 +437,8 @@ def apply_gate(verdict: QualityVerdict, config: TraceJudgeConfig, *, raise_on_bl
 
 
 def quality_report(verdict: QualityVerdict) -> dict[str, Any]:
-    """``quality_assessment.json`` (design section 3.2), plus status, band and errors."""
+    """``quality_assessment.json`` (design section 3.2), plus status, band, per-node scores,
+    errors, warnings and ``metrics`` (exactly the run metrics, see the module docstring)."""
     assessments = []
     recommendations = []
     for r in verdict.results():
@@ -246,32 +458,82 @@ def quality_report(verdict: QualityVerdict) -> dict[str, Any]:
             advice = f": {r.rationale}" if r.rationale else ""
             recommendations.append(f"{r.target}: improve {r.name} (scored {r.score:.2f}, threshold {r.threshold:g}){advice}")
         assessments.append(entry)
-    return {
+    report: dict[str, Any] = {
         "workflow_name": verdict.workflow_name,
         "trace_id": verdict.trace_id,
         "evaluation_id": verdict.evaluation_id,
         "assessment_timestamp": verdict.evaluated_at,
         "overall_quality": {
             "score": verdict.overall_score,
+            "score_of": (
+                f"mean of the gating judges ({', '.join(verdict.gate_judges)})" if verdict.gate_judges else "mean of all judges"
+            ),
             "threshold": verdict.threshold,
             "passed": verdict.passed,
             "status": verdict.status,
             "band": verdict.band,
         },
+        "node_scores": [
+            {"node_id": t.node_id, "span_id": t.span_id, "score": t.score, "met_threshold": t.met_threshold}
+            for t in verdict.targets
+        ],
         "node_assessments": assessments,
+        "judge_aggregates": verdict.judge_aggregates,
+        "metrics": quality_metrics(verdict),
         "recommendations": recommendations,
         "retry_nodes": verdict.retry_nodes,
+        "attempt": verdict.attempt,
+        "warnings": verdict.warnings,
         "cost": cost_summary(verdict.results()),
     }
+    if verdict.error is not None:
+        report["error"] = verdict.error.model_dump()
+    if verdict.retry_of:
+        report["retry_of"] = verdict.retry_of
+    return report
+
+
+_METRIC_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def metric_name(*parts: str) -> str:
+    """A run metric name from parts, characters MLflow refuses replaced by ``_``.
+
+    >>> metric_name("node_quality_score", "research:v2")
+    'node_quality_score/research_v2'
+    """
+    return "/".join(_METRIC_NAME_UNSAFE.sub("_", part) for part in parts)
 
 
 def quality_metrics(verdict: QualityVerdict) -> dict[str, float]:
-    """The run metrics of design section 2.1: mean/min quality score and threshold pass (1/0)."""
-    scores = [r.quality for r in verdict.results() if r.quality is not None]
-    metrics = {"quality_threshold_pass": 1.0 if verdict.passed else 0.0}
-    if scores:
-        metrics["mean_quality_score"] = round(statistics.fmean(scores), 6)
-        metrics["min_quality_score"] = min(scores)
+    """The run metrics (design sections 2.1 and 2.2; the module docstring says what each means).
+
+    >>> from tracejudge.judges.model import JudgeResult
+    >>> rs = [JudgeResult(name="a", target="n1", score=0.9, threshold=0.8, passed=True),
+    ...       JudgeResult(name="b", target="n1", score=0.5, threshold=0.4, passed=True),
+    ...       JudgeResult(name="a", target="n2", score=0.62, threshold=0.75, passed=False)]
+    >>> m = quality_metrics(build_verdict("tr-1", rs, TraceJudgeConfig()))
+    >>> m["quality_threshold_pass"], m["min_quality_score"], m["node_quality_score/n1"]
+    (0.0, 0.62, 0.7)
+    """
+    node_scores = {t.node_id: t.score for t in verdict.targets}
+    all_scores = [r.quality for r in verdict.results() if r.quality is not None]
+    metrics: dict[str, float] = {
+        "quality_threshold_pass": 1.0 if verdict.targets and all(t.met_threshold for t in verdict.targets) else 0.0
+    }
+    if verdict.overall_score is not None:
+        metrics["gate_score"] = verdict.overall_score
+    if all_scores:
+        metrics["mean_quality_score"] = round(statistics.fmean(all_scores), 6)
+    scored_nodes = [s for s in node_scores.values() if s is not None]
+    if scored_nodes:
+        metrics["min_quality_score"] = min(scored_nodes)
+    for node, score in node_scores.items():
+        if score is not None:
+            metrics[metric_name("node_quality_score", node)] = score
+    for judge, values in verdict.judge_aggregates.items():
+        for kind, value in values.items():
+            metrics[metric_name(judge, kind)] = value
     cost = cost_summary(verdict.results())
     if cost["judge_cost_usd"] is not None:
         metrics["judge_cost_usd"] = cost["judge_cost_usd"]

@@ -8,9 +8,20 @@ This subpackage imports nothing else from tracejudge.
 """
 
 from .errors import ConfigError
-from .loader import CONFIG_ENV_VAR, dump_judge_config, load_config, validate_judge_names
+from .loader import (
+    CONFIG_ENV_VAR,
+    NOT_USED,
+    config_warnings,
+    dump_judge_config,
+    load_config,
+    log_unused_keys_once,
+    validate_judge_names,
+)
 from .models import (
+    DEFAULT_ROOT_JUDGES,
     ENVIRONMENT_THRESHOLDS,
+    ArtifactsConfig,
+    Environment,
     CustomJudgeConfig,
     ExecutionConfig,
     JudgeRef,
@@ -34,6 +45,12 @@ __all__ = [
     "CONFIG_ENV_VAR",
     "ENVIRONMENT_THRESHOLDS",
     "ConfigError",
+    "NOT_USED",
+    "config_warnings",
+    "log_unused_keys_once",
+    "ArtifactsConfig",
+    "DEFAULT_ROOT_JUDGES",
+    "Environment",
     "CustomJudgeConfig",
     "ExecutionConfig",
     "JudgeRef",

@@ -20,13 +20,19 @@ import yaml
 from .errors import ConfigError, format_path, show, suggest
 from .models import TraceJudgeConfig
 
-__all__ = ["CONFIG_ENV_VAR", "load_config", "validate_judge_names", "dump_judge_config"]
+__all__ = ["CONFIG_ENV_VAR", "load_config", "validate_judge_names", "dump_judge_config", "config_warnings", "log_unused_keys_once", "NOT_USED"]
 
 CONFIG_ENV_VAR = "TRACEJUDGE_CONFIG"
 
 _MLFLOW = "observability.mlflow"
 _OUR_MLFLOW_KEYS = ("enabled", "enable_judges", "judges", "quality_gate", "quality_retry")
+#: Keys of the design that tracejudge acts on, beside its own sections.
+_USED_MLFLOW_KEYS = ("quality_based_workflows", "log_artifacts", "artifact_level", "artifacts")
 _MOVABLE = ("quality_gate", "quality_retry")
+#: The design's sections that may sit at the root, under observability or under observability.mlflow,
+#: which tracejudge accepts but does not act on.
+_UNUSED_MOVABLE = ("optimization",)
+NOT_USED = "accepted, not used by tracejudge"
 # Keys the design document puts under observability.mlflow for other features;
 # never mistaken for typos of ours.
 _THEIR_MLFLOW_KEYS = frozenset(
@@ -141,10 +147,23 @@ def _extract(document: Any, label: str) -> tuple[dict[str, Any], dict[str, str]]
 
     data: dict[str, Any] = {}
     locations: dict[str, str] = {}
-    for key in ("enabled", "enable_judges", "judges"):
+    for key in ("enabled", "enable_judges", "judges", *_USED_MLFLOW_KEYS):
         if key in mlflow and mlflow[key] is not None:
             data[key] = mlflow[key]
             locations[key] = f"{_MLFLOW}.{key}"
+    # Every other key under observability.mlflow is accepted (it may serve the workflow's own tracker) and reported.
+    unused = [f"{_MLFLOW}.{key}" for key in mlflow if key not in _OUR_MLFLOW_KEYS and key not in _USED_MLFLOW_KEYS]
+    artifacts = mlflow.get("artifacts")
+    if isinstance(artifacts, Mapping):
+        unused += [f"{_MLFLOW}.artifacts.{key}" for key in artifacts if key != "quality"]
+    for key in _UNUSED_MOVABLE:
+        unused += [
+            path
+            for path, container in ((key, document), (f"observability.{key}", observability), (f"{_MLFLOW}.{key}", mlflow))
+            if key in container
+        ]
+    if unused:
+        data["unused_keys"] = unused
     for key in _MOVABLE:
         places = [
             (path, container[key])
@@ -207,6 +226,41 @@ def validate_judge_names(config: TraceJudgeConfig, known: Iterable[str]) -> None
         raise ConfigError(problem, source=config.source, path=path)
 
 
+def config_warnings(config: TraceJudgeConfig) -> list[str]:
+    """What in a valid config will not do what it seems to: keys accepted but not used, custom
+    judges no target uses, ``quality_gate``/``quality_retry`` judges that run on no target.
+
+    >>> config_warnings(load_config({"optimization": {"enabled": True}}))
+    ['optimization: accepted, not used by tracejudge']
+    """
+    warnings = [f"{path}: {NOT_USED}" for path in config.unused_keys]
+    judges = config.location("judges")
+    planned = {ref.name for ref in config.judges.workflow_defaults}
+    for refs in config.judges.node_overrides.values():
+        planned.update(ref.name for ref in refs)
+    if not config.has_plan:
+        from .models import DEFAULT_ROOT_JUDGES
+
+        planned.update(DEFAULT_ROOT_JUDGES)
+    for index, judge in enumerate(config.judges.custom):
+        if judge.name not in planned:
+            warnings.append(
+                f"{judges}.custom[{index}] ({judge.name}): no target uses this judge; "
+                f"add it to {judges}.workflow_defaults or a node under {judges}.node_overrides"
+            )
+    for section, names, effect in (
+        ("quality_gate", config.quality_gate.judges if config.gate_enabled else [], "every verdict will be error (GATE_JUDGE_NOT_RUN)"),
+        ("quality_retry", config.quality_retry.judges if config.retry_enabled else [], "it can never ask for a retry"),
+    ):
+        for index, name in enumerate(names):
+            if name not in planned:
+                warnings.append(
+                    f"{config.location(section)}.judges{format_path([index])} ({name}): this judge runs on no target, "
+                    f"so {effect}; add it to {judges}.workflow_defaults or a node under {judges}.node_overrides"
+                )
+    return warnings
+
+
 def dump_judge_config(config: TraceJudgeConfig) -> dict[str, Any]:
     """A JSON-safe dict of ``config`` (without ``source``) for task payloads.
 
@@ -217,3 +271,16 @@ def dump_judge_config(config: TraceJudgeConfig) -> dict[str, Any]:
     True
     """
     return config.model_dump(mode="json", exclude={"source"})
+
+
+_reported_unused: set[tuple[str | None, str]] = set()
+
+
+def log_unused_keys_once(config: TraceJudgeConfig, logger: Any) -> None:
+    """Log each accepted-but-unused key of ``config`` once per process (workers call this per task)."""
+    for path in config.unused_keys:
+        marker = (config.source, path)
+        if marker in _reported_unused:
+            continue
+        _reported_unused.add(marker)
+        logger.warning("config %s: %s: %s", config.source or "<payload>", path, NOT_USED)

@@ -39,6 +39,8 @@ __all__ = [
     "JudgesConfig",
     "QualityGateConfig",
     "QualityRetryConfig",
+    "ArtifactsConfig",
+    "DEFAULT_ROOT_JUDGES",
     "TraceJudgeConfig",
     "template_variables",
     "TEMPLATE_TOKEN",
@@ -48,6 +50,9 @@ ENVIRONMENT_THRESHOLDS: dict[str, float] = {"production": 0.80, "development": 0
 """Minimum acceptable score per environment (design section 5.2)."""
 
 Environment = Literal["production", "development", "experimental"]
+
+DEFAULT_ROOT_JUDGES: tuple[str, ...] = ("relevance", "coherence", "harmfulness")
+"""The plan of a config that names no judges: these, on the workflow root, at the environment threshold."""
 
 
 def _no_bool(value: Any) -> Any:
@@ -414,6 +419,27 @@ class QualityRetryConfig(_Section):
         return _judge_name_list(value)
 
 
+class ArtifactsConfig(_Section):
+    """``observability.mlflow.artifacts`` (design section 3.3): per-artifact switches.
+
+    Only ``quality`` concerns tracejudge (our ``quality_assessment.json``); the
+    others are the workflow tracker's and are accepted, not used by tracejudge.
+
+    >>> ArtifactsConfig(quality=False).quality
+    False
+    """
+
+    inputs: bool | None = None
+    outputs: bool | None = None
+    prompts: bool | None = None
+    responses: bool | None = None
+    tool_calls: bool | None = None
+    quality: bool | None = None
+    state_snapshots: bool | None = None
+    performance: bool | None = None
+    visualizations: bool | None = None
+
+
 def _judge_name_list(value: list[str]) -> list[str]:
     for index, name in enumerate(value):
         if not name.strip():
@@ -435,6 +461,15 @@ class TraceJudgeConfig(_Section):
     judges: JudgesConfig = Field(default_factory=JudgesConfig)
     quality_gate: QualityGateConfig = Field(default_factory=QualityGateConfig)
     quality_retry: QualityRetryConfig = Field(default_factory=QualityRetryConfig)
+    #: Design section 10.3: ``false`` turns the quality gate and quality retry off (absent: as configured).
+    quality_based_workflows: bool | None = None
+    #: Design section 3.3: ``log_artifacts: false`` or ``artifact_level: minimal`` (or
+    #: ``artifacts.quality: false``) skip ``quality_assessment.json``; ``artifacts.quality: true`` wins.
+    log_artifacts: bool | None = None
+    artifact_level: Literal["minimal", "standard", "full"] | None = None
+    artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
+    #: Paths of keys the design defines that we accept but do not act on (set by the loader).
+    unused_keys: list[str] = Field(default_factory=list)
     source: str | None = None
 
     # Where each section sits in the user's document, for messages
@@ -447,6 +482,10 @@ class TraceJudgeConfig(_Section):
         "judges": "observability.mlflow.judges",
         "quality_gate": "quality_gate",
         "quality_retry": "quality_retry",
+        "quality_based_workflows": "observability.mlflow.quality_based_workflows",
+        "log_artifacts": "observability.mlflow.log_artifacts",
+        "artifact_level": "observability.mlflow.artifact_level",
+        "artifacts": "observability.mlflow.artifacts",
     }
 
     @classmethod
@@ -489,6 +528,38 @@ class TraceJudgeConfig(_Section):
     def judging_enabled(self) -> bool:
         """True when judges should run at all."""
         return self.enabled and self.enable_judges and self.judges.execution.mode != "disabled"
+
+    @property
+    def gate_enabled(self) -> bool:
+        """``quality_gate.enabled``, unless ``quality_based_workflows: false`` turns it off.
+
+        >>> TraceJudgeConfig.model_validate({"quality_gate": {"enabled": True}, "quality_based_workflows": False}).gate_enabled
+        False
+        """
+        return self.quality_gate.enabled and self.quality_based_workflows is not False
+
+    @property
+    def retry_enabled(self) -> bool:
+        """``quality_retry.enabled``, unless ``quality_based_workflows: false`` turns it off."""
+        return self.quality_retry.enabled and self.quality_based_workflows is not False
+
+    @property
+    def write_report(self) -> bool:
+        """Whether ``quality_assessment.json`` is logged (design section 3.3; default yes).
+
+        >>> TraceJudgeConfig.model_validate({"artifact_level": "minimal"}).write_report
+        False
+        """
+        if self.artifacts.quality is not None:
+            return self.artifacts.quality
+        if self.log_artifacts is False:
+            return False
+        return self.artifact_level != "minimal"
+
+    @property
+    def has_plan(self) -> bool:
+        """Whether the config names any judge to run (else :data:`DEFAULT_ROOT_JUDGES` on the root)."""
+        return bool(self.judges.workflow_defaults or self.judges.node_overrides)
 
     def environment_threshold(self, environment: str | None = None) -> float:
         """Minimum score for ``environment`` (the argument, else ``judges.environment``,

@@ -5,6 +5,11 @@ Every target gets ``judges.workflow_defaults``; a node named in
 already in the defaults replacing it for that node. A threshold comes from
 the config entry, else the judge's own default, else the environment
 threshold (production 0.80, development 0.70, experimental 0.60).
+
+A config that names no judges at all (no ``workflow_defaults``, no
+``node_overrides``: ``enqueue(trace_id)`` with no config) gets the default
+plan: ``relevance``, ``coherence`` and ``harmfulness`` on the workflow root, at
+the environment threshold.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tracejudge.config import JudgeRef, TraceJudgeConfig
+from tracejudge.config import DEFAULT_ROOT_JUDGES, JudgeRef, TraceJudgeConfig
 from tracejudge.judges.model import AnyJudge
 from tracejudge.judges.registry import JudgeRegistry
 
@@ -42,9 +47,14 @@ def plan_for_target(
     >>> cfg = load_config({"observability": {"mlflow": {"judges": {"workflow_defaults": [{"name": "coherence"}]}}}})
     >>> [p.judge.name for p in plan_for_target("write", cfg, JudgeRegistry())]
     ['coherence']
+    >>> [(p.judge.name, p.threshold) for p in plan_for_target("workflow", load_config({}), JudgeRegistry())]
+    [('relevance', 0.8), ('coherence', 0.8), ('harmfulness', 0.8)]
     """
     if judges is not None:
         refs: dict[str, JudgeRef] = {ref.name: ref for ref in judges}
+    elif not config.has_plan:
+        names = DEFAULT_ROOT_JUDGES if target == WORKFLOW_TARGET else ()
+        refs = {name: JudgeRef(name=name) for name in names}
     else:
         refs = {ref.name: ref for ref in config.judges.workflow_defaults}
         if target != WORKFLOW_TARGET:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tracejudge.config import JudgeRef, TraceJudgeConfig
+from tracejudge.config import Environment, JudgeRef, TraceJudgeConfig
 
 PAYLOAD_VERSION = 1
 
@@ -33,7 +33,8 @@ class EvaluationRequest(BaseModel):
     config: TraceJudgeConfig | None = None  # None: the worker's own config
     judges: list[JudgeRef] | None = None  # replaces the plan's judges for this call
     gate: bool = False
-    environment: str | None = None
+    environment: Environment | None = None  # a closed set: anything else is INVALID_PAYLOAD
+    retry_of: str | None = Field(default=None, min_length=1, max_length=512)  # the trace this one re-runs
     force: bool = False  # re-judge even what is already on the trace (the new results supersede the old)
     enqueued_at: float = Field(default_factory=time.time)
 
