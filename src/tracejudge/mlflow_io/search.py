@@ -80,7 +80,7 @@ def search_page(
     try:
         page = call_mlflow(
             client.search_traces,
-            experiment_ids=[experiment_id],
+            locations=[experiment_id],
             filter_string=filter_string,
             max_results=page_size,
             order_by=["timestamp_ms ASC"],
