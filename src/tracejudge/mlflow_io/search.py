@@ -91,7 +91,10 @@ def search_page(
         if getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE" or "filter" in str(exc).lower():
             raise BadFilter(f"MLflow refused the filter {filter_string!r}: {exc.message if hasattr(exc, 'message') else exc}") from None
         raise
-    return TracePage(traces=list(page), next_token=getattr(page, "token", None) or None)
+    token = getattr(page, "token", None) or None
+    if isinstance(token, bytes):  # the SQL store's tokens are base64 bytes; keep text (JSON checkpoints)
+        token = token.decode()
+    return TracePage(traces=list(page), next_token=token)
 
 
 def iter_pages(
