@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/bootstrap.sh
 scripts/ensure-redis.sh
+scripts/ensure-chromium.sh   # the dashboard's browser test (skipped with a reason if none can be had)
 exec .venv/bin/python -m pytest "$@"

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = {
         "kill": lambda: chaos.run_worker_kill(
-            traces=args.traces, latency_ms=args.latency_ms, concurrency=args.concurrency, visibility_timeout=10, log=log
+            traces=args.traces, latency_ms=args.latency_ms, concurrency=args.concurrency, log=log
         ),
         "mlflow": lambda: chaos.run_mlflow_outage(
             traces=args.traces, outage=args.outage, latency_ms=args.latency_ms, concurrency=args.concurrency, log=log

@@ -29,6 +29,13 @@ MODULES = [
     "tracejudge.tasks.deferred",
     "tracejudge.mlflow_io.search",
     "tracejudge.worker.scheduled",
+    "tracejudge.monitor",
+    "tracejudge.monitor.rollup",
+    "tracejudge.monitor.themes",
+    "tracejudge.monitor.summary",
+    "tracejudge.monitor.links",
+    "tracejudge.monitor.window",
+    "tracejudge.monitor.render",
 ]
 
 

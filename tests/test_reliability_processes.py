@@ -27,6 +27,7 @@ from tracejudge.testing.chaos import (
     chaos_config,
     run_graceful_shutdown,
     run_mlflow_outage,
+    run_long_evaluation,
     run_redis_restart,
     run_worker_kill,
 )
@@ -53,8 +54,9 @@ def assert_exact(result: ScenarioResult) -> None:
         assert verdict.judged + verdict.reused == JUDGES_PER_TRACE, result.describe()
 
 
-def test_worker_sigkilled_mid_run_loses_and_duplicates_nothing():
-    result = run_worker_kill(traces=100, latency_ms=150, concurrency=8, visibility_timeout=10)
+def test_worker_sigkilled_mid_run_with_default_settings_loses_and_duplicates_nothing():
+    # default settings: the killed worker's lease lapses, its evaluations go to the new worker
+    result = run_worker_kill(traces=100, latency_ms=150, concurrency=8)
     show(result)
     # the kill really hit a worker with work in flight and work still queued
     assert result.notes["unacked_at_kill"] > 0, result.describe()
@@ -62,6 +64,16 @@ def test_worker_sigkilled_mid_run_loses_and_duplicates_nothing():
     assert_exact(result)
     # work the killed worker had judged but not cached may be judged again; nothing else is
     assert result.llm_requests >= result.expected_llm_requests
+
+
+def test_an_evaluation_longer_than_the_visibility_timeout_is_not_redelivered_while_its_worker_lives():
+    # default settings (visibility timeout 15 s); judge calls of 40 s; a second, idle worker runs
+    # kombu's restore sweep every 3 s and would take the message if the lease were not renewed
+    result = run_long_evaluation(seconds=40, workers=2)
+    show(result)
+    assert_exact(result)
+    assert result.notes["deliveries"] == 1, result.describe() + "\n" + result.notes.get("worker_logs", "")
+    assert result.llm_requests == result.expected_llm_requests, result.describe()
 
 
 def test_duplicate_delivery_one_after_the_other_and_at_the_same_time():

@@ -62,6 +62,7 @@ class LoadedTrace:
     assessments: list[Any] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     state: str = ""
+    timestamp_ms: int = 0
 
 
 def check_trace_id(trace_id: Any) -> str:
@@ -118,6 +119,7 @@ def load_trace(client: Any, trace_id: str) -> LoadedTrace:
         assessments=list(getattr(info, "assessments", None) or []),
         tags=tags,
         state=str(getattr(info, "state", None) or getattr(info, "status", None) or ""),
+        timestamp_ms=int(getattr(info, "request_time", 0) or 0),
     )
 
 

@@ -182,9 +182,27 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         )
         calls += summary_calls(runtime, loaded, verdict, plan=plan)
         writer.write_all(calls, executor=runtime.write_pool)
+        record_rollup(runtime, loaded, verdict, request)
 
     log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
+
+
+def record_rollup(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, request: EvaluationRequest) -> None:
+    """Count the verdict in the monitor's Redis rollups (one pipelined round trip; never fails the evaluation)."""
+    if runtime.redis is None or loaded.experiment_id is None:
+        return
+    from tracejudge.monitor.rollup import record_from_verdict, record_verdict
+
+    config = request.config or runtime.config
+    environment = request.environment or runtime.settings.environment or config.judges.environment or "production"
+    try:
+        pipe = runtime.redis.pipeline(transaction=False)
+        record = record_from_verdict(verdict, timestamp_ms=loaded.timestamp_ms or int(time.time() * 1000), environment=environment)
+        record_verdict(pipe, record, experiment_id=loaded.experiment_id, prefix=key_prefix())
+        pipe.execute()
+    except Exception as exc:  # the verdict is in MLflow (the source of truth); the rollup is a fast copy
+        log.warning("could not update the monitor rollups for %s: %s", loaded.trace_id, exc)
 
 
 def wait_for_trace(runtime: Runtime, trace_id: str, *, wait_seconds: float) -> LoadedTrace:
@@ -292,7 +310,11 @@ def trace_lock(runtime: Runtime, trace_id: str, *, timeout: float) -> Iterator[b
         return
     # A short TTL, renewed while held: a SIGKILLed holder's lock is gone within LOCK_TTL_SECONDS,
     # so its redelivered task is not kept waiting for the whole evaluation timeout.
-    lock = runtime.redis.lock(f"{key_prefix()}{LOCK_PREFIX}{trace_id}", timeout=LOCK_TTL_SECONDS, blocking_timeout=timeout + 30)
+    # thread_local=False: the renewer thread must see the token the task thread acquired with
+    # (redis-py keeps it thread-local by default, so every renewal failed and the lock lapsed after 20 s)
+    lock = runtime.redis.lock(
+        f"{key_prefix()}{LOCK_PREFIX}{trace_id}", timeout=LOCK_TTL_SECONDS, blocking_timeout=timeout + 30, thread_local=False
+    )
     waited = not lock.acquire(blocking=False)
     if waited and not lock.acquire(blocking=True):
         raise EvaluationBusy(f"another delivery of {trace_id} held its evaluation lock for {timeout + 30:g} s")

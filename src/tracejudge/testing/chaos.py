@@ -362,11 +362,11 @@ class ChaosStack:
         mlflow.flush_trace_async_logging()
         return ids
 
-    def enqueue(self, trace_ids: Sequence[str], **kwargs: Any) -> list[Any]:
-        """``tracejudge.enqueue`` every trace with :func:`chaos_config`; returns the handles."""
+    def enqueue(self, trace_ids: Sequence[str], *, config: dict[str, Any] | None = None, **kwargs: Any) -> list[Any]:
+        """``tracejudge.enqueue`` every trace with ``config`` (default :func:`chaos_config`); returns the handles."""
         import tracejudge
 
-        config = chaos_config()
+        config = config or chaos_config()
         handles = [tracejudge.enqueue(trace_id, config=config, **kwargs) for trace_id in trace_ids]
         self.handles.extend(handles)
         return handles
@@ -491,13 +491,14 @@ def _finish(stack: ChaosStack, name: str, trace_ids: list[str], handles: list[An
 
 def run_worker_kill(
     *, traces: int = 100, latency_ms: float = 150, concurrency: int = 8, kill_after: int | None = None,
-    visibility_timeout: int = 10, timeout: float = 600, log: Any = None,
+    visibility_timeout: int | None = None, timeout: float = 600, log: Any = None,
 ) -> ScenarioResult:
     """SIGKILL a worker with evaluations in flight and queued, then start another one.
 
-    The killed worker's unacknowledged tasks come back after the visibility
-    timeout plus kombu's restore sweep (10 s); the new worker reuses what is
-    already on the traces or cached, so nothing is written twice.
+    With the default settings (``visibility_timeout=None``) the killed worker's
+    unacknowledged tasks come back once its lease lapses (15 s) plus kombu's
+    restore sweep (3 s); the new worker reuses what is already on the traces
+    or cached, so nothing is written twice.
     """
     name = "worker SIGKILL"
     kill_after = traces // 5 if kill_after is None else kill_after
@@ -619,3 +620,32 @@ def run_graceful_shutdown(
         _say(log, f"[{name}] w1 exited ({notes}); starting w2")
         stack.worker("w2", concurrency=concurrency)
         return _finish(stack, name, trace_ids, handles, started=started, timeout=timeout, notes=notes, log=log)
+
+
+def run_long_evaluation(
+    *, seconds: float = 180, workers: int = 2, concurrency: int = 2, visibility_timeout: int | None = None,
+    log: Any = None,
+) -> ScenarioResult:
+    """One evaluation whose judge calls take ``seconds`` each, on live workers with default settings.
+
+    Its message must be delivered once: the worker holding it renews its lease,
+    so kombu's restore sweep (run by every worker, the idle one too) never
+    hands it to another worker, however much longer than the visibility
+    timeout it runs. ``notes["deliveries"]`` counts the workers' "received" log
+    lines for its task id (1 = no redelivery).
+    """
+    name = f"evaluation of {seconds:g} s on a live worker"
+    slow = f"[[tj:latency={int(seconds * 1000)}]]"
+    with ChaosStack(visibility_timeout=visibility_timeout) as stack:
+        _say(log, f"[{name}] recording 1 trace, starting {workers} workers")
+        trace_ids = stack.record(1, research=f"Slow findings {slow}", article=f"Slow article {slow}")
+        for i in range(workers):
+            stack.worker(f"w{i + 1}", concurrency=concurrency)
+        config = chaos_config(timeout_seconds=seconds + 60, overall_timeout_seconds=seconds + 120)
+        started = time.monotonic()
+        handles = stack.enqueue(trace_ids, config=config)
+        result = _finish(stack, name, trace_ids, handles, started=None, timeout=seconds * 3 + 120, notes={}, log=log)
+        result.notes["seconds"] = round(time.monotonic() - started, 1)
+        result.notes["deliveries"] = stack.log_count(f"[{handles[0].id}] received")
+        result.notes["redeliveries"] = result.notes["deliveries"] - 1
+        return result

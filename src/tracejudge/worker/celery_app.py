@@ -30,31 +30,21 @@ QUEUE_GATE = "tracejudge.gate"
 QUEUE_ONLINE = "tracejudge.online"
 QUEUES = (QUEUE_GATE, QUEUE_ONLINE)
 TASK_EVALUATE = "tracejudge.evaluate_trace"
-DEFAULT_VISIBILITY_TIMEOUT = 900
-UNACKED_RESTORE_INTERVAL = 10
+#: Short, because a live worker renews the entries of the messages it holds (``worker/lease.py``):
+#: a killed worker's messages come back within about 15 + 3 s, a live worker's never.
+DEFAULT_VISIBILITY_TIMEOUT = 15
 RESULT_EXPIRES = timedelta(hours=int(os.environ.get("TRACEJUDGE_RESULT_EXPIRES_HOURS", "24")))
 
 
 def visibility_timeout() -> int:
-    """``TRACEJUDGE_VISIBILITY_TIMEOUT`` (default 900 s), read when an app is built (so ``reset_app`` sees changes)."""
+    """``TRACEJUDGE_VISIBILITY_TIMEOUT`` (default 15 s, renewed by the lease), read when an app is built (so ``reset_app`` sees changes)."""
     return int(os.environ.get("TRACEJUDGE_VISIBILITY_TIMEOUT", str(DEFAULT_VISIBILITY_TIMEOUT)))
 
 
-def time_limits(visibility: int) -> tuple[int | None, int | None]:
-    """Celery's (soft, hard) time limits: a backstop (prefork only) 2 and 1 minutes under the visibility timeout.
-
-    None when the visibility timeout is too short for that (tests): a limit of 0 or less would
-    make prefork fail every task at once ("Soft time limit (-110s) exceeded").
-
-    >>> time_limits(900), time_limits(10)
-    ((780, 840), (None, None))
-    """
-    soft, hard = visibility - 120, visibility - 60
-    return (soft if soft > 0 else None, hard if hard > 0 else None)
-
-
+#: Celery's (soft, hard) time limits: a backstop on prefork only (our own deadlines bound an evaluation);
+#: no longer tied to the visibility timeout, which the lease keeps short.
+SOFT_TIME_LIMIT, HARD_TIME_LIMIT = 780, 840
 VISIBILITY_TIMEOUT = visibility_timeout()  # as at import; celery_settings() reads the environment again
-SOFT_TIME_LIMIT, HARD_TIME_LIMIT = time_limits(VISIBILITY_TIMEOUT)
 #: A producer whose Redis is down gets an error in about a second, not after Celery's 20 retries.
 PRODUCER_BACKEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5, "timeout": 5.0}
 #: A worker storing a verdict rides out a Redis restart (about 30 s).
@@ -83,11 +73,13 @@ def with_tls_defaults(url: str) -> str:
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
     """The Celery configuration tracejudge runs with."""
+    from tracejudge.worker.lease import lease_interval
+
     visibility = visibility_timeout()
-    soft_limit, hard_limit = time_limits(visibility)
     transport: dict[str, Any] = {
         "visibility_timeout": visibility,
-        "unacked_restore_interval": UNACKED_RESTORE_INTERVAL,
+        # kombu's restore sweep as often as the lease renews: a dead worker's messages back in ~VT + VT/5
+        "unacked_restore_interval": lease_interval(visibility),
         "unacked_restore_throttle": 1,
         "queue_order_strategy": "sorted",  # QUEUE_GATE sorts first: always asked first
         "max_connections": 200,
@@ -96,7 +88,6 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
     }
     backend_transport: dict[str, Any] = {"visibility_timeout": visibility, "retry_policy": PRODUCER_BACKEND_RETRY}
     prefix = key_prefix()
-    from tracejudge.config import load_config
     from tracejudge.worker.scheduled import beat_schedule
 
     if prefix:  # a shared Redis: keep our queues, results and keys apart
@@ -120,8 +111,8 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         result_extended=True,
         task_track_started=True,
         broker_connection_retry_on_startup=True,
-        task_soft_time_limit=soft_limit,
-        task_time_limit=hard_limit,
+        task_soft_time_limit=SOFT_TIME_LIMIT,
+        task_time_limit=HARD_TIME_LIMIT,
         task_default_queue=QUEUE_ONLINE,
         task_routes={TASK_EVALUATE: {"queue": QUEUE_ONLINE}},
         task_publish_retry=True,
@@ -131,7 +122,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         worker_soft_shutdown_timeout=30,
         worker_hijack_root_logger=False,
         # Celery beat (`tracejudge beat`): online pick-up and deferred evaluations; add entries beside ours
-        beat_schedule=beat_schedule(load_config(settings.config_path)),
+        beat_schedule=beat_schedule(_user_config(settings)),
     )
 
 
@@ -145,7 +136,22 @@ def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     app = Celery("tracejudge")
     app.conf.update(celery_settings(settings))
-    from tracejudge.worker import task  # noqa: F401  (registers the task on this app)
+    from tracejudge.worker import lease, task  # noqa: F401  (registers the task on this app)
 
     task.register(app)
+    lease.connect_signals()
+    from tracejudge.worker import alerts_task
+
+    alerts_task.register(app)
+    app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **alerts_task.beat_entries(_user_config(settings))}
     return app
+
+
+def _user_config(settings: Settings) -> Any:
+    """The workers' YAML config (for the beat schedule); defaults when it cannot be read (the worker reports it)."""
+    from tracejudge.config import ConfigError, load_config
+
+    try:
+        return load_config(settings.config_path)
+    except ConfigError:
+        return load_config({})
