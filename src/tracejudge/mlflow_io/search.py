@@ -33,20 +33,12 @@ class TracePage:
 
 def resolve_experiment(client: Any, ref: str, *, where: str = "experiment") -> str:
     """The id of the experiment with this id or name; :class:`UnknownExperiment` naming ``where`` if none."""
-    from mlflow.exceptions import MlflowException
+    from tracejudge.mlflow_io.query import ExperimentNotFound, resolve_experiment as resolve
 
-    ref = str(ref).strip()
-    if ref.isdigit():
-        try:
-            experiment = call_mlflow(client.get_experiment, ref)
-        except MlflowException:
-            experiment = None
-        if experiment is not None:
-            return str(experiment.experiment_id)
-    experiment = call_mlflow(client.get_experiment_by_name, ref)
-    if experiment is None:
-        raise UnknownExperiment(f"{where}: unknown experiment {ref!r} (no experiment has this id or name)")
-    return str(experiment.experiment_id)
+    try:
+        return resolve(client, str(ref).strip())
+    except ExperimentNotFound:
+        raise UnknownExperiment(f"{where}: unknown experiment {str(ref).strip()!r} (no experiment has this id or name)") from None
 
 
 def time_filter(*, since_ms: int | None = None, until_ms: int | None = None, extra: str | None = None) -> str | None:
