@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The tests: set up .venv if needed, make sure Redis answers, run pytest (arguments pass through).
+# The tests: set up .venv if needed, make sure Redis and RabbitMQ answer, run pytest (arguments pass through).
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/bootstrap.sh
 scripts/ensure-redis.sh
+scripts/ensure-rabbitmq.sh
 exec .venv/bin/python -m pytest "$@"
