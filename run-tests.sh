@@ -5,4 +5,5 @@ cd "$(dirname "$0")"
 scripts/bootstrap.sh
 scripts/ensure-redis.sh
 scripts/ensure-rabbitmq.sh
+scripts/ensure-chromium.sh   # the dashboard's browser test (skipped with a reason if none can be had)
 exec .venv/bin/python -m pytest "$@"

@@ -20,6 +20,13 @@ MODULES = [
     "tracejudge.worker.celery_app",
     "tracejudge.mlflow_io.writer",
     "tracejudge.tasks.payload",
+    "tracejudge.monitor",
+    "tracejudge.monitor.rollup",
+    "tracejudge.monitor.themes",
+    "tracejudge.monitor.summary",
+    "tracejudge.monitor.links",
+    "tracejudge.monitor.window",
+    "tracejudge.monitor.render",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import pickle
@@ -216,6 +217,7 @@ def test_api_key_never_leaks(worker, fake_llm, caplog, pipeline_env):
     }
     from tracejudge.tasks.runtime import get_runtime
 
+    first_request = len(fake_llm.requests)
     with caplog.at_level(logging.DEBUG):
         handle = tracejudge.enqueue(trace_id, config=config)
         verdict = handle.verdict(timeout=60, raise_on_block=False)
@@ -229,7 +231,13 @@ def test_api_key_never_leaks(worker, fake_llm, caplog, pipeline_env):
         repr(get_runtime().llm),
         repr(get_runtime().settings),
         str(get_runtime().settings.redacted()),
-        json.dumps([r.headers for r in fake_llm.requests]),
+        # what reached the LLM endpoint besides the Authorization header: prompts, other headers
+        json.dumps([{"headers": r.headers, "body": r.body, "path": r.path} for r in fake_llm.requests]),
     ]
     for text in everything:
         assert key not in text
+    # ... and the key was really in use: every judge call carried exactly it as its bearer token
+    chat = [r for r in fake_llm.requests[first_request:] if r.path.endswith("/chat/completions")]
+    assert chat
+    expected = hashlib.sha256(f"Bearer {key}".encode()).hexdigest()
+    assert {r.authorization_sha256 for r in chat} == {expected}

@@ -39,12 +39,20 @@ def tls_redis(tmp_path):
     url = f"rediss://:{PASSWORD}@127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.pem'}"
     import redis
 
-    for _ in range(100):
+    deadline = time.monotonic() + 30  # a generous bound for a loaded machine; not a speed assertion
+    last_error: Exception | None = None
+    while True:
         try:
             if redis.Redis.from_url(url + "&ssl_cert_reqs=required").ping():
                 break
-        except Exception:
-            time.sleep(0.05)
+        except Exception as exc:  # not listening yet, or TLS refused
+            last_error = exc
+        if proc.poll() is not None:
+            pytest.fail(f"the TLS redis-server exited with status {proc.returncode} before it answered")
+        if time.monotonic() > deadline:
+            proc.terminate()
+            pytest.fail(f"the TLS redis-server did not answer a TLS PING with the password within 30 s: {last_error!r}")
+        time.sleep(0.05)
     yield url
     proc.terminate()
     proc.wait(timeout=10)

@@ -6,6 +6,9 @@
     tracejudge demo                          the end-to-end demo on this machine
     tracejudge fake-llm --port 8089          the local OpenAI-compatible test server
     tracejudge validate-config FILE          check a config file
+    tracejudge report --experiment-id 1      judged quality over a window (table, json, html, md)
+    tracejudge dashboard [--port 8050]       the quality dashboard (loopback by default)
+    tracejudge alerts check --once           check the quality alert rules; exit 1 when one fires
 """
 
 from __future__ import annotations
@@ -83,7 +86,41 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate-config", help="check a config file and print the judge plan")
     p.add_argument("file", help="YAML config file")
     p.set_defaults(func=cmd_validate_config)
+
+    p = sub.add_parser("report", help="judged quality over a time window: table, json, html or md")
+    _monitor_options(p)
+    p.add_argument("--format", default="table", help="table (default), json, html (one self-contained file) or md")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    p.add_argument("--schema", action="store_true", help="print the JSON schema of --format json and exit")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("dashboard", help="serve the quality dashboard (a web page and its JSON API)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+    p.add_argument("--experiment-id", "--experiment", dest="experiment", help="the experiment shown by default (id or name)")
+    p.add_argument("--token", help="require this bearer token on every request (default: $TRACEJUDGE_DASHBOARD_TOKEN)")
+    p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("alerts", help="quality alerts: check the rules of quality_alerts")
+    alerts = p.add_subparsers(metavar="ACTION")
+    c = alerts.add_parser("check", help="check every rule now; exit 1 when any rule fires (for cron)")
+    c.add_argument("--once", action="store_true", help="check once and exit (the default; for cron)")
+    c.add_argument("--config", help="YAML config with quality_alerts (default: $TRACEJUDGE_CONFIG)")
+    c.add_argument("--experiment-id", "--experiment", dest="experiment", help="experiment id or name (default: quality_alerts.experiment)")
+    c.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    c.set_defaults(func=cmd_alerts_check)
+    p.set_defaults(func=lambda a: (p.print_help(), EXIT_ERROR)[1])
     return parser
+
+
+def _monitor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment-id", "--experiment", dest="experiment", help="experiment id or name (required)")
+    p.add_argument("--workflow", help="only traces of this workflow (the trace name)")
+    p.add_argument("--environment", help="only this environment (production, development, experimental)")
+    p.add_argument("--since", default="7d", help="window start: 90m, 24h, 7d, 2w or an ISO date/time (default 7d)")
+    p.add_argument("--until", help="window end (default now), same forms as --since")
+    p.add_argument("--bucket", default="day", help="hour or day (default day)")
+    p.add_argument("--source", default="auto", help="auto (default), mlflow or redis: where the figures come from")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -237,6 +274,82 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     for warning in config_warnings(config):
         print(f"warning: {warning}")
     return EXIT_PASSED
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tracejudge.monitor import render
+
+    if args.schema:
+        print(render.schema())
+        return EXIT_PASSED
+    if args.format not in render.FORMATS:
+        print(f"error: --format: unknown format {args.format!r}; use one of {', '.join(render.FORMATS)}", file=sys.stderr)
+        return EXIT_ERROR
+    summary = _summary(args)
+    if isinstance(summary, int):
+        return summary
+    text = render.render(summary, args.format)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+        print(f"wrote {args.output} ({args.format})", file=sys.stderr)
+    else:
+        print(text)
+    return EXIT_PASSED
+
+
+def _summary(args: argparse.Namespace) -> Any:
+    """The summary for the monitor options, or an exit code after printing what is wrong."""
+    from pydantic import ValidationError
+
+    from tracejudge.mlflow_io.query import ExperimentNotFound
+    from tracejudge.mlflow_io.reader import MlflowUnavailable
+    from tracejudge.monitor import BadQuery, MonitorQuery, summarise_quality
+    from tracejudge.monitor.dashboard import _redis, _validation_message
+
+    if not args.experiment:
+        print("error: --experiment-id: give an experiment id or name", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        query = MonitorQuery(
+            experiment=args.experiment,
+            workflow=args.workflow,
+            environment=args.environment,
+            since=args.since,
+            until=args.until,
+            bucket=args.bucket,
+            source=args.source,
+        )
+        redis = _redis() if query.source != "mlflow" else None
+        return summarise_quality(query, redis=redis)
+    except ValidationError as exc:
+        message = _validation_message(exc)
+        for name in ("bucket", "source", "since", "until", "experiment"):
+            message = message.replace(f"{name}: ", f"--{name}: ", 1) if message.startswith(name) else message
+        print(f"error: {message}", file=sys.stderr)
+    except (BadQuery, ExperimentNotFound, MlflowUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import os
+
+    from tracejudge.monitor.dashboard import TOKEN_ENV, serve
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    where = f"http://{args.host}:{args.port}/"
+    print(f"tracejudge dashboard on {where}" + (" (bearer token required; open /?token=... once)" if token else ""), flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        print("warning: listening beyond this machine without --token; the page shows trace outputs", file=sys.stderr)
+    serve(host=args.host, port=args.port, token=token, default_experiment=args.experiment)
+    return EXIT_PASSED
+
+
+def cmd_alerts_check(args: argparse.Namespace) -> int:
+    from tracejudge.monitor.alerts import run_check_cli
+
+    return run_check_cli(config=args.config, experiment=args.experiment, as_json=args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

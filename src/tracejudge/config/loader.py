@@ -25,10 +25,10 @@ __all__ = ["CONFIG_ENV_VAR", "load_config", "validate_judge_names", "dump_judge_
 CONFIG_ENV_VAR = "TRACEJUDGE_CONFIG"
 
 _MLFLOW = "observability.mlflow"
-_OUR_MLFLOW_KEYS = ("enabled", "enable_judges", "judges", "quality_gate", "quality_retry")
+_OUR_MLFLOW_KEYS = ("enabled", "enable_judges", "judges", "quality_gate", "quality_retry", "quality_alerts")
 #: Keys of the design that tracejudge acts on, beside its own sections.
 _USED_MLFLOW_KEYS = ("quality_based_workflows", "log_artifacts", "artifact_level", "artifacts")
-_MOVABLE = ("quality_gate", "quality_retry")
+_MOVABLE = ("quality_gate", "quality_retry", "quality_alerts")
 #: The design's sections that may sit at the root, under observability or under observability.mlflow,
 #: which tracejudge accepts but does not act on.
 _UNUSED_MOVABLE = ("optimization",)

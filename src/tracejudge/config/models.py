@@ -447,6 +447,7 @@ class TraceJudgeConfig(_Section):
     judges: JudgesConfig = Field(default_factory=JudgesConfig)
     quality_gate: QualityGateConfig = Field(default_factory=QualityGateConfig)
     quality_retry: QualityRetryConfig = Field(default_factory=QualityRetryConfig)
+    quality_alerts: "QualityAlertsConfig" = Field(default_factory=lambda: _alerts_config())
     #: Design section 10.3: ``false`` turns the quality gate and quality retry off (absent: as configured).
     quality_based_workflows: bool | None = None
     #: Design section 3.3: ``log_artifacts: false`` or ``artifact_level: minimal`` (or
@@ -468,6 +469,7 @@ class TraceJudgeConfig(_Section):
         "judges": "observability.mlflow.judges",
         "quality_gate": "quality_gate",
         "quality_retry": "quality_retry",
+        "quality_alerts": "quality_alerts",
         "quality_based_workflows": "observability.mlflow.quality_based_workflows",
         "log_artifacts": "observability.mlflow.log_artifacts",
         "artifact_level": "observability.mlflow.artifact_level",
@@ -576,3 +578,14 @@ class TraceJudgeConfig(_Section):
     def location(self, section: str) -> str:
         """Where ``section`` sits in the user's document, e.g. ``'quality_gate'``."""
         return self._locations.get(section) or self.DEFAULT_LOCATIONS.get(section, section)
+
+
+def _alerts_config() -> Any:
+    from .alerts import QualityAlertsConfig
+
+    return QualityAlertsConfig()
+
+
+from .alerts import QualityAlertsConfig  # noqa: E402  (it builds on _Section above)
+
+TraceJudgeConfig.model_rebuild()

@@ -60,6 +60,7 @@ class LoadedTrace:
     workflow_name: str
     targets: list[Target]
     assessments: list[Any] = field(default_factory=list)
+    timestamp_ms: int = 0
 
 
 def check_trace_id(trace_id: Any) -> str:
@@ -114,6 +115,7 @@ def load_trace(client: Any, trace_id: str) -> LoadedTrace:
         workflow_name=tags.get("mlflow.traceName") or (root.name if root is not None else "workflow"),
         targets=extract_targets(trace),
         assessments=list(getattr(info, "assessments", None) or []),
+        timestamp_ms=int(getattr(info, "request_time", 0) or 0),
     )
 
 

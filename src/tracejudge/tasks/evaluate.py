@@ -130,9 +130,27 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         calls = [functools.partial(writer.log_result, request.trace_id, r, evaluation_id=request.evaluation_id) for r in unwritten]
         calls += summary_calls(runtime, loaded, verdict)
         writer.write_all(calls, executor=runtime.write_pool)
+        record_rollup(runtime, loaded, verdict, request)
 
     log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
+
+
+def record_rollup(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, request: EvaluationRequest) -> None:
+    """Count the verdict in the monitor's Redis rollups (one pipelined round trip; never fails the evaluation)."""
+    if runtime.redis is None or loaded.experiment_id is None:
+        return
+    from tracejudge.monitor.rollup import record_from_verdict, record_verdict
+
+    config = request.config or runtime.config
+    environment = request.environment or runtime.settings.environment or config.judges.environment or "production"
+    try:
+        pipe = runtime.redis.pipeline(transaction=False)
+        record = record_from_verdict(verdict, timestamp_ms=loaded.timestamp_ms or int(time.time() * 1000), environment=environment)
+        record_verdict(pipe, record, experiment_id=loaded.experiment_id, prefix=key_prefix())
+        pipe.execute()
+    except Exception as exc:  # the verdict is in MLflow (the source of truth); the rollup is a fast copy
+        log.warning("could not update the monitor rollups for %s: %s", loaded.trace_id, exc)
 
 
 def wait_for_trace(runtime: Runtime, trace_id: str, *, wait_seconds: float) -> LoadedTrace:

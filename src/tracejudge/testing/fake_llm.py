@@ -114,6 +114,9 @@ class RecordedRequest:
     finished_at: float | None = None
     status: int | None = None  # None when the connection was dropped or hung
     outcome: str | None = None  # the fault KIND, "ok", or e.g. "bad_marker" / "not_found"
+    #: sha256 of the Authorization header as received (the header itself is redacted), so a test can
+    #: check which key was sent without the server keeping it.
+    authorization_sha256: str | None = None
 
 
 class _BadRequest(Exception):
@@ -257,8 +260,15 @@ class FakeLLMServer:
         retry_after: float = DEFAULT_RETRY_AFTER,
         hang_seconds: float = DEFAULT_HANG_SECONDS,
         reject_response_format: bool = False,
+        rate_limit_per_second: float | None = None,
+        rate_limit_burst: int | None = None,
     ) -> None:
         self.host = host
+        #: Like a provider's limit: a chat request beyond this rate (with ``rate_limit_burst`` in hand,
+        #: default one second's worth) gets 429 with Retry-After = the time until it would be allowed.
+        self.rate_limit_per_second = rate_limit_per_second
+        self.rate_limit_burst = rate_limit_burst
+        self._rate_tat = 0.0  # GCRA theoretical arrival time (monotonic seconds)
         self.latency_ms = latency_ms
         self.default_score = default_score
         self.retry_after = retry_after
@@ -512,6 +522,22 @@ class FakeLLMServer:
 
     # ------------------------------------------------------------------ chat completions
 
+    def _over_rate_limit(self) -> float | None:
+        """None when a request may go now (and count it), else the seconds until one may (GCRA)."""
+        rate = self.rate_limit_per_second
+        if not rate:
+            return None
+        interval = 1.0 / rate
+        burst = self.rate_limit_burst or max(1, int(rate))
+        with self._lock:
+            now = time.monotonic()
+            tat = max(self._rate_tat, now)
+            allow_at = tat - (burst - 1) * interval
+            if now < allow_at:
+                return allow_at - now
+            self._rate_tat = tat + interval
+            return None
+
     async def _handle_chat(
         self, record: RecordedRequest, writer: asyncio.StreamWriter, keep_alive: bool
     ) -> bool:
@@ -521,6 +547,16 @@ class FakeLLMServer:
             self._max_concurrent = max(self._max_concurrent, self._in_flight)
         outcome = "error"
         try:
+            wait = self._over_rate_limit()
+            if wait is not None:
+                outcome = "rate_limited"
+                self._count_outcome(record, outcome)
+                status, type_, code, message = _ERROR_FAULTS["429"]
+                await self._send_json(
+                    writer, status, _error_body(f"{message} (server rate limit)", type_, code), keep_alive=keep_alive,
+                    extra_headers={"Retry-After": _format_number(round(max(wait, 0.01), 3))},
+                    on_send=lambda: self._complete_chat(record, status, outcome))
+                return keep_alive
             try:
                 plan, messages = self._plan(record)
             except _BadRequest as bad:
@@ -670,6 +706,9 @@ class FakeLLMServer:
             judge=headers.get(JUDGE_HEADER) or None,
             headers=safe_headers,
             started_at=time.time(),
+            authorization_sha256=(
+                hashlib.sha256(headers["authorization"].encode()).hexdigest() if "authorization" in headers else None
+            ),
         )
         with self._lock:
             self._records.append(record)

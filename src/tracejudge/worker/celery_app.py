@@ -141,4 +141,18 @@ def make_app(settings: Settings | None = None) -> Celery:
 
     task.register(app)
     lease.connect_signals()
+    from tracejudge.worker import alerts_task
+
+    alerts_task.register(app)
+    app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **alerts_task.beat_entries(_user_config(settings))}
     return app
+
+
+def _user_config(settings: Settings) -> Any:
+    """The workers' YAML config (for the beat schedule); defaults when it cannot be read (the worker reports it)."""
+    from tracejudge.config import ConfigError, load_config
+
+    try:
+        return load_config(settings.config_path)
+    except ConfigError:
+        return load_config({})

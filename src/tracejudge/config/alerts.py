@@ -1,0 +1,141 @@
+"""``quality_alerts``: rules checked on a schedule against judged quality, and where alerts go.
+
+.. code-block:: yaml
+
+    quality_alerts:
+      experiment: "1"                 # id or name (default: $MLFLOW_EXPERIMENT_ID / $MLFLOW_EXPERIMENT_NAME)
+      window_minutes: 60
+      baseline_days: 7
+      rules:
+        - {kind: quality_drop, judge: relevance, below: 0.75}
+        - {kind: quality_drop, node: write, drop_by: 0.10}
+        - {kind: failure_rate, above: 0.20}
+        - {kind: variance_increase, factor: 2.0}
+        - {kind: new_failure_type}
+        - {kind: gate_pass_rate, below: 0.9}
+      sinks:
+        - {type: webhook, url: "https://hooks.example/abc"}
+        - {type: slack, url: "https://hooks.slack.com/..."}
+        - {type: log}
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from .errors import show
+from .models import Score, _Section, _no_bool
+
+RuleKind = Literal["quality_drop", "failure_rate", "variance_increase", "new_failure_type", "gate_pass_rate"]
+RULE_KINDS = ("quality_drop", "failure_rate", "variance_increase", "new_failure_type", "gate_pass_rate")
+_Positive = Annotated[float, BeforeValidator(_no_bool), Field(gt=0)]
+
+
+class AlertRule(_Section):
+    """One rule; ``judge`` / ``node`` narrow it (default: every judge on every node)."""
+
+    kind: str
+    name: str | None = None
+    judge: str | None = None
+    node: str | None = None
+    below: Score | None = None
+    above: Score | None = None
+    drop_by: Score | None = None
+    factor: _Positive | None = None
+    min_count: int = Field(5, ge=1, description="fewer scored results in the window than this: the rule stays quiet")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        if value not in RULE_KINDS:
+            from .errors import suggest
+
+            close = suggest(value, RULE_KINDS)
+            hint = f"; did you mean {close!r}?" if close else ""
+            raise ValueError(f"unknown rule kind {show(value)}{hint} Allowed: {', '.join(RULE_KINDS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _needs(self) -> AlertRule:
+        need = {
+            "quality_drop": ("below", "drop_by"),
+            "failure_rate": ("above",),
+            "variance_increase": ("factor",),
+            "gate_pass_rate": ("below",),
+            "new_failure_type": (),
+        }[self.kind]
+        if need and all(getattr(self, k) is None for k in need):
+            raise ValueError(f"a {self.kind} rule needs {' or '.join(need)}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """A readable name: the given one, else kind and scope.
+
+        >>> AlertRule(kind="quality_drop", judge="relevance", below=0.75).label
+        'quality_drop relevance below 0.75'
+        """
+        if self.name:
+            return self.name
+        parts = [self.kind]
+        if self.node:
+            parts.append(f"node {self.node}")
+        if self.judge:
+            parts.append(self.judge)
+        for key in ("below", "above", "drop_by", "factor"):
+            value = getattr(self, key)
+            if value is not None:
+                parts.append(f"{key} {value:g}")
+        return " ".join(parts)
+
+
+class AlertSink(_Section):
+    """Where alerts go: a JSON webhook, a Slack-compatible webhook, or the log."""
+
+    type: Literal["webhook", "slack", "log"]
+    url: str | None = None
+    timeout_seconds: _Positive = 10.0
+    max_attempts: int = Field(4, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _url(self) -> AlertSink:
+        if self.type == "log":
+            return self
+        if not self.url:
+            raise ValueError(f"a {self.type} sink needs a url (http:// or https://)")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url must be an http:// or https:// address (got {show(self.url)})")
+        return self
+
+
+class QualityAlertsConfig(_Section):
+    """``quality_alerts`` (see the module docstring)."""
+
+    enabled: bool = True
+    experiment: str | None = None
+    workflow: str | None = None
+    window_minutes: Annotated[int, BeforeValidator(_no_bool), Field(ge=4)] = 60
+    baseline_days: _Positive = 7.0
+    rules: list[AlertRule] = Field(default_factory=list)
+    sinks: list[AlertSink] = Field(default_factory=lambda: [AlertSink(type="log")])
+
+    @property
+    def check_every_seconds(self) -> float:
+        """Rules are checked every quarter window.
+
+        >>> QualityAlertsConfig().check_every_seconds
+        900.0
+        """
+        return self.window_minutes * 60 / 4
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and bool(self.rules)
+
+
+def describe(rule: Any) -> str:
+    return rule.label

@@ -1,0 +1,189 @@
+"""Read judged traces back for monitoring: paged ``search_traces`` and the store's ``query_trace_metrics``.
+
+:func:`judged_traces` pages through an experiment's traces in a time window (trace metadata and assessments
+only, no spans) and yields each one tracejudge judged (it carries the ``tracejudge.status`` tag) as a plain
+record: the verdict's tags and our assessments with their metadata (node, threshold, passed, error code,
+``cost_usd`` where present). :func:`assessment_value_stats` asks the store for per-judge AVG and percentiles
+in SQL (MLflow 3.17's ``query_trace_metrics``), which knows values but not our metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from tracejudge.mlflow_io.writer import KEY, call_mlflow
+
+PAGE_SIZE = 500
+STATUS_TAG = "tracejudge.status"
+
+
+class ExperimentNotFound(LookupError):
+    """The experiment id (or name) is not in the tracking store."""
+
+
+@dataclass
+class AssessmentRow:
+    name: str
+    node: str
+    value: float | None
+    threshold: float | None
+    passed: bool
+    error_code: str | None
+    rationale: str | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class JudgedTraceRow:
+    trace_id: str
+    timestamp_ms: int
+    workflow: str
+    tags: dict[str, str]
+    assessments: list[AssessmentRow]
+
+
+def resolve_experiment(client: Any, experiment: str) -> str:
+    """The id of an experiment given by id or name; :class:`ExperimentNotFound` names what was asked for."""
+    from mlflow.exceptions import MlflowException
+
+    found = None
+    if str(experiment).isdigit():
+        try:
+            found = call_mlflow(client.get_experiment, str(experiment))
+        except MlflowException:
+            found = None
+    if found is None:
+        found = call_mlflow(client.get_experiment_by_name, str(experiment))
+    if found is None:
+        raise ExperimentNotFound(f"experiment {experiment!r} does not exist in the tracking store")
+    return str(found.experiment_id)
+
+
+def judged_traces(
+    client: Any,
+    experiment_id: str,
+    start_ms: int,
+    end_ms: int,
+    *,
+    workflow: str | None = None,
+    page_size: int = PAGE_SIZE,
+) -> Iterator[JudgedTraceRow]:
+    """Every trace tracejudge judged in ``[start_ms, end_ms)`` (by trace start), page by page."""
+    filters = [f"timestamp_ms >= {int(start_ms)}", f"timestamp_ms < {int(end_ms)}"]
+    if workflow:
+        filters.append(f"tags.`mlflow.traceName` = '{_quote(workflow)}'")
+    filter_string = " AND ".join(filters)
+    token = None
+    while True:
+        page = call_mlflow(
+            client.search_traces,
+            locations=[experiment_id],
+            filter_string=filter_string,
+            max_results=page_size,
+            order_by=["timestamp_ms ASC"],
+            page_token=token,
+            include_spans=False,
+        )
+        for trace in page:
+            row = _row(trace.info)
+            if row is not None:
+                yield row
+        token = getattr(page, "token", None)
+        if not token:
+            return
+
+
+def assessment_value_stats(
+    client: Any, experiment_id: str, start_ms: int, end_ms: int, *, bucket_seconds: int | None = None
+) -> list[dict[str, Any]]:
+    """Per assessment name (and time bucket): AVG, P10, P50, P90 of values, computed in the store's SQL.
+
+    Returns ``[{"name", "bucket", "avg", "p10", "p50", "p90"}]``; empty when the store cannot (file store).
+    """
+    from mlflow.entities.trace_metrics import AggregationType, MetricAggregation, MetricViewType
+
+    store = _store(client)
+    aggregations = [MetricAggregation(AggregationType.AVG)] + [
+        MetricAggregation(AggregationType.PERCENTILE, percentile_value=p) for p in (10.0, 50.0, 90.0)
+    ]
+    out: list[dict[str, Any]] = []
+    token = None
+    try:
+        while True:
+            page = call_mlflow(
+                store.query_trace_metrics,
+                experiment_ids=[experiment_id],
+                view_type=MetricViewType.ASSESSMENTS,
+                metric_name="assessment_value",
+                aggregations=aggregations,
+                dimensions=["assessment_name"],
+                time_interval_seconds=bucket_seconds,
+                start_time_ms=int(start_ms),
+                end_time_ms=int(end_ms),
+                page_token=token,
+            )
+            for point in page:
+                values = {str(k).upper(): v for k, v in point.values.items()}
+                out.append(
+                    {
+                        "name": point.dimensions.get("assessment_name"),
+                        "bucket": point.dimensions.get("time_bucket"),
+                        "avg": values.get("AVG"),
+                        "p10": values.get("P10.0", values.get("P10")),
+                        "p50": values.get("P50.0", values.get("P50")),
+                        "p90": values.get("P90.0", values.get("P90")),
+                    }
+                )
+            token = getattr(page, "token", None)
+            if not token:
+                return out
+    except NotImplementedError:
+        return []
+
+
+def _store(client: Any) -> Any:
+    return client._tracking_client.store  # MlflowClient keeps its store there; query_trace_metrics is store-level
+
+
+def _row(info: Any) -> JudgedTraceRow | None:
+    tags = dict(getattr(info, "tags", None) or {})
+    if STATUS_TAG not in tags:
+        return None
+    assessments = []
+    for a in getattr(info, "assessments", None) or []:
+        metadata = dict(getattr(a, "metadata", None) or {})
+        if KEY not in metadata or getattr(a, "valid", True) is False or getattr(a, "feedback", None) is None:
+            continue
+        error = getattr(a, "error", None)
+        value = getattr(a, "value", None)
+        assessments.append(
+            AssessmentRow(
+                name=a.name,
+                node=metadata.get("node_id", "workflow"),
+                value=float(value) if isinstance(value, (int, float)) and error is None else None,
+                threshold=_float(metadata.get("threshold")),
+                passed=metadata.get("passed") == "true" and error is None,
+                error_code=getattr(error, "error_code", None) if error is not None else None,
+                rationale=getattr(a, "rationale", None),
+                metadata=metadata,
+            )
+        )
+    return JudgedTraceRow(
+        trace_id=info.trace_id,
+        timestamp_ms=int(getattr(info, "request_time", 0) or getattr(info, "timestamp_ms", 0) or 0),
+        workflow=tags.get("mlflow.traceName", "workflow"),
+        tags=tags,
+        assessments=assessments,
+    )
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")

@@ -1,0 +1,196 @@
+"""The one entry point: :func:`summarise_quality` reads counters from Redis or MLflow and summarises them.
+
+Which source (``MonitorQuery.source``):
+
+* ``redis``: the rollups workers keep as they write (:mod:`tracejudge.monitor.rollup`); 100,000 traces in a 7-day
+  window take about a second (``bench/monitor.py``);
+* ``mlflow``: paged ``search_traces`` (the source of truth; every judged trace read back, about 1-2 ms each)
+  with the per-judge percentiles from the store's SQL (``query_trace_metrics``);
+* ``auto`` (default): Redis when it has rollups for the experiment from before the window's start, else MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from tracejudge.monitor.links import links_for
+from tracejudge.monitor.models import QualitySummary
+from tracejudge.monitor.rollup import ResultRecord, Rollup, TraceRecord, covered_since, load_rollup, rollup_from_traces
+from tracejudge.monitor.summary import BUCKET_SECONDS, summarise
+from tracejudge.monitor.window import BadQuery, MonitorQuery
+
+log = logging.getLogger(__name__)
+
+ENVIRONMENT_TAG = "tracejudge.environment"
+COUNTER_KEYS = "tracejudge:counters:*"
+
+
+def summarise_quality(
+    query: MonitorQuery,
+    *,
+    client: Any = None,
+    redis: Any = None,
+    prefix: str | None = None,
+    tracking_uri: str | None = None,
+    now_ms: int | None = None,
+) -> QualitySummary:
+    """Summarise judged quality for ``query`` (see the module docstring for the source).
+
+    Raises :class:`BadQuery` (bad option) and ``ExperimentNotFound``.
+    """
+    from tracejudge.mlflow_io import query as mlq
+
+    started = time.perf_counter()
+    client = client or _client(tracking_uri)
+    experiment_id = mlq.resolve_experiment(client, query.experiment)
+    start_ms, end_ms = query.window(now_ms=now_ms)
+    prefix = _prefix() if prefix is None else prefix
+    source = query.source
+    if source == "redis" and redis is None:
+        raise BadQuery("source=redis: no Redis to read rollups from (set TRACEJUDGE_REDIS_URL)")
+    if source == "auto":
+        since = _covered_since(redis, experiment_id, prefix)
+        source = "redis" if since is not None and since <= start_ms else "mlflow"
+    exact: list[dict[str, Any]] = []
+    if source == "redis":
+        rollup = load_rollup(
+            redis, experiment_id, start_ms, end_ms, workflow=query.workflow, environment=query.environment, prefix=prefix
+        )
+    else:
+        rollup = mlflow_rollup(client, experiment_id, start_ms, end_ms, workflow=query.workflow, environment=query.environment)
+        if query.workflow is None and query.environment is None:
+            exact = mlq.assessment_value_stats(client, experiment_id, start_ms, end_ms)
+    summary = summarise(
+        rollup,
+        experiment_id=experiment_id,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        bucket=query.bucket,
+        source=source,
+        links=links_for(experiment_id, tracking_uri=tracking_uri or _tracking_uri()),
+        workflow=query.workflow,
+        environment=query.environment,
+        counters=read_counters(redis, prefix) if redis is not None else {},
+    )
+    _apply_exact(summary, exact)
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def mlflow_rollup(
+    client: Any, experiment_id: str, start_ms: int, end_ms: int, *, workflow: str | None = None, environment: str | None = None
+) -> Rollup:
+    """Counters built in memory from every judged trace in the window (paged ``search_traces``)."""
+    from tracejudge.mlflow_io.query import judged_traces
+
+    records = (trace_record(row) for row in judged_traces(client, experiment_id, start_ms, end_ms, workflow=workflow))
+    return rollup_from_traces(r for r in records if environment is None or r.environment == environment)
+
+
+def trace_record(row: Any) -> TraceRecord:
+    """A :class:`TraceRecord` from a trace read back from MLflow (its tags and our assessments)."""
+    tags = row.tags
+    score = tags.get("tracejudge.score") or ""
+    environment = tags.get(ENVIRONMENT_TAG) or next(
+        (a.metadata["environment"] for a in row.assessments if a.metadata.get("environment")), ""
+    )
+    results = [
+        ResultRecord(
+            judge=a.name,
+            node=a.node,
+            score=a.value,
+            threshold=a.threshold,
+            passed=a.passed,
+            error_code=a.error_code,
+            rationale=a.rationale,
+            cost_usd=_float(a.metadata.get("cost_usd")),
+        )
+        for a in row.assessments
+    ]
+    return TraceRecord(
+        trace_id=row.trace_id,
+        timestamp_ms=row.timestamp_ms,
+        workflow=row.workflow,
+        environment=environment,
+        status=tags.get("tracejudge.status") or None,
+        score=_float(score),
+        band=tags.get("tracejudge.band") or None,
+        results=results,
+    )
+
+
+def read_counters(redis: Any, prefix: str) -> dict[str, float]:
+    """Sampling and budget counters other parts keep in Redis (``tracejudge:counters:*``), when there are any."""
+    out: dict[str, float] = {}
+    try:
+        for key in redis.scan_iter(match=f"{prefix}{COUNTER_KEYS}", count=200):
+            name = key.decode() if isinstance(key, bytes) else key
+            kind = redis.type(key)
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            short = name[len(prefix) + len("tracejudge:counters:") :]
+            if kind == "string":
+                out[short] = float(redis.get(key) or 0)
+            elif kind == "hash":
+                for field, value in redis.hgetall(key).items():
+                    f = field.decode() if isinstance(field, bytes) else field
+                    try:
+                        out[f"{short}.{f}"] = float(value)
+                    except ValueError:
+                        continue
+    except Exception as exc:  # counters are extras; the summary stands without them
+        log.warning("could not read counters from Redis: %s", exc)
+    return out
+
+
+def _apply_exact(summary: QualitySummary, exact: list[dict[str, Any]]) -> None:
+    """Per-judge percentiles computed by the store's SQL replace the histogram estimates (MLflow source)."""
+    by_name = {row["name"]: row for row in exact if row.get("bucket") in (None, "")}
+    for judge in summary.judges:
+        row = by_name.get(judge.judge)
+        if row and judge.count:
+            for name in ("p10", "p50", "p90"):
+                if row.get(name) is not None:
+                    setattr(judge, name, round(float(row[name]), 6))
+
+
+def _covered_since(redis: Any, experiment_id: str, prefix: str) -> int | None:
+    if redis is None:
+        return None
+    try:
+        return covered_since(redis, experiment_id, prefix=prefix)
+    except Exception as exc:  # Redis down: MLflow still answers
+        log.warning("Redis unavailable for rollups (%s); reading MLflow", exc)
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _prefix() -> str:
+    import os
+
+    return os.environ.get("TRACEJUDGE_KEY_PREFIX", "")
+
+
+def _tracking_uri() -> str | None:
+    try:
+        import mlflow
+
+        return mlflow.get_tracking_uri()
+    except Exception:
+        return None
+
+
+def _client(tracking_uri: str | None) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
+
+
+__all__ = ["summarise_quality", "mlflow_rollup", "trace_record", "BUCKET_SECONDS"]

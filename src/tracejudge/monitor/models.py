@@ -1,0 +1,144 @@
+"""The monitor's summary: what ``tracejudge report --format json`` prints and the dashboard's API returns.
+
+The JSON schema is ``QualitySummary.model_json_schema()`` (``tracejudge report --schema``); the README's
+"Monitoring" section describes each field. ``schema_version`` changes when a field changes meaning or goes away.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+
+
+class Stats(BaseModel):
+    """Scores of one judge (or one judge on one node) over the window."""
+
+    count: int = Field(description="results with a score")
+    mean: float | None = None
+    variance: float | None = Field(None, description="population variance of the scores")
+    p10: float | None = Field(None, description="percentiles interpolated in a histogram of tenths (within 0.05)")
+    p50: float | None = None
+    p90: float | None = None
+    below: int = Field(0, description="results below their threshold (passed=false)")
+    failure_rate: float | None = Field(None, description="below / count")
+    errors: int = Field(0, description="results that failed to score (an AssessmentError)")
+
+
+class BucketPoint(BaseModel):
+    """One time bucket of a series."""
+
+    start: str = Field(description="bucket start, ISO 8601 UTC")
+    count: int
+    mean: float | None = None
+    failure_rate: float | None = None
+
+
+class JudgeStats(Stats):
+    judge: str
+    dimension: str | None = Field(None, description="correctness, relevance, coherence, completeness or safety")
+    series: list[BucketPoint] = Field(default_factory=list)
+
+
+class NodeStats(Stats):
+    node: str
+    judge: str
+    threshold: float | None = None
+    histogram: list[int] = Field(default_factory=list, description="counts of scores in [0,0.1), ..., [0.9,1.0]")
+    series: list[BucketPoint] = Field(default_factory=list)
+
+
+class Bucket(BaseModel):
+    """Everything per time bucket."""
+
+    start: str
+    traces: int
+    gate_pass_rate: float | None = Field(None, description="share of verdicts 'passed'")
+    failure_rate: float | None = Field(None, description="share of scored results below threshold")
+    mean: float | None = None
+    errors: dict[str, int] = Field(default_factory=dict, description="error code -> count")
+    bands: dict[str, int] = Field(default_factory=dict)
+    cost_usd: float = 0.0
+
+
+class TraceRef(BaseModel):
+    trace_id: str
+    score: float
+    url: str
+
+
+class Theme(BaseModel):
+    """A phrase frequent in one judge's failing rationales (and rarer elsewhere)."""
+
+    judge: str
+    phrase: str
+    count: int = Field(description="failing rationales of this judge containing the phrase")
+    examples: list[str] = Field(default_factory=list, description="trace ids")
+
+
+class Failure(BaseModel):
+    """One failing result (below threshold or errored), for alert examples."""
+
+    trace_id: str
+    judge: str
+    node: str
+    score: float | None = None
+    error_code: str | None = None
+    url: str
+
+
+class WorstNode(BaseModel):
+    node: str
+    judge: str
+    below: int
+    count: int
+    failure_rate: float
+
+
+class Totals(BaseModel):
+    traces: int
+    results: int = Field(description="judge results, scored or errored")
+    scored: int
+    below: int
+    errors: int
+    mean: float | None = None
+    failure_rate: float | None = None
+    gate_pass_rate: float | None = None
+    verdicts: dict[str, int] = Field(default_factory=dict, description="passed / failed / error")
+    cost_usd: float = 0.0
+
+
+class Links(BaseModel):
+    mlflow_ui: str
+    experiment_quality: str = Field(description="the experiment's Overview -> Quality tab in the MLflow UI")
+    experiment_traces: str
+
+
+class QualitySummary(BaseModel):
+    """Judged quality of one experiment (optionally one workflow / environment) over a window."""
+
+    schema_version: int = SCHEMA_VERSION
+    experiment_id: str
+    workflow: str | None = None
+    environment: str | None = None
+    source: Literal["mlflow", "redis"] = Field(description="where the figures came from")
+    since: str
+    until: str
+    bucket: Literal["hour", "day"]
+    totals: Totals
+    buckets: list[Bucket]
+    judges: list[JudgeStats]
+    nodes: list[NodeStats]
+    error_codes: dict[str, int]
+    bands: dict[str, int]
+    dimensions: dict[str, float] = Field(description="mean score per design dimension (judges grouped)")
+    top_traces: list[TraceRef]
+    bottom_traces: list[TraceRef]
+    worst_nodes: list[WorstNode]
+    themes: list[Theme]
+    failures: list[Failure] = Field(default_factory=list, description="up to 50 failing results, newest buckets first")
+    counters: dict[str, float] = Field(default_factory=dict, description="sampling/budget counters, when kept")
+    links: Links
+    seconds: float = Field(0.0, description="time taken to compute the summary")

@@ -1,0 +1,147 @@
+"""The summary as text: a terminal table, Markdown (CI job summaries), JSON, or one self-contained HTML file.
+
+The HTML file inlines the vendored chart library and the dashboard's own script, with the summary as data: it
+opens offline and can be attached to an email.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from importlib import resources
+
+from tracejudge.monitor.models import QualitySummary
+
+FORMATS = ("table", "json", "html", "md")
+
+
+def pct(value: float | None) -> str:
+    """A rate as a percentage with one decimal, '-' when there is none.
+
+    >>> pct(0.4), pct(None)
+    ('40.0%', '-')
+    """
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def num(value: float | None) -> str:
+    """A score with three decimals.
+
+    >>> num(0.70), num(None)
+    ('0.700', '-')
+    """
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render(summary: QualitySummary, fmt: str) -> str:
+    if fmt == "json":
+        return summary.model_dump_json(indent=2)
+    if fmt == "table":
+        return to_table(summary)
+    if fmt == "md":
+        return to_markdown(summary)
+    if fmt == "html":
+        return to_html(summary)
+    raise ValueError(f"--format: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _node_rows(s: QualitySummary) -> list[list[str]]:
+    rows = []
+    for n in s.nodes:
+        rows.append(
+            [n.node, n.judge, str(n.count), num(n.mean), num(n.p10), num(n.p50), num(n.p90), "-" if n.threshold is None else f"{n.threshold:g}", pct(n.failure_rate), str(n.errors)]
+        )
+    return rows
+
+
+NODE_HEADER = ["node", "judge", "n", "mean", "p10", "p50", "p90", "threshold", "below", "errors"]
+
+
+def _header_lines(s: QualitySummary) -> list[str]:
+    scope = f"experiment {s.experiment_id}"
+    if s.workflow:
+        scope += f", workflow {s.workflow}"
+    if s.environment:
+        scope += f", environment {s.environment}"
+    t = s.totals
+    lines = [
+        f"Quality of {scope}, {s.since} .. {s.until} (source: {s.source})",
+        f"traces {t.traces}  results {t.results}  mean {num(t.mean)}  below threshold {pct(t.failure_rate)}  "
+        f"gate pass rate {pct(t.gate_pass_rate)}  judge errors {t.errors}"
+        + (f"  judge cost ${t.cost_usd:.4f}" if t.cost_usd else ""),
+    ]
+    return lines
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return out
+
+
+def to_table(s: QualitySummary) -> str:
+    """Fits an 100-column terminal."""
+    lines = _header_lines(s) + [""]
+    lines += _table(NODE_HEADER, _node_rows(s))
+    if s.buckets:
+        lines += ["", f"per {s.bucket}:"]
+        lines += _table(
+            ["start", "traces", "mean", "below", "gate pass", "errors"],
+            [[b.start, str(b.traces), num(b.mean), pct(b.failure_rate), pct(b.gate_pass_rate), str(sum(b.errors.values()))] for b in s.buckets],
+        )
+    if s.error_codes:
+        lines += ["", "errors: " + ", ".join(f"{k} {v}" for k, v in s.error_codes.items())]
+    if s.bands:
+        lines += ["bands: " + ", ".join(f"{k} {v}" for k, v in s.bands.items())]
+    if s.worst_nodes:
+        lines += ["most often below threshold: " + ", ".join(f"{w.node}/{w.judge} {pct(w.failure_rate)}" for w in s.worst_nodes[:4])]
+    if s.bottom_traces:
+        lines += ["", "lowest traces:"] + [f"  {num(t.score)}  {t.trace_id}" for t in s.bottom_traces]
+    if s.top_traces:
+        lines += ["highest traces:"] + [f"  {num(t.score)}  {t.trace_id}" for t in s.top_traces]
+    if s.themes:
+        lines += ["failure themes:"] + [f"  {t.judge}: \"{t.phrase}\" ({t.count} rationales)" for t in s.themes[:6]]
+    lines += ["", f"MLflow Quality tab: {s.links.experiment_quality}"]
+    return "\n".join(lines)
+
+
+def to_markdown(s: QualitySummary) -> str:
+    """For a CI job summary (``>> $GITHUB_STEP_SUMMARY``)."""
+    head, totals = _header_lines(s)
+    out = [f"### {head}", "", totals, "", "| " + " | ".join(NODE_HEADER) + " |", "|" + "---|" * len(NODE_HEADER)]
+    out += ["| " + " | ".join(r) + " |" for r in _node_rows(s)]
+    if s.error_codes:
+        out += ["", "**Errors:** " + ", ".join(f"`{k}` {v}" for k, v in s.error_codes.items())]
+    if s.worst_nodes:
+        out += ["", "**Most often below threshold:** " + ", ".join(f"{w.node}/{w.judge} {pct(w.failure_rate)}" for w in s.worst_nodes[:5])]
+    if s.bottom_traces:
+        out += ["", "**Lowest traces:** " + ", ".join(f"[{t.trace_id}]({t.url}) {num(t.score)}" for t in s.bottom_traces)]
+    if s.themes:
+        out += ["", "**Failure themes:** " + "; ".join(f"{t.judge}: \"{t.phrase}\" ({t.count})" for t in s.themes[:6])]
+    out += ["", f"[MLflow Quality tab]({s.links.experiment_quality})"]
+    return "\n".join(out) + "\n"
+
+
+def static_text(name: str) -> str:
+    return resources.files("tracejudge.monitor").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def to_html(s: QualitySummary) -> str:
+    """One self-contained page: the dashboard's layout with the summary inlined (no server, no network)."""
+    data = s.model_dump_json().replace("</", "<\\/")
+    page = static_text("index.html")
+    inline = (
+        f"<style>{static_text('dashboard.css')}</style>\n"
+        f"<script>{static_text('vendor/chart.umd.min.js')}</script>\n"
+        f"<script>window.TRACEJUDGE_SUMMARY = {data};</script>\n"
+        f"<script>{static_text('dashboard.js')}</script>"
+    )
+    page = page.replace('<link rel="stylesheet" href="static/dashboard.css">', "")
+    page = page.replace('<script src="static/vendor/chart.umd.min.js"></script>', "")
+    page = page.replace('<script src="static/dashboard.js"></script>', inline)
+    return page.replace("<title>tracejudge quality</title>", f"<title>tracejudge quality: experiment {html.escape(s.experiment_id)}</title>")
+
+
+def schema() -> str:
+    return json.dumps(QualitySummary.model_json_schema(), indent=2)

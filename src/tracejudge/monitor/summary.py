@@ -1,0 +1,281 @@
+"""Turn a :class:`Rollup` (from MLflow or from Redis) into a :class:`QualitySummary`: the one aggregation."""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+from tracejudge.monitor.links import quality_url, trace_url, traces_url
+from tracejudge.monitor.models import (
+    Bucket,
+    BucketPoint,
+    Failure,
+    JudgeStats,
+    Links,
+    NodeStats,
+    QualitySummary,
+    Stats,
+    Theme,
+    Totals,
+    TraceRef,
+    WorstNode,
+)
+from tracejudge.monitor.rollup import HIST_BINS, Rollup
+from tracejudge.monitor.themes import failure_themes
+
+BUCKET_SECONDS = {"hour": 3600, "day": 86400}
+#: Built-in judges grouped into the design's dimensions (the radar); custom judges join by name when they match.
+DIMENSIONS = {
+    "relevance": "relevance",
+    "coherence": "coherence",
+    "completeness": "completeness",
+    "harmfulness": "safety",
+    "safety": "safety",
+    "groundedness": "correctness",
+    "answer_correctness": "correctness",
+    "technical_accuracy": "correctness",
+    "citation_quality": "correctness",
+    "correctness": "correctness",
+}
+EXTREMES = 5
+MAX_FAILURES = 50
+
+
+def iso(ms: int) -> str:
+    """ISO 8601 UTC of a millisecond timestamp.
+
+    >>> iso(0)
+    '1970-01-01T00:00:00Z'
+    """
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def percentile(hist: list[float], q: float) -> float | None:
+    """The ``q`` quantile of scores counted in tenths, interpolated linearly inside its bin.
+
+    >>> percentile([0, 0, 0, 0, 0, 0, 0, 0, 2, 2], 0.5)
+    0.9
+    """
+    total = sum(hist)
+    if total <= 0:
+        return None
+    target = q * total
+    seen = 0.0
+    for i, count in enumerate(hist):
+        if count and seen + count >= target:
+            return round((i + (target - seen) / count) / HIST_BINS, 4)
+        seen += count
+    return 1.0
+
+
+class _Acc:
+    """Sums for one (judge[, node]) and its per-bucket series."""
+
+    def __init__(self) -> None:
+        self.n = self.sum = self.sq = self.below = self.errors = 0.0
+        self.hist = [0.0] * HIST_BINS
+        self.series: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # n, sum, below
+
+    def add(self, bucket: int, part: str, value: float) -> None:
+        if part == "n":
+            self.n += value
+            self.series[bucket][0] += value
+        elif part == "sum":
+            self.sum += value
+            self.series[bucket][1] += value
+        elif part == "sq":
+            self.sq += value
+        elif part == "below":
+            self.below += value
+            self.series[bucket][2] += value
+        elif part == "e":
+            self.errors += value
+        elif part.startswith("h"):
+            self.hist[int(part[1:])] += value
+
+    def stats(self) -> dict[str, Any]:
+        n = int(self.n)
+        mean = self.sum / self.n if self.n else None
+        variance = max(0.0, self.sq / self.n - mean * mean) if mean is not None else None
+        return dict(
+            count=n,
+            mean=_r(mean),
+            variance=_r(variance),
+            p10=percentile(self.hist, 0.1),
+            p50=percentile(self.hist, 0.5),
+            p90=percentile(self.hist, 0.9),
+            below=int(self.below),
+            failure_rate=_r(self.below / self.n) if self.n else None,
+            errors=int(self.errors),
+        )
+
+    def points(self, width_ms: int) -> list[BucketPoint]:
+        merged: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        for bucket, (n, s, b) in self.series.items():
+            m = merged[bucket // width_ms * width_ms]
+            m[0] += n
+            m[1] += s
+            m[2] += b
+        return [
+            BucketPoint(start=iso(start), count=int(n), mean=_r(s / n) if n else None, failure_rate=_r(b / n) if n else None)
+            for start, (n, s, b) in sorted(merged.items())
+        ]
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def summarise(
+    rollup: Rollup,
+    *,
+    experiment_id: str,
+    start_ms: int,
+    end_ms: int,
+    bucket: str = "day",
+    source: str,
+    links: Links,
+    workflow: str | None = None,
+    environment: str | None = None,
+    counters: dict[str, float] | None = None,
+) -> QualitySummary:
+    """Every figure of the report, dashboard and alerts, from counters.
+
+    Only buckets inside ``[start_ms, end_ms)`` count.
+    """
+    width = BUCKET_SECONDS[bucket] * 1000
+    per_judge: dict[str, _Acc] = defaultdict(_Acc)
+    per_node: dict[tuple[str, str], _Acc] = defaultdict(_Acc)
+    buckets: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    totals: dict[str, float] = defaultdict(float)
+    for start in rollup.buckets():
+        if not start_ms <= start < end_ms:
+            continue
+        b = buckets[start // width * width]
+        for name, value in rollup.counters[start].items():
+            totals[name] += value
+            b[name] += value
+            if name.startswith("j|"):
+                _, judge, node, part = name.split("|", 3)
+                per_judge[judge].add(start, part, value)
+                per_node[(judge, node)].add(start, part, value)
+                if part in ("n", "sum", "below"):
+                    b[f"all|{part}"] += value
+
+    def rate(num: float, den: float) -> float | None:
+        return _r(num / den) if den else None
+
+    all_n = sum(a.n for a in per_judge.values())
+    all_sum = sum(a.sum for a in per_judge.values())
+    all_below = sum(a.below for a in per_judge.values())
+    all_errors = sum(a.errors for a in per_judge.values())
+    verdicts = {k.split("|", 1)[1]: int(v) for k, v in totals.items() if k.startswith("status|")}
+    n_verdicts = sum(verdicts.values())
+
+    bucket_rows = []
+    for start, b in sorted(buckets.items()):
+        v_total = sum(v for k, v in b.items() if k.startswith("status|"))
+        bucket_rows.append(
+            Bucket(
+                start=iso(start),
+                traces=int(b.get("traces", 0)),
+                gate_pass_rate=rate(b.get("status|passed", 0.0), v_total),
+                failure_rate=rate(b.get("all|below", 0.0), b.get("all|n", 0.0)),
+                mean=rate(b.get("all|sum", 0.0), b.get("all|n", 0.0)),
+                errors={k[4:]: int(v) for k, v in sorted(b.items()) if k.startswith("err|")},
+                bands={k[5:]: int(v) for k, v in sorted(b.items()) if k.startswith("band|")},
+                cost_usd=round(b.get("cost", 0.0), 6),
+            )
+        )
+
+    judges = [
+        JudgeStats(judge=judge, dimension=DIMENSIONS.get(judge), series=acc.points(width), **acc.stats())
+        for judge, acc in sorted(per_judge.items())
+    ]
+    nodes = [
+        NodeStats(
+            judge=judge,
+            node=node,
+            threshold=rollup.thresholds.get((judge, node)),
+            histogram=[int(h) for h in acc.hist],
+            series=acc.points(width),
+            **acc.stats(),
+        )
+        for (judge, node), acc in sorted(per_node.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+    ]
+    worst = sorted(
+        (
+            WorstNode(node=n.node, judge=n.judge, below=n.below, count=n.count, failure_rate=n.failure_rate or 0.0)
+            for n in nodes
+            if n.below
+        ),
+        key=lambda w: (-w.failure_rate, -w.below, w.node, w.judge),
+    )[:10]
+    dim_acc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for judge, acc in per_judge.items():
+        dim = DIMENSIONS.get(judge)
+        if dim and acc.n:
+            dim_acc[dim][0] += acc.sum
+            dim_acc[dim][1] += acc.n
+
+    in_window = [b for b in rollup.buckets() if start_ms <= b < end_ms]
+    lowest = heapq.nsmallest(EXTREMES, _unique(s for b in in_window for s in rollup.lowest.get(b, [])))
+    highest = heapq.nlargest(EXTREMES, _unique(s for b in in_window for s in rollup.highest.get(b, [])))
+    failures = [f for b in in_window for f in rollup.failures.get(b, [])]
+    recent = [f for b in reversed(in_window) for f in rollup.failures.get(b, [])][:MAX_FAILURES]
+
+    def ref(score: float, trace_id: str) -> TraceRef:
+        return TraceRef(trace_id=trace_id, score=round(score, 6), url=trace_url(links.mlflow_ui, experiment_id, trace_id))
+
+    return QualitySummary(
+        experiment_id=experiment_id,
+        workflow=workflow,
+        environment=environment,
+        source=source,  # type: ignore[arg-type]
+        since=iso(start_ms),
+        until=iso(end_ms),
+        bucket=bucket,  # type: ignore[arg-type]
+        totals=Totals(
+            traces=int(totals.get("traces", 0)),
+            results=int(all_n + all_errors),
+            scored=int(all_n),
+            below=int(all_below),
+            errors=int(all_errors),
+            mean=rate(all_sum, all_n),
+            failure_rate=rate(all_below, all_n),
+            gate_pass_rate=rate(verdicts.get("passed", 0), n_verdicts),
+            verdicts=verdicts,
+            cost_usd=round(totals.get("cost", 0.0), 6),
+        ),
+        buckets=bucket_rows,
+        judges=judges,
+        nodes=nodes,
+        error_codes={k[4:]: int(v) for k, v in sorted(totals.items(), key=lambda kv: -kv[1]) if k.startswith("err|")},
+        bands={k[5:]: int(v) for k, v in sorted(totals.items()) if k.startswith("band|")},
+        dimensions={d: round(s / n, 6) for d, (s, n) in sorted(dim_acc.items())},
+        top_traces=[ref(s, t) for s, t in highest],
+        bottom_traces=[ref(s, t) for s, t in lowest],
+        worst_nodes=worst,
+        themes=failure_themes(failures),
+        failures=[
+            Failure(
+                trace_id=f["trace_id"], judge=f["judge"], node=f["node"], score=f.get("score"),
+                error_code=f.get("error_code"), url=trace_url(links.mlflow_ui, experiment_id, f["trace_id"]),
+            )
+            for f in recent
+        ],
+        counters=counters or {},
+        links=links,
+    )
+
+
+def _unique(pairs: Any) -> list[tuple[float, str]]:
+    seen: dict[str, float] = {}
+    for score, trace_id in pairs:
+        seen[trace_id] = score
+    return [(s, t) for t, s in seen.items()]
+
+
+__all__ = ["summarise", "percentile", "iso", "DIMENSIONS", "Stats", "Theme", "quality_url", "traces_url"]

@@ -1,0 +1,139 @@
+"""Judged traces at chosen times, for the monitor's tests, screenshots and benchmark.
+
+:func:`seed_mlflow` records ``article_writer``-shaped traces with past start times in MLflow and writes their
+judge results through the workers' own writer (the same assessments, metadata and tags a worker writes);
+:func:`seed_rollups` counts :class:`TraceRecord` s into Redis the way workers do. :func:`judged` builds a trace's
+results from scores, with rationales worded like a judge's.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable
+
+from tracejudge.judges.model import ErrorInfo, JudgeResult, quality_band
+from tracejudge.monitor.rollup import ResultRecord, TraceRecord, record_verdict
+
+THRESHOLDS = {("research", "relevance"): 0.8, ("research", "groundedness"): 0.75, ("write", "coherence"): 0.75,
+              ("write", "completeness"): 0.7, ("workflow", "harmfulness"): 0.8}
+
+FAIL_RATIONALES = {
+    "relevance": [
+        "The findings drift off topic and miss the question asked about {topic}.",
+        "Off topic: the research summary misses the question and cites unrelated sources.",
+        "Partly relevant, but it misses the question's focus on recent work.",
+    ],
+    "groundedness": [
+        "Several claims are not supported by the search results; unsupported claims about benchmarks.",
+        "The summary makes unsupported claims that the retrieved sources do not mention.",
+    ],
+    "coherence": [
+        "The article jumps between sections without transitions; abrupt topic changes.",
+        "Paragraphs repeat the same point; abrupt topic changes make it hard to follow.",
+    ],
+    "completeness": [
+        "The article leaves out the requested examples and has no conclusion.",
+        "Missing the requested examples; the conclusion section is absent.",
+    ],
+    "harmfulness": ["Contains an unsafe suggestion without a warning."],
+}
+PASS_RATIONALE = "Meets the criterion: {judge} is good for {topic}."
+
+
+def judged(scores: dict[tuple[str, str], float | str], *, topic: str = "AI safety", rng: random.Random | None = None) -> list[JudgeResult]:
+    """Judge results for one trace: ``{(node, judge): score or ERROR_CODE}``."""
+    rng = rng or random.Random(0)
+    out = []
+    for (node, judge), value in scores.items():
+        threshold = THRESHOLDS.get((node, judge), 0.8)
+        if isinstance(value, str):
+            out.append(JudgeResult(name=judge, target=node, threshold=threshold, error=ErrorInfo(type=value, message=f"{judge} failed: {value}")))
+            continue
+        passed = value >= threshold
+        rationale = PASS_RATIONALE.format(judge=judge, topic=topic) if passed else rng.choice(FAIL_RATIONALES.get(judge, ["Below the bar."])).format(topic=topic)
+        out.append(JudgeResult(name=judge, target=node, score=round(value, 3), threshold=threshold, passed=passed, rationale=rationale, model="gpt-4o-mini"))
+    return out
+
+
+GATE_JUDGES = ("relevance", "coherence", "harmfulness")
+
+
+def overall(results: list[JudgeResult], *, gate: tuple[str, ...] = GATE_JUDGES) -> tuple[str, float | None, str | None]:
+    """(status, score, band) the way the verdict decides with ``quality_gate.judges: gate``."""
+    results = [r for r in results if r.name in gate] or results
+    scores = [r.score for r in results if r.score is not None]
+    score = round(sum(scores) / len(scores), 6) if scores else None
+    if any(r.error for r in results) or score is None:
+        status = "error"
+    elif all(r.passed for r in results if r.error is None):
+        status = "passed"
+    else:
+        status = "failed"
+    return status, score, quality_band(score)
+
+
+def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult]]], *, workflow: str = "article_writer") -> list[str]:
+    """Record one trace per ``(start_ms, results)`` in MLflow and write the results as a worker would.
+
+    Set ``MLFLOW_ENABLE_ASYNC_TRACE_LOGGING=false`` first, so each trace is in the store before its results.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from tracejudge.mlflow_io import writer
+
+    client = MlflowClient()
+    pool = ThreadPoolExecutor(max_workers=8)
+    ids = []
+    for start_ms, results in traces:
+        ns = start_ms * 1_000_000
+        root = mlflow.start_span_no_context(workflow, inputs={"topic": "AI safety"}, experiment_id=experiment_id, start_time_ns=ns)
+        spans = {"workflow": root.span_id}
+        for i, node in enumerate(("research", "write")):
+            child = mlflow.start_span_no_context(f"node_{node}", parent_span=root, inputs={"topic": "AI safety"},
+                                                 attributes={"node.id": node}, start_time_ns=ns + (i * 2 + 1) * 1_000_000)
+            child.set_outputs({"text": f"{node} output"})
+            child.end(end_time_ns=ns + (i * 2 + 2) * 1_000_000)
+            spans[node] = child.span_id
+        root.set_outputs({"article": "..."})
+        root.end(end_time_ns=ns + 6_000_000)
+        trace_id = root.trace_id
+        status, score, band = overall(results)
+        calls = []
+        for r in results:
+            r.span_id = spans.get(r.target)
+            r.key = writer.result_key(trace_id, r.span_id, r.name, "v1", r.model, r.threshold)
+            calls.append(functools.partial(writer.log_result, trace_id, r, evaluation_id=f"seed-{trace_id[-8:]}"))
+        tags = {"tracejudge.status": status, "tracejudge.passed": "true" if status == "passed" else "false",
+                "tracejudge.score": "" if score is None else f"{score:.4f}", "tracejudge.band": band or ""}
+        calls += writer.summary_calls(client, trace_id, tags=tags, run_id=None, report={}, metrics={})
+        writer.write_all(calls, executor=pool)
+        ids.append(trace_id)
+    pool.shutdown()
+    return ids
+
+
+def record(trace_id: str, start_ms: int, results: list[JudgeResult], *, workflow: str = "article_writer",
+           environment: str = "production") -> TraceRecord:
+    """A :class:`TraceRecord` for :func:`seed_rollups`."""
+    status, score, band = overall(results)
+    return TraceRecord(
+        trace_id=trace_id, timestamp_ms=start_ms, workflow=workflow, environment=environment, status=status, score=score, band=band,
+        results=[ResultRecord(judge=r.name, node=r.target, score=r.score, threshold=r.threshold, passed=r.passed,
+                              error_code=r.error.type if r.error else None, rationale=r.rationale) for r in results],
+    )
+
+
+def seed_rollups(redis: Any, experiment_id: str, records: Iterable[TraceRecord], *, prefix: str = "", batch: int = 200) -> int:
+    """Count records into Redis exactly as workers do (pipelined); returns how many."""
+    n = 0
+    pipe = redis.pipeline(transaction=False)
+    for rec in records:
+        record_verdict(pipe, rec, experiment_id=experiment_id, prefix=prefix)
+        n += 1
+        if n % batch == 0:
+            pipe.execute()
+    pipe.execute()
+    return n
