@@ -26,6 +26,8 @@ LAYERS = {
     "publish": 5,
     "sender": 5,
     "enqueue": 5,
+    "backfill": 5,  # judges traces already in MLflow through enqueue
+    "cli_controls": 6,
     "display": 6,
     "cli": 6,
     "demo": 6,

@@ -25,6 +25,7 @@ from tracejudge.publish import (
     EvaluationFailed,
     EvaluationHandle,
     EvaluationTimeout,
+    SkippedHandle,
     send_request,
 )
 from tracejudge.verdict import QualityVerdict
@@ -36,6 +37,7 @@ __all__ = [
     "EvaluationFailed",
     "EvaluationHandle",
     "EvaluationTimeout",
+    "SkippedHandle",
     "enqueue",
     "judged",
     "last_handle",
@@ -48,7 +50,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 ConfigSource = TraceJudgeConfig | str | os.PathLike[str] | Mapping[str, Any] | None
 
 
-AnyHandle = EvaluationHandle | CompletedHandle | DisabledHandle
+AnyHandle = EvaluationHandle | CompletedHandle | DisabledHandle | SkippedHandle
 _last_handle: ContextVar[AnyHandle | None] = ContextVar("tracejudge_last_handle", default=None)
 
 
@@ -61,6 +63,9 @@ def enqueue(
     environment: str | None = None,
     evaluation_id: str | None = None,
     block: bool = True,
+    force: bool = False,
+    workflow: str | None = None,
+    sample: float | None = None,
 ) -> AnyHandle:
     """Queue a finished trace for judging; returns at once with a handle.
 
@@ -69,6 +74,14 @@ def enqueue(
     for this call. ``gate=True`` uses the gate queue (someone is waiting).
     ``block=False`` hands the message to a background sender (microseconds;
     see :mod:`tracejudge.sender`) instead of sending it to Redis here.
+
+    ``judges.sampling.rate`` (or ``sample``, which replaces it for this call)
+    decides from a hash of the trace id, without MLflow or Redis, whether the
+    trace is judged: a trace left out gets a :class:`SkippedHandle`
+    (``gate=True`` is never sampled out unless ``sampling.gates_always`` is
+    false). ``workflow`` names the workflow for the skip counters.
+    ``force=True`` re-judges a trace that already has results (the new
+    assessments supersede the old ones).
 
     >>> handle = enqueue("tr-5f1c...", gate=True)  # doctest: +SKIP
     >>> handle.verdict(timeout=60)  # doctest: +SKIP
@@ -83,6 +96,10 @@ def enqueue(
     if mode == "disabled":
         return _disabled(trace_id, "judging is off (judges.execution.mode: disabled)")
     refs = [_as_ref(j) for j in judges] if judges is not None else None
+    skipped = _sampled_out(trace_id, resolved, gate=gate, sample=sample, workflow=workflow)
+    if skipped is not None:
+        _last_handle.set(skipped)
+        return skipped
     if not block and not evaluation_id:
         from tracejudge.sender import new_evaluation_id  # no os.urandom: it would hand the GIL to the sender
 
@@ -93,6 +110,7 @@ def enqueue(
         judges=refs,
         gate=gate,
         environment=environment,
+        **({"force": True} if force else {}),
         **({"evaluation_id": evaluation_id} if evaluation_id else {}),
     )
     if mode == "sync":
@@ -166,6 +184,42 @@ def resolve_config(config: ConfigSource) -> TraceJudgeConfig:
             cached = _config_cache[key] = load_config(config)
         return cached
     return load_config(config)
+
+
+def _sampled_out(
+    trace_id: str, config: TraceJudgeConfig, *, gate: bool, sample: float | None, workflow: str | None
+) -> SkippedHandle | None:
+    """A :class:`SkippedHandle` when sampling leaves the trace out (counted in a batch, no Redis call here)."""
+    sampling = config.judges.sampling
+    if (sampling.rate if sample is None else sample) >= 1.0 or (gate and sampling.gates_always):
+        return None
+    from tracejudge.tasks.sampling import sampling_decision
+
+    reason = sampling_decision(trace_id, config, gate=gate, sample=sample)
+    if reason is None:
+        _skip_counter().incr(workflow, "sampled")
+        return None
+    _skip_counter().incr(workflow, "skipped_sampling")
+    log.debug("tracejudge: %s %s", trace_id, reason)
+    return SkippedHandle(trace_id, reason, config=config)
+
+
+_counter: Any = None
+
+
+def _skip_counter() -> Any:
+    """The process's batched sampling counter (flushed to Redis at most once a second)."""
+    global _counter
+    if _counter is None:
+        from tracejudge.tasks.counters import BatchedCounter
+
+        def client() -> Any:
+            from tracejudge.worker import get_app
+
+            return get_app().backend.client
+
+        _counter = BatchedCounter(client, lambda: Settings.from_env().key_prefix)
+    return _counter
 
 
 def _disabled(trace_id: str, reason: str) -> DisabledHandle:

@@ -103,6 +103,32 @@ class DisabledHandle:
         return None
 
 
+class SkippedHandle:
+    """Sampling left this trace out (``judges.sampling.rate``): nothing was queued, no Redis message.
+
+    ``status`` is ``'skipped'``; ``verdict()`` returns a verdict with status ``skipped`` at once.
+    """
+
+    status = "skipped"
+
+    def __init__(self, trace_id: str, reason: str, *, config: TraceJudgeConfig) -> None:
+        self.id = ""
+        self.trace_id = trace_id
+        self.reason = reason
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"SkippedHandle(trace_id={self.trace_id!r}, reason={self.reason!r})"
+
+    def ready(self) -> bool:
+        return True
+
+    def verdict(self, timeout: float | None = None, *, raise_on_block: bool = True) -> QualityVerdict:
+        from tracejudge.verdict import skipped_verdict
+
+        return skipped_verdict(self.trace_id, self.reason, self.config)
+
+
 def send_request(request: Any, config: TraceJudgeConfig) -> EvaluationHandle:
     from kombu.exceptions import OperationalError
     from redis.exceptions import RedisError

@@ -19,6 +19,8 @@ def _no_bool(value: Any) -> Any:
 
 Score = Annotated[float, BeforeValidator(_no_bool), Field(ge=0.0, le=1.0)]
 """A judge score or threshold: 0 (worst) to 1 (best)."""
+_Number = Annotated[float, BeforeValidator(_no_bool)]
+_Count = Annotated[int, BeforeValidator(_no_bool)]
 
 
 class _Section(BaseModel):

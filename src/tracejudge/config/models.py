@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from .alerts import QualityAlertsConfig
-from .base import Score, _no_bool, _Section
+from .base import Score, _Count, _no_bool, _Number, _Section
 from .errors import ConfigError, FieldProblem, from_validation_error, show, unknown_key_message
 
 __all__ = [
@@ -57,8 +57,6 @@ DEFAULT_ROOT_JUDGES: tuple[str, ...] = ("relevance", "coherence", "harmfulness")
 """The plan of a config that names no judges: these, on the workflow root, at the environment threshold."""
 
 
-_Number = Annotated[float, BeforeValidator(_no_bool)]
-_Count = Annotated[int, BeforeValidator(_no_bool)]
 
 _JUDGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 #: A variable is a name or a dotted path into the judged input: ``topic``, ``inputs.request.topic``.
@@ -298,6 +296,20 @@ class JudgesConfig(_Section):
     node_overrides: dict[str, list[JudgeRef]] = Field(default_factory=dict)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     custom: list[CustomJudgeConfig] = Field(default_factory=list)
+    # Production controls (config/controls.py): which traces, pick-up, cost, budget, cache.
+    sampling: "SamplingConfig" = Field(default_factory=lambda: SamplingConfig())
+    filters: "FiltersConfig" = Field(default_factory=lambda: FiltersConfig())
+    online: "OnlineConfig" = Field(default_factory=lambda: OnlineConfig())
+    pricing: dict[str, "PriceEntry"] = Field(default_factory=dict)
+    budget: "BudgetConfig" = Field(default_factory=lambda: BudgetConfig())
+    cache: "CacheConfig" = Field(default_factory=lambda: CacheConfig())
+
+    @field_validator("pricing", mode="before")
+    @classmethod
+    def _pricing(cls, value: Any) -> Any:
+        from .controls import check_pricing
+
+        return check_pricing(value)
 
     @field_validator("workflow_defaults")
     @classmethod
@@ -541,6 +553,11 @@ class TraceJudgeConfig(_Section):
     def location(self, section: str) -> str:
         """Where ``section`` sits in the user's document, e.g. ``'quality_gate'``."""
         return self._locations.get(section) or self.DEFAULT_LOCATIONS.get(section, section)
+
+
+from .controls import BudgetConfig, CacheConfig, FiltersConfig, OnlineConfig, PriceEntry, SamplingConfig  # noqa: E402
+
+JudgesConfig.model_rebuild()
 
 
 def _alerts_config() -> Any:

@@ -139,10 +139,26 @@ class TraceStore:
 
     # ------------------------------------------------------------------ writing
 
-    def result_calls(self, trace_id: str, results: Sequence[JudgeResult], *, evaluation_id: str) -> list[Callable[[], str]]:
-        """One call per result, each writing it as a feedback assessment (for :meth:`write_all`)."""
+    def result_calls(
+        self,
+        trace_id: str,
+        results: Sequence[JudgeResult],
+        *,
+        evaluation_id: str,
+        overrides: dict[str, str] | None = None,
+    ) -> list[Callable[[], str]]:
+        """One call per result, each writing it as a feedback assessment (for :meth:`write_all`).
+
+        ``overrides`` maps a result key to the assessment it supersedes (MLflow marks that one invalid).
+        """
         tracing = self.tracing
-        return [functools.partial(writer.log_result, tracing, trace_id, r, evaluation_id=evaluation_id) for r in results]
+        overrides = overrides or {}
+        return [
+            functools.partial(
+                writer.log_result, tracing, trace_id, r, evaluation_id=evaluation_id, overrides=overrides.get(r.key or "")
+            )
+            for r in results
+        ]
 
     def report_run(self, loaded: LoadedTrace) -> str | None:
         """The run that holds the trace's report: its own run, else the experiment's online run.

@@ -15,13 +15,15 @@ its queue (Celery's ``self.retry``).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from tracejudge.mlflow_io.store import import_mlflow, set_worker_environment
-from tracejudge.tasks.evaluate import INVALID_PAYLOAD, evaluate_request, verdict_json
+from tracejudge.tasks.deferred import defer
+from tracejudge.tasks.evaluate import INVALID_PAYLOAD, EvaluationDeferred, evaluate_request, verdict_json
 from tracejudge.tasks.payload import EvaluationRequest, describe_payload_error, payload_trace_id
 from tracejudge.tasks.retry import Retry, RetryPolicy
 from tracejudge.tasks.runtime import get_runtime, import_judge_modules
@@ -34,10 +36,12 @@ DEFAULT_POLICY = RetryPolicy()
 
 @dataclass(frozen=True)
 class TaskOutcome:
-    """Either ``verdict`` (the task's JSON result) or ``retry`` (try again later), never both."""
+    """One of ``verdict`` (the task's JSON result), ``retry`` (try again later) or ``deferred``."""
 
     verdict: dict[str, Any] | None = None
     retry: Retry | None = None
+    #: put aside until later (the daily budget is spent, ``on_exceed: defer``): no result now
+    deferred: bool = False
 
 
 def run_task(payload: Any, *, attempt: int = 0, task_id: str | None = None, policy: RetryPolicy = DEFAULT_POLICY) -> TaskOutcome:
@@ -51,6 +55,10 @@ def run_task(payload: Any, *, attempt: int = 0, task_id: str | None = None, poli
         return TaskOutcome(verdict=verdict_json(error_verdict(payload_trace_id(payload), INVALID_PAYLOAD, message, runtime.config)))
     try:
         return TaskOutcome(verdict=verdict_json(evaluate_request(request, runtime)))
+    except EvaluationDeferred as exc:  # budget spent, on_exceed: defer: sent again when the day turns
+        when = defer(runtime.redis, runtime.state.prefix, exc.request)
+        log.warning("%s (until %s UTC)", exc, time.strftime("%Y-%m-%d %H:%M", time.gmtime(when)))
+        return TaskOutcome(deferred=True)
     except Exception as exc:
         code = policy.code_of(exc)
         if code is None:

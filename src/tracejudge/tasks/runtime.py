@@ -66,6 +66,43 @@ class Runtime:
         """The shared (Redis) rate limiter for the LLM endpoint, or None without Redis."""
         return self.state.limiter(self.llm.host, per_second)
 
+    @property
+    def redis(self) -> Any:
+        """The process's sync Redis client (``state.redis``), or None without Redis (``sync`` mode)."""
+        return getattr(self.state, "redis", None)
+
+    def async_redis(self) -> Any:
+        """The process's asyncio Redis client (for code on the loop: rate limit, budget, cache)."""
+        return self.state.async_redis()
+
+    @property
+    def mlflow(self) -> Any:
+        """The process's ``MlflowClient`` (``store.client``): for code that reads through ``mlflow_io`` helpers."""
+        return self.store.client
+
+    def controls(self, config: TraceJudgeConfig, *, use_cache: bool = True) -> Any:
+        """Cache, budget and cost around each judge call, for ``config`` (see judges/controls.py).
+
+        ``use_cache=False`` (a forced re-judge) makes every call anew.
+        """
+        from tracejudge.judges.controls import CallControls
+        from tracejudge.judges.pricing import PriceTable
+
+        judges = config.judges
+        budget = cache = None
+        if self.redis is not None and judges.budget.daily_usd is not None:
+            from tracejudge.tasks.budget import RedisBudget
+
+            lease = judges.execution.timeout_seconds * judges.execution.attempts + 60
+            budget = RedisBudget(self.async_redis(), daily_usd=judges.budget.daily_usd, prefix=self.state.prefix, lease_seconds=lease)
+        if self.redis is not None and judges.cache.enabled and use_cache:
+            from tracejudge.tasks.result_cache import RedisResultCache
+
+            cache = RedisResultCache(self.async_redis(), ttl_seconds=judges.cache.ttl_hours * 3600, prefix=self.state.prefix)
+        return CallControls(
+            prices=PriceTable(judges.pricing), budget=budget, cache=cache, reserve_output_tokens=judges.budget.reserve_output_tokens
+        )
+
     def close(self) -> None:
         try:
             self.run(self.llm.aclose(), timeout=5)
@@ -101,6 +138,11 @@ def reset_runtime() -> None:
             if runtime.pid == os.getpid():
                 runtime.close()
         _runtimes.clear()
+
+
+def key_prefix() -> str:
+    """The Redis key prefix of this process (``Settings.key_prefix``, from ``TRACEJUDGE_KEY_PREFIX``)."""
+    return Settings.from_env().key_prefix
 
 
 def import_judge_modules(names: Iterable[str] | None = None) -> list[str]:

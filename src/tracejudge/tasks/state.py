@@ -232,18 +232,24 @@ class RedisState:
 
     # ------------------------------------------------------------------ shared rate limit
 
+    def async_redis(self) -> Any:
+        """The asyncio client (for code on the event loop: rate limit, budget, result cache), built once."""
+        with self._lock:
+            if self._async_redis is None:
+                if self._async_factory is None:
+                    raise RuntimeError("RedisState has no asyncio client (pass async_factory)")
+                self._async_redis = self._async_factory()
+            return self._async_redis
+
     def limiter(self, endpoint: str, per_second: float | None) -> Any:
         """The shared rate limiter for ``endpoint`` at ``per_second`` (one per process and setting)."""
         from tracejudge.tasks.ratelimit import RedisRateLimiter
 
+        client = self.async_redis()
         with self._lock:
             limiter = self._limiters.get((endpoint, per_second))
             if limiter is None:
-                if self._async_redis is None:
-                    if self._async_factory is None:
-                        raise RuntimeError("RedisState has no asyncio client (pass async_factory)")
-                    self._async_redis = self._async_factory()
-                limiter = RedisRateLimiter(self._async_redis, endpoint=endpoint, per_second=per_second, prefix=self.prefix)
+                limiter = RedisRateLimiter(client, endpoint=endpoint, per_second=per_second, prefix=self.prefix)
                 self._limiters[(endpoint, per_second)] = limiter
             return limiter
 
@@ -267,6 +273,9 @@ class NoRedisState:
         return None
 
     def limiter(self, endpoint: str, per_second: float | None) -> None:
+        return None
+
+    def async_redis(self) -> None:
         return None
 
 

@@ -74,11 +74,18 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
     }
     backend_transport: dict[str, Any] = {"visibility_timeout": visibility, "retry_policy": PRODUCER_BACKEND_RETRY}
     prefix = settings.key_prefix
+    from tracejudge.worker.scheduled import beat_schedule
+
     if prefix:  # a shared Redis: keep our queues, results and keys apart
         transport["global_keyprefix"] = prefix
         backend_transport["global_keyprefix"] = prefix
+    if not settings.broker_is_redis:
+        # RabbitMQ redelivers a dead consumer's unacknowledged messages as soon as its connection drops,
+        # and never a live one's (up to its consumer_timeout, 30 min by default): no lease, no visibility
+        # timeout. Queues are durable; a shared RabbitMQ is split by virtual host, not by key prefix.
+        transport = {"confirm_publish": True, "connect_timeout": 5}
     return dict(
-        broker_url=with_tls_defaults(settings.redis_url),
+        broker_url=with_tls_defaults(settings.broker_url or settings.redis_url),
         result_backend=with_tls_defaults(settings.result_backend_url or settings.redis_url),
         task_serializer="json",
         result_serializer="json",
@@ -105,6 +112,8 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         task_send_sent_event=False,
         worker_soft_shutdown_timeout=30,
         worker_hijack_root_logger=False,
+        # Celery beat (`tracejudge beat`): online pick-up and deferred evaluations; add entries beside ours
+        beat_schedule=beat_schedule(_user_config(settings)),
     )
 
 

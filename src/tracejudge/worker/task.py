@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Ignore
 
 from tracejudge.tasks import run_task
 from tracejudge.worker.names import TASK_EVALUATE
@@ -26,11 +27,17 @@ def register(app: Celery) -> None:
     def evaluate_trace(self: Task, payload: Any) -> dict[str, Any]:
         return run_evaluation(self, payload)
 
+    from tracejudge.worker.scheduled import register_scheduled
+
+    register_scheduled(app)
+
 
 def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:
-    """Run the task body and map a retry decision onto Celery."""
+    """Run the task body and map its outcome onto Celery: a result, a retry, or nothing (deferred)."""
     outcome = run_task(payload, attempt=task.request.retries, task_id=task.request.id)
     if outcome.retry is not None:
         raise task.retry(countdown=outcome.retry.countdown)
+    if outcome.deferred:  # put aside in Redis, sent again later (tasks.deferred): no result now
+        raise Ignore()
     assert outcome.verdict is not None
     return outcome.verdict
