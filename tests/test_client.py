@@ -376,12 +376,26 @@ def test_refusal_during_retries_stops_other_calls_retrying(server):
         ("empty", errors.REPLY_EMPTY),
     ],
 )
-def test_bad_replies_are_reply_errors_without_retry(server, kind, code):
+def test_bad_replies_fail_only_when_every_attempt_was_invalid(server, kind, code):
     err = score(server, f"[[tj:fault={kind}]]", attempts=3)
     assert isinstance(err, JudgeReplyError)
-    assert err.code == code
-    assert err.attempts == 1
-    assert len(chat_requests(server)) == 1
+    assert err.code == code  # the last reply's error
+    assert err.attempts == 3
+    assert len(chat_requests(server)) == 3
+    assert err.tokens.prompt > 0  # three paid-for replies, counted
+
+
+@pytest.mark.parametrize("kind", ["malformed", "missing_field", "out_of_range", "empty"])
+def test_a_bad_reply_is_retried_and_the_next_valid_one_counts(server, kind):
+    reply = score(server, f"[[tj:fault={kind}x1]] [[tj:score=0.4]]", attempts=3)
+    assert reply.reply.score == 0.4
+    assert reply.attempts == 2 and len(chat_requests(server)) == 2
+
+
+def test_bad_replies_are_retried_only_within_max_attempts(server):
+    err = score(server, "[[tj:fault=malformedx2]] [[tj:score=0.4]]", attempts=2)
+    assert isinstance(err, JudgeReplyError) and err.code == errors.REPLY_NOT_JSON
+    assert err.attempts == 2 and len(chat_requests(server)) == 2
 
 
 # ----------------------------------------------------------------------------- secrets

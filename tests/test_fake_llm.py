@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -339,16 +338,12 @@ def test_cli_main_runs_until_sigterm():
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if get_json(f"http://127.0.0.1:{port}/health") == (200, {"status": "ok"}):
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "fake LLM server did not come up"
-            time.sleep(0.05)
+        # The server prints its banner once it listens: wait for that line, not for a clock.
+        banner = proc.stdout.readline()
+        assert banner.strip() == (
+            f"tracejudge-fake-llm (a test server, not a real model) listening on http://127.0.0.1:{port}/v1"
+        ), (banner, proc.poll(), proc.stderr.read() if proc.poll() is not None else "")
+        assert get_json(f"http://127.0.0.1:{port}/health") == (200, {"status": "ok"})
 
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", max_retries=0) as c:
             assert score_of(ask(c, "hi [[tj:score=0.5]]")) == 0.5
@@ -360,7 +355,5 @@ def test_cli_main_runs_until_sigterm():
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, stderr
-    assert stdout.strip() == (
-        f"tracejudge-fake-llm (a test server, not a real model) listening on http://127.0.0.1:{port}/v1"
-    )
+    assert stdout.strip() == ""  # nothing but the banner
     assert "Warning" not in stderr

@@ -551,3 +551,19 @@ def test_entry_point_judges_are_loaded_and_broken_plugins_do_not_break_the_regis
     reg.load_entry_points()
     assert "plugin_tone" in reg and "plugin_len" in reg
     assert "could not load judges from entry point broken" in caplog.text
+
+
+def test_cleaning_works_on_the_cut_text_only(monkeypatch):
+    """A 5 MB variable is cut to the budget before it is cleaned (issue 8, item 7): the
+    cleaning's cost on the shared event loop is bounded by the budget, not the input."""
+    from tracejudge.judges import prompt as prompt_module
+
+    seen: list[int] = []
+    real_clean = prompt_module._clean
+    monkeypatch.setattr(prompt_module, "_clean", lambda text: seen.append(len(text)) or real_clean(text))
+    huge = ("abc\x00<data-x> " * 400_000)[:5_000_000]
+    rendered = render(Judge(name="t", prompt="Rate {output}"), JudgeInput(output=huge), max_input_chars=1000)
+    assert seen and max(seen) < 1200
+    assert rendered.truncated == {"output": 5_000_000}
+    body = rendered.messages[1]["content"]
+    assert "\x00" not in body and "<_data-x>" in body  # still cleaned

@@ -69,6 +69,7 @@ def test_two_node_trace_end_to_end(worker):
     assert rel.metadata["threshold"] == "0.8" and rel.metadata["passed"] == "true"
     assert rel.metadata["evaluation_id"] == handle.id
     assert {"duration_ms", "prompt_tokens", "completion_tokens", "attempts", "tracejudge.key"} <= set(rel.metadata)
+    assert rel.metadata["judge_version"] == tracejudge.judges.BUILTIN_JUDGES["relevance"].version
     assert rel.rationale
     assert by[("write", "coherence")].span_id == spans["node_write"]
     assert by[("workflow", "harmfulness")].span_id == spans["article_writer"]

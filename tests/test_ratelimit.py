@@ -33,20 +33,40 @@ def test_bucket_gives_a_burst_then_makes_callers_wait(redis_url):
     assert all(w > 0 for w in waits[4:])  # then: wait before asking again
 
 
-def test_acquire_blocks_until_a_slot_is_free(redis_url):
+def _waits_of_the_call_after_a_burst(redis_url, per_second: float, burst: int) -> list[int]:
+    """The waits Redis handed out while the call after ``burst`` calls got its slot."""
+
     async def scenario():
         client = redis.asyncio.Redis.from_url(redis_url)
-        limiter = _limiter(client, per_second=5)
-        for _ in range(5):
-            await limiter.acquire("m")  # the burst goes through
-        blocked = asyncio.create_task(limiter.acquire("m"))
-        await asyncio.sleep(0)
-        was_blocked = not blocked.done()
-        await blocked  # and then it gets a slot
-        await client.aclose()
-        return was_blocked
+        limiter = _limiter(client, per_second=per_second)
+        for _ in range(burst):
+            await limiter.acquire("m")
+        answers: list[int] = []
+        script = limiter._script
 
-    assert _run(scenario()) is True
+        async def recording_script(*args, **kwargs):
+            answer = int(await script(*args, **kwargs))
+            answers.append(answer)
+            return answer
+
+        limiter._script = recording_script
+        await limiter.acquire("m")  # returns only once Redis gave it a slot
+        await client.aclose()
+        return answers
+
+    return _run(scenario())
+
+
+def test_acquire_blocks_until_a_slot_is_free(redis_url):
+    answers = _waits_of_the_call_after_a_burst(redis_url, per_second=5, burst=5)
+    assert answers[0] > 0  # told to wait: the burst was used up
+    assert answers[-1] == 0  # and then it got a slot
+    assert len(answers) >= 2
+
+
+def test_acquire_does_not_block_under_the_rate(redis_url):
+    # the same scenario at 10,000/s: the burst is far from used up, so no wait
+    assert _waits_of_the_call_after_a_burst(redis_url, per_second=10_000, burst=5) == [0]
 
 
 def test_a_429_cool_down_is_seen_by_another_worker(redis_url):

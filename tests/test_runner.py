@@ -7,6 +7,8 @@ never from wall-clock durations.
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 from collections.abc import Iterator
 
@@ -14,7 +16,8 @@ import pytest
 
 from tracejudge.config import ExecutionConfig
 from tracejudge.judges import CodeJudge, Judge, JudgeInput, JudgeJob, JudgeReply, LLMClient, run_judges
-from tracejudge.judges import errors
+from tracejudge.judges import errors, runner
+from tracejudge.judges.executor import CodeJudgeExecutor
 from tracejudge.testing import FakeLLMServer
 
 RATE = Judge(name="rate", description="Test judge.", prompt="Rate this output:\n{output}")
@@ -28,7 +31,15 @@ def server() -> Iterator[FakeLLMServer]:
         yield srv
 
 
-def run(server: FakeLLMServer | None, jobs, *, with_client: bool = True, deadline_in: float | None = None, **execution):
+def run(
+    server: FakeLLMServer | None,
+    jobs,
+    *,
+    with_client: bool = True,
+    deadline_in: float | None = None,
+    code_executor: CodeJudgeExecutor | None = None,
+    **execution,
+):
     """run_judges on a fresh client (closed afterwards); ``deadline_in`` is relative to the start."""
     execution.setdefault("timeout_seconds", 5.0)
     config = ExecutionConfig(**execution)
@@ -46,7 +57,9 @@ def run(server: FakeLLMServer | None, jobs, *, with_client: bool = True, deadlin
             )
         deadline = None if deadline_in is None else time.monotonic() + deadline_in
         try:
-            return await run_judges(jobs, client=client, execution=config, deadline=deadline)
+            return await run_judges(
+                jobs, client=client, execution=config, deadline=deadline, code_executor=code_executor
+            )
         finally:
             if client is not None:
                 await client.aclose()
@@ -107,7 +120,9 @@ def test_results_in_job_order_and_fields(server):
     assert first.model == "gpt-4o-mini" and first.attempts == 1
     assert first.tokens.prompt > 0 and first.tokens.completion > 0
     assert first.rationale.startswith("tracejudge-fake-llm")
-    assert first.error is None and first.duration_ms >= 0 and first.timestamp.endswith("Z")
+    assert first.error is None and first.timestamp.endswith("Z")
+    # n0's reply was held back 200 ms by the server: its duration covers at least that
+    assert first.duration_ms >= 200.0
 
 
 def test_model_is_normalized_and_sent(server):
@@ -157,8 +172,15 @@ def test_retried_job_next_to_a_bad_reply(server):
     results = run(server, jobs, concurrency=4, max_attempts=3)
     flaky, garbled, too_high = results
     assert flaky.ok and flaky.score == 0.9 and flaky.attempts == 2
-    assert garbled.error.type == errors.REPLY_NOT_JSON and garbled.attempts == 1
-    assert too_high.error.type == errors.REPLY_OUT_OF_RANGE
+    # an invalid reply is asked again; it fails only when every attempt was invalid
+    assert garbled.error.type == errors.REPLY_NOT_JSON and garbled.attempts == 3
+    assert too_high.error.type == errors.REPLY_OUT_OF_RANGE and too_high.attempts == 3
+    assert garbled.tokens.prompt > 0  # the invalid replies were paid for: counted
+
+
+def test_invalid_reply_then_valid_one_scores(server):
+    results = run(server, [job("[[tj:fault=missing_fieldx2]] [[tj:score=0.7]]", threshold=0.5)], max_attempts=3)
+    assert results[0].ok and results[0].score == 0.7 and results[0].attempts == 3
 
 
 def test_llm_judge_without_client_and_blank_model_are_results_not_exceptions(server):
@@ -297,17 +319,163 @@ def test_code_judge_failures(server):
             assert r.passed is False and r.score is None
 
 
+# ----------------------------------------------------------------------------- code judge threads
+
+
+def test_hung_code_judges_cannot_starve_the_rest():
+    """12 blocking judges that never return time out; judges after them still run (issue 8, item 6)."""
+    release = threading.Event()
+
+    def hangs(x: JudgeInput) -> float:
+        release.wait(120)
+        return 1.0
+
+    try:
+        hung = [job("x", code(f"hung{i}", hangs), target=f"h{i}") for i in range(12)]
+        trivial_in_batch = job("x", code("trivial", lambda x: 0.9), target="trivial")
+        results = run(None, [*hung, trivial_in_batch], with_client=False, timeout_seconds=0.2, concurrency=32)
+        assert [r.error.type for r in results[:12]] == [errors.TIMEOUT] * 12
+        assert results[12].ok and results[12].score == 0.9
+
+        # a later batch, while the 12 threads are still stuck: it must not wait for them
+        later = [job("x", code(f"later{i}", lambda x: 0.8), target=f"l{i}") for i in range(3)]
+        results = run(None, later, with_client=False, timeout_seconds=60.0)
+        assert all(r.ok and r.score == 0.8 for r in results), [r.error for r in results]
+    finally:
+        release.set()
+
+
+def test_code_judge_threads_are_bounded():
+    executor = CodeJudgeExecutor(max_workers=3)
+    lock = threading.Lock()
+    active = [0, 0]  # now, most seen
+    barrier = threading.Barrier(3, timeout=30)
+
+    def counted(x: JudgeInput) -> float:
+        with lock:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+        try:
+            barrier.wait()  # three at a time get through: proves three ran together
+        finally:
+            with lock:
+                active[0] -= 1
+        return 1.0
+
+    jobs = [job("x", code(f"c{i}", counted), target=f"c{i}") for i in range(6)]
+    results = run(None, jobs, with_client=False, timeout_seconds=60.0, code_executor=executor)
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert active[1] == 3  # never more than max_workers at once
+    assert executor.running == 0 and executor.hung == 0
+
+
+def test_too_many_hung_threads_fail_fast_with_a_clear_error():
+    executor = CodeJudgeExecutor(max_workers=2, max_hung=2)
+    release = threading.Event()
+    returned = threading.Semaphore(0)
+
+    def hangs(x: JudgeInput) -> float:
+        release.wait(120)
+        returned.release()
+        return 1.0
+
+    try:
+        first = run(None, [job("x", code(f"h{i}", hangs), target=f"h{i}") for i in range(2)],
+                    with_client=False, timeout_seconds=0.2, code_executor=executor)
+        assert [r.error.type for r in first] == [errors.TIMEOUT] * 2
+        assert executor.hung == 2
+        refused = run(None, [job("x", code("next", lambda x: 1.0))], with_client=False, code_executor=executor)
+        assert refused[0].error.type == errors.TIMEOUT
+        assert "2 code judge call(s) of this process timed out and are still running" in refused[0].error.message
+    finally:
+        release.set()
+    assert returned.acquire(timeout=30) and returned.acquire(timeout=30)
+    results = run(None, [job("x", code("after", lambda x: 1.0))], with_client=False, code_executor=executor)
+    assert results[0].ok  # the hung threads returned: judges run again
+
+
+# ----------------------------------------------------------------------------- rendering off the loop
+
+
+def test_large_structured_input_is_rendered_off_the_event_loop(server, monkeypatch):
+    threads: dict[str, str] = {}
+    real_render = runner.render
+
+    def recording_render(judge, judge_input, **kwargs):
+        threads[judge_input.target] = threading.current_thread().name
+        return real_render(judge, judge_input, **kwargs)
+
+    monkeypatch.setattr(runner, "render", recording_render)
+    big = {"rows": ["x" * 1000] * 5000}  # 5 MB once JSON-encoded
+    results = run(server, [job(big, target="big"), job("small text", target="small")])
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert threads["big"].startswith("tracejudge-render")
+    assert threads["small"] == threading.main_thread().name  # cheap renders stay on the loop
+    assert results[0].truncated == {"output": len(json.dumps(big))}
+
+
 # ----------------------------------------------------------------------------- deadline
 
 
+async def _hangs_async(x: JudgeInput) -> float:
+    await asyncio.Event().wait()  # never set
+    return 1.0
+
+
+def run_then_expire(server, jobs, *, expire_when, **execution):
+    """run_judges with a deadline that passes only when the test says so, not by the wall clock.
+
+    The loop's clock is the monotonic clock plus an offset; once ``expire_when(done, server)``
+    holds (``done``: the targets whose results are in), the offset jumps past the deadline.
+    Per-call timeouts are far longer than the jump, so only the deadline can expire.
+    """
+    config = ExecutionConfig(timeout_seconds=50_000, **execution)
+    done: set[str] = set()
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        offset = [0.0]
+        real_time = loop.time
+        loop.time = lambda: real_time() + offset[0]  # type: ignore[method-assign]
+        client = LLMClient(base_url=server.base_url, api_key="sk-test", timeout_seconds=50_000, max_attempts=1)
+        original = runner.run_one
+
+        async def recording_run_one(job, **kwargs):
+            result = await original(job, **kwargs)
+            done.add(job.input.target)
+            return result
+
+        runner.run_one = recording_run_one
+        try:
+            batch = asyncio.ensure_future(
+                run_judges(jobs, client=client, execution=config, deadline=loop.time() + 1000)
+            )
+            while not expire_when(done, server):
+                assert not batch.done(), "the batch ended before the deadline was moved"
+                await asyncio.sleep(0.01)
+            offset[0] = 2000.0  # past the deadline, short of every per-call timeout
+            return await batch
+        finally:
+            runner.run_one = original
+            loop.time = real_time  # type: ignore[method-assign]
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
 def test_overall_deadline_gives_up_unfinished_jobs(server):
+    server.hang_seconds = 600  # held until the server stops, whatever the load
     jobs = [
         job("fast [[tj:score=0.9]]", target="fast1"),
         job("stuck [[tj:fault=hang]]", target="stuck"),
-        job("slow code", code("slow_code", _too_slow), target="slow_code"),
+        job("slow code", code("slow_code", _hangs_async), target="slow_code"),
         job("fast [[tj:score=0.8]]", target="fast2"),
     ]
-    results = {r.target: r for r in run(server, jobs, deadline_in=0.6, timeout_seconds=5.0, concurrency=8)}
+    results = run_then_expire(
+        server, jobs, concurrency=8, expire_when=lambda done, srv: {"fast1", "fast2"} <= done
+        and srv.stats()["requests"] == 3
+    )
+    results = {r.target: r for r in results}
 
     assert results["fast1"].ok and results["fast2"].ok
     for name in ("stuck", "slow_code"):
@@ -316,8 +484,9 @@ def test_overall_deadline_gives_up_unfinished_jobs(server):
 
 
 def test_deadline_reached_while_waiting_for_a_slot(server):
+    server.hang_seconds = 600
     jobs = [job("stuck [[tj:fault=hang]]", target="stuck")] + [job("fast", target=f"f{i}") for i in range(3)]
-    results = run(server, jobs, deadline_in=0.4, timeout_seconds=5.0, concurrency=1)
+    results = run_then_expire(server, jobs, concurrency=1, expire_when=lambda done, srv: srv.stats()["requests"] == 1)
 
     assert [r.error.type for r in results] == [errors.DEADLINE_EXCEEDED] * 4
     assert "while this judge ran" in results[0].error.message

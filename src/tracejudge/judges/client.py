@@ -6,7 +6,10 @@ through ``response_format`` with a JSON schema; an endpoint that rejects
 ``response_format`` with a 400 is asked again without it, and remembered.
 
 Retries (tenacity): 429, 5xx, timeouts and dropped connections, with
-exponential backoff and jitter, honouring ``Retry-After``. 400/401/403/404
+exponential backoff and jitter, honouring ``Retry-After``; an invalid reply
+(not JSON, a missing field, a score out of range) is asked again at once.
+All within ``max_attempts``: the call fails only when every attempt failed,
+with the last attempt's error. 400/401/403/404
 fail at once with the provider's message. After a 401/403 or an exhausted
 quota the client fails fast for ``PROVIDER_FAILURE_TTL`` seconds instead of
 spending calls on a provider that refuses us.
@@ -181,8 +184,13 @@ class LLMClient:
                         raise
                     tokens.prompt += usage.prompt
                     tokens.completion += usage.completion
+                    # An unusable reply (not JSON, a field missing, out of range) is
+                    # retried like a transient failure; the last one's error is kept.
+                    reply = parse_reply(content)
         except JudgeError as exc:
             exc.attempts = attempts
+            if isinstance(exc, JudgeReplyError):
+                exc.tokens = tokens  # the replies were paid for even though they were unusable
             raise
         except BaseException as exc:
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
@@ -192,12 +200,6 @@ class LLMClient:
             if error.code in errors.PROVIDER_WIDE:
                 self._provider_failure = (error, time.monotonic())
             raise error from exc
-        try:
-            reply = parse_reply(content)
-        except JudgeReplyError as exc:
-            exc.attempts = attempts
-            exc.tokens = tokens  # the reply was paid for even though it was unusable
-            raise
         return LLMReply(reply=reply, tokens=tokens, attempts=attempts, model=model)
 
     async def _complete(
@@ -271,6 +273,8 @@ class LLMClient:
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, JudgeReplyError):
+            return 0.0  # the endpoint answered; nothing to wait out before asking again
         retry_after = _retry_after_seconds(exc)
         if retry_after is not None:
             return min(retry_after, RETRY_AFTER_MAX_SECONDS)
@@ -376,6 +380,8 @@ def _exponential_jitter(initial: float, maximum: float) -> wait_exponential_jitt
 
 
 def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, JudgeReplyError):
+        return True  # an invalid reply may be valid next time (sampling)
     if isinstance(exc, JudgeError):
         return False
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError, openai.APITimeoutError, openai.APIConnectionError)):

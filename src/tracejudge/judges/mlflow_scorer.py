@@ -19,8 +19,14 @@ YES = frozenset({"yes", "true", "pass", "passed"})
 NO = frozenset({"no", "false", "fail", "failed"})
 
 
-def scorer_judge(scorer: Any, *, name: str | None = None, threshold: float | None = None) -> CodeJudge:
+def scorer_judge(
+    scorer: Any, *, name: str | None = None, threshold: float | None = None, version: str | None = None
+) -> CodeJudge:
     """Wrap an MLflow scorer so it runs like our judges (our timeout, our error handling).
+
+    The judge's version covers the scorer's identity and configuration (its
+    class, its fields such as instructions and model, the function of an
+    ``@scorer``), unless ``version`` is given.
 
     >>> from mlflow.genai.scorers import RelevanceToQuery  # doctest: +SKIP
     >>> register_judge(scorer_judge(RelevanceToQuery(), threshold=1.0))  # doctest: +SKIP
@@ -40,7 +46,15 @@ def scorer_judge(scorer: Any, *, name: str | None = None, threshold: float | Non
             return worst
         return _reply(judge_name, feedback)
 
-    return CodeJudge(name=judge_name, description=f"MLflow scorer {judge_name}", fn=run, variables=(), threshold=threshold)
+    return CodeJudge(
+        name=judge_name,
+        description=f"MLflow scorer {judge_name}",
+        fn=run,
+        variables=(),
+        threshold=threshold,
+        version=version,
+        depends_on=[judge_name, scorer, getattr(scorer, "_original_func", None)],
+    )
 
 
 def _reply(name: str, feedback: Any) -> JudgeReply:

@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from tracejudge.config.models import TEMPLATE_TOKEN, template_variables
 from tracejudge.judges.errors import JudgeError
+from tracejudge.judges.fingerprint import fingerprint
 
 #: Template placeholders (``{output}``, ``{inputs.topic}``; ``{{``/``}}`` are literal braces):
 #: one definition, shared with the YAML config, so a prompt that loads also renders.
@@ -78,9 +79,15 @@ CodeJudgeFn = Callable[["JudgeInput"], CodeJudgeResult | Awaitable[CodeJudgeResu
 class CodeJudge(BaseModel):
     """A judge written as a Python function returning a score (and a rationale).
 
+    Its :attr:`version` covers the function's bytecode, constants, defaults,
+    closures and the globals it reads (see :mod:`tracejudge.judges.fingerprint`),
+    or is the explicit ``version=`` given (then change it when the logic changes).
+
     >>> j = CodeJudge(name="short", fn=lambda x: (1.0 if len(x.output_text) < 50 else 0.0, "length"))
     >>> j.kind
     'code'
+    >>> CodeJudge(name="pinned", fn=lambda x: 1.0, version="v2").version
+    'v2'
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -94,6 +101,19 @@ class CodeJudge(BaseModel):
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     model: str | None = None
     aggregations: tuple[str, ...] = ()
+    #: An explicit version (``CodeJudge(..., version="v2")``); None: derived from the code.
+    pinned_version: str | None = Field(default=None, min_length=1, max_length=64)
+    #: What else the version must cover (e.g. an MLflow scorer's configuration).
+    depends_on: Any = None
+    _version_cache: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_keyword(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "version" in data:
+            data = dict(data)
+            data["pinned_version"] = data.pop("version")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "CodeJudge":
@@ -105,11 +125,12 @@ class CodeJudge(BaseModel):
 
     @property
     def version(self) -> str:
-        code = getattr(self.fn, "__code__", None)
-        blob = f"{getattr(self.fn, '__module__', '')}.{getattr(self.fn, '__qualname__', '')}"
-        if code is not None:
-            blob += hashlib.sha256(code.co_code).hexdigest()
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        """The explicit version, else a fingerprint of the code and what it reads (cached)."""
+        if self.pinned_version is not None:
+            return self.pinned_version
+        if self._version_cache is None:
+            self._version_cache = fingerprint([self.fn, self.depends_on, self.greater_is_better])
+        return self._version_cache
 
 
 AnyJudge = Judge | CodeJudge
@@ -184,6 +205,7 @@ class JudgeResult(BaseModel):
     greater_is_better: bool = True
     rationale: str | None = None
     model: str | None = None
+    judge_version: str | None = None
     duration_ms: float = 0.0
     timestamp: str = Field(default_factory=utc_now)
     tokens: TokenUsage = Field(default_factory=TokenUsage)

@@ -102,7 +102,10 @@ def render(judge: Judge, judge_input: JudgeInput, *, max_input_chars: int = DEFA
     for variable in judge.variables:
         raw = resolve_variable(judge.name, variable, judge_input)
         text = _context_text(raw) if ALIASES.get(variable) == "context" else to_text(raw)
-        text, original = _cut(_clean(text), max_input_chars)
+        # Cut first, then clean: the cleaning's cost stays bounded by the budget,
+        # however large the judged value is (it runs on the shared event loop).
+        text, original = _cut(text, max_input_chars)
+        text = _clean(text)
         if original is not None:
             truncated[variable] = original
         values[variable] = f'<data-{nonce} name="{variable}">\n{text}\n</data-{nonce}>'
@@ -164,6 +167,45 @@ def _describe(judge_input: JudgeInput, variable: str, value: Any) -> str:
         f"metadata fields={sorted(judge_input.metadata)}",
     ]
     return f"{what} (the input had: {', '.join(parts)})"
+
+
+def is_large(judge_input: JudgeInput, budget: int) -> bool:
+    """Whether rendering this input may cost more than a moment (then render it off the loop).
+
+    Strings are cut before any other work, so only structured values (JSON-encoded
+    whole before the cut) count; they are walked no further than ``budget`` characters.
+
+    >>> is_large(JudgeInput(output="x" * 10_000_000), 1000), is_large(JudgeInput(output={"a": "x" * 2000}), 1000)
+    (False, True)
+    """
+    parts = [judge_input.output, judge_input.input, judge_input.expected, judge_input.context, judge_input.inputs]
+    remaining = budget
+    for part in parts:
+        if isinstance(part, str) or part is None:
+            continue
+        remaining = _walk(part, remaining)
+        if remaining < 0:
+            return True
+    return False
+
+
+def _walk(value: Any, remaining: int) -> int:
+    """``remaining`` less the text in ``value``, stopping once it is below zero."""
+    stack = [value]
+    while stack and remaining >= 0:
+        item = stack.pop()
+        if isinstance(item, str):
+            remaining -= len(item)
+        elif isinstance(item, dict):
+            remaining -= len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            remaining -= len(item)
+            stack.extend(item)
+        else:
+            remaining -= 8
+    return remaining
 
 
 def _context_text(value: Any) -> str:

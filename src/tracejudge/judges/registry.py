@@ -142,8 +142,12 @@ def code_judge(
     greater_is_better: bool = True,
     description: str = "",
     variables: tuple[str, ...] = ("output",),
+    version: str | None = None,
 ) -> Callable[[Callable[..., Any]], CodeJudge]:
     """Decorator: register a function ``fn(judge_input) -> score | (score, rationale)`` as a judge.
+
+    Its version follows its code, constants, closures and the globals it reads;
+    ``version="..."`` pins it instead.
 
     >>> @code_judge("not_empty")
     ... def not_empty(x):
@@ -160,6 +164,7 @@ def code_judge(
             threshold=threshold,
             greater_is_better=greater_is_better,
             variables=variables,
+            version=version,
         )
         register_judge(judge)
         return judge

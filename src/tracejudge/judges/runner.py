@@ -11,9 +11,11 @@ overall deadline.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +23,9 @@ from tracejudge.config import ExecutionConfig, normalize_model
 from tracejudge.judges import errors
 from tracejudge.judges.client import LLMClient, SharedLimiter
 from tracejudge.judges.errors import JudgeError, JudgeInputError
-from tracejudge.judges.model import AnyJudge, CodeJudge, JudgeInput, JudgeReply, JudgeResult, passes, utc_now
-from tracejudge.judges.prompt import render, resolve_variable
+from tracejudge.judges.executor import CodeJudgeExecutor, CodeJudgeTimeout, default_code_executor
+from tracejudge.judges.model import AnyJudge, CodeJudge, Judge, JudgeInput, JudgeReply, JudgeResult, passes, utc_now
+from tracejudge.judges.prompt import RenderedPrompt, is_large, render, resolve_variable
 
 DEFAULT_CONCURRENCY = 32
 
@@ -46,11 +49,13 @@ async def run_judges(
     default_model: str = "gpt-4o-mini",
     deadline: float | None = None,
     limiter: SharedLimiter | None = None,
+    code_executor: CodeJudgeExecutor | None = None,
 ) -> list[JudgeResult]:
     """Run every job concurrently (bounded by ``execution.concurrency``); one result per job.
 
     ``deadline`` is a ``time.monotonic()`` instant after which unfinished jobs
-    are given up as ``DEADLINE_EXCEEDED``.
+    are given up as ``DEADLINE_EXCEEDED``. Blocking code judges run on
+    ``code_executor`` (default: the process-wide :class:`CodeJudgeExecutor`).
 
     >>> results = await run_judges(jobs, client=client)  # doctest: +SKIP
     """
@@ -60,7 +65,13 @@ async def run_judges(
     async def one(job: JudgeJob) -> JudgeResult:
         async with semaphore:
             return await run_one(
-                job, client=client, execution=execution, default_model=default_model, deadline=deadline, limiter=limiter
+                job,
+                client=client,
+                execution=execution,
+                default_model=default_model,
+                deadline=deadline,
+                limiter=limiter,
+                code_executor=code_executor,
             )
 
     return list(await asyncio.gather(*(one(job) for job in jobs)))
@@ -74,6 +85,7 @@ async def run_one(
     default_model: str = "gpt-4o-mini",
     deadline: float | None = None,
     limiter: SharedLimiter | None = None,
+    code_executor: CodeJudgeExecutor | None = None,
 ) -> JudgeResult:
     """Run one job; never raises (except cancellation)."""
     judge = job.judge
@@ -90,13 +102,15 @@ async def run_one(
         threshold=job.threshold,
         greater_is_better=judge.greater_is_better,
         model=model,
+        judge_version=judge.version,
         key=job.key,
     )
     started = time.perf_counter()
     timestamp = utc_now()
     truncated: dict[str, int] = {}
     try:
-        remaining = None if deadline is None else deadline - time.monotonic()
+        # The loop's clock (``time.monotonic()`` unless a test drives the loop's clock).
+        remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
         if remaining is not None and remaining <= 0:
             raise JudgeError(errors.DEADLINE_EXCEEDED, "the evaluation's overall deadline passed before this judge ran")
         if model_error is not None:
@@ -105,11 +119,14 @@ async def run_one(
         try:
             async with overall:
                 if isinstance(judge, CodeJudge):
-                    reply, attempts, tokens = await _run_code_judge(judge, job.input, execution.timeout_seconds), 1, None
+                    reply = await _run_code_judge(
+                        judge, job.input, execution.timeout_seconds, code_executor or default_code_executor()
+                    )
+                    attempts, tokens = 1, None
                 else:
                     if client is None:
                         raise JudgeError(errors.PROVIDER_ERROR, "no LLM client configured for LLM judges")
-                    prompt = render(judge, job.input, max_input_chars=execution.max_input_chars)
+                    prompt = await _render(judge, job.input, execution.max_input_chars)
                     truncated = prompt.truncated
                     llm = await client.score(
                         model=model,
@@ -155,18 +172,25 @@ async def run_one(
     )
 
 
-async def _run_code_judge(judge: CodeJudge, judge_input: JudgeInput, timeout: float) -> JudgeReply:
+async def _run_code_judge(
+    judge: CodeJudge, judge_input: JudgeInput, timeout: float, executor: CodeJudgeExecutor
+) -> JudgeReply:
     for variable in judge.variables:  # same missing-variable rule as LLM judges
         resolve_variable(judge.name, variable, judge_input)
     limit = asyncio.timeout(timeout)
     try:
-        async with limit:
-            if inspect.iscoroutinefunction(judge.fn):
+        if inspect.iscoroutinefunction(judge.fn):
+            async with limit:
                 value = await judge.fn(judge_input)
-            else:
-                value = await asyncio.to_thread(judge.fn, judge_input)
-                if inspect.isawaitable(value):
+        else:
+            # Blocking functions (and MLflow scorers) run on their own bounded threads,
+            # never the loop's default executor; the timeout starts once a thread is free.
+            value = await executor.run(judge.fn, judge_input, timeout=timeout)
+            if inspect.isawaitable(value):
+                async with limit:
                     value = await value
+    except CodeJudgeTimeout:
+        raise JudgeError(errors.TIMEOUT, f"code judge {judge.name!r} did not return within {timeout:g} s") from None
     except TimeoutError as exc:
         if limit.expired():
             raise JudgeError(errors.TIMEOUT, f"code judge {judge.name!r} did not return within {timeout:g} s") from None
@@ -189,6 +213,24 @@ def _coerce_code_reply(name: str, value: Any) -> JudgeReply:
     if not 0.0 <= float(value) <= 1.0:
         raise JudgeError(errors.REPLY_OUT_OF_RANGE, f"code judge {name!r} returned score {value!r}, outside 0..1")
     return JudgeReply(score=float(value), rationale=str(rationale))
+
+
+_render_pool: ThreadPoolExecutor | None = None
+RENDER_THREADS = 2
+
+
+async def _render(judge: Judge, judge_input: JudgeInput, max_input_chars: int) -> RenderedPrompt:
+    """Render on the loop when it is cheap; a large structured input is rendered on a thread of
+    its own, so JSON-encoding megabytes never stalls the other judge calls sharing the loop."""
+    global _render_pool
+    if not is_large(judge_input, max_input_chars):
+        return render(judge, judge_input, max_input_chars=max_input_chars)
+    if _render_pool is None:
+        _render_pool = ThreadPoolExecutor(max_workers=RENDER_THREADS, thread_name_prefix="tracejudge-render")
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        _render_pool, functools.partial(render, judge, judge_input, max_input_chars=max_input_chars)
+    )
 
 
 def _model_for(judge: AnyJudge, job_model: str | None, default_model: str) -> str:

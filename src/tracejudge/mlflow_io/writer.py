@@ -82,6 +82,7 @@ def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -
         "completion_tokens": str(result.tokens.completion),
         "attempts": str(result.attempts),
         "timestamp": result.timestamp,
+        "judge_version": result.judge_version or "",
     }
     if result.truncated:
         metadata["truncated_chars"] = json.dumps(result.truncated, sort_keys=True)
@@ -252,6 +253,7 @@ def _result_from_assessment(assessment: Any, metadata: dict[str, str], key: str)
         greater_is_better=metadata.get("greater_is_better", "true") == "true",
         rationale=getattr(assessment, "rationale", None),
         model=getattr(source, "source_id", None),
+        judge_version=metadata.get("judge_version") or None,
         duration_ms=_float(metadata.get("duration_ms"), 0.0),
         timestamp=metadata.get("timestamp") or "",
         tokens=TokenUsage(
