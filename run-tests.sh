@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tests: set up .venv if needed, make sure Redis and RabbitMQ answer, run pytest (arguments pass through).
+# The tests: set up .venv if needed, make sure Redis, RabbitMQ and PostgreSQL answer, run pytest (arguments pass through).
 # A redis-server this script had to start is stopped when the tests end (its log stays in
 # $TRACEJUDGE_RUN_DIR, default .tracejudge/run/); a Redis that was already running is left alone.
 set -euo pipefail
@@ -24,5 +24,6 @@ stop_redis() {
 }
 trap stop_redis EXIT
 scripts/ensure-rabbitmq.sh
+scripts/ensure-postgres.sh   # the redaction test's MLflow store (starts a private trust-auth cluster if none answers)
 scripts/ensure-chromium.sh   # the dashboard's browser test (skipped with a reason if none can be had)
 .venv/bin/python -m pytest "$@"

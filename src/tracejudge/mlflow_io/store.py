@@ -182,11 +182,17 @@ class TraceStore:
         *,
         run_id: str | None,
         tags: dict[str, str],
-        report: dict[str, Any],
+        report: dict[str, Any] | None,
         metrics: dict[str, float],
+        step: int = 0,
     ) -> list[Callable[[], Any]]:
-        """The calls writing trace tags, and the report and metrics on ``run_id`` (for :meth:`write_all`)."""
-        return writer.summary_calls(self.client, trace_id, tags=tags, run_id=run_id, report=report, metrics=metrics)
+        """The calls writing trace tags, and the report (unless None) and metrics on ``run_id`` (for :meth:`write_all`).
+
+        ``step`` is the metrics' step (the trace's start time in ms: a time series on a run of many traces).
+        """
+        return writer.summary_calls(
+            self.client, trace_id, tags=tags, run_id=run_id, report=report, metrics=metrics, step=step
+        )
 
     def write_all(self, calls: list[Callable[[], T]]) -> list[T]:
         """Run the calls concurrently on the store's pool; wait for all, then raise the first failure."""
