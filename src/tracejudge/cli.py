@@ -129,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", help="table (default), json, html (one self-contained file) or md")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     p.add_argument("--schema", action="store_true", help="print the JSON schema of --format json and exit")
+    p.add_argument("--llm-summary", action="store_true",
+                   help="add a plain-language summary of the failure themes from the judges' LLM (TRACEJUDGE_LLM_BASE_URL); off by default")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("dashboard", help="serve the quality dashboard (a web page and its JSON API)")
@@ -353,6 +355,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     summary = _summary(args)
     if isinstance(summary, int):
         return summary
+    if args.llm_summary:
+        from tracejudge.config import ConfigError
+        from tracejudge.judges.errors import JudgeError
+        from tracejudge.monitor.llm_summary import add_llm_summary
+
+        try:
+            add_llm_summary(summary)
+        except (ConfigError, JudgeError) as exc:
+            print(f"error: --llm-summary: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     text = render.render(summary, args.format)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
