@@ -97,6 +97,7 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult
         root.set_outputs({"article": "..."})
         root.end(end_time_ns=ns + 6_000_000)
         trace_id = root.trace_id
+        mlflow.flush_trace_async_logging()  # the trace must be in the store before assessments are written to it
         status, score, band = overall(results)
         for r in results:
             r.span_id = spans.get(r.target)
