@@ -19,6 +19,7 @@ import shutil
 import pytest
 
 import tracejudge
+from tracejudge.verdict import QualityVerdict
 from tests.chaos import (
     JUDGES_PER_TRACE,
     ChaosStack,
@@ -103,7 +104,9 @@ def test_duplicate_delivery_one_after_the_other_and_at_the_same_time():
         assert calls == JUDGES_PER_TRACE
         before = {a.assessment_id for a in _feedbacks(first)}
         again = send(body).get(timeout=60)
-        assert again["status"] == "passed" and again["judged"] == 0 and again["reused"] == JUDGES_PER_TRACE
+        # the task result is compact (fields at their default left out): read it as a verdict
+        again = QualityVerdict.model_validate(again)
+        assert again.status == "passed" and again.judged == 0 and again.reused == JUDGES_PER_TRACE
         assert stack.llm_requests() == calls, "the second delivery called the LLM again"
         assert {a.assessment_id for a in _feedbacks(first)} == before, "the second delivery wrote assessments"
 
@@ -112,7 +115,7 @@ def test_duplicate_delivery_one_after_the_other_and_at_the_same_time():
         results = [send(body), send(body)]
         verdicts = [r.get(timeout=90) for r in results]
         assert all(v["status"] == "passed" for v in verdicts)
-        assert sorted(v["judged"] for v in verdicts) == [0, JUDGES_PER_TRACE], verdicts
+        assert sorted(QualityVerdict.model_validate(v).judged for v in verdicts) == [0, JUDGES_PER_TRACE], verdicts
         assert stack.llm_requests() - calls == JUDGES_PER_TRACE, "both deliveries judged"
         audit = audit_traces([first, second])
         assert audit.exact, audit.problems
