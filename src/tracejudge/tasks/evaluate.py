@@ -45,7 +45,7 @@ LOCK_PREFIX = "tracejudge:lock:"
 CACHE_TTL_SECONDS = 24 * 3600
 #: The per-trace lock expires this long after its holder stops renewing it (e.g. was SIGKILLed).
 LOCK_TTL_SECONDS = 20.0
-POLL_INITIAL_SECONDS = 0.1
+POLL_INITIAL_SECONDS = 0.02  # a gate's trace is usually written within tens of ms of the enqueue
 POLL_MAX_SECONDS = 2.0
 
 # Error codes of evaluations that could not run at all (permanent: no retry).
