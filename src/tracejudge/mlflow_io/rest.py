@@ -70,14 +70,16 @@ def rest_writer_for(tracking_uri: str | None, *, max_connections: int = 16) -> "
     if os.environ.get(REST_WRITER_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
-        from mlflow.tracking._tracking_service.utils import _get_default_host_creds
+        from mlflow.utils.credentials import get_default_host_creds
 
-        creds = _get_default_host_creds(tracking_uri)
+        creds = get_default_host_creds(tracking_uri)
     except Exception as exc:  # an MLflow without this helper: its client writes
         log.info("writing through MLflow's client (no host credentials helper: %s)", exc)
         return None
     if getattr(creds, "aws_sigv4", False) or getattr(creds, "auth", None) or getattr(creds, "client_cert_path", None):
         return None  # auth the client does and we do not
+    if os.environ.get("MLFLOW_WORKSPACE"):
+        return None  # workspaces add headers the client knows
     return RestWriter(
         tracking_uri,
         token=getattr(creds, "token", None),

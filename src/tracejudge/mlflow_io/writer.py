@@ -70,6 +70,26 @@ def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -
     """The ``mlflow.log_feedback`` arguments for one result."""
     from mlflow.entities import AssessmentError, AssessmentSource
 
+    metadata = feedback_metadata(result, evaluation_id=evaluation_id)
+    source_type, source_id = source_of(result)
+    kwargs: dict[str, Any] = dict(
+        trace_id=trace_id,
+        name=result.name,
+        source=AssessmentSource(source_type=source_type, source_id=source_id),
+        metadata=metadata,
+        span_id=result.span_id,
+    )
+    if result.error is not None:
+        kwargs["error"] = AssessmentError(error_code=result.error.type, error_message=result.error.message)
+    else:
+        kwargs["value"] = float(result.score) if result.score is not None else None
+        if result.rationale is not None:
+            kwargs["rationale"] = result.rationale
+    return kwargs
+
+
+def feedback_metadata(result: JudgeResult, *, evaluation_id: str) -> dict[str, str]:
+    """The metadata (strings only) every assessment of ours carries; the key makes writes idempotent."""
     metadata = {
         KEY: result.key or "",
         EVALUATION_ID: evaluation_id,
@@ -86,21 +106,12 @@ def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -
     }
     if result.truncated:
         metadata["truncated_chars"] = json.dumps(result.truncated, sort_keys=True)
-    source_type = "CODE" if result.model == "code" else "LLM_JUDGE"
-    kwargs: dict[str, Any] = dict(
-        trace_id=trace_id,
-        name=result.name,
-        source=AssessmentSource(source_type=source_type, source_id=(result.model or "unknown")[:250]),
-        metadata=metadata,
-        span_id=result.span_id,
-    )
-    if result.error is not None:
-        kwargs["error"] = AssessmentError(error_code=result.error.type, error_message=result.error.message)
-    else:
-        kwargs["value"] = float(result.score) if result.score is not None else None
-        if result.rationale is not None:
-            kwargs["rationale"] = result.rationale
-    return kwargs
+    return metadata
+
+
+def source_of(result: JudgeResult) -> tuple[str, str]:
+    """The assessment source (type, id): ``CODE`` for code judges, else ``LLM_JUDGE`` with the model."""
+    return ("CODE" if result.model == "code" else "LLM_JUDGE"), (result.model or "unknown")[:250]
 
 
 def log_result(trace_id: str, result: JudgeResult, *, evaluation_id: str) -> str:
