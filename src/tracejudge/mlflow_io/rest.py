@@ -143,9 +143,12 @@ class RestWriter:
 
     # ------------------------------------------------------------------ the writes
 
-    async def log_feedback(self, trace_id: str, result: JudgeResult, *, evaluation_id: str) -> str:
-        """Write one result as a feedback assessment (what ``mlflow.log_feedback`` sends); returns its id."""
-        body = {"assessment": feedback_json(trace_id, result, evaluation_id=evaluation_id)}
+    async def log_feedback(self, trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None) -> str:
+        """Write one result as a feedback assessment (what ``log_assessment`` sends); returns its id.
+
+        With ``overrides`` (an assessment id) the new one supersedes it: MLflow marks the old one invalid.
+        """
+        body = {"assessment": feedback_json(trace_id, result, evaluation_id=evaluation_id, overrides=overrides)}
         reply = await self.call("log_feedback", "POST", f"/api/3.0/mlflow/traces/{quote(trace_id, safe='')}/assessments", json=body)
         return str((reply.get("assessment") or {}).get("assessment_id", ""))
 
@@ -213,7 +216,9 @@ class RestWriter:
             return {}
 
 
-def feedback_json(trace_id: str, result: JudgeResult, *, evaluation_id: str, now_ms: int | None = None) -> dict[str, Any]:
+def feedback_json(
+    trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None, now_ms: int | None = None
+) -> dict[str, Any]:
     """The ``assessment`` MLflow's client sends for ``log_feedback(**writer.feedback_kwargs(...))``.
 
     >>> from tracejudge.judges.model import JudgeResult
@@ -243,6 +248,8 @@ def feedback_json(trace_id: str, result: JudgeResult, *, evaluation_id: str, now
         if result.rationale is not None:
             body["rationale"] = result.rationale
     body["metadata"] = writer.feedback_metadata(result, evaluation_id=evaluation_id)
+    if overrides:
+        body["overrides"] = overrides
     body["valid"] = True
     return body
 
