@@ -207,6 +207,16 @@ def test_page_in_headless_chromium_draws_every_chart_and_shows_the_api_numbers(s
         page.open(f"{server}/?experiment={experiment_id}&since=someday", until="document.body.dataset.rendered")
         assert "--since: cannot read 'someday'" in page.evaluate("document.getElementById('error').textContent")
 
+        # the self-contained HTML report draws the same charts offline (file://, no server)
+        from tracejudge.monitor import QualitySummary
+        from tracejudge.monitor.render import to_html
+
+        report = tmp_path / "report.html"
+        report.write_text(to_html(QualitySummary.model_validate(api)))
+        page.open(report.as_uri(), until="document.body.dataset.rendered")
+        offline = {c["name"]: c for c in page.evaluate(CHECK_CHARTS)}
+        assert expected <= set(offline) and all(c["painted"] > 200 for c in offline.values())
+
         page.open(f"{server}/?{query}", until="document.body.dataset.rendered")
         target = ROOT / "docs" / "dashboard.png" if os.environ.get("TRACEJUDGE_UPDATE_SCREENSHOT") else tmp_path / "dashboard.png"
         page.screenshot(str(target))

@@ -22,9 +22,21 @@ from typing import Any
 from tracejudge.config import ExecutionConfig, normalize_model
 from tracejudge.judges import errors
 from tracejudge.judges.client import LLMClient, SharedLimiter
+from tracejudge.judges.controls import CallControls
 from tracejudge.judges.errors import JudgeError, JudgeInputError
 from tracejudge.judges.executor import CodeJudgeExecutor, CodeJudgeTimeout, default_code_executor
-from tracejudge.judges.model import AnyJudge, CodeJudge, Judge, JudgeInput, JudgeReply, JudgeResult, passes, utc_now
+from tracejudge.judges.model import (
+    AnyJudge,
+    CodeJudge,
+    Judge,
+    JudgeInput,
+    JudgeReply,
+    JudgeResult,
+    TokenUsage,
+    passes,
+    to_text,
+    utc_now,
+)
 from tracejudge.judges.prompt import RenderedPrompt, is_large, render, resolve_variable
 
 DEFAULT_CONCURRENCY = 32
@@ -49,6 +61,7 @@ async def run_judges(
     default_model: str = "gpt-4o-mini",
     deadline: float | None = None,
     limiter: SharedLimiter | None = None,
+    controls: CallControls | None = None,
     code_executor: CodeJudgeExecutor | None = None,
 ) -> list[JudgeResult]:
     """Run every job concurrently (bounded by ``execution.concurrency``); one result per job.
@@ -71,6 +84,7 @@ async def run_judges(
                 default_model=default_model,
                 deadline=deadline,
                 limiter=limiter,
+                controls=controls,
                 code_executor=code_executor,
             )
 
@@ -85,6 +99,7 @@ async def run_one(
     default_model: str = "gpt-4o-mini",
     deadline: float | None = None,
     limiter: SharedLimiter | None = None,
+    controls: CallControls | None = None,
     code_executor: CodeJudgeExecutor | None = None,
 ) -> JudgeResult:
     """Run one job; never raises (except cancellation)."""
@@ -108,6 +123,7 @@ async def run_one(
     started = time.perf_counter()
     timestamp = utc_now()
     truncated: dict[str, int] = {}
+    extra: dict[str, Any] = {}
     try:
         # The loop's clock (``time.monotonic()`` unless a test drives the loop's clock).
         remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
@@ -128,26 +144,46 @@ async def run_one(
                         raise JudgeError(errors.PROVIDER_ERROR, "no LLM client configured for LLM judges")
                     prompt = await _render(judge, job.input, execution.max_input_chars)
                     truncated = prompt.truncated
-                    llm = await client.score(
-                        model=model,
-                        messages=prompt.messages,
-                        judge=judge.name,
-                        parameters=judge.parameters,
-                        timeout_seconds=execution.timeout_seconds,
-                        max_attempts=execution.attempts,
-                        limiter=limiter,
-                    )
+                    llm_client = client
+
+                    def invoke() -> Any:
+                        return llm_client.score(
+                            model=model,
+                            messages=prompt.messages,
+                            judge=judge.name,
+                            parameters=judge.parameters,
+                            timeout_seconds=execution.timeout_seconds,
+                            max_attempts=execution.attempts,
+                            limiter=limiter,
+                        )
+
+                    if controls is None:
+                        llm = await invoke()
+                    else:  # the one point where cache, budget and cost wrap an LLM call
+                        guarded = await controls.call(
+                            judge=judge.name,
+                            version=judge.version,
+                            model=model,
+                            messages=prompt.messages,
+                            parameters=judge.parameters,
+                            values=judged_values(judge, job.input, execution.max_input_chars),
+                            invoke=invoke,
+                        )
+                        llm = guarded.reply
+                        extra = {"cost_usd": guarded.cost_usd, "cached": guarded.cached, "cache_key": guarded.cache_key}
                     reply, attempts, tokens = llm.reply, llm.attempts, llm.tokens
         except TimeoutError:
             if not overall.expired():  # a TimeoutError of someone else's, not our deadline
                 raise
             raise JudgeError(errors.DEADLINE_EXCEEDED, "the evaluation's overall deadline passed while this judge ran") from None
     except JudgeError as exc:
+        spent = exc.tokens if controls is not None and isinstance(exc.tokens, TokenUsage) else None
         return JudgeResult.failed(
             exc,
             duration_ms=_ms(started),
             timestamp=timestamp,
             truncated=truncated,
+            **({"cost_usd": controls.prices.cost(model, spent.prompt, spent.completion)} if controls and spent else {}),
             **common,
         )
     except Exception as exc:  # a bug somewhere must not take the other judges' results down
@@ -168,8 +204,14 @@ async def run_one(
         attempts=attempts,
         truncated=truncated,
         **({"tokens": tokens} if tokens is not None else {}),
+        **extra,
         **common,
     )
+
+
+def judged_values(judge: Any, judge_input: JudgeInput, max_chars: int) -> dict[str, str]:
+    """The text each template variable stands for (as judged), for the result cache's key."""
+    return {v: to_text(resolve_variable(judge.name, v, judge_input))[:max_chars] for v in judge.variables}
 
 
 async def _run_code_judge(

@@ -146,4 +146,5 @@ class QualitySummary(BaseModel):
     )
     daily_counters: dict[str, dict[str, float]] = Field(default_factory=dict, description="the same per UTC day")
     links: Links
+    llm_summary: str | None = Field(None, description="a plain-language summary of the themes (report --llm-summary; off by default)")
     seconds: float = Field(0.0, description="time taken to compute the summary")

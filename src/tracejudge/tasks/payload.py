@@ -35,6 +35,7 @@ class EvaluationRequest(BaseModel):
     gate: bool = False
     environment: Environment | None = None  # a closed set: anything else is INVALID_PAYLOAD
     retry_of: str | None = Field(default=None, min_length=1, max_length=512)  # the trace this one re-runs
+    force: bool = False  # re-judge even what is already on the trace (the new results supersede the old)
     enqueued_at: float = Field(default_factory=time.time)
 
 
@@ -43,7 +44,9 @@ def describe_payload_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error.get("loc", ())) or "payload"
-        parts.append(f"{where}: {error.get('msg')}")
+        value = error.get("input")
+        got = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 80 else ""
+        parts.append(f"{where}: {error.get('msg')}{got}")
     return "invalid task payload: " + "; ".join(parts)
 
 

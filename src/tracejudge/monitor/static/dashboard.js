@@ -203,6 +203,7 @@
     else themes.appendChild(table([["judge"], ["phrase"], ["rationales", 1]], s.themes.slice(0, 8).map(function (t, i) {
       return [td(t.judge), td("\u201c" + t.phrase + "\u201d", "phrase"), mtd("themes." + i + ".count", t.count, "int")];
     })));
+    if (s.llm_summary) themes.appendChild(el("p", { class: "muted", id: "llm-summary" }, "Summary (LLM): " + s.llm_summary));
     var counters = Object.keys(s.counters || {});
     var cc = document.getElementById("counters-card");
     cc.hidden = counters.length === 0;
