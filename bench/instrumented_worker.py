@@ -68,23 +68,17 @@ def install() -> None:
     from celery import signals
 
     from tracejudge.mlflow_io import reader, writer
-    from tracejudge.tasks import evaluate, runtime
+    from tracejudge.mlflow_io.store import TraceStore
+    from tracejudge.tasks import entry, evaluate
+    from tracejudge.tasks.loop import LoopRunner
+    from tracejudge.tasks.state import RedisState
 
-    for name, phase in (
-        ("wait_for_trace", "get_trace"),
-        ("cached_results", "redis_cache"),
-        ("cache_results", "redis_cache"),
-        ("write_summary", "write_summary"),
-        ("evaluate_request", "evaluate"),
-    ):
-        if hasattr(evaluate, name):
-            setattr(evaluate, name, _timed(phase, getattr(evaluate, name)))
+    entry.evaluate_request = evaluate.evaluate_request = _timed("evaluate", evaluate.evaluate_request)
+    TraceStore.wait_for_trace = _timed("get_trace", TraceStore.wait_for_trace)  # type: ignore[method-assign]
+    TraceStore.write_all = _timed("write_back", TraceStore.write_all)  # type: ignore[method-assign]
+    RedisState.cached_results = _timed("redis_cache", RedisState.cached_results)  # type: ignore[method-assign]
+    RedisState.cache_results = _timed("redis_cache", RedisState.cache_results)  # type: ignore[method-assign]
     reader.load_trace = _timed("load_trace", reader.load_trace, op="get_trace")
-    # Older and newer layouts of the write-back: time whichever exists.
-    for name, phase in (("write_all", "write_back"), ("write_results", "write_feedback"),
-                        ("set_trace_tags", "summary_tags"), ("write_report", "summary_report")):
-        if hasattr(writer, name):
-            setattr(writer, name, _timed(phase, getattr(writer, name)))
 
     original_call = writer.call_mlflow
 
@@ -97,7 +91,7 @@ def install() -> None:
 
     writer.call_mlflow = call_mlflow
 
-    original_run = runtime.Runtime.run
+    original_run = LoopRunner.run
 
     def run(self: Any, coro: Any, *, timeout: float | None = None) -> Any:
         started = time.perf_counter()
@@ -106,25 +100,24 @@ def install() -> None:
         finally:
             _add("judges", time.perf_counter() - started)
 
-    runtime.Runtime.run = run
+    LoopRunner.run = run  # type: ignore[method-assign]
 
-    if hasattr(evaluate, "trace_lock"):
-        original_lock = evaluate.trace_lock
+    original_lock = RedisState.trace_lock
 
-        @contextlib.contextmanager
-        def trace_lock(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            with original_lock(*args, **kwargs) as waited:
-                _add("lock", time.perf_counter() - started)
-                inner = time.perf_counter()
-                try:
-                    yield waited
-                finally:
-                    release = time.perf_counter()
-                    _add("lock_held", release - inner)
-            _add("lock", time.perf_counter() - release)
+    @contextlib.contextmanager
+    def trace_lock(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        with original_lock(self, *args, **kwargs) as held:
+            _add("lock", time.perf_counter() - started)
+            inner = time.perf_counter()
+            try:
+                yield held
+            finally:
+                release = time.perf_counter()
+                _add("lock_held", release - inner)
+        _add("lock", time.perf_counter() - release)
 
-        evaluate.trace_lock = trace_lock
+    RedisState.trace_lock = trace_lock  # type: ignore[method-assign]
 
     @signals.task_prerun.connect(weak=False)
     def _prerun(task_id: str = "", args: Any = None, **_: Any) -> None:
@@ -184,7 +177,7 @@ def install_whatifs(names: list[str]) -> None:
     unknown = [n for n in names if n not in WHATIFS]
     if unknown:
         raise SystemExit(f"unknown TJBENCH_WHATIF {unknown}; known: {sorted(WHATIFS)}")
-    if hasattr(writer, "summary_calls") and ({"tags2", "metricsonly", "noreport"} & set(names)):
+    if {"tags2", "metricsonly", "noreport"} & set(names):
         original_summary = writer.summary_calls
         drop = set()
         if "metricsonly" in names or "noreport" in names:
@@ -199,36 +192,10 @@ def install_whatifs(names: list[str]) -> None:
             return [c for c in calls if getattr(c.args[0] if getattr(c, "args", None) else None, "__name__", "") not in drop]
 
         writer.summary_calls = summary_calls
-    elif "tags2" in names or "metricsonly" in names or "noreport" in names:  # the older layout
-        if "tags2" in names:
-            original_tags = writer.set_trace_tags
-
-            def set_trace_tags(client: Any, trace_id: str, tags: dict[str, str]) -> None:
-                keep = {k: v for k, v in tags.items() if k in ("tracejudge.status", "tracejudge.score")}
-                return original_tags(client, trace_id, keep)
-
-            writer.set_trace_tags = set_trace_tags
-        if "metricsonly" in names or "noreport" in names:
-            skip_metrics = "noreport" in names
-
-            def write_report(client: Any, run_id: str, trace_id: str, report: dict, metrics: dict) -> str:
-                from mlflow.entities import Metric
-
-                if not skip_metrics:
-                    now = int(time.time() * 1000)
-                    writer.call_mlflow(client.log_batch, run_id,
-                                       metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-                return f"runs:/{run_id}/tracejudge/{trace_id}/{writer.ARTIFACT_NAME}"
-
-            writer.write_report = write_report
     if "nowrites" in names:
-        from tracejudge.tasks import evaluate
+        from tracejudge.mlflow_io.store import TraceStore
 
-        if hasattr(writer, "write_all"):
-            writer.write_all = lambda calls, **_: [None] * len(calls)
-        else:
-            writer.write_results = lambda trace_id, results, **_: [f"not-written-{i}" for i in range(len(results))]
-            evaluate.write_summary = lambda runtime, loaded, verdict: None
+        TraceStore.write_all = lambda self, calls: [None] * len(calls)  # type: ignore[method-assign]
     if "nocooldown" in names:
         from tracejudge.tasks import ratelimit
 
@@ -240,7 +207,7 @@ def install_whatifs(names: list[str]) -> None:
 
         ratelimit.RedisRateLimiter._wait_out_cool_down = _wait_out_cool_down
     if "noevents" in names:
-        from tracejudge.worker import app as app_module
+        from tracejudge.worker import celery_app as app_module
 
         original_settings = app_module.celery_settings
 

@@ -72,7 +72,7 @@ def existing_results(assessments: Iterable[Any]) -> dict[str, JudgeResult]:
 
 
 def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -> dict[str, Any]:
-    """The ``mlflow.log_feedback`` arguments for one result."""
+    """The ``mlflow.log_feedback`` (and ``Feedback``) arguments for one result."""
     from mlflow.entities import AssessmentError, AssessmentSource
 
     metadata = feedback_metadata(result, evaluation_id=evaluation_id)
@@ -124,21 +124,25 @@ def source_of(result: JudgeResult) -> tuple[str, str]:
     return ("CODE" if result.model == "code" else "LLM_JUDGE"), (result.model or "unknown")[:250]
 
 
-def log_result(trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None) -> str:
-    """Write one result as a feedback assessment; returns its assessment id.
+def feedback(trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None) -> Any:
+    """The MLflow ``Feedback`` assessment for one result; ``overrides`` names the assessment it replaces."""
+    from mlflow.entities import Feedback
+
+    return Feedback(**feedback_kwargs(trace_id, result, evaluation_id=evaluation_id), overrides=overrides)
+
+
+def log_result(
+    tracing_client: Any, trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None
+) -> str:
+    """Write one result as a feedback assessment through ``tracing_client``; returns its assessment id.
 
     With ``overrides`` (an assessment id) the new one supersedes it: MLflow marks the old one invalid.
     """
-    import mlflow
-
-    kwargs = feedback_kwargs(trace_id, result, evaluation_id=evaluation_id)
-    if overrides is None:
-        assessment = call_mlflow(mlflow.log_feedback, **kwargs)
-    else:
-        from mlflow.entities import Feedback
-
-        kwargs.pop("trace_id")
-        assessment = call_mlflow(mlflow.log_assessment, trace_id, Feedback(trace_id=trace_id, overrides=overrides, **kwargs))
+    assessment = call_mlflow(
+        tracing_client.log_assessment,
+        trace_id,
+        feedback(trace_id, result, evaluation_id=evaluation_id, overrides=overrides),
+    )
     return assessment.assessment_id
 
 
@@ -151,15 +155,6 @@ def superseded_ids(assessments: Iterable[Any]) -> dict[tuple[str | None, str], s
             continue
         found[(assessment.span_id, assessment.name)] = assessment.assessment_id
     return found
-
-
-def write_results(
-    trace_id: str, results: list[JudgeResult], *, evaluation_id: str, executor: ThreadPoolExecutor | None = None
-) -> list[str]:
-    """Write several results concurrently (bounded by the executor); raises if any write failed."""
-    return write_all(
-        [functools.partial(log_result, trace_id, r, evaluation_id=evaluation_id) for r in results], executor=executor
-    )
 
 
 def write_all(calls: list[Callable[[], T]], *, executor: ThreadPoolExecutor | None = None) -> list[T]:
