@@ -91,6 +91,20 @@ def install() -> None:
 
     writer.call_mlflow = call_mlflow
 
+    # the REST writer's requests (http stores), counted per call like the client's
+    from tracejudge.mlflow_io.rest import RestWriter
+
+    original_rest_call = RestWriter.call
+
+    async def rest_call(self: Any, op: str, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await original_rest_call(self, op, *args, **kwargs)
+        finally:
+            _op(op, time.perf_counter() - started)
+
+    RestWriter.call = rest_call  # type: ignore[method-assign]
+
     original_run = LoopRunner.run
 
     def run(self: Any, coro: Any, *, timeout: float | None = None) -> Any:

@@ -36,29 +36,42 @@ RESULTS = [
 
 def test_the_body_is_what_mlflows_client_sends() -> None:
     """Field for field the JSON MLflow's ``message_to_json`` makes for ``log_feedback``'s assessment."""
-    from mlflow.entities import Feedback
     from mlflow.protos.service_pb2 import CreateAssessment
     from mlflow.utils.proto_json_utils import message_to_json
 
     for result in RESULTS:
-        result = result.model_copy(update={"span_id": "0123456789abcdef"})
-        kwargs = writer.feedback_kwargs("tr-1", result, evaluation_id="ev-1")
-        kwargs.pop("trace_id")
-        feedback = Feedback(**kwargs)
-        feedback.trace_id = "tr-1"
-        theirs = json.loads(message_to_json(CreateAssessment(assessment=feedback.to_proto())))["assessment"]
-        ours = feedback_json("tr-1", result, evaluation_id="ev-1")
-        for stamp in ("create_time", "last_update_time"):
-            assert theirs.pop(stamp)[:10] == ours.pop(stamp)[:10]
-        assert ours == theirs, result.name
+        for overrides in (None, "a-0123"):
+            result = result.model_copy(update={"span_id": "0123456789abcdef"})
+            feedback = writer.feedback("tr-1", result, evaluation_id="ev-1", overrides=overrides)
+            theirs = json.loads(message_to_json(CreateAssessment(assessment=feedback.to_proto())))["assessment"]
+            ours = feedback_json("tr-1", result, evaluation_id="ev-1", overrides=overrides)
+            for stamp in ("create_time", "last_update_time"):
+                assert theirs.pop(stamp)[:10] == ours.pop(stamp)[:10]
+            assert ours == theirs, (result.name, overrides)
 
 
 def test_only_tracking_servers_get_a_rest_writer(monkeypatch) -> None:
+    """Local stores, no loop, plug-in auth or TRACEJUDGE_REST_WRITER=0: MLflow's client writes."""
+    import asyncio as aio
+
+    from tracejudge.config import Settings
+    from tracejudge.mlflow_io.store import TraceStore
+
     assert rest_writer_for("sqlite:////tmp/x.db") is None
     assert rest_writer_for("/tmp/mlruns") is None
     assert rest_writer_for(None) is None
     assert isinstance(rest_writer_for("https://mlflow.example.com"), RestWriter)
+    loop = aio.new_event_loop()
+    try:
+        assert TraceStore("http://127.0.0.1:5000", loop=loop).rest is not None
+        assert TraceStore("http://127.0.0.1:5000").rest is None
+        assert TraceStore("sqlite:////tmp/x.db", loop=loop).rest is None
+        assert TraceStore("http://127.0.0.1:5000", loop=loop, rest_writer=False).rest is None
+    finally:
+        loop.close()
     monkeypatch.setenv("TRACEJUDGE_REST_WRITER", "0")
+    assert Settings.from_env().rest_writer is False
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "some_plugin")
     assert rest_writer_for("http://127.0.0.1:5000") is None
 
 
@@ -121,7 +134,8 @@ def test_what_lands_is_identical_to_the_clients_writes(server) -> None:
     client.set_trace_tag(via_client, "tracejudge.score", "0.6100")
     from mlflow.entities import Metric
 
-    client.log_batch(run_of[via_client], metrics=[Metric(k, v, 1_700_000_000_000, 0) for k, v in metrics.items()])
+    step = 1_700_000_000_000
+    client.log_batch(run_of[via_client], metrics=[Metric(k, v, step, step) for k, v in metrics.items()])
     client.log_dict(run_of[via_client], report, writer.report_path(via_client))
 
     async def write_rest() -> None:
@@ -131,7 +145,7 @@ def test_what_lands_is_identical_to_the_clients_writes(server) -> None:
             assert await rest.log_feedback(via_rest, b, evaluation_id="ev-1")
         await rest.set_trace_tag(via_rest, "tracejudge.status", "failed")
         await rest.set_trace_tag(via_rest, "tracejudge.score", "0.6100")
-        await rest.log_metrics(run_of[via_rest], metrics, timestamp_ms=1_700_000_000_000)
+        await rest.log_metrics(run_of[via_rest], metrics, step=step)
         root = await rest.artifact_root(run_of[via_rest], experiment_id)
         assert root is not None
         await rest.log_dict(root, writer.report_path(via_rest), report)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -43,8 +42,6 @@ except ImportError:  # pragma: no cover - depends on the installed openai
 
 log = logging.getLogger(__name__)
 
-#: ``TRACEJUDGE_REST_WRITER=0`` makes workers write through MLflow's client even to a tracking server.
-REST_WRITER_ENV = "TRACEJUDGE_REST_WRITER"
 _UNAVAILABLE_STATUS = {502, 503, 504}
 
 
@@ -67,8 +64,6 @@ def rest_writer_for(tracking_uri: str | None, *, max_connections: int = 16) -> "
     """
     if not tracking_uri or urlsplit(tracking_uri).scheme not in ("http", "https"):
         return None
-    if os.environ.get(REST_WRITER_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-        return None
     try:
         from mlflow.utils.credentials import get_default_host_creds
 
@@ -78,7 +73,9 @@ def rest_writer_for(tracking_uri: str | None, *, max_connections: int = 16) -> "
         return None
     if getattr(creds, "aws_sigv4", False) or getattr(creds, "auth", None) or getattr(creds, "client_cert_path", None):
         return None  # auth the client does and we do not
-    if os.environ.get("MLFLOW_WORKSPACE"):
+    from mlflow import environment_variables as mlflow_env
+
+    if getattr(mlflow_env, "MLFLOW_WORKSPACE", None) is not None and mlflow_env.MLFLOW_WORKSPACE.get():
         return None  # workspaces add headers the client knows
     return RestWriter(
         tracking_uri,
@@ -115,7 +112,11 @@ class RestWriter:
         self._headers = headers
         self._verify = verify
         self._max_connections = max_connections
-        self._timeout = timeout_seconds or float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"))
+        if timeout_seconds is None:  # MLflow's own setting for its HTTP calls (workers set 30 s)
+            from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_TIMEOUT
+
+            timeout_seconds = float(MLFLOW_HTTP_REQUEST_TIMEOUT.get())
+        self._timeout = timeout_seconds
         self._client: Any = None
         self._artifact_roots: dict[str, str | None] = {}
 
@@ -159,10 +160,13 @@ class RestWriter:
             json={"key": key, "value": str(value)[:250]},
         )
 
-    async def log_metrics(self, run_id: str, metrics: dict[str, float], *, timestamp_ms: int | None = None) -> None:
-        """``MlflowClient.log_batch(run_id, metrics=[Metric(k, v, now, 0)...])``."""
-        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
-        body = {"run_id": run_id, "metrics": [{"key": k, "value": float(v), "timestamp": now, "step": 0} for k, v in metrics.items()]}
+    async def log_metrics(self, run_id: str, metrics: dict[str, float], *, step: int = 0) -> None:
+        """``MlflowClient.log_batch(run_id, metrics=[Metric(k, v, step or now, step)...])`` (as ``writer.summary_calls``)."""
+        timestamp = step or int(time.time() * 1000)
+        body = {
+            "run_id": run_id,
+            "metrics": [{"key": k, "value": float(v), "timestamp": timestamp, "step": step} for k, v in metrics.items()],
+        }
         await self.call("log_batch", "POST", "/api/2.0/mlflow/runs/log-batch", json=body)
 
     async def artifact_root(self, run_id: str, experiment_id: str | None) -> str | None:

@@ -195,10 +195,10 @@ def summary_calls(
     tags: dict[str, str],
     run_id: str | None,
     report: dict[str, Any] | None,
-    metrics: dict[str, float],
+    metrics: dict[str, float] | None,
     step: int = 0,
 ) -> list[Callable[[], Any]]:
-    """The MLflow calls that write trace tags, and the report (unless None) and metrics on the run
+    """The MLflow calls that write trace tags, and the report and metrics (each unless None) on the run
     (for :func:`write_all`).
 
     ``step`` is the metrics' step: the trace's start time in milliseconds, so that a run holding many
@@ -215,14 +215,15 @@ def summary_calls(
         now = int(time.time() * 1000)
         if report is not None:
             calls.append(functools.partial(call_mlflow, client.log_dict, run_id, report, report_path(trace_id)))
-        calls.append(
-            functools.partial(
-                call_mlflow,
-                client.log_batch,
-                run_id,
-                metrics=[Metric(k, float(v), step or now, step) for k, v in metrics.items()],
+        if metrics:
+            calls.append(
+                functools.partial(
+                    call_mlflow,
+                    client.log_batch,
+                    run_id,
+                    metrics=[Metric(k, float(v), step or now, step) for k, v in metrics.items()],
+                )
             )
-        )
     return calls
 
 
