@@ -96,6 +96,8 @@ def enqueue(
     """
     from tracejudge.tasks.payload import EvaluationRequest
 
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, (int, float)) or not 0.0 <= sample <= 1.0):
+        raise ValueError(f"enqueue(sample=...): must be a number from 0 to 1, the share of traces judged (got {sample!r})")
     explicit = config is not None
     resolved = resolve_config(config)
     if not resolved.enabled or not resolved.enable_judges:
@@ -172,7 +174,7 @@ def judged(
             result = traced(*args, **kwargs)
             trace_id = mlflow.get_last_active_trace_id(thread_local=True)
             if trace_id:
-                enqueue(trace_id, config=config, gate=gate, judges=judges)
+                enqueue(trace_id, config=config, gate=gate, judges=judges, workflow=func.__name__)
             else:
                 log.warning("tracejudge: %s returned without an MLflow trace; nothing enqueued", func.__name__)
             return result

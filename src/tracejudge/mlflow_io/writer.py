@@ -146,12 +146,18 @@ def log_result(
     return assessment.assessment_id
 
 
-def superseded_ids(assessments: Iterable[Any]) -> dict[tuple[str | None, str], str]:
-    """Our valid assessments on a trace by (span id, judge name): what a re-judged result supersedes."""
+def superseded_ids(assessments: Iterable[Any], *, only_errors: Iterable[str] | None = None) -> dict[tuple[str | None, str], str]:
+    """Our valid assessments on a trace by (span id, judge name): what a re-judged result supersedes.
+
+    ``only_errors``: only failed ones with these error codes (e.g. :data:`NEVER_REUSED`, judged again).
+    """
+    codes = None if only_errors is None else set(only_errors)
     found: dict[tuple[str | None, str], str] = {}
     for assessment in assessments:
         metadata = getattr(assessment, "metadata", None) or {}
         if not metadata.get(KEY) or getattr(assessment, "valid", True) is False or getattr(assessment, "feedback", None) is None:
+            continue
+        if codes is not None and getattr(getattr(assessment, "error", None), "error_code", None) not in codes:
             continue
         found[(assessment.span_id, assessment.name)] = assessment.assessment_id
     return found

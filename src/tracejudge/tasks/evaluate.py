@@ -127,7 +127,9 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         if held.waited:  # another worker held it: see what it wrote
             loaded = runtime.store.load_trace(request.trace_id)
         on_trace = writer.existing_results(loaded.assessments)
-        superseded: dict[tuple[str | None, str], str] = {}
+        # A result never reused (a budget refusal) is superseded by the one judged now, so a trace never shows
+        # two valid assessments for one (target, judge).
+        superseded = writer.superseded_ids(loaded.assessments, only_errors=writer.NEVER_REUSED)
         if request.force:  # re-judge everything; the new assessments supersede ours already there
             superseded = writer.superseded_ids(loaded.assessments)
             on_trace = {}
