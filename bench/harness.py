@@ -625,13 +625,16 @@ def latency_under_load(workers: WorkerSet, traces: list[str], *, rate: float) ->
     }
 
 
-def ceiling(store: Store, trace_ids: list[str], *, processes: int, threads: int, calls: int) -> dict[str, Any]:
-    """Raw log_feedback calls/s from ``processes`` processes x ``threads`` threads, started together."""
+def ceiling(store: Store, trace_ids: list[str], *, processes: int, threads: int, calls: int,
+            writer: str = "client") -> dict[str, Any]:
+    """Raw log_feedback calls/s from ``processes`` processes x ``threads`` threads, started together
+    (``writer="rest"``: through tracejudge's REST writer, ``threads`` requests in flight per process)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
     start_at = time.time() + 10.0  # each process imports MLflow (~2 s) and warms up first
     procs = [
         subprocess.Popen([sys.executable, str(BENCH_DIR / "ceiling.py"), "--trace-ids", ",".join(trace_ids),
-                          "--threads", str(threads), "--calls", str(calls), "--start-at", str(start_at)],
+                          "--threads", str(threads), "--calls", str(calls), "--start-at", str(start_at),
+                          "--writer", writer],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
         for _ in range(processes)
     ]
@@ -645,6 +648,7 @@ def ceiling(store: Store, trace_ids: list[str], *, processes: int, threads: int,
     window = max(o["end"] for o in outs) - min(o["start"] for o in outs)
     result = {
         "store": store.name,
+        "writer": writer,
         "processes": processes,
         "threads": threads,
         "calls": total,
@@ -654,7 +658,7 @@ def ceiling(store: Store, trace_ids: list[str], *, processes: int, threads: int,
         "p50_ms": pct([o["p50_ms"] for o in outs if o["p50_ms"]], 50),
         "client_cpu_ms_per_call": sum(o["cpu_ms_per_call"] or 0 for o in outs) / len(outs),
     }
-    say(f"  ceiling {store.name} {processes}x{threads} threads: {result['calls_per_s']:.0f} log_feedback/s "
+    say(f"  ceiling {store.name} ({writer}) {processes}x{threads} threads: {result['calls_per_s']:.0f} log_feedback/s "
         f"(p50 {result['p50_ms']:.1f} ms, {result['client_cpu_ms_per_call']:.1f} ms CPU per call in the caller, "
         f"errors {result['errors']})")
     return result

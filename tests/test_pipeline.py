@@ -79,8 +79,9 @@ def test_two_node_trace_end_to_end(worker):
     assert trace_id in [t.info.trace_id for t in found]
 
     tags = trace.info.tags
-    # two tags, what users filter on (the band is the score's; the report's URI is the verdict's)
-    assert {k for k in tags if k.startswith("tracejudge.")} == {"tracejudge.status", "tracejudge.score"}
+    # what users filter on, and the plan pick-up/backfill compare (the band is the score's; the report's URI
+    # is the verdict's): no other tag of ours
+    assert {k for k in tags if k.startswith("tracejudge.")} == {"tracejudge.status", "tracejudge.score", "tracejudge.plan"}
     assert tags["tracejudge.status"] == "passed"
     assert float(tags["tracejudge.score"]) == pytest.approx(verdict.overall_score, abs=1e-4)
     found = mlflow.search_traces(filter_string="tags.`tracejudge.status` = 'passed'", return_type="list")
