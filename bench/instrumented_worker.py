@@ -13,6 +13,10 @@ children inherit the wrappers), and after each task one JSON line goes to
 
 ``ops`` is cumulative for the process (every ``call_mlflow`` by function
 name, plus ``get_trace``). A timer costs about a microsecond.
+
+Every timed target is named in ``TIMED`` and must exist: when code moves, the
+worker refuses to start (``MissingTarget``) instead of timing nothing, and
+``tests/test_bench_instrumented.py`` fails.
 """
 
 from __future__ import annotations
@@ -64,37 +68,65 @@ def _timed(name: str, fn: Callable[..., Any], *, op: str | None = None) -> Calla
     return wrapper
 
 
+class MissingTarget(SystemExit):
+    """A timer's target moved or was renamed: this file must follow the code (it never skips silently)."""
+
+
+def _target(dotted: str) -> tuple[Any, str]:
+    """``("pkg.module", "Class.attr")`` style lookup: the owner object and the attribute name, or MissingTarget."""
+    import importlib
+
+    module_name, _, path = dotted.partition(":")
+    owner: Any = importlib.import_module(module_name)
+    *parents, name = path.split(".")
+    for parent in parents:
+        owner = getattr(owner, parent, None)
+        if owner is None:
+            break
+    if owner is None or not hasattr(owner, name):
+        raise MissingTarget(
+            f"bench/instrumented_worker.py: {dotted} no longer exists; update the timer table (TIMED) to the code"
+        )
+    return owner, name
+
+
+#: (target, phase, op): each wrapped with a timer; every target must exist (tests/test_bench_instrumented.py).
+TIMED = (
+    ("tracejudge.tasks.entry:evaluate_request", "evaluate", None),  # the name the Celery task calls
+    ("tracejudge.mlflow_io.store:TraceStore.wait_for_trace", "get_trace", None),
+    ("tracejudge.mlflow_io.reader:load_trace", "load_trace", "get_trace"),
+    ("tracejudge.tasks.state:RedisState.cached_results", "redis_cache", None),
+    ("tracejudge.tasks.state:RedisState.cache_results", "redis_cache", None),
+    ("tracejudge.mlflow_io.store:TraceStore.write_all", "write_back", None),
+    ("tracejudge.tasks.runtime:Runtime.run", "judges", None),
+)
+#: MLflow calls are counted by the name of the client method; a feedback is ``log_assessment`` today.
+OP_NAMES = {"log_assessment": "log_feedback"}
+
+
 def install() -> None:
     from celery import signals
 
-    from tracejudge.mlflow_io import reader, writer
-    from tracejudge.mlflow_io.store import TraceStore
-    from tracejudge.tasks import entry, evaluate
-    from tracejudge.tasks.loop import LoopRunner
-    from tracejudge.tasks.state import RedisState
+    for dotted, phase, op in TIMED:
+        owner, name = _target(dotted)
+        setattr(owner, name, _timed(phase, getattr(owner, name), op=op))
 
-    entry.evaluate_request = evaluate.evaluate_request = _timed("evaluate", evaluate.evaluate_request)
-    TraceStore.wait_for_trace = _timed("get_trace", TraceStore.wait_for_trace)  # type: ignore[method-assign]
-    TraceStore.write_all = _timed("write_back", TraceStore.write_all)  # type: ignore[method-assign]
-    RedisState.cached_results = _timed("redis_cache", RedisState.cached_results)  # type: ignore[method-assign]
-    RedisState.cache_results = _timed("redis_cache", RedisState.cache_results)  # type: ignore[method-assign]
-    reader.load_trace = _timed("load_trace", reader.load_trace, op="get_trace")
-
-    original_call = writer.call_mlflow
+    writer, name = _target("tracejudge.mlflow_io.writer:call_mlflow")
+    original_call = getattr(writer, name)
 
     def call_mlflow(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
             return original_call(fn, *args, **kwargs)
         finally:
-            _op(getattr(fn, "__name__", "call"), time.perf_counter() - started)
+            op = getattr(fn, "__name__", "call")
+            _op(OP_NAMES.get(op, op), time.perf_counter() - started)
 
-    writer.call_mlflow = call_mlflow
+    setattr(writer, name, call_mlflow)
 
     # the REST writer's requests (http stores), counted per call like the client's
-    from tracejudge.mlflow_io.rest import RestWriter
-
-    original_rest_call = RestWriter.call
+    rest, name = _target("tracejudge.mlflow_io.rest:RestWriter.call")
+    original_rest_call = getattr(rest, name)
 
     async def rest_call(self: Any, op: str, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -103,25 +135,15 @@ def install() -> None:
         finally:
             _op(op, time.perf_counter() - started)
 
-    RestWriter.call = rest_call  # type: ignore[method-assign]
+    setattr(rest, name, rest_call)
 
-    original_run = LoopRunner.run
-
-    def run(self: Any, coro: Any, *, timeout: float | None = None) -> Any:
-        started = time.perf_counter()
-        try:
-            return original_run(self, coro, timeout=timeout)
-        finally:
-            _add("judges", time.perf_counter() - started)
-
-    LoopRunner.run = run  # type: ignore[method-assign]
-
-    original_lock = RedisState.trace_lock
+    state, name = _target("tracejudge.tasks.state:RedisState.trace_lock")
+    original_lock = getattr(state, name)
 
     @contextlib.contextmanager
-    def trace_lock(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def trace_lock(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        with original_lock(self, *args, **kwargs) as held:
+        with original_lock(*args, **kwargs) as held:
             _add("lock", time.perf_counter() - started)
             inner = time.perf_counter()
             try:
@@ -131,7 +153,7 @@ def install() -> None:
                 _add("lock_held", release - inner)
         _add("lock", time.perf_counter() - release)
 
-    RedisState.trace_lock = trace_lock  # type: ignore[method-assign]
+    setattr(state, name, trace_lock)
 
     @signals.task_prerun.connect(weak=False)
     def _prerun(task_id: str = "", args: Any = None, **_: Any) -> None:
@@ -186,13 +208,12 @@ WHATIFS = {
 
 def install_whatifs(names: list[str]) -> None:
     """Bench-only experiments: what a change elsewhere in the package would gain (see ``WHATIFS``)."""
-    from tracejudge.mlflow_io import writer
-
     unknown = [n for n in names if n not in WHATIFS]
     if unknown:
         raise SystemExit(f"unknown TJBENCH_WHATIF {unknown}; known: {sorted(WHATIFS)}")
     if {"tags2", "metricsonly", "noreport"} & set(names):
-        original_summary = writer.summary_calls
+        writer, name = _target("tracejudge.mlflow_io.writer:summary_calls")
+        original_summary = getattr(writer, name)
         drop = set()
         if "metricsonly" in names or "noreport" in names:
             drop.add("log_dict")
@@ -205,32 +226,29 @@ def install_whatifs(names: list[str]) -> None:
             calls = original_summary(client, trace_id, tags=tags, **kwargs)
             return [c for c in calls if getattr(c.args[0] if getattr(c, "args", None) else None, "__name__", "") not in drop]
 
-        writer.summary_calls = summary_calls
+        setattr(writer, name, summary_calls)
     if "nowrites" in names:
-        from tracejudge.mlflow_io.store import TraceStore
-
-        TraceStore.write_all = lambda self, calls: [None] * len(calls)  # type: ignore[method-assign]
+        store, name = _target("tracejudge.mlflow_io.store:TraceStore.write_all")
+        setattr(store, name, lambda self, calls: [None] * len(calls))
     if "nocooldown" in names:
-        from tracejudge.tasks import ratelimit
-
-        original_wait = ratelimit.RedisRateLimiter._wait_out_cool_down
+        limiter, name = _target("tracejudge.tasks.ratelimit:RedisRateLimiter._wait_out_cool_down")
+        original_wait = getattr(limiter, name)
 
         async def _wait_out_cool_down(self: Any, model: str) -> None:
             if self.per_second:
                 await original_wait(self, model)
 
-        ratelimit.RedisRateLimiter._wait_out_cool_down = _wait_out_cool_down
+        setattr(limiter, name, _wait_out_cool_down)
     if "noevents" in names:
-        from tracejudge.worker import celery_app as app_module
-
-        original_settings = app_module.celery_settings
+        app_module, name = _target("tracejudge.worker.celery_app:celery_settings")
+        original_settings = getattr(app_module, name)
 
         def celery_settings(settings: Any) -> dict[str, Any]:
             conf = original_settings(settings)
             conf.update(worker_send_task_events=False, task_track_started=False)
             return conf
 
-        app_module.celery_settings = celery_settings
+        setattr(app_module, name, celery_settings)
 
 
 if __name__ == "__main__":
