@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import BENCH_DIR, fmt, machine  # noqa: E402
 
+import gate_latency  # noqa: E402
 import harness as h  # noqa: E402
 
 #: Issue 12's targets (1-6), and the earlier issue's producer/memory targets kept as they were.
@@ -108,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                                                           sleep_calls=60 if quick else 200, workflows=10 if quick else 60)
                     if not quick:
                         results["producer_redis_no_aof"] = h.redis_enqueue_without_fsync(services, sqlite, calls=2000)
+            # target 9 (its own private stack: bench/gate_latency.py)
+            results["gate_latency"] = gate_latency.measure(samples=10 if quick else 30, baseline_samples=3 if quick else 8,
+                                                           latency_ms=h.LLM_LATENCY_S * 1000, log=h.say)
         except Exception:
             traceback.print_exc()
             status = 1
@@ -474,6 +478,8 @@ def render(results: dict) -> str:
             add(f"- py-spy, 1-process {k} worker under load ({prof['samples']} CPU samples), by step: "
                 + ", ".join(f"{n_} {v} %" for n_, v in prof["steps"].items()))
             add("  by library: " + ", ".join(f"{n_} {v} %" for n_, v in prof["libraries"].items()))
+    if results.get("gate_latency"):
+        add("- " + gate_latency.describe(results["gate_latency"]))
     m = results["machine"]
     add("")
     add(f"Machine: {m['cores']} cores, {m['cpu']}, {m['memory_gb']} GB, Linux {m['kernel']}, Python {m['python']}, "

@@ -77,10 +77,24 @@ def test_only_tracking_servers_get_a_rest_writer(monkeypatch) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """A real ``mlflow server``; MLflow's global tracking URI and experiment are put back afterwards."""
+    import mlflow
+
     from tracejudge.testing.processes import MlflowServer
 
+    uri, experiment = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_EXPERIMENT_ID")
     with MlflowServer(directory=tmp_path_factory.mktemp("rest-writer"), workers=1) as srv:
-        yield srv
+        try:
+            yield srv
+        finally:
+            mlflow.set_tracking_uri(uri)
+            from mlflow.tracking import fluent
+
+            fluent._active_experiment_id = None
+            if experiment is None:
+                os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+            else:
+                os.environ["MLFLOW_EXPERIMENT_ID"] = experiment
 
 
 def _two_traces(server) -> tuple[str, str, str]:

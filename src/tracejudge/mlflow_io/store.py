@@ -14,6 +14,7 @@ to the URI it was given (``MLFLOW_TRACKING_URI`` through ``Settings``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import threading
@@ -30,7 +31,7 @@ from tracejudge.mlflow_io.rest import RestWriter, rest_writer_for
 
 T = TypeVar("T")
 
-POLL_INITIAL_SECONDS = 0.1
+POLL_INITIAL_SECONDS = 0.02  # a gate's trace is usually written within tens of ms of the enqueue
 POLL_MAX_SECONDS = 2.0
 
 #: MLflow's own environment defaults for worker processes, unless the user set them.
@@ -113,6 +114,11 @@ class TraceStore:
     def load_trace(self, trace_id: str) -> LoadedTrace:
         """Fetch a trace once and extract its targets (``TraceNotReady``, ``MlflowUnavailable``...)."""
         return reader.load_trace(self.client, trace_id)
+
+    def refresh_assessments(self, loaded: LoadedTrace) -> LoadedTrace:
+        """``loaded`` with the assessments and tags on the trace now (its info only: no spans read again)."""
+        info = writer.call_mlflow(self.tracing.get_trace_info, loaded.trace_id)
+        return dataclasses.replace(loaded, assessments=list(info.assessments or []), tags=dict(info.tags or {}))
 
     def wait_for_trace(self, trace_id: str, *, wait_seconds: float) -> LoadedTrace:
         """Load the trace, polling with backoff (0.1 s doubling to 2 s) while it is not exported yet."""

@@ -124,8 +124,9 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
     state = runtime.state
     with state.trace_lock(request.trace_id, timeout=execution.overall_timeout_seconds + LOCK_WAIT_MARGIN_SECONDS) as held:
         # Read again now that we hold the lock: what another delivery wrote before we got it is seen (also
-        # when we did not have to wait: it may have released the lock just before we asked).
-        loaded = runtime.store.load_trace(request.trace_id)
+        # when we did not have to wait: it may have released the lock just before we asked). The spans do not
+        # change, so only the trace's info (assessments, tags) is read again.
+        loaded = runtime.store.refresh_assessments(loaded)
         # Only final results are reused (a score, a permanent error of the input). A transient failure
         # (timeout, rate limit, provider error, deadline, budget...) is judged again, and the new result
         # supersedes the failed assessment, so a trace never shows two valid ones for one (target, judge).
