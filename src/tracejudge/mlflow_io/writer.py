@@ -72,7 +72,7 @@ def existing_results(assessments: Iterable[Any]) -> dict[str, JudgeResult]:
 
 
 def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -> dict[str, Any]:
-    """The ``mlflow.log_feedback`` arguments for one result."""
+    """The ``mlflow.log_feedback`` (and ``Feedback``) arguments for one result."""
     from mlflow.entities import AssessmentError, AssessmentSource
 
     metadata = {
@@ -113,42 +113,43 @@ def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -
     return kwargs
 
 
-def log_result(trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None) -> str:
-    """Write one result as a feedback assessment; returns its assessment id.
+def feedback(trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None) -> Any:
+    """The MLflow ``Feedback`` assessment for one result; ``overrides`` names the assessment it replaces."""
+    from mlflow.entities import Feedback
+
+    return Feedback(**feedback_kwargs(trace_id, result, evaluation_id=evaluation_id), overrides=overrides)
+
+
+def log_result(
+    tracing_client: Any, trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None
+) -> str:
+    """Write one result as a feedback assessment through ``tracing_client``; returns its assessment id.
 
     With ``overrides`` (an assessment id) the new one supersedes it: MLflow marks the old one invalid.
     """
-    import mlflow
-
-    kwargs = feedback_kwargs(trace_id, result, evaluation_id=evaluation_id)
-    if overrides is None:
-        assessment = call_mlflow(mlflow.log_feedback, **kwargs)
-    else:
-        from mlflow.entities import Feedback
-
-        kwargs.pop("trace_id")
-        assessment = call_mlflow(mlflow.log_assessment, trace_id, Feedback(trace_id=trace_id, overrides=overrides, **kwargs))
+    assessment = call_mlflow(
+        tracing_client.log_assessment,
+        trace_id,
+        feedback(trace_id, result, evaluation_id=evaluation_id, overrides=overrides),
+    )
     return assessment.assessment_id
 
 
-def superseded_ids(assessments: Iterable[Any]) -> dict[tuple[str | None, str], str]:
-    """Our valid assessments on a trace by (span id, judge name): what a re-judged result supersedes."""
+def superseded_ids(assessments: Iterable[Any], *, only_errors: Iterable[str] | None = None) -> dict[tuple[str | None, str], str]:
+    """Our valid assessments on a trace by (span id, judge name): what a re-judged result supersedes.
+
+    ``only_errors``: only failed ones with these error codes (e.g. :data:`NEVER_REUSED`, judged again).
+    """
+    codes = None if only_errors is None else set(only_errors)
     found: dict[tuple[str | None, str], str] = {}
     for assessment in assessments:
         metadata = getattr(assessment, "metadata", None) or {}
         if not metadata.get(KEY) or getattr(assessment, "valid", True) is False or getattr(assessment, "feedback", None) is None:
             continue
+        if codes is not None and getattr(getattr(assessment, "error", None), "error_code", None) not in codes:
+            continue
         found[(assessment.span_id, assessment.name)] = assessment.assessment_id
     return found
-
-
-def write_results(
-    trace_id: str, results: list[JudgeResult], *, evaluation_id: str, executor: ThreadPoolExecutor | None = None
-) -> list[str]:
-    """Write several results concurrently (bounded by the executor); raises if any write failed."""
-    return write_all(
-        [functools.partial(log_result, trace_id, r, evaluation_id=evaluation_id) for r in results], executor=executor
-    )
 
 
 def write_all(calls: list[Callable[[], T]], *, executor: ThreadPoolExecutor | None = None) -> list[T]:
@@ -188,10 +189,16 @@ def summary_calls(
     *,
     tags: dict[str, str],
     run_id: str | None,
-    report: dict[str, Any],
+    report: dict[str, Any] | None,
     metrics: dict[str, float],
+    step: int = 0,
 ) -> list[Callable[[], Any]]:
-    """The MLflow calls that write trace tags, and the report and metrics on the run (for :func:`write_all`)."""
+    """The MLflow calls that write trace tags, and the report (unless None) and metrics on the run
+    (for :func:`write_all`).
+
+    ``step`` is the metrics' step: the trace's start time in milliseconds, so that a run holding many
+    traces (the experiment's online run) keeps one point per trace, a time series, not one value at step 0.
+    """
     import time
 
     from mlflow.entities import Metric
@@ -201,10 +208,14 @@ def summary_calls(
     ]
     if run_id is not None:
         now = int(time.time() * 1000)
-        calls.append(functools.partial(call_mlflow, client.log_dict, run_id, report, report_path(trace_id)))
+        if report is not None:
+            calls.append(functools.partial(call_mlflow, client.log_dict, run_id, report, report_path(trace_id)))
         calls.append(
             functools.partial(
-                call_mlflow, client.log_batch, run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+                call_mlflow,
+                client.log_batch,
+                run_id,
+                metrics=[Metric(k, float(v), step or now, step) for k, v in metrics.items()],
             )
         )
     return calls

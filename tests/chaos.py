@@ -348,7 +348,7 @@ class ChaosStack:
 
     def worker(self, name: str, *, concurrency: int = 8, pool: str = "threads", wait: bool = True, **extra_env: str) -> WorkerProcess:
         """Start a ``tracejudge worker`` subprocess on this stack (MLflow client settings as in production)."""
-        from tracejudge.worker.task import WORKER_ENVIRONMENT
+        from tracejudge.mlflow_io.store import WORKER_ENVIRONMENT
 
         env = {**WORKER_ENVIRONMENT, **self.env(**extra_env)}
         worker = WorkerProcess(env, name=name, concurrency=concurrency, pool=pool, log=self.workdir / f"{name}.log")
