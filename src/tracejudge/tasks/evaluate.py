@@ -210,18 +210,15 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
 
 def record_rollup(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, request: EvaluationRequest) -> None:
     """Count the verdict in the monitor's Redis rollups (one pipelined round trip; never fails the evaluation)."""
-    state = runtime.state
-    if not isinstance(state, RedisState) or loaded.experiment_id is None:
+    if loaded.experiment_id is None:
         return
-    from tracejudge.monitor.rollup import record_from_verdict, record_verdict
+    from tracejudge.monitor.rollup import record_from_verdict
 
     config = request.config or runtime.config
     environment = request.environment or runtime.settings.environment or config.judges.environment or "production"
     try:
-        pipe = state.redis.pipeline(transaction=False)
         record = record_from_verdict(verdict, timestamp_ms=loaded.timestamp_ms or int(time.time() * 1000), environment=environment)
-        record_verdict(pipe, record, experiment_id=loaded.experiment_id, prefix=state.prefix)
-        pipe.execute()
+        runtime.state.record_rollup(record, experiment_id=loaded.experiment_id)
     except Exception as exc:  # the verdict is in MLflow (the source of truth); the rollup is a fast copy
         log.warning("could not update the monitor rollups for %s: %s", loaded.trace_id, exc)
 
