@@ -28,7 +28,7 @@ from tracejudge.mlflow_io.reader import LoadedTrace, TraceNotReady
 
 T = TypeVar("T")
 
-POLL_INITIAL_SECONDS = 0.1
+POLL_INITIAL_SECONDS = 0.02  # a gate's trace is usually written within tens of ms of the enqueue
 POLL_MAX_SECONDS = 2.0
 
 #: MLflow's own environment defaults for worker processes, unless the user set them.

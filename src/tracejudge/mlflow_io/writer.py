@@ -56,8 +56,26 @@ def result_key(trace_id: str, span_id: str | None, judge: str, version: str, mod
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+#: Judge errors that are final, like a score: the input itself is wrong, so judging again gives the same.
+#: Every other error (timeouts, rate limits, provider errors, deadlines, budgets...) is transient: never
+#: reused, judged again by the next evaluation, and the new result supersedes the failed assessment.
+FINAL_ERRORS = frozenset({"MISSING_VARIABLE", "UNKNOWN_JUDGE"})
+
+
+def is_final(result: JudgeResult) -> bool:
+    """A score, or a permanent error of the input: worth reusing. A transient failure is not.
+
+    >>> from tracejudge.judges.model import ErrorInfo
+    >>> ok = JudgeResult(name="coherence", target="workflow", score=0.9, threshold=0.8, passed=True)
+    >>> failed = ok.model_copy(update={"score": None, "passed": False, "error": ErrorInfo(type="PROVIDER_ERROR", message="503")})
+    >>> is_final(ok), is_final(failed)
+    (True, False)
+    """
+    return result.error is None or result.error.type in FINAL_ERRORS
+
+
 def existing_results(assessments: Iterable[Any]) -> dict[str, JudgeResult]:
-    """Our earlier results on a trace, by key (only valid assessments that carry our key)."""
+    """Our earlier final results on a trace, by key (valid assessments that carry our key; transient failures left out)."""
     found: dict[str, JudgeResult] = {}
     for assessment in assessments:
         metadata = getattr(assessment, "metadata", None) or {}
@@ -65,8 +83,8 @@ def existing_results(assessments: Iterable[Any]) -> dict[str, JudgeResult]:
         if not key or getattr(assessment, "valid", True) is False or getattr(assessment, "feedback", None) is None:
             continue
         error = getattr(assessment, "error", None)
-        if error is not None and getattr(error, "error_code", None) in NEVER_REUSED:
-            continue  # judged again next time (e.g. a budget that is spent today may not be tomorrow)
+        if error is not None and getattr(error, "error_code", None) not in FINAL_ERRORS:
+            continue  # transient (a 503, a timeout, a budget spent today...): judged again next time
         found[key] = _result_from_assessment(assessment, metadata, key)
     return found
 
@@ -135,10 +153,13 @@ def log_result(
     return assessment.assessment_id
 
 
-def superseded_ids(assessments: Iterable[Any], *, only_errors: Iterable[str] | None = None) -> dict[tuple[str | None, str], str]:
+def superseded_ids(
+    assessments: Iterable[Any], *, only_errors: Iterable[str] | None = None, transient: bool = False
+) -> dict[tuple[str | None, str], str]:
     """Our valid assessments on a trace by (span id, judge name): what a re-judged result supersedes.
 
-    ``only_errors``: only failed ones with these error codes (e.g. :data:`NEVER_REUSED`, judged again).
+    ``only_errors``: only failed ones with these error codes; ``transient``: only failed ones whose
+    error is not final (see :data:`FINAL_ERRORS`): those are judged again, never reused.
     """
     codes = None if only_errors is None else set(only_errors)
     found: dict[tuple[str | None, str], str] = {}
@@ -146,7 +167,10 @@ def superseded_ids(assessments: Iterable[Any], *, only_errors: Iterable[str] | N
         metadata = getattr(assessment, "metadata", None) or {}
         if not metadata.get(KEY) or getattr(assessment, "valid", True) is False or getattr(assessment, "feedback", None) is None:
             continue
-        if codes is not None and getattr(getattr(assessment, "error", None), "error_code", None) not in codes:
+        code = getattr(getattr(assessment, "error", None), "error_code", None)
+        if codes is not None and code not in codes:
+            continue
+        if transient and (getattr(assessment, "error", None) is None or code in FINAL_ERRORS):
             continue
         found[(assessment.span_id, assessment.name)] = assessment.assessment_id
     return found

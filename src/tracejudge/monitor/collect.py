@@ -202,18 +202,16 @@ def _prefix() -> str:
 
 
 def _tracking_uri() -> str | None:
-    try:
-        import mlflow
+    from tracejudge.config import Settings
 
-        return mlflow.get_tracking_uri()
-    except Exception:
-        return None
+    return Settings.from_env().mlflow_tracking_uri
 
 
 def _client(tracking_uri: str | None) -> Any:
-    from mlflow import MlflowClient
+    """The MLflow client, through ``mlflow_io``'s one door (:class:`~tracejudge.mlflow_io.store.TraceStore`)."""
+    from tracejudge.mlflow_io.store import TraceStore
 
-    return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
+    return TraceStore(tracking_uri or _tracking_uri()).client
 
 
 __all__ = ["summarise_quality", "mlflow_rollup", "trace_record", "BUCKET_SECONDS"]

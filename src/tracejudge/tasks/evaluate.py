@@ -84,7 +84,6 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
     environment = request.environment or runtime.settings.environment
     request = request.model_copy(update={"environment": environment})
     execution = config.judges.execution
-    deadline = time.monotonic() + execution.overall_timeout_seconds
     fields = {"evaluation_id": request.evaluation_id, "environment": environment}
     try:
         loaded = runtime.store.wait_for_trace(request.trace_id, wait_seconds=execution.trace_wait_seconds)
@@ -121,12 +120,14 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
     attempt = retry_attempt(runtime, request.retry_of)
     state = runtime.state
     with state.trace_lock(request.trace_id, timeout=execution.overall_timeout_seconds + LOCK_WAIT_MARGIN_SECONDS) as held:
-        if held.waited:  # another worker held it: see what it wrote
-            loaded = runtime.store.load_trace(request.trace_id)
+        # Read again now that we hold the lock: what another delivery wrote before we got it is seen (also
+        # when we did not have to wait: it may have released the lock just before we asked).
+        loaded = runtime.store.load_trace(request.trace_id)
+        # Only final results are reused (a score, a permanent error of the input). A transient failure
+        # (timeout, rate limit, provider error, deadline, budget...) is judged again, and the new result
+        # supersedes the failed assessment, so a trace never shows two valid ones for one (target, judge).
         on_trace = writer.existing_results(loaded.assessments)
-        # A result never reused (a budget refusal) is superseded by the one judged now, so a trace never shows
-        # two valid assessments for one (target, judge).
-        superseded = writer.superseded_ids(loaded.assessments, only_errors=writer.NEVER_REUSED)
+        superseded = writer.superseded_ids(loaded.assessments, transient=True)
         if request.force:  # re-judge everything; the new assessments supersede ours already there
             superseded = writer.superseded_ids(loaded.assessments)
             on_trace = {}
@@ -136,6 +137,8 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         todo = [job for job in jobs if job.key not in known]
         fresh: list[JudgeResult] = []
         if todo:
+            # the overall deadline counts from here: the waits for the trace and the lock are not judging time
+            deadline = time.monotonic() + execution.overall_timeout_seconds
             fresh = runtime.run(
                 run_judges(
                     todo,
@@ -147,7 +150,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                     controls=runtime.controls(config, use_cache=not request.force),
                 )
             )
-            state.cache_results([r for r in fresh if not _never_reused(r)])
+            state.cache_results([r for r in fresh if writer.is_final(r)])  # transient failures are judged again
             over_budget = [r for r in fresh if r.error is not None and r.error.type == errors.BUDGET_EXCEEDED]
             if over_budget:
                 count(runtime, loaded.workflow_name, counters.BUDGET_EXCEEDED, len(over_budget))
@@ -175,16 +178,27 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             retry_of=request.retry_of,
             partial=request.judges is not None,
         )
+        if held.lost.is_set():  # another delivery may hold the lock now: let it write, and come back later
+            raise EvaluationBusy(
+                f"the evaluation lock of {request.trace_id} was lost before the write-back; retrying later "
+                "(judged results wait in Redis)"
+            )
         # One concurrent batch: the assessments not yet on the trace, the tags, the report and metrics.
+        # A partial run (judges=...) writes its assessments only: the full evaluation's tags, report and
+        # run metrics stay as they are.
+        partial = request.judges is not None
         unwritten = [r for r in results if r.key not in on_trace]
         overrides = {r.key: superseded[(r.span_id, r.name)] for r in unwritten if r.key and (r.span_id, r.name) in superseded}
         calls = runtime.store.result_calls(request.trace_id, unwritten, evaluation_id=request.evaluation_id, overrides=overrides)
-        plan = plan_fingerprint(
-            config, runtime.registry.with_config(config), judges=request.judges, default_model=runtime.settings.default_model
-        )
-        calls += summary_calls(runtime, loaded, verdict, config, plan=plan)
+        if not partial:
+            plan = plan_fingerprint(
+                config, runtime.registry.with_config(config), judges=request.judges, default_model=runtime.settings.default_model
+            )
+            calls += summary_calls(runtime, loaded, verdict, config, plan=plan)
         runtime.store.write_all(calls)
-        record_rollup(runtime, loaded, verdict, request)
+        state.forget_results([r.key for r in unwritten if r.key])  # on the trace now: the cache has done its job
+        if not partial:
+            record_rollup(runtime, loaded, verdict, request)
 
     log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
@@ -192,18 +206,15 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
 
 def record_rollup(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, request: EvaluationRequest) -> None:
     """Count the verdict in the monitor's Redis rollups (one pipelined round trip; never fails the evaluation)."""
-    state = runtime.state
-    if not isinstance(state, RedisState) or loaded.experiment_id is None:
+    if loaded.experiment_id is None:
         return
-    from tracejudge.monitor.rollup import record_from_verdict, record_verdict
+    from tracejudge.monitor.rollup import record_from_verdict
 
     config = request.config or runtime.config
     environment = request.environment or runtime.settings.environment or config.judges.environment or "production"
     try:
-        pipe = state.redis.pipeline(transaction=False)
         record = record_from_verdict(verdict, timestamp_ms=loaded.timestamp_ms or int(time.time() * 1000), environment=environment)
-        record_verdict(pipe, record, experiment_id=loaded.experiment_id, prefix=state.prefix)
-        pipe.execute()
+        runtime.state.record_rollup(record, experiment_id=loaded.experiment_id)
     except Exception as exc:  # the verdict is in MLflow (the source of truth); the rollup is a fast copy
         log.warning("could not update the monitor rollups for %s: %s", loaded.trace_id, exc)
 
