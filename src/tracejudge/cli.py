@@ -9,6 +9,8 @@
     tracejudge report --experiment-id 1      judged quality over a window (table, json, html, md)
     tracejudge dashboard [--port 8050]       the quality dashboard (loopback by default)
     tracejudge alerts check --once           check the quality alert rules; exit 1 when one fires
+    tracejudge calibrate --judge relevance   run a judge over a labelled set; agreement figures
+    tracejudge agreement --experiment-id 1   judge-vs-human agreement from people's feedback in MLflow
 """
 
 from __future__ import annotations
@@ -110,7 +112,41 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the outcome as JSON")
     c.set_defaults(func=cmd_alerts_check)
     p.set_defaults(func=lambda a: (p.print_help(), EXIT_ERROR)[1])
+
+    p = sub.add_parser(
+        "calibrate",
+        help="run one judge over a labelled set and print its agreement with the labels",
+        description="Run one judge over a labelled JSONL set (default: the set shipped for a built-in judge) "
+        "with the workers' client, timeouts and rate limit; print Spearman, Kendall, MAE, pass/fail accuracy, "
+        "Cohen's kappa, the confusion matrix and the largest disagreements.",
+    )
+    p.add_argument("--judge", required=True, help="the judge's name (built-in, custom in the config, or registered)")
+    p.add_argument("--dataset", help="JSONL file: one item a line, the judge's variables and a label (0..1 or pass/fail)")
+    p.add_argument("--model", help="judge model (default: the judge's, else $TRACEJUDGE_JUDGE_MODEL or gpt-4o-mini)")
+    p.add_argument("--threshold", type=float, help="pass/fail threshold (default: the judge's, else the environment's)")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json")
+    p.add_argument("--config", help="YAML config file (default: $TRACEJUDGE_CONFIG)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=lambda a: _judge_quality("cmd_calibrate", a))
+
+    p = sub.add_parser(
+        "agreement",
+        help="judge-vs-human agreement from people's feedback (HUMAN assessments) in MLflow",
+        description="Pair our judges' scores with people's feedback on the same span and judge name (MLflow "
+        "assessments with source HUMAN) and print the calibrate figures per judge and judge version.",
+    )
+    p.add_argument("--experiment-id", "--experiment", dest="experiment", required=True, help="experiment id or name")
+    p.add_argument("--since", default="30d", help="window start: 90m, 24h, 30d, 2w or an ISO date/time (default 30d)")
+    p.add_argument("--until", help="window end (default now), same forms as --since")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json")
+    p.set_defaults(func=lambda a: _judge_quality("cmd_agreement", a))
     return parser
+
+
+def _judge_quality(command: str, args: argparse.Namespace) -> int:
+    from tracejudge import judge_quality
+
+    return int(getattr(judge_quality, command)(args))
 
 
 def _monitor_options(p: argparse.ArgumentParser) -> None:
