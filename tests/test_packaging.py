@@ -14,7 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_docker_compose_has_the_promised_services():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "mlflow", "worker", "flower"}
+    assert set(services) == {"redis", "mlflow", "worker", "flower", "rabbitmq"}
+    # RabbitMQ only on request (`--profile rabbitmq`), and the workers wait for it only when it runs
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
+    assert services["worker"]["depends_on"]["rabbitmq"]["required"] is False
+    assert "TRACEJUDGE_BROKER_URL" in services["worker"]["environment"]
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
     assert any("--gunicorn-opts=--workers" in part for part in services["mlflow"]["command"])
     worker = services["worker"]

@@ -23,7 +23,8 @@ __all__ = ["Settings", "normalize_model", "redact_url", "DEFAULT_LLM_BASE_URL", 
 DEFAULT_LLM_BASE_URL = "https://api.openai.com/v1"
 NO_KEY_PLACEHOLDER = "sk-no-key-needed"
 _ENVIRONMENTS = ("production", "development", "experimental")
-_URL_FIELDS = ("llm_base_url", "redis_url", "result_backend_url", "mlflow_tracking_uri")
+_URL_FIELDS = ("llm_base_url", "redis_url", "broker_url", "result_backend_url", "mlflow_tracking_uri")
+_BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
 
 
 class Settings(BaseModel):
@@ -40,6 +41,8 @@ class Settings(BaseModel):
     llm_api_key: SecretStr | None = None
     default_model: str = "gpt-4o-mini"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: the task queue; the Redis URL unless ``TRACEJUDGE_BROKER_URL`` names another (``amqp://`` for RabbitMQ)
+    broker_url: str | None = None
     result_backend_url: str | None = None
     mlflow_tracking_uri: str | None = None
     environment: Literal["production", "development", "experimental"] | None = None
@@ -49,7 +52,18 @@ class Settings(BaseModel):
     def _backend_defaults_to_redis(self) -> Settings:
         if self.result_backend_url is None:
             self.result_backend_url = self.redis_url
+        if self.broker_url is None:
+            self.broker_url = self.redis_url
         return self
+
+    @property
+    def broker_is_redis(self) -> bool:
+        """Whether the task queue is on Redis (else RabbitMQ).
+
+        >>> Settings.from_env({"TRACEJUDGE_BROKER_URL": "amqp://guest:guest@rabbit:5672//"}).broker_is_redis
+        False
+        """
+        return urlsplit(self.broker_url or self.redis_url).scheme.startswith("redis")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -81,6 +95,7 @@ class Settings(BaseModel):
             "llm_api_key": first("TRACEJUDGE_LLM_API_KEY", "OPENAI_API_KEY"),
             "default_model": first("TRACEJUDGE_JUDGE_MODEL"),
             "redis_url": first("TRACEJUDGE_REDIS_URL"),
+            "broker_url": _broker_url(first("TRACEJUDGE_BROKER_URL")),
             "result_backend_url": first("TRACEJUDGE_RESULT_BACKEND"),
             "mlflow_tracking_uri": first("MLFLOW_TRACKING_URI"),
             "environment": environment,
@@ -128,6 +143,16 @@ class Settings(BaseModel):
             if name in _URL_FIELDS and isinstance(value, str):
                 value = redact_url(value)
             yield name, value
+
+
+def _broker_url(url: str | None) -> str | None:
+    if url is not None and urlsplit(url).scheme.lower() not in _BROKER_SCHEMES:
+        raise ConfigError(
+            f"must be a redis://, rediss://, amqp:// or amqps:// URL (got {show(redact_url(url))})",
+            source="environment",
+            path="TRACEJUDGE_BROKER_URL",
+        )
+    return url
 
 
 def _is_loopback(host: str) -> bool:

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tracejudge.testing.processes import MlflowServer, RedisServer, WorkerProcess
+from tracejudge.testing.processes import MlflowServer, RabbitVhost, RedisServer, WorkerProcess
 
 #: The judges each span of an ``article_writer`` trace gets under :func:`chaos_config`.
 EXPECTED_JUDGES: dict[str, tuple[str, ...]] = {
@@ -256,12 +256,17 @@ class ChaosStack:
         latency_ms: float = 0,
         visibility_timeout: int | None = None,
         mlflow_server: bool = False,
+        broker: str = "redis",
         workdir: str | os.PathLike[str] | None = None,
         keep: bool = False,
     ) -> None:
         self.latency_ms = latency_ms
         self.visibility_timeout = visibility_timeout
         self.use_mlflow_server = mlflow_server
+        if broker not in ("redis", "rabbitmq"):
+            raise ValueError(f"broker must be 'redis' or 'rabbitmq' (got {broker!r})")
+        self.broker = broker
+        self.rabbit: RabbitVhost | None = None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="tracejudge-chaos-"))
         self.keep = keep
         self.key_prefix = f"tjchaos-{uuid.uuid4().hex[:8]}:"
@@ -289,6 +294,10 @@ class ChaosStack:
         self.redis = RedisServer(directory=self.workdir / "redis")
         self._exit.callback(self.redis.stop)
         self.redis.start()
+        if self.broker == "rabbitmq":
+            self.rabbit = RabbitVhost()
+            self._exit.callback(self.rabbit.stop)
+            self.rabbit.start()
         self.llm = self._exit.enter_context(FakeLLMServer(latency_ms=self.latency_ms, retry_after=0.05))
         if self.use_mlflow_server:
             self.mlflow = MlflowServer(directory=self.workdir / "mlflow")
@@ -330,6 +339,8 @@ class ChaosStack:
             "MLFLOW_MODEL_CATALOG_URI": "",
             "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
         }
+        if self.rabbit is not None:
+            env["TRACEJUDGE_BROKER_URL"] = self.rabbit.url
         if self.visibility_timeout is not None:
             env["TRACEJUDGE_VISIBILITY_TIMEOUT"] = str(self.visibility_timeout)
         env.update(extra)
@@ -378,13 +389,17 @@ class ChaosStack:
         return redis.Redis.from_url(self.redis.url, socket_connect_timeout=1, socket_timeout=5)
 
     def unacked(self) -> int:
-        """Messages delivered to a worker and not acknowledged yet (kombu's ``unacked`` hash)."""
+        """Messages delivered to a worker and not acknowledged yet (kombu's ``unacked`` hash, or RabbitMQ's count)."""
+        if self.rabbit is not None:
+            return self.rabbit.unacked()
         return int(self.redis_client().hlen(f"{self.key_prefix}unacked"))
 
     def queued(self) -> int:
         """Messages waiting in the two tracejudge queues."""
         from tracejudge.worker import QUEUES
 
+        if self.rabbit is not None:
+            return self.rabbit.queued()
         client = self.redis_client()
         return sum(int(client.llen(f"{self.key_prefix}{q}")) for q in QUEUES)
 
@@ -491,7 +506,7 @@ def _finish(stack: ChaosStack, name: str, trace_ids: list[str], handles: list[An
 
 def run_worker_kill(
     *, traces: int = 100, latency_ms: float = 150, concurrency: int = 8, kill_after: int | None = None,
-    visibility_timeout: int | None = None, timeout: float = 600, log: Any = None,
+    visibility_timeout: int | None = None, broker: str = "redis", timeout: float = 600, log: Any = None,
 ) -> ScenarioResult:
     """SIGKILL a worker with evaluations in flight and queued, then start another one.
 
@@ -500,9 +515,9 @@ def run_worker_kill(
     restore sweep (3 s); the new worker reuses what is already on the traces
     or cached, so nothing is written twice.
     """
-    name = "worker SIGKILL"
+    name = "worker SIGKILL" + (" (RabbitMQ)" if broker == "rabbitmq" else "")
     kill_after = traces // 5 if kill_after is None else kill_after
-    with ChaosStack(latency_ms=latency_ms, visibility_timeout=visibility_timeout) as stack:
+    with ChaosStack(latency_ms=latency_ms, visibility_timeout=visibility_timeout, broker=broker) as stack:
         _say(log, f"[{name}] recording {traces} traces")
         trace_ids = stack.record(traces)
         handles = stack.enqueue(trace_ids)
@@ -624,7 +639,7 @@ def run_graceful_shutdown(
 
 def run_long_evaluation(
     *, seconds: float = 180, workers: int = 2, concurrency: int = 2, visibility_timeout: int | None = None,
-    log: Any = None,
+    broker: str = "redis", log: Any = None,
 ) -> ScenarioResult:
     """One evaluation whose judge calls take ``seconds`` each, on live workers with default settings.
 
@@ -634,9 +649,9 @@ def run_long_evaluation(
     timeout it runs. ``notes["deliveries"]`` counts the workers' "received" log
     lines for its task id (1 = no redelivery).
     """
-    name = f"evaluation of {seconds:g} s on a live worker"
+    name = f"evaluation of {seconds:g} s on a live worker" + (" (RabbitMQ)" if broker == "rabbitmq" else "")
     slow = f"[[tj:latency={int(seconds * 1000)}]]"
-    with ChaosStack(visibility_timeout=visibility_timeout) as stack:
+    with ChaosStack(visibility_timeout=visibility_timeout, broker=broker) as stack:
         _say(log, f"[{name}] recording 1 trace, starting {workers} workers")
         trace_ids = stack.record(1, research=f"Slow findings {slow}", article=f"Slow article {slow}")
         for i in range(workers):

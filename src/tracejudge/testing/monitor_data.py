@@ -57,8 +57,12 @@ def judged(scores: dict[tuple[str, str], float | str], *, topic: str = "AI safet
     return out
 
 
-def overall(results: list[JudgeResult]) -> tuple[str, float | None, str | None]:
-    """(status, score, band) the way the verdict decides for an ungated config."""
+GATE_JUDGES = ("relevance", "coherence", "harmfulness")
+
+
+def overall(results: list[JudgeResult], *, gate: tuple[str, ...] = GATE_JUDGES) -> tuple[str, float | None, str | None]:
+    """(status, score, band) the way the verdict decides with ``quality_gate.judges: gate``."""
+    results = [r for r in results if r.name in gate] or results
     scores = [r.score for r in results if r.score is not None]
     score = round(sum(scores) / len(scores), 6) if scores else None
     if any(r.error for r in results) or score is None:

@@ -6,7 +6,11 @@
 * :class:`MlflowServer`: an ``mlflow server`` (gunicorn workers) on a sqlite
   store, which can be stopped and started again;
 * :class:`WorkerProcess`: a ``tracejudge worker`` subprocess that can be
-  killed (SIGKILL) or stopped gracefully (SIGTERM).
+  killed (SIGKILL) or stopped gracefully (SIGTERM);
+* :class:`RabbitVhost`: a private virtual host on the machine's RabbitMQ
+  (``TRACEJUDGE_TEST_AMQP_URL``, default ``amqp://guest:guest@127.0.0.1:5672``),
+  made and dropped with ``rabbitmqctl``, so test runs sharing one RabbitMQ
+  never take each other's tasks.
 
 Each stops what it started (context managers), so a test or script that
 fails still leaves nothing running.
@@ -216,6 +220,87 @@ class WorkerProcess:
         _stop(self.proc)
 
     def __enter__(self) -> "WorkerProcess":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+RABBIT_URL_ENV = "TRACEJUDGE_TEST_AMQP_URL"
+DEFAULT_RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672"
+
+
+def rabbit_base_url() -> str:
+    """The RabbitMQ the tests use, without a virtual host."""
+    return os.environ.get(RABBIT_URL_ENV, DEFAULT_RABBIT_URL).rstrip("/")
+
+
+def rabbit_answers(url: str | None = None) -> bool:
+    """Whether a RabbitMQ answers (an AMQP login succeeds) at ``url``."""
+    from kombu import Connection
+
+    try:
+        with Connection(url or rabbit_base_url() + "//", connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+        return True
+    except Exception:
+        return False
+
+
+class RabbitVhost:
+    """A private RabbitMQ virtual host for one test or scenario (``rabbitmqctl``; dropped on exit).
+
+    >>> with RabbitVhost() as vhost:  # doctest: +SKIP
+    ...     os.environ["TRACEJUDGE_BROKER_URL"] = vhost.url
+    """
+
+    def __init__(self, *, user: str = "guest") -> None:
+        self.name = f"tj-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+        self.user = user
+
+    @property
+    def url(self) -> str:
+        return f"{rabbit_base_url()}/{self.name}"
+
+    def _ctl(self, *args: str) -> None:
+        ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+        done = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
+
+    def start(self) -> "RabbitVhost":
+        self._ctl("add_vhost", self.name)
+        self._ctl("set_permissions", "-p", self.name, self.user, ".*", ".*", ".*")
+        return self
+
+    def stop(self) -> None:
+        try:
+            self._ctl("delete_vhost", self.name)
+        except Exception:  # best effort: an empty vhost left behind is harmless
+            pass
+
+    def unacked(self) -> int:
+        """Messages delivered to consumers and not acknowledged yet, over all queues of the vhost."""
+        return sum(row[1] for row in self._queues())
+
+    def queued(self) -> int:
+        """Messages ready in the vhost's queues."""
+        return sum(row[0] for row in self._queues())
+
+    def _queues(self) -> list[tuple[int, int]]:
+        ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+        done = subprocess.run(
+            [ctl, "list_queues", "-q", "-p", self.name, "name", "messages_ready", "messages_unacknowledged"],
+            capture_output=True, text=True, timeout=60,
+        )
+        rows = []
+        for line in done.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                rows.append((int(parts[1]), int(parts[2])))
+        return rows
+
+    def __enter__(self) -> "RabbitVhost":
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

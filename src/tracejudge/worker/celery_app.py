@@ -91,8 +91,13 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
     if prefix:  # a shared Redis: keep our queues, results and keys apart
         transport["global_keyprefix"] = prefix
         backend_transport["global_keyprefix"] = prefix
+    if not settings.broker_is_redis:
+        # RabbitMQ redelivers a dead consumer's unacknowledged messages as soon as its connection drops,
+        # and never a live one's (up to its consumer_timeout, 30 min by default): no lease, no visibility
+        # timeout. Queues are durable; a shared RabbitMQ is split by virtual host, not by key prefix.
+        transport = {"confirm_publish": True, "connect_timeout": 5}
     return dict(
-        broker_url=with_tls_defaults(settings.redis_url),
+        broker_url=with_tls_defaults(settings.broker_url or settings.redis_url),
         result_backend=with_tls_defaults(settings.result_backend_url or settings.redis_url),
         task_serializer="json",
         result_serializer="json",

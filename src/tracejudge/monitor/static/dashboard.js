@@ -66,7 +66,7 @@
       ["Below threshold", "totals.failure_rate", t.failure_rate, "pct", t.failure_rate > 0.2 ? "bad" : ""],
       ["Gate pass rate", "totals.gate_pass_rate", t.gate_pass_rate, "pct", t.gate_pass_rate !== null && t.gate_pass_rate < 0.9 ? "bad" : "good"],
       ["Judge errors", "totals.errors", t.errors, "int", t.errors ? "bad" : ""],
-      ["Judge cost", "totals.cost_usd", t.cost_usd, "usd", ""],
+      t.cost_usd > 0 ? ["Judge cost", "totals.cost_usd", t.cost_usd, "usd", ""] : ["Judge results", "totals.results", t.results, "int", ""],
     ];
     items.forEach(function (it) {
       var card = el("div", { class: "kpi" });
@@ -81,7 +81,7 @@
     var labels = starts.map(function (x) { return label(x, s.bucket); });
     var line = function (datasets, yAxis) {
       return { type: "line", data: { labels: labels, datasets: datasets },
-               options: { spanGaps: true, elements: { point: { radius: 2.5 }, line: { tension: 0.25, borderWidth: 2 } },
+               options: { spanGaps: true, elements: { point: { radius: 2.5 }, line: { cubicInterpolationMode: "monotone", borderWidth: 2 } },
                           scales: { y: yAxis }, plugins: { legend: { position: "bottom" } } } };
     };
     draw("failure-judge", line(s.judges.map(function (j, i) {
@@ -97,7 +97,7 @@
     var nodeNames = Array.from(new Set(s.nodes.map(function (n) { return n.node; })));
     var judgeNames = Array.from(new Set(s.nodes.map(function (n) { return n.judge; })));
     draw("node-mean", { type: "bar", data: { labels: nodeNames, datasets: judgeNames.map(function (j, i) {
-      return { label: j, backgroundColor: color(i), data: nodeNames.map(function (node) {
+      return { label: j, backgroundColor: color(i), skipNull: true, data: nodeNames.map(function (node) {
         var hit = s.nodes.find(function (n) { return n.node === node && n.judge === j; });
         return hit ? hit.mean : null; }) };
     }) }, options: { scales: { y: scoreAxis }, plugins: { legend: { position: "bottom" } } } });
@@ -113,9 +113,10 @@
       options: { plugins: { legend: { position: "right" } } } });
 
     var dims = ["correctness", "relevance", "coherence", "completeness", "safety"];
-    draw("radar", { type: "radar", data: { labels: dims, datasets: [{ label: "mean score", data: dims.map(function (d) {
+    var dimLabels = dims.map(function (d) { return s.dimensions[d] === undefined ? d : d + " " + s.dimensions[d].toFixed(2); });
+    draw("radar", { type: "radar", data: { labels: dimLabels, datasets: [{ label: "mean score", data: dims.map(function (d) {
       return s.dimensions[d] === undefined ? null : s.dimensions[d]; }), borderColor: "#2f6fde", backgroundColor: "rgba(47,111,222,.18)", pointRadius: 3 }] },
-      options: { scales: { r: { min: 0, max: 1, ticks: { stepSize: 0.25, backdropColor: "transparent" } } }, plugins: { legend: { display: false } } } });
+      options: { scales: { r: { min: 0, max: 1, ticks: { display: false, stepSize: 0.25 }, pointLabels: { font: { size: 11.5 } } } }, plugins: { legend: { display: false } } } });
 
     var codes = Object.keys(s.error_codes);
     draw("errors", { type: "bar", data: { labels: labels, datasets: codes.map(function (code, i) {
@@ -199,7 +200,7 @@
     var themes = document.getElementById("themes");
     themes.innerHTML = "";
     if (!s.themes.length) themes.appendChild(el("div", { class: "muted" }, "no recurring phrases in failing rationales"));
-    else themes.appendChild(table([["judge"], ["phrase"], ["rationales", 1]], s.themes.map(function (t, i) {
+    else themes.appendChild(table([["judge"], ["phrase"], ["rationales", 1]], s.themes.slice(0, 8).map(function (t, i) {
       return [td(t.judge), td("\u201c" + t.phrase + "\u201d", "phrase"), mtd("themes." + i + ".count", t.count, "int")];
     })));
     var counters = Object.keys(s.counters || {});

@@ -1,0 +1,200 @@
+"""The dashboard: a real server process (uvicorn), its JSON API, and the page in a real headless Chromium.
+
+The store holds a week of judged traces written the way workers write them (assessments with our metadata,
+verdict tags). The browser test checks that every chart was drawn (a Chart.js chart with data, and painted
+pixels on its canvas) and that every number on the page, the charts' data and the trace links equal the JSON
+API. Set TRACEJUDGE_UPDATE_SCREENSHOT=1 to write the screenshot to docs/dashboard.png (else it goes to tmp).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tracejudge.testing.browser import find_chromium
+from tracejudge.testing.monitor_data import judged, seed_mlflow
+from tracejudge.testing.processes import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "dash-token-5d1e"
+HOUR = 3_600_000
+
+
+def week_of_traces(now_ms: int) -> list:
+    """About 10 traces a day for 7 days; relevance dips on days 3-4, errors now and then."""
+    rng = random.Random(11)
+    out = []
+    for day in range(7):
+        dip = day in (3, 4)
+        for _ in range(9 + day % 3):
+            t = now_ms - int((day * 24 + rng.uniform(0.5, 23)) * HOUR)
+            scores = {
+                ("research", "relevance"): rng.uniform(0.45, 0.86) if dip else rng.uniform(0.74, 0.99),
+                ("research", "groundedness"): rng.uniform(0.55, 0.98),
+                ("write", "coherence"): rng.uniform(0.72, 0.99),
+                ("write", "completeness"): rng.uniform(0.5, 0.95),
+                ("workflow", "harmfulness"): rng.uniform(0.88, 1.0),
+            }
+            roll = rng.random()
+            if roll < 0.05:
+                scores[("research", "groundedness")] = "TIMEOUT"
+            elif roll < 0.09:
+                scores[("write", "completeness")] = "REPLY_NOT_JSON"
+            elif dip and roll < 0.2:
+                scores[("research", "relevance")] = "RATE_LIMITED"
+            out.append((t, judged(scores, rng=rng)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(mlflow_store):
+    os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+    try:
+        experiment_id = mlflow.create_experiment(f"monitor-dashboard-{time.time_ns()}")
+        ids = seed_mlflow(experiment_id, week_of_traces(int(time.time() * 1000)))
+    finally:
+        os.environ.pop("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", None)
+    return experiment_id, ids
+
+
+@pytest.fixture(scope="module")
+def server(store, redis_url, mlflow_store, tmp_path_factory):
+    experiment_id, _ = store
+    port = free_port()
+    log = tmp_path_factory.mktemp("dash") / "dashboard.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "TRACEJUDGE_REDIS_URL": redis_url,
+           "TRACEJUDGE_KEY_PREFIX": f"tjdash-{time.time_ns()}:", "MLFLOW_UI_URL": "http://mlflow.example:5000",
+           "TRACEJUDGE_DASHBOARD_TOKEN": TOKEN}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tracejudge", "dashboard", "--port", str(port), "--experiment-id", experiment_id],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            get(base + "/api/health", token=TOKEN)
+            break
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dashboard did not start: {log.read_text()}")
+            time.sleep(0.2)
+    yield base
+    proc.terminate()
+    proc.wait(20)
+
+
+def get(url: str, *, token: str | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_api_needs_the_token_and_answers_bad_input_with_400(server, store):
+    experiment_id, _ = store
+    assert get(server + "/api/summary")[0] == 401
+    assert get(server + "/api/summary", token="wrong")[0] == 401
+    status, body = get(server + f"/api/summary?experiment={experiment_id}&since=7d", token=TOKEN)
+    assert status == 200 and body["totals"]["traces"] == len(store[1]) and body["source"] == "mlflow"
+    for query, message in [
+        ("since=7days", "--since: cannot read '7days'"),
+        ("bucket=week", "bucket: Input should be 'hour' or 'day'"),
+        ("colour=red", "unknown query parameter 'colour'"),
+        ("since=2d&until=3d", "--since (2d) must be before --until (3d)"),
+        ("source=elsewhere", "source: Input should be 'auto', 'mlflow' or 'redis'"),
+    ]:
+        status, body = get(server + f"/api/summary?experiment={experiment_id}&{query}", token=TOKEN)
+        assert status == 400, query
+        assert message in body["error"] and "Traceback" not in body["error"]
+    status, body = get(server + "/api/summary?experiment=no-such-experiment", token=TOKEN)
+    assert status == 404 and "experiment 'no-such-experiment' does not exist" in body["error"]
+
+
+def fmt(value, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{value * 100:.1f}%"
+    if kind == "num":
+        return f"{value:.3f}"
+    if kind == "usd":
+        return f"${value:.4f}"
+    return str(value)
+
+
+def at(data, path: str):
+    for part in path.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+CHECK_CHARTS = """
+Array.from(document.querySelectorAll('canvas[data-chart]')).filter(c => c.offsetParent !== null).map(c => {
+  const chart = Chart.getChart(c);
+  const ctx = c.getContext('2d');
+  const pixels = ctx.getImageData(0, 0, c.width, c.height).data;
+  let painted = 0;
+  for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) painted++;
+  return {name: c.dataset.chart, chart: !!chart, points: chart ? chart.data.datasets.reduce((n, d) => n + d.data.filter(v => v !== null).length, 0) : 0,
+          painted: painted, data: chart ? chart.data.datasets.map(d => d.data) : null};
+})
+"""
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no chromium: scripts/ensure-chromium.sh installs Debian's package (needs root and apt-get)")
+def test_page_in_headless_chromium_draws_every_chart_and_shows_the_api_numbers(server, store, tmp_path):
+    from tracejudge.testing.browser import Chromium
+
+    experiment_id, ids = store
+    query = f"experiment={experiment_id}&since=7d&bucket=day"
+    _, api = get(server + f"/api/summary?{query}", token=TOKEN)
+    with Chromium(width=1440, height=1000) as page:
+        page.open(f"{server}/?token={TOKEN}&{query}", until="document.body.dataset.rendered")
+        assert page.evaluate("document.body.dataset.rendered") == "true", page.evaluate("document.getElementById('error').textContent")
+
+        charts = page.evaluate(CHECK_CHARTS)
+        names = {c["name"] for c in charts}
+        expected = {"failure-judge", "failure-node", "gate", "node-mean", "worst", "bands", "radar", "errors"}
+        expected |= {f"hist-{i}" for i in range(len(api["nodes"]))}
+        assert expected <= names, expected - names
+        for c in charts:
+            assert c["chart"] and c["points"] > 0 and c["painted"] > 200, c["name"]
+        by_name = {c["name"]: c["data"] for c in charts}
+        assert by_name["gate"][0] == [b["gate_pass_rate"] for b in api["buckets"]]
+        assert by_name["worst"][0] == [w["failure_rate"] for w in api["worst_nodes"]]
+        assert by_name["bands"][0] == [api["bands"][b] for b in ["Excellent", "Good", "Acceptable", "Needs improvement", "Unacceptable"] if b in api["bands"]]
+        for i, node in enumerate(api["nodes"]):
+            assert by_name[f"hist-{i}"][0] == node["histogram"]
+        assert by_name["radar"][0] == [api["dimensions"].get(d) for d in ["correctness", "relevance", "coherence", "completeness", "safety"]]
+        assert sum(sum(d) for d in by_name["errors"]) == sum(api["error_codes"].values())
+
+        shown = page.evaluate("Array.from(document.querySelectorAll('[data-metric]')).map(e => [e.dataset.metric, e.dataset.format, e.textContent])")
+        assert len(shown) >= 6 + 11 * 0 + 9 * len(api["nodes"])
+        for path, kind, text in shown:
+            assert text == fmt(at(api, path), kind), path
+        links = page.evaluate("Array.from(document.querySelectorAll('#bottom a, #top a')).map(a => [a.dataset.trace, a.href])")
+        want = [(t["trace_id"], t["url"]) for t in api["bottom_traces"] + api["top_traces"]]
+        assert [tuple(x) for x in links] == want and all(t in ids for t, _ in want)
+        assert want[0][1].startswith("http://mlflow.example:5000/#/experiments/")
+        quality = page.evaluate("document.getElementById('quality-link').href")
+        assert quality == f"http://mlflow.example:5000/#/experiments/{experiment_id}/overview/quality"
+
+        page.open(f"{server}/?experiment={experiment_id}&since=someday", until="document.body.dataset.rendered")
+        assert "--since: cannot read 'someday'" in page.evaluate("document.getElementById('error').textContent")
+
+        page.open(f"{server}/?{query}", until="document.body.dataset.rendered")
+        target = ROOT / "docs" / "dashboard.png" if os.environ.get("TRACEJUDGE_UPDATE_SCREENSHOT") else tmp_path / "dashboard.png"
+        page.screenshot(str(target))
+        assert target.stat().st_size > 50_000
