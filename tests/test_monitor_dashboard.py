@@ -70,10 +70,19 @@ def store(mlflow_store):
 @pytest.fixture(scope="module")
 def server(store, redis_url, mlflow_store, tmp_path_factory):
     experiment_id, _ = store
+    import redis as redis_lib
+
     port = free_port()
     log = tmp_path_factory.mktemp("dash") / "dashboard.log"
+    prefix = f"tjdash-{time.time_ns()}:"
+    # the production controls' daily counters and budget spend (their keys), shown when present
+    client = redis_lib.Redis.from_url(redis_url)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    client.hset(f"{prefix}tracejudge:counts:{today}", mapping={"article_writer|sampled": 40, "article_writer|skipped_sampling": 55,
+                                                              "*|skipped_sampling": 5, "article_writer|cache_hit": 12})
+    client.set(f"{prefix}tracejudge:budget:{today}:spent", 1_250_000_000)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "TRACEJUDGE_REDIS_URL": redis_url,
-           "TRACEJUDGE_KEY_PREFIX": f"tjdash-{time.time_ns()}:", "MLFLOW_UI_URL": "http://mlflow.example:5000",
+           "TRACEJUDGE_KEY_PREFIX": prefix, "MLFLOW_UI_URL": "http://mlflow.example:5000",
            "TRACEJUDGE_DASHBOARD_TOKEN": TOKEN}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "tracejudge", "dashboard", "--port", str(port), "--experiment-id", experiment_id],
@@ -89,6 +98,7 @@ def server(store, redis_url, mlflow_store, tmp_path_factory):
                 raise RuntimeError(f"dashboard did not start: {log.read_text()}")
             time.sleep(0.2)
     yield base
+    client.delete(f"{prefix}tracejudge:counts:{today}", f"{prefix}tracejudge:budget:{today}:spent")
     proc.terminate()
     proc.wait(20)
 
@@ -131,6 +141,8 @@ def fmt(value, kind: str) -> str:
         return f"{value:.3f}"
     if kind == "usd":
         return f"${value:.4f}"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # as JavaScript's String(40.0)
     return str(value)
 
 
@@ -166,7 +178,8 @@ def test_page_in_headless_chromium_draws_every_chart_and_shows_the_api_numbers(s
 
         charts = page.evaluate(CHECK_CHARTS)
         names = {c["name"] for c in charts}
-        expected = {"failure-judge", "failure-node", "gate", "node-mean", "worst", "bands", "radar", "errors"}
+        expected = {"failure-judge", "failure-node", "gate", "node-mean", "worst", "bands", "radar", "errors", "counters"}
+        assert api["counters"] == {"sampled": 40, "skipped_sampling": 60, "cache_hit": 12, "budget_spent_usd": 1.25}
         expected |= {f"hist-{i}" for i in range(len(api["nodes"]))}
         assert expected <= names, expected - names
         for c in charts:
@@ -193,6 +206,16 @@ def test_page_in_headless_chromium_draws_every_chart_and_shows_the_api_numbers(s
 
         page.open(f"{server}/?experiment={experiment_id}&since=someday", until="document.body.dataset.rendered")
         assert "--since: cannot read 'someday'" in page.evaluate("document.getElementById('error').textContent")
+
+        # the self-contained HTML report draws the same charts offline (file://, no server)
+        from tracejudge.monitor import QualitySummary
+        from tracejudge.monitor.render import to_html
+
+        report = tmp_path / "report.html"
+        report.write_text(to_html(QualitySummary.model_validate(api)))
+        page.open(report.as_uri(), until="document.body.dataset.rendered")
+        offline = {c["name"]: c for c in page.evaluate(CHECK_CHARTS)}
+        assert expected <= set(offline) and all(c["painted"] > 200 for c in offline.values())
 
         page.open(f"{server}/?{query}", until="document.body.dataset.rendered")
         target = ROOT / "docs" / "dashboard.png" if os.environ.get("TRACEJUDGE_UPDATE_SCREENSHOT") else tmp_path / "dashboard.png"

@@ -159,6 +159,19 @@ def test_report_command_formats(seeded, tmp_path, capsys):
     assert "QualitySummary" in capsys.readouterr().out
 
 
+def test_report_llm_summary_is_off_by_default_and_uses_the_judges_client(seeded, fake_llm, capsys):
+    experiment_id, _, _, _ = seeded
+    assert main(["report", "--experiment-id", experiment_id, "--since", "1h", "--source", "mlflow"]) == 0
+    assert "summary (LLM)" not in capsys.readouterr().out
+    before = len(fake_llm.requests)
+    assert main(["report", "--experiment-id", experiment_id, "--since", "1h", "--source", "mlflow", "--llm-summary", "--format", "md"]) == 0
+    assert "**Summary (LLM):** tracejudge-fake-llm" in capsys.readouterr().out
+    asked = fake_llm.requests[before:]
+    assert len(asked) == 1 and asked[0].judge == "failure_themes_summary"
+    prompt = json.dumps(asked[0].body["messages"])
+    assert "research/relevance: 2 of 5 below" in prompt and "<data-" in prompt
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

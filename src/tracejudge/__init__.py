@@ -17,6 +17,7 @@ from tracejudge.enqueue import (
     EvaluationFailed,
     EvaluationHandle,
     EvaluationTimeout,
+    SkippedHandle,
     enqueue,
     judged,
     last_handle,
@@ -69,4 +70,5 @@ __all__ = [
     "last_handle",
     "load_config",
     "register_judge",
+    "SkippedHandle",
 ]

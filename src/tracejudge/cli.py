@@ -6,6 +6,9 @@
     tracejudge demo                          the end-to-end demo on this machine
     tracejudge fake-llm --port 8089          the local OpenAI-compatible test server
     tracejudge validate-config FILE          check a config file
+    tracejudge beat [CELERY BEAT OPTIONS...] run the scheduler (online pick-up, deferred evaluations)
+    tracejudge backfill --experiment-id 1    judge traces already in MLflow (--since 7d --dry-run --wait ...)
+    tracejudge budget                        today's judge spend, by model and by judge
     tracejudge report --experiment-id 1      judged quality over a window (table, json, html, md)
     tracejudge dashboard [--port 8050]       the quality dashboard (loopback by default)
     tracejudge alerts check --once           check the quality alert rules; exit 1 when one fires
@@ -33,11 +36,13 @@ DEFAULT_CONCURRENCY = 16
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    if argv and argv[0] in ("worker", "fake-llm"):
+    if argv and argv[0] in ("worker", "fake-llm", "beat"):
         # These pass their remaining options straight through.
         command, rest = argv[0], argv[1:]
         if command == "worker":
             return run_worker(rest)
+        if command == "beat":
+            return run_beat(rest)
         from tracejudge.testing.fake_llm import main as fake_llm_main
 
         return fake_llm_main(rest)
@@ -85,6 +90,38 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fake-llm", help="run the local OpenAI-compatible test server (options: see --help)", add_help=False)
     p.set_defaults(func=lambda a: 0)
 
+    p = sub.add_parser("beat", help="run Celery beat: online pick-up and deferred evaluations (Celery options pass through)", add_help=False)
+    p.set_defaults(func=lambda a: run_beat([]))
+
+    p = sub.add_parser(
+        "backfill",
+        help="judge traces already in MLflow (paged, resumable, with progress)",
+        description="Page through an experiment's traces and enqueue each one on the background queue. "
+        "Skips traces already judged with the current judges unless --force; applies sampling and filters; "
+        "holds back while the queue is deeper than --max-queue; keeps a checkpoint in Redis (--resume).",
+    )
+    p.add_argument("--experiment-id", required=True, help="experiment id (or name)")
+    p.add_argument("--since", help="only traces started since: a duration (7d, 12h, 30m) or a date (2026-11-01)")
+    p.add_argument("--until", help="only traces started until: a duration ago or a date")
+    p.add_argument("--filter", dest="filter_string", help="an MLflow search_traces filter, e.g. \"tags.env = 'prod'\"")
+    p.add_argument("--judges", help="comma-separated judge names replacing the plan's judges")
+    p.add_argument("--sample", type=float, help="share of traces to judge (0..1), replacing judges.sampling.rate")
+    p.add_argument("--force", action="store_true", help="re-judge traces that already have results (the new ones supersede them)")
+    p.add_argument("--dry-run", action="store_true", help="only count, and show a sample of trace ids")
+    p.add_argument("--max", type=int, dest="max_traces", help="look at no more than this many traces")
+    p.add_argument("--wait", nargs="?", type=float, const=3600.0, metavar="SECONDS",
+                   help="wait for the verdicts (default up to 3600 s), then print the pass rate and error counts")
+    p.add_argument("--resume", action="store_true", help="continue the same backfill after an interruption (Ctrl-C)")
+    p.add_argument("--max-queue", type=int, default=1000, help="hold back while the queue has more messages than this (default 1000)")
+    p.add_argument("--config", help="YAML config file (default: $TRACEJUDGE_CONFIG)")
+    p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("budget", help="today's judge spend (UTC), by model and by judge")
+    p.add_argument("--day", help="another UTC day, YYYY-MM-DD")
+    p.add_argument("--config", help="YAML config file (for the limit; default: $TRACEJUDGE_CONFIG)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_budget)
+
     p = sub.add_parser("validate-config", help="check a config file and print the judge plan")
     p.add_argument("file", help="YAML config file")
     p.set_defaults(func=cmd_validate_config)
@@ -94,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", help="table (default), json, html (one self-contained file) or md")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     p.add_argument("--schema", action="store_true", help="print the JSON schema of --format json and exit")
+    p.add_argument("--llm-summary", action="store_true",
+                   help="add a plain-language summary of the failure themes from the judges' LLM (TRACEJUDGE_LLM_BASE_URL); off by default")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("dashboard", help="serve the quality dashboard (a web page and its JSON API)")
@@ -190,6 +229,22 @@ def run_worker(extra: list[str]) -> int:
     if not _has(extra, "-l", "--loglevel"):
         argv += ["--loglevel", "INFO"]
     get_app().worker_main(argv + extra)
+    return 0
+
+
+def run_beat(extra: list[str]) -> int:
+    """``celery beat`` for tracejudge's schedule (``celery -A tracejudge.worker beat`` works too)."""
+    from pathlib import Path
+
+    from tracejudge.worker import get_app
+
+    argv = ["beat"]
+    if not _has(extra, "-s", "--schedule"):
+        Path(".tracejudge").mkdir(exist_ok=True)
+        argv += ["--schedule", str(Path(".tracejudge") / "celerybeat-schedule")]
+    if not _has(extra, "-l", "--loglevel"):
+        argv += ["--loglevel", "INFO"]
+    get_app().start(argv + extra)
     return 0
 
 
@@ -312,6 +367,18 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     return EXIT_PASSED
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from tracejudge.cli_controls import backfill_command
+
+    return backfill_command(args)
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    from tracejudge.cli_controls import budget_command
+
+    return budget_command(args)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from tracejudge.monitor import render
 
@@ -324,6 +391,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     summary = _summary(args)
     if isinstance(summary, int):
         return summary
+    if args.llm_summary:
+        from tracejudge.config import ConfigError
+        from tracejudge.judges.errors import JudgeError
+        from tracejudge.monitor.llm_summary import add_llm_summary
+
+        try:
+            add_llm_summary(summary)
+        except (ConfigError, JudgeError) as exc:
+            print(f"error: --llm-summary: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     text = render.render(summary, args.format)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:

@@ -113,7 +113,33 @@ class DisabledHandle:
         return None
 
 
-AnyHandle = EvaluationHandle | CompletedHandle | DisabledHandle
+class SkippedHandle:
+    """Sampling left this trace out (``judges.sampling.rate``): nothing was queued, no Redis message.
+
+    ``status`` is ``'skipped'``; ``verdict()`` returns a verdict with status ``skipped`` at once.
+    """
+
+    status = "skipped"
+
+    def __init__(self, trace_id: str, reason: str, *, config: TraceJudgeConfig) -> None:
+        self.id = ""
+        self.trace_id = trace_id
+        self.reason = reason
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"SkippedHandle(trace_id={self.trace_id!r}, reason={self.reason!r})"
+
+    def ready(self) -> bool:
+        return True
+
+    def verdict(self, timeout: float | None = None, *, raise_on_block: bool = True) -> QualityVerdict:
+        from tracejudge.verdict import skipped_verdict
+
+        return skipped_verdict(self.trace_id, self.reason, self.config)
+
+
+AnyHandle = EvaluationHandle | CompletedHandle | DisabledHandle | SkippedHandle
 _last_handle: ContextVar[AnyHandle | None] = ContextVar("tracejudge_last_handle", default=None)
 
 
@@ -126,6 +152,9 @@ def enqueue(
     environment: str | None = None,
     evaluation_id: str | None = None,
     block: bool = True,
+    force: bool = False,
+    workflow: str | None = None,
+    sample: float | None = None,
 ) -> AnyHandle:
     """Queue a finished trace for judging; returns at once with a handle.
 
@@ -134,6 +163,14 @@ def enqueue(
     for this call. ``gate=True`` uses the gate queue (someone is waiting).
     ``block=False`` hands the message to a background sender (microseconds;
     see :mod:`tracejudge.sender`) instead of sending it to Redis here.
+
+    ``judges.sampling.rate`` (or ``sample``, which replaces it for this call)
+    decides from a hash of the trace id, without MLflow or Redis, whether the
+    trace is judged: a trace left out gets a :class:`SkippedHandle`
+    (``gate=True`` is never sampled out unless ``sampling.gates_always`` is
+    false). ``workflow`` names the workflow for the skip counters.
+    ``force=True`` re-judges a trace that already has results (the new
+    assessments supersede the old ones).
 
     >>> handle = enqueue("tr-5f1c...", gate=True)  # doctest: +SKIP
     >>> handle.verdict(timeout=60)  # doctest: +SKIP
@@ -148,6 +185,10 @@ def enqueue(
     if mode == "disabled":
         return _disabled(trace_id, "judging is off (judges.execution.mode: disabled)")
     refs = [_as_ref(j) for j in judges] if judges is not None else None
+    skipped = _sampled_out(trace_id, resolved, gate=gate, sample=sample, workflow=workflow)
+    if skipped is not None:
+        _last_handle.set(skipped)
+        return skipped
     if not block and not evaluation_id:
         from tracejudge.sender import new_evaluation_id  # no os.urandom: it would hand the GIL to the sender
 
@@ -158,6 +199,7 @@ def enqueue(
         judges=refs,
         gate=gate,
         environment=environment,
+        **({"force": True} if force else {}),
         **({"evaluation_id": evaluation_id} if evaluation_id else {}),
     )
     if mode == "sync":
@@ -257,6 +299,43 @@ def _send(request: Any, config: TraceJudgeConfig) -> EvaluationHandle:
             f"could not enqueue trace {request.trace_id}: the broker at {_redacted_broker(app)} is unreachable ({exc})"
         ) from None
     return EvaluationHandle(result, trace_id=request.trace_id, config=config)
+
+
+def _sampled_out(
+    trace_id: str, config: TraceJudgeConfig, *, gate: bool, sample: float | None, workflow: str | None
+) -> SkippedHandle | None:
+    """A :class:`SkippedHandle` when sampling leaves the trace out (counted in a batch, no Redis call here)."""
+    sampling = config.judges.sampling
+    if (sampling.rate if sample is None else sample) >= 1.0 or (gate and sampling.gates_always):
+        return None
+    from tracejudge.tasks.sampling import sampling_decision
+
+    reason = sampling_decision(trace_id, config, gate=gate, sample=sample)
+    if reason is None:
+        _skip_counter().incr(workflow, "sampled")
+        return None
+    _skip_counter().incr(workflow, "skipped_sampling")
+    log.debug("tracejudge: %s %s", trace_id, reason)
+    return SkippedHandle(trace_id, reason, config=config)
+
+
+_counter: Any = None
+
+
+def _skip_counter() -> Any:
+    """The process's batched sampling counter (flushed to Redis at most once a second)."""
+    global _counter
+    if _counter is None:
+        from tracejudge.tasks.counters import BatchedCounter
+        from tracejudge.tasks.runtime import key_prefix
+
+        def client() -> Any:
+            from tracejudge.worker import get_app
+
+            return get_app().backend.client
+
+        _counter = BatchedCounter(client, key_prefix)
+    return _counter
 
 
 def _disabled(trace_id: str, reason: str) -> DisabledHandle:

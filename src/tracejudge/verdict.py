@@ -47,7 +47,7 @@ from tracejudge.judges.model import Aggregate, ErrorInfo, JudgeResult, aggregate
 
 log = logging.getLogger(__name__)
 
-Status = Literal["passed", "failed", "error"]
+Status = Literal["passed", "failed", "error", "skipped"]
 
 NO_SCORES = "NO_SCORES"
 GATE_JUDGE_NOT_RUN = "GATE_JUDGE_NOT_RUN"
@@ -105,6 +105,8 @@ class QualityVerdict(BaseModel):
     artifact_uri: str | None = None
     judged: int = 0
     reused: int = 0
+    #: Why a ``skipped`` trace was left out (sampling, a filter).
+    skipped_reason: str | None = None
     evaluated_at: str = Field(default_factory=utc_now)
 
     @model_validator(mode="before")
@@ -378,6 +380,32 @@ def error_verdict(
     )
 
 
+def skipped_verdict(trace_id: str, reason: str, config: TraceJudgeConfig, **fields: Any) -> QualityVerdict:
+    """The verdict of a trace that sampling or a filter left out: status ``skipped``, never a pass.
+
+    >>> from tracejudge.config import TraceJudgeConfig
+    >>> skipped_verdict("tr-1", "sampled out", TraceJudgeConfig()).status
+    'skipped'
+    """
+    threshold = config.quality_gate.threshold if config.quality_gate.enabled else config.environment_threshold()
+    return QualityVerdict(trace_id=str(trace_id), status="skipped", threshold=threshold, skipped_reason=reason, **fields)
+
+
+def cost_summary(results: list[JudgeResult]) -> dict[str, Any]:
+    """What the judges of one trace cost: USD (None when no model had a price) and tokens.
+
+    >>> cost_summary([JudgeResult(name="a", threshold=0.5, cost_usd=0.001), JudgeResult(name="b", threshold=0.5)])
+    {'judge_cost_usd': 0.001, 'prompt_tokens': 0, 'completion_tokens': 0, 'cached_calls': 0}
+    """
+    costs = [r.cost_usd for r in results if r.cost_usd is not None]
+    return {
+        "judge_cost_usd": round(sum(costs), 9) if costs else None,
+        "prompt_tokens": sum(r.tokens.prompt for r in results if not r.cached),
+        "completion_tokens": sum(r.tokens.completion for r in results if not r.cached),
+        "cached_calls": sum(1 for r in results if r.cached),
+    }
+
+
 def retry_nodes(results: list[JudgeResult], config: TraceJudgeConfig) -> list[str]:
     """Nodes whose ``quality_retry`` judges scored below its threshold (design section 5.4)."""
     retry = config.quality_retry
@@ -456,6 +484,7 @@ def quality_report(verdict: QualityVerdict) -> dict[str, Any]:
         "retry_nodes": verdict.retry_nodes,
         "attempt": verdict.attempt,
         "warnings": verdict.warnings,
+        "cost": cost_summary(verdict.results()),
     }
     if verdict.error is not None:
         report["error"] = verdict.error.model_dump()
@@ -505,4 +534,9 @@ def quality_metrics(verdict: QualityVerdict) -> dict[str, float]:
     for judge, values in verdict.judge_aggregates.items():
         for kind, value in values.items():
             metrics[metric_name(judge, kind)] = value
+    cost = cost_summary(verdict.results())
+    if cost["judge_cost_usd"] is not None:
+        metrics["judge_cost_usd"] = cost["judge_cost_usd"]
+    metrics["judge_prompt_tokens"] = float(cost["prompt_tokens"])
+    metrics["judge_completion_tokens"] = float(cost["completion_tokens"])
     return metrics

@@ -32,9 +32,16 @@ from .models import (
     TraceJudgeConfig,
     template_variables,
 )
+from .controls import BudgetConfig, CacheConfig, FiltersConfig, OnlineConfig, PriceEntry, SamplingConfig
 from .settings import Settings, normalize_model, redact_url
 
 __all__ = [
+    "BudgetConfig",
+    "CacheConfig",
+    "FiltersConfig",
+    "OnlineConfig",
+    "PriceEntry",
+    "SamplingConfig",
     "CONFIG_ENV_VAR",
     "ENVIRONMENT_THRESHOLDS",
     "ConfigError",

@@ -395,6 +395,20 @@ class JudgesConfig(_Section):
     node_overrides: dict[str, list[JudgeRef]] = Field(default_factory=dict)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     custom: list[CustomJudgeConfig] = Field(default_factory=list)
+    # Production controls (config/controls.py): which traces, pick-up, cost, budget, cache.
+    sampling: "SamplingConfig" = Field(default_factory=lambda: SamplingConfig())
+    filters: "FiltersConfig" = Field(default_factory=lambda: FiltersConfig())
+    online: "OnlineConfig" = Field(default_factory=lambda: OnlineConfig())
+    pricing: dict[str, "PriceEntry"] = Field(default_factory=dict)
+    budget: "BudgetConfig" = Field(default_factory=lambda: BudgetConfig())
+    cache: "CacheConfig" = Field(default_factory=lambda: CacheConfig())
+
+    @field_validator("pricing", mode="before")
+    @classmethod
+    def _pricing(cls, value: Any) -> Any:
+        from .controls import check_pricing
+
+        return check_pricing(value)
 
     @field_validator("workflow_defaults")
     @classmethod
@@ -638,6 +652,11 @@ class TraceJudgeConfig(_Section):
     def location(self, section: str) -> str:
         """Where ``section`` sits in the user's document, e.g. ``'quality_gate'``."""
         return self._locations.get(section) or self.DEFAULT_LOCATIONS.get(section, section)
+
+
+from .controls import BudgetConfig, CacheConfig, FiltersConfig, OnlineConfig, PriceEntry, SamplingConfig  # noqa: E402
+
+JudgesConfig.model_rebuild()
 
 
 def _alerts_config() -> Any:

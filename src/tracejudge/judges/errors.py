@@ -33,6 +33,9 @@ UNKNOWN_JUDGE = "UNKNOWN_JUDGE"
 JUDGE_EXCEPTION = "JUDGE_EXCEPTION"
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 
+# Production controls: the daily judge budget was spent, so no call was made (never a pass, never reused).
+BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+
 #: Codes that say the provider itself refuses us: the rest of a batch fails fast.
 PROVIDER_WIDE = frozenset({AUTHENTICATION_ERROR, PERMISSION_DENIED, QUOTA_EXCEEDED})
 

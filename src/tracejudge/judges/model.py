@@ -296,6 +296,11 @@ class JudgeResult(BaseModel):
     error: ErrorInfo | None = None
     truncated: dict[str, int] = Field(default_factory=dict)
     key: str | None = None
+    #: USD this result cost (None when the model has no price; 0 for a cached reply).
+    cost_usd: float | None = None
+    #: The reply came from the judge result cache (``cache_key``), not from a new LLM call.
+    cached: bool = False
+    cache_key: str | None = None
 
     @property
     def ok(self) -> bool:

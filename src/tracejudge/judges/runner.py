@@ -23,6 +23,7 @@ from typing import Any
 from tracejudge.config import ExecutionConfig, normalize_model
 from tracejudge.judges import errors
 from tracejudge.judges.client import LLMClient, LLMReply, SharedLimiter
+from tracejudge.judges.controls import CallControls, GuardedReply
 from tracejudge.judges.errors import JudgeError, JudgeInputError
 from tracejudge.judges.executor import CodeJudgeExecutor, CodeJudgeTimeout, default_code_executor
 from tracejudge.judges.model import (
@@ -34,6 +35,7 @@ from tracejudge.judges.model import (
     JudgeResult,
     TokenUsage,
     passes,
+    to_text,
     utc_now,
 )
 from tracejudge.judges.prompt import RenderedPrompt, is_large, render, resolve_variable
@@ -60,6 +62,7 @@ async def run_judges(
     default_model: str = "gpt-4o-mini",
     deadline: float | None = None,
     limiter: SharedLimiter | None = None,
+    controls: CallControls | None = None,
     code_executor: CodeJudgeExecutor | None = None,
 ) -> list[JudgeResult]:
     """Run every job concurrently (bounded by ``execution.concurrency``); one result per job.
@@ -82,6 +85,7 @@ async def run_judges(
                 default_model=default_model,
                 deadline=deadline,
                 limiter=limiter,
+                controls=controls,
                 code_executor=code_executor,
             )
 
@@ -96,6 +100,7 @@ async def run_one(
     default_model: str = "gpt-4o-mini",
     deadline: float | None = None,
     limiter: SharedLimiter | None = None,
+    controls: CallControls | None = None,
     code_executor: CodeJudgeExecutor | None = None,
 ) -> JudgeResult:
     """Run one job; never raises (except cancellation)."""
@@ -119,7 +124,7 @@ async def run_one(
     started = time.perf_counter()
     timestamp = utc_now()
     truncated: dict[str, int] = {}
-    extra: dict[str, Any] = {}  # scoring mode, samples and spread of LLM judges
+    extra: dict[str, Any] = {}  # cost and cache (controls); scoring mode, samples and spread of LLM judges
     try:
         # The loop's clock (``time.monotonic()`` unless a test drives the loop's clock).
         remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
@@ -142,7 +147,43 @@ async def run_one(
                     samples = judge.samples or execution.samples
                     prompt = await _render(judge, job.input, execution.max_input_chars, levels=mode == "logprobs")
                     truncated = prompt.truncated
-                    replies = await _sample(client, prompt, judge, model, samples, execution, limiter)
+                    llm_client = client
+                    values = judged_values(judge, job.input, execution.max_input_chars) if controls is not None else {}
+
+                    async def one_call(sample: int) -> GuardedReply:
+                        def invoke() -> Any:
+                            return llm_client.score(
+                                model=model,
+                                messages=prompt.messages,
+                                judge=judge.name,
+                                parameters=judge.parameters,
+                                timeout_seconds=execution.timeout_seconds,
+                                max_attempts=execution.attempts,
+                                limiter=limiter,
+                                levels=prompt.levels,
+                            )
+
+                        if controls is None:
+                            return GuardedReply(reply=await invoke(), cost_usd=None)
+                        # the one point where cache, budget and cost wrap an LLM call; each sample
+                        # and scoring mode has its own cache entry (they are different calls)
+                        keyed = dict(values)
+                        if mode != "direct":
+                            keyed["__scoring"] = mode
+                        if samples > 1:
+                            keyed["__sample"] = str(sample)
+                        return await controls.call(
+                            judge=judge.name,
+                            version=judge.version,
+                            model=model,
+                            messages=prompt.messages,
+                            parameters=judge.parameters,
+                            values=keyed,
+                            invoke=invoke,
+                        )
+
+                    guarded = await _sample(one_call, samples)
+                    replies = [g.reply for g in guarded]
                     reply, attempts, tokens = _combine(replies)
                     extra.update(
                         scoring=replies[0].scoring,
@@ -152,16 +193,25 @@ async def run_one(
                             round(statistics.pstdev([r.reply.score for r in replies]), 6) if len(replies) > 1 else None
                         ),
                     )
+                    if controls is not None:
+                        costs = [g.cost_usd for g in guarded]
+                        extra.update(
+                            cost_usd=None if any(c is None for c in costs) else round(sum(costs), 8),  # type: ignore[arg-type]
+                            cached=all(g.cached for g in guarded),
+                            cache_key=guarded[0].cache_key,
+                        )
         except TimeoutError:
             if not overall.expired():  # a TimeoutError of someone else's, not our deadline
                 raise
             raise JudgeError(errors.DEADLINE_EXCEEDED, "the evaluation's overall deadline passed while this judge ran") from None
     except JudgeError as exc:
+        spent = exc.tokens if controls is not None and isinstance(exc.tokens, TokenUsage) else None
         return JudgeResult.failed(
             exc,
             duration_ms=_ms(started),
             timestamp=timestamp,
             truncated=truncated,
+            **({"cost_usd": controls.prices.cost(model, spent.prompt, spent.completion)} if controls and spent else {}),
             **common,
         )
     except Exception as exc:  # a bug somewhere must not take the other judges' results down
@@ -185,6 +235,11 @@ async def run_one(
         **extra,
         **common,
     )
+
+
+def judged_values(judge: Any, judge_input: JudgeInput, max_chars: int) -> dict[str, str]:
+    """The text each template variable stands for (as judged), for the result cache's key."""
+    return {v: to_text(resolve_variable(judge.name, v, judge_input))[:max_chars] for v in judge.variables}
 
 
 async def _run_code_judge(
@@ -230,36 +285,15 @@ def _coerce_code_reply(name: str, value: Any) -> JudgeReply:
     return JudgeReply(score=float(value), rationale=str(rationale))
 
 
-async def _sample(
-    client: LLMClient,
-    prompt: RenderedPrompt,
-    judge: Judge,
-    model: str,
-    samples: int,
-    execution: ExecutionConfig,
-    limiter: SharedLimiter | None,
-) -> list[LLMReply]:
+async def _sample(call: Any, samples: int) -> list[GuardedReply]:
     """``samples`` replies to the same prompt, asked at once; any failure fails the judge.
 
-    Every sample is a full call (retries, rate limit, tokens counted), so the cost
+    Every sample is a full call (retries, rate limit, budget, tokens counted), so the cost
     multiplies by ``samples``. Set a ``temperature`` above 0 for the replies to differ.
     """
-
-    async def one() -> LLMReply:
-        return await client.score(
-            model=model,
-            messages=prompt.messages,
-            judge=judge.name,
-            parameters=judge.parameters,
-            timeout_seconds=execution.timeout_seconds,
-            max_attempts=execution.attempts,
-            limiter=limiter,
-            levels=prompt.levels,
-        )
-
     if samples <= 1:
-        return [await one()]
-    return list(await asyncio.gather(*(one() for _ in range(samples))))
+        return [await call(0)]
+    return list(await asyncio.gather(*(call(i) for i in range(samples))))
 
 
 def _combine(replies: list[LLMReply]) -> tuple[JudgeReply, int, TokenUsage]:

@@ -60,6 +60,8 @@ class LoadedTrace:
     workflow_name: str
     targets: list[Target]
     assessments: list[Any] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    state: str = ""
     timestamp_ms: int = 0
 
 
@@ -115,6 +117,8 @@ def load_trace(client: Any, trace_id: str) -> LoadedTrace:
         workflow_name=tags.get("mlflow.traceName") or (root.name if root is not None else "workflow"),
         targets=extract_targets(trace),
         assessments=list(getattr(info, "assessments", None) or []),
+        tags=tags,
+        state=str(getattr(info, "state", None) or getattr(info, "status", None) or ""),
         timestamp_ms=int(getattr(info, "request_time", 0) or 0),
     )
 

@@ -35,6 +35,8 @@ ONLINE_RUN_TAG = "tracejudge.role"
 ONLINE_RUN_NAME = "tracejudge-online"
 DEFAULT_WRITE_CONCURRENCY = 8
 TAG_PREFIX = "tracejudge."
+#: Error codes of results that are never reused: the next evaluation judges again.
+NEVER_REUSED = frozenset({"BUDGET_EXCEEDED"})
 _UNAVAILABLE = re.compile(
     r"Max retries exceeded|Connection refused|ConnectionError|Failed to establish|Read timed out|"
     r"RemoteDisconnected|status code 50[234]|Bad Gateway|Service Unavailable",
@@ -62,6 +64,9 @@ def existing_results(assessments: Iterable[Any]) -> dict[str, JudgeResult]:
         key = metadata.get(KEY)
         if not key or getattr(assessment, "valid", True) is False or getattr(assessment, "feedback", None) is None:
             continue
+        error = getattr(assessment, "error", None)
+        if error is not None and getattr(error, "error_code", None) in NEVER_REUSED:
+            continue  # judged again next time (e.g. a budget that is spent today may not be tomorrow)
         found[key] = _result_from_assessment(assessment, metadata, key)
     return found
 
@@ -84,6 +89,11 @@ def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -
         "timestamp": result.timestamp,
         "judge_version": result.judge_version or "",
     }
+    if result.cost_usd is not None:
+        metadata["cost_usd"] = f"{result.cost_usd:.9f}".rstrip("0").rstrip(".") or "0"
+    if result.cached:
+        metadata["cached"] = "true"
+        metadata["cache_key"] = result.cache_key or ""
     if result.truncated:
         metadata["truncated_chars"] = json.dumps(result.truncated, sort_keys=True)
     if result.scoring:  # how an LLM judge's score was read, and its spread over samples
@@ -108,12 +118,33 @@ def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -
     return kwargs
 
 
-def log_result(trace_id: str, result: JudgeResult, *, evaluation_id: str) -> str:
-    """Write one result as a feedback assessment; returns its assessment id."""
+def log_result(trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None) -> str:
+    """Write one result as a feedback assessment; returns its assessment id.
+
+    With ``overrides`` (an assessment id) the new one supersedes it: MLflow marks the old one invalid.
+    """
     import mlflow
 
-    assessment = call_mlflow(mlflow.log_feedback, **feedback_kwargs(trace_id, result, evaluation_id=evaluation_id))
+    kwargs = feedback_kwargs(trace_id, result, evaluation_id=evaluation_id)
+    if overrides is None:
+        assessment = call_mlflow(mlflow.log_feedback, **kwargs)
+    else:
+        from mlflow.entities import Feedback
+
+        kwargs.pop("trace_id")
+        assessment = call_mlflow(mlflow.log_assessment, trace_id, Feedback(trace_id=trace_id, overrides=overrides, **kwargs))
     return assessment.assessment_id
+
+
+def superseded_ids(assessments: Iterable[Any]) -> dict[tuple[str | None, str], str]:
+    """Our valid assessments on a trace by (span id, judge name): what a re-judged result supersedes."""
+    found: dict[tuple[str | None, str], str] = {}
+    for assessment in assessments:
+        metadata = getattr(assessment, "metadata", None) or {}
+        if not metadata.get(KEY) or getattr(assessment, "valid", True) is False or getattr(assessment, "feedback", None) is None:
+            continue
+        found[(assessment.span_id, assessment.name)] = assessment.assessment_id
+    return found
 
 
 def write_results(
@@ -259,6 +290,9 @@ def _result_from_assessment(assessment: Any, metadata: dict[str, str], key: str)
         error=ErrorInfo(type=error.error_code, message=error.error_message or "") if error is not None else None,
         truncated=json.loads(metadata["truncated_chars"]) if metadata.get("truncated_chars") else {},
         key=key,
+        cost_usd=_float(metadata.get("cost_usd"), 0.0) if metadata.get("cost_usd") else None,
+        cached=metadata.get("cached") == "true",
+        cache_key=metadata.get("cache_key") or None,
     )
 
 

@@ -24,7 +24,11 @@ from tracejudge.monitor.window import BadQuery, MonitorQuery
 log = logging.getLogger(__name__)
 
 ENVIRONMENT_TAG = "tracejudge.environment"
-COUNTER_KEYS = "tracejudge:counters:*"
+#: The production controls' daily counters (``tasks/counters.py``): hash of ``<workflow>|<event>`` -> n.
+COUNTS_KEY = "tracejudge:counts:{day}"
+#: Their daily budget spend (``tasks/budget.py``), nano-USD.
+SPENT_KEY = "tracejudge:budget:{day}:spent"
+NANO = 1_000_000_000
 
 
 def summarise_quality(
@@ -72,8 +76,9 @@ def summarise_quality(
         links=links_for(experiment_id, tracking_uri=tracking_uri or _tracking_uri()),
         workflow=query.workflow,
         environment=query.environment,
-        counters=read_counters(redis, prefix) if redis is not None else {},
     )
+    if redis is not None:
+        summary.counters, summary.daily_counters = read_counters(redis, prefix, start_ms, end_ms, workflow=query.workflow)
     _apply_exact(summary, exact)
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
@@ -121,27 +126,45 @@ def trace_record(row: Any) -> TraceRecord:
     )
 
 
-def read_counters(redis: Any, prefix: str) -> dict[str, float]:
-    """Sampling and budget counters other parts keep in Redis (``tracejudge:counters:*``), when there are any."""
-    out: dict[str, float] = {}
+def read_counters(
+    redis: Any, prefix: str, start_ms: int, end_ms: int, *, workflow: str | None = None
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The production controls' daily counters (sampled, skipped, cache hits, budget refusals) and budget spend
+    for the UTC days the window touches: totals, and per day. Empty when that feature keeps none."""
+    from datetime import datetime, timezone
+
+    days = []
+    day_ms = (start_ms // 86_400_000) * 86_400_000
+    while day_ms < end_ms:
+        days.append(datetime.fromtimestamp(day_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d"))
+        day_ms += 86_400_000
+    totals: dict[str, float] = {}
+    daily: dict[str, dict[str, float]] = {}
     try:
-        for key in redis.scan_iter(match=f"{prefix}{COUNTER_KEYS}", count=200):
-            name = key.decode() if isinstance(key, bytes) else key
-            kind = redis.type(key)
-            kind = kind.decode() if isinstance(kind, bytes) else kind
-            short = name[len(prefix) + len("tracejudge:counters:") :]
-            if kind == "string":
-                out[short] = float(redis.get(key) or 0)
-            elif kind == "hash":
-                for field, value in redis.hgetall(key).items():
-                    f = field.decode() if isinstance(field, bytes) else field
-                    try:
-                        out[f"{short}.{f}"] = float(value)
-                    except ValueError:
-                        continue
+        pipe = redis.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(prefix + COUNTS_KEY.format(day=day))
+            pipe.get(prefix + SPENT_KEY.format(day=day))
+        replies = pipe.execute()
     except Exception as exc:  # counters are extras; the summary stands without them
         log.warning("could not read counters from Redis: %s", exc)
-    return out
+        return totals, daily
+    for i, day in enumerate(days):
+        counts, spent = replies[2 * i], replies[2 * i + 1]
+        row: dict[str, float] = {}
+        for raw, value in (counts or {}).items():
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            wf, _, event = name.rpartition("|")
+            if workflow is not None and wf != workflow:
+                continue
+            row[event] = row.get(event, 0.0) + float(value)
+        if spent is not None:
+            row["budget_spent_usd"] = round(int(spent) / NANO, 6)
+        if row:
+            daily[day] = row
+            for k, v in row.items():
+                totals[k] = round(totals.get(k, 0.0) + v, 6)
+    return totals, daily
 
 
 def _apply_exact(summary: QualitySummary, exact: list[dict[str, Any]]) -> None:

@@ -139,6 +139,12 @@ class QualitySummary(BaseModel):
     worst_nodes: list[WorstNode]
     themes: list[Theme]
     failures: list[Failure] = Field(default_factory=list, description="up to 50 failing results, newest buckets first")
-    counters: dict[str, float] = Field(default_factory=dict, description="sampling/budget counters, when kept")
+    counters: dict[str, float] = Field(
+        default_factory=dict,
+        description="production controls' counters over the window's UTC days, when kept: sampled, skipped_sampling, "
+        "skipped_filter, skipped_judge_sampling, cache_hit, cache_miss, budget_exceeded, budget_spent_usd",
+    )
+    daily_counters: dict[str, dict[str, float]] = Field(default_factory=dict, description="the same per UTC day")
     links: Links
+    llm_summary: str | None = Field(None, description="a plain-language summary of the themes (report --llm-summary; off by default)")
     seconds: float = Field(0.0, description="time taken to compute the summary")

@@ -102,6 +102,8 @@ def to_table(s: QualitySummary) -> str:
         lines += ["highest traces:"] + [f"  {num(t.score)}  {t.trace_id}" for t in s.top_traces]
     if s.themes:
         lines += ["failure themes:"] + [f"  {t.judge}: \"{t.phrase}\" ({t.count} rationales)" for t in s.themes[:6]]
+    if s.llm_summary:
+        lines += ["", f"summary (LLM): {s.llm_summary}"]
     lines += ["", f"MLflow Quality tab: {s.links.experiment_quality}"]
     return "\n".join(lines)
 
@@ -119,6 +121,8 @@ def to_markdown(s: QualitySummary) -> str:
         out += ["", "**Lowest traces:** " + ", ".join(f"[{t.trace_id}]({t.url}) {num(t.score)}" for t in s.bottom_traces)]
     if s.themes:
         out += ["", "**Failure themes:** " + "; ".join(f"{t.judge}: \"{t.phrase}\" ({t.count})" for t in s.themes[:6])]
+    if s.llm_summary:
+        out += ["", f"**Summary (LLM):** {s.llm_summary}"]
     out += ["", f"[MLflow Quality tab]({s.links.experiment_quality})"]
     return "\n".join(out) + "\n"
 

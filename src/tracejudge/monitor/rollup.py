@@ -104,14 +104,16 @@ class Rollup:
             self.highest[bucket].append((trace.score, trace.trace_id))
         self.failures[bucket].extend(failure_examples(trace))
 
-    def merge_redis(self, bucket: int, counters: dict[str, str], lowest: list[tuple[str, float]],
-                    highest: list[tuple[str, float]], failures: list[str]) -> None:
-        for name, value in counters.items():
+    def merge_redis(self, bucket: int, counters: dict[Any, Any], lowest: list[tuple[str, float]],
+                    highest: list[tuple[str, float]], failures: list[Any]) -> None:
+        target = self.counters[bucket]
+        for raw, value in counters.items():
+            name = raw.decode() if isinstance(raw, bytes) else raw
             if name.startswith("thr|"):
                 _, judge, node = name.split("|", 2)
                 self.thresholds[(judge, node)] = float(value)
             else:
-                self.counters[bucket][name] += float(value)
+                target[name] += float(value)  # float() reads bytes too
         self.lowest[bucket].extend((score, member) for member, score in lowest)
         self.highest[bucket].extend((score, member) for member, score in highest)
         self.failures[bucket].extend(json.loads(f) for f in failures)
@@ -248,13 +250,7 @@ def load_rollup(
             counters, lo, hi, fails = replies[4 * i : 4 * i + 4]
             if not counters:
                 continue
-            rollup.merge_redis(
-                bucket,
-                {_text(k): _text(v) for k, v in counters.items()},
-                [(_text(m), s) for m, s in lo],
-                [(_text(m), s) for m, s in hi],
-                [_text(f) for f in fails],
-            )
+            rollup.merge_redis(bucket, counters, [(_text(m), s) for m, s in lo], [(_text(m), s) for m, s in hi], fails)
     return rollup
 
 

@@ -139,7 +139,6 @@ def summarise(
     links: Links,
     workflow: str | None = None,
     environment: str | None = None,
-    counters: dict[str, float] | None = None,
 ) -> QualitySummary:
     """Every figure of the report, dashboard and alerts, from counters.
 
@@ -223,7 +222,7 @@ def summarise(
     in_window = [b for b in rollup.buckets() if start_ms <= b < end_ms]
     lowest = heapq.nsmallest(EXTREMES, _unique(s for b in in_window for s in rollup.lowest.get(b, [])))
     highest = heapq.nlargest(EXTREMES, _unique(s for b in in_window for s in rollup.highest.get(b, [])))
-    failures = [f for b in in_window for f in rollup.failures.get(b, [])]
+    failures = [f for b in reversed(in_window) for f in rollup.failures.get(b, [])]  # newest first
     recent = [f for b in reversed(in_window) for f in rollup.failures.get(b, [])][:MAX_FAILURES]
 
     def ref(score: float, trace_id: str) -> TraceRef:
@@ -266,7 +265,6 @@ def summarise(
             )
             for f in recent
         ],
-        counters=counters or {},
         links=links,
     )
 

@@ -31,6 +31,8 @@ STOP = frozenset(
 )
 WORD = re.compile(r"[a-z][a-z0-9'-]+")
 PER_JUDGE = 3
+#: The newest failing rationales read (a week of rollups keeps up to ~40,000; phrases settle long before that).
+MAX_EXAMPLES = 5000
 
 
 def _phrases(text: str) -> set[str]:
@@ -45,11 +47,19 @@ def _phrases(text: str) -> set[str]:
 def failure_themes(examples: Iterable[dict[str, Any]], *, per_judge: int = PER_JUDGE) -> list[Theme]:
     """Group failing rationales per judge by their most frequent distinctive phrases (at least two rationales)."""
     by_judge: dict[str, list[tuple[str, set[str]]]] = defaultdict(list)
+    seen: dict[str, set[str]] = {}
+    taken = 0
     for example in examples:
         text = example.get("text") or ""
         if not text or example.get("error_code"):
             continue
-        by_judge[example["judge"]].append((example["trace_id"], _phrases(text)))
+        grams = seen.get(text)
+        if grams is None:
+            grams = seen[text] = _phrases(text)
+        by_judge[example["judge"]].append((example["trace_id"], grams))
+        taken += 1
+        if taken >= MAX_EXAMPLES:
+            break
     judge_df: dict[str, Counter[str]] = {}
     for judge, items in by_judge.items():
         df: Counter[str] = Counter()

@@ -28,15 +28,19 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from tracejudge.config import TraceJudgeConfig
+from tracejudge.judges import errors
 from tracejudge.judges.model import JudgeResult
 from tracejudge.judges.plan import plan_for_target
 from tracejudge.judges.registry import UnknownJudgeError
 from tracejudge.judges.runner import JudgeJob, run_judges
 from tracejudge.mlflow_io import reader, writer
 from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady
+from tracejudge.tasks import counters
+from tracejudge.tasks.judged import PLAN_TAG, plan_fingerprint
 from tracejudge.tasks.payload import EvaluationRequest
+from tracejudge.tasks.sampling import filter_reason, judge_sampled
 from tracejudge.tasks.runtime import Runtime, key_prefix
-from tracejudge.verdict import QualityVerdict, build_verdict, error_verdict, quality_metrics, quality_report
+from tracejudge.verdict import QualityVerdict, build_verdict, error_verdict, quality_metrics, quality_report, skipped_verdict
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,14 @@ INVALID_PAYLOAD = "INVALID_PAYLOAD"
 UNKNOWN_JUDGE = "UNKNOWN_JUDGE"
 NO_TARGETS = "NO_TARGETS"
 MLFLOW_UNAVAILABLE = "MLFLOW_UNAVAILABLE"
+
+
+class EvaluationDeferred(RuntimeError):
+    """The daily budget is spent and ``budget.on_exceed: defer``: run this request again next UTC day."""
+
+    def __init__(self, message: str, *, request: EvaluationRequest) -> None:
+        super().__init__(message)
+        self.request = request
 
 
 class EvaluationBusy(RuntimeError):
@@ -80,6 +92,13 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             f"{execution.trace_wait_seconds:g} s: {exc}"
         )
         return error_verdict(request.trace_id, TRACE_NOT_FOUND, message, config, evaluation_id=request.evaluation_id)
+    skip = filter_reason(config.judges.filters, workflow=loaded.workflow_name, tags=loaded.tags, state=loaded.state)
+    if skip is not None:
+        count(runtime, loaded.workflow_name, counters.SKIPPED_FILTER)
+        log.info("not judging %s: %s", request.trace_id, skip)
+        return skipped_verdict(
+            request.trace_id, f"filtered out: {skip}", config, evaluation_id=request.evaluation_id, workflow_name=loaded.workflow_name
+        )
     try:
         jobs = plan_jobs(loaded, config, runtime, request)
     except UnknownJudgeError as exc:
@@ -98,7 +117,13 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         if waited:  # another worker held it: see what it wrote
             loaded = reader.load_trace(runtime.mlflow, request.trace_id)
         on_trace = writer.existing_results(loaded.assessments)
-        known = {**cached_results(runtime, [j.key for j in jobs if j.key not in on_trace]), **on_trace}
+        superseded: dict[tuple[str | None, str], str] = {}
+        if request.force:  # re-judge everything; the new assessments supersede ours already there
+            superseded = writer.superseded_ids(loaded.assessments)
+            on_trace = {}
+            known = {}
+        else:
+            known = {**cached_results(runtime, [j.key for j in jobs if j.key not in on_trace]), **on_trace}
         todo = [job for job in jobs if job.key not in known]
         fresh: list[JudgeResult] = []
         if todo:
@@ -110,9 +135,24 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                     default_model=runtime.settings.default_model,
                     deadline=deadline,
                     limiter=runtime.limiter(execution.rate_limit_per_second),
+                    controls=runtime.controls(config, use_cache=not request.force),
                 )
             )
-            cache_results(runtime, fresh)
+            cache_results(runtime, [r for r in fresh if not _never_reused(r)])
+            over_budget = [r for r in fresh if r.error is not None and r.error.type == errors.BUDGET_EXCEEDED]
+            if over_budget:
+                count(runtime, loaded.workflow_name, counters.BUDGET_EXCEEDED, len(over_budget))
+                if config.judges.budget.on_exceed == "defer":
+                    done = [r for r in fresh if not _never_reused(r)]
+                    writer.write_all(
+                        [functools.partial(writer.log_result, request.trace_id, r, evaluation_id=request.evaluation_id) for r in done],
+                        executor=runtime.write_pool,
+                    )
+                    raise EvaluationDeferred(
+                        f"{len(over_budget)} judge call(s) of {request.trace_id} deferred to the next UTC day: "
+                        f"{over_budget[0].error.message}",
+                        request=request,
+                    )
         by_key = {**known, **{r.key: r for r in fresh}}
         results = [by_key[job.key] for job in jobs]
         verdict = build_verdict(
@@ -127,8 +167,20 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         )
         # One concurrent batch: the assessments not yet on the trace, the tags, the report and metrics.
         unwritten = [r for r in results if r.key not in on_trace]
-        calls = [functools.partial(writer.log_result, request.trace_id, r, evaluation_id=request.evaluation_id) for r in unwritten]
-        calls += summary_calls(runtime, loaded, verdict)
+        calls = [
+            functools.partial(
+                writer.log_result,
+                request.trace_id,
+                r,
+                evaluation_id=request.evaluation_id,
+                **({"overrides": superseded[(r.span_id, r.name)]} if (r.span_id, r.name) in superseded else {}),
+            )
+            for r in unwritten
+        ]
+        plan = plan_fingerprint(
+            config, runtime.registry.with_config(config), judges=request.judges, default_model=runtime.settings.default_model
+        )
+        calls += summary_calls(runtime, loaded, verdict, plan=plan)
         writer.write_all(calls, executor=runtime.write_pool)
         record_rollup(runtime, loaded, verdict, request)
 
@@ -169,13 +221,22 @@ def wait_for_trace(runtime: Runtime, trace_id: str, *, wait_seconds: float) -> L
 
 
 def plan_jobs(loaded: LoadedTrace, config: TraceJudgeConfig, runtime: Runtime, request: EvaluationRequest) -> list[JudgeJob]:
-    """Every (target, judge) pair of the plan, each with its idempotency key."""
+    """Every (target, judge) pair of the plan, each with its idempotency key.
+
+    A judge with its own rate (``sampling.judges``) runs only on the traces its rate samples.
+    """
     registry = runtime.registry.with_config(config)
+    judge_rates = config.judges.sampling.judges
     jobs = []
+    left_out = 0
     for target in loaded.targets:
         for planned in plan_for_target(
             target.node_id, config, registry, judges=request.judges, environment=request.environment
         ):
+            rate = judge_rates.get(planned.judge.name)
+            if rate is not None and not request.gate and not judge_sampled(loaded.trace_id, planned.judge.name, rate):
+                left_out += 1
+                continue
             model = planned.model or runtime.settings.default_model
             if planned.judge.kind == "code":
                 model = "code"
@@ -185,10 +246,26 @@ def plan_jobs(loaded: LoadedTrace, config: TraceJudgeConfig, runtime: Runtime, r
             jobs.append(
                 JudgeJob(judge=planned.judge, input=target.judge_input, threshold=planned.threshold, model=planned.model, key=key)
             )
+    if left_out:
+        count(runtime, loaded.workflow_name, counters.SKIPPED_JUDGE_SAMPLING, left_out)
     return jobs
 
 
-def summary_calls(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict) -> list[Any]:
+def count(runtime: Runtime, workflow: str | None, event: str, n: int = 1) -> None:
+    """Add to today's control counters (best effort: monitoring must not fail an evaluation)."""
+    if runtime.redis is None:
+        return
+    try:
+        counters.add(runtime.redis, key_prefix(), {(workflow, event): n})
+    except Exception as exc:
+        log.warning("could not count %s for %s: %s", event, workflow, exc)
+
+
+def _never_reused(result: JudgeResult) -> bool:
+    return result.error is not None and result.error.type in writer.NEVER_REUSED
+
+
+def summary_calls(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, *, plan: str | None = None) -> list[Any]:
     """Trace tags, and the report and metrics on the trace's run (or the experiment's online run).
 
     Sets ``verdict.artifact_uri``; returns the MLflow calls to make (see ``writer.write_all``).
@@ -206,6 +283,8 @@ def summary_calls(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict
         "tracejudge.score": "" if verdict.overall_score is None else f"{verdict.overall_score:.4f}",
         "tracejudge.band": verdict.band or "",
     }
+    if plan:  # what it was judged with: pick-up and backfill skip it while the plan is unchanged
+        tags[PLAN_TAG] = plan
     if verdict.artifact_uri:
         tags["tracejudge.artifact"] = verdict.artifact_uri
     return writer.summary_calls(

@@ -35,6 +35,7 @@ class EvaluationRequest(BaseModel):
     gate: bool = False
     environment: Environment | None = None  # a closed set: anything else is INVALID_PAYLOAD
     retry_of: str | None = Field(default=None, min_length=1, max_length=512)  # the trace this one re-runs
+    force: bool = False  # re-judge even what is already on the trace (the new results supersede the old)
     enqueued_at: float = Field(default_factory=time.time)
 
 

@@ -77,25 +77,52 @@ class Runtime:
         if limiter is None:
             from tracejudge.tasks.ratelimit import RedisRateLimiter
 
-            if self._async_redis is None:
-                import redis.asyncio
-
-                # with retries like the sync client's: a Redis restart must not turn judge calls into errors;
-                # a blocking pool: many judge calls at once wait for a connection instead of failing
-                # (redis-py's default pool raises MaxConnectionsError past 100; measured at -c 32)
-                pool = redis.asyncio.BlockingConnectionPool.from_url(
-                    self.settings.redis_url,
-                    max_connections=64,
-                    timeout=30,
-                    socket_connect_timeout=5,
-                    socket_timeout=10,
-                    **_redis_retry(asyncio=True),
-                )
-                self._async_redis = redis.asyncio.Redis(connection_pool=pool)
             limiter = self._limiters[per_second] = RedisRateLimiter(
-                self._async_redis, endpoint=self.llm.host, per_second=per_second, prefix=key_prefix()
+                self.async_redis(), endpoint=self.llm.host, per_second=per_second, prefix=key_prefix()
             )
         return limiter
+
+    def async_redis(self) -> Any:
+        """The process's asyncio Redis client (for code on the loop: rate limit, budget, cache)."""
+        if self._async_redis is None:
+            import redis.asyncio
+
+            # with retries like the sync client's: a Redis restart must not turn judge calls into errors;
+            # a blocking pool: many judge calls at once wait for a connection instead of failing
+            # (redis-py's default pool raises MaxConnectionsError past 100; measured at -c 32)
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self.settings.redis_url,
+                max_connections=64,
+                timeout=30,
+                socket_connect_timeout=5,
+                socket_timeout=10,
+                **_redis_retry(asyncio=True),
+            )
+            self._async_redis = redis.asyncio.Redis(connection_pool=pool)
+        return self._async_redis
+
+    def controls(self, config: TraceJudgeConfig, *, use_cache: bool = True) -> Any:
+        """Cache, budget and cost around each judge call, for ``config`` (see judges/controls.py).
+
+        ``use_cache=False`` (a forced re-judge) makes every call anew.
+        """
+        from tracejudge.judges.controls import CallControls
+        from tracejudge.judges.pricing import PriceTable
+
+        judges = config.judges
+        budget = cache = None
+        if self.redis is not None and judges.budget.daily_usd is not None:
+            from tracejudge.tasks.budget import RedisBudget
+
+            lease = judges.execution.timeout_seconds * judges.execution.attempts + 60
+            budget = RedisBudget(self.async_redis(), daily_usd=judges.budget.daily_usd, prefix=key_prefix(), lease_seconds=lease)
+        if self.redis is not None and judges.cache.enabled and use_cache:
+            from tracejudge.tasks.result_cache import RedisResultCache
+
+            cache = RedisResultCache(self.async_redis(), ttl_seconds=judges.cache.ttl_hours * 3600, prefix=key_prefix())
+        return CallControls(
+            prices=PriceTable(judges.pricing), budget=budget, cache=cache, reserve_output_tokens=judges.budget.reserve_output_tokens
+        )
 
     @property
     def mlflow(self) -> Any:

@@ -88,6 +88,8 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
     }
     backend_transport: dict[str, Any] = {"visibility_timeout": visibility, "retry_policy": PRODUCER_BACKEND_RETRY}
     prefix = key_prefix()
+    from tracejudge.worker.scheduled import beat_schedule
+
     if prefix:  # a shared Redis: keep our queues, results and keys apart
         transport["global_keyprefix"] = prefix
         backend_transport["global_keyprefix"] = prefix
@@ -124,6 +126,8 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         task_send_sent_event=False,
         worker_soft_shutdown_timeout=30,
         worker_hijack_root_logger=False,
+        # Celery beat (`tracejudge beat`): online pick-up and deferred evaluations; add entries beside ours
+        beat_schedule=beat_schedule(_user_config(settings)),
     )
 
 

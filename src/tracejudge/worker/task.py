@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -50,6 +51,10 @@ def register(app: Celery) -> None:
     def evaluate_trace(self: Task, payload: Any) -> dict[str, Any]:
         return run_evaluation(self, payload)
 
+    from tracejudge.worker.scheduled import register_scheduled
+
+    register_scheduled(app)
+
 
 def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:
     from tracejudge.mlflow_io.reader import MlflowUnavailable
@@ -57,6 +62,7 @@ def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:
         INVALID_PAYLOAD,
         MLFLOW_UNAVAILABLE,
         EvaluationBusy,
+        EvaluationDeferred,
         evaluate_request,
         verdict_json,
     )
@@ -73,6 +79,15 @@ def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:
         return verdict_json(error_verdict(payload_trace_id(payload), INVALID_PAYLOAD, message, runtime.config))
     try:
         return verdict_json(evaluate_request(request, runtime))
+    except EvaluationDeferred as exc:  # budget spent, on_exceed: defer: sent again when the day turns
+        from celery.exceptions import Ignore
+
+        from tracejudge.tasks.deferred import defer
+        from tracejudge.tasks.runtime import key_prefix
+
+        when = defer(runtime.redis, key_prefix(), exc.request)
+        log.warning("%s (until %s UTC)", exc, time.strftime("%Y-%m-%d %H:%M", time.gmtime(when)))
+        raise Ignore() from None
     except (MlflowUnavailable, EvaluationBusy) as exc:  # worth a retry: nothing judged is lost (Redis cache)
         retries = task.request.retries
         if retries >= MLFLOW_RETRY_MAX:

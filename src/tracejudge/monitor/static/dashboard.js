@@ -203,14 +203,22 @@
     else themes.appendChild(table([["judge"], ["phrase"], ["rationales", 1]], s.themes.slice(0, 8).map(function (t, i) {
       return [td(t.judge), td("\u201c" + t.phrase + "\u201d", "phrase"), mtd("themes." + i + ".count", t.count, "int")];
     })));
+    if (s.llm_summary) themes.appendChild(el("p", { class: "muted", id: "llm-summary" }, "Summary (LLM): " + s.llm_summary));
     var counters = Object.keys(s.counters || {});
     var cc = document.getElementById("counters-card");
     cc.hidden = counters.length === 0;
     var cbox = document.getElementById("counters");
     cbox.innerHTML = "";
-    if (counters.length) cbox.appendChild(table([["counter"], ["value", 1]], counters.map(function (k) {
-      return [td(k), el("td", { class: "num", "data-counter": k }, String(s.counters[k]))];
-    })));
+    if (counters.length) {
+      cbox.appendChild(table([["counter"], ["total", 1]], counters.map(function (k) {
+        return [td(k.replace(/_/g, " ")), mtd("counters." + k, s.counters[k], "int")];
+      })));
+      var days = Object.keys(s.daily_counters || {}).sort();
+      var events = counters.filter(function (k) { return k !== "budget_spent_usd"; });
+      draw("counters", { type: "bar", data: { labels: days, datasets: events.map(function (k, i) {
+        return { label: k.replace(/_/g, " "), backgroundColor: color(i), data: days.map(function (d) { return s.daily_counters[d][k] || 0; }) };
+      }) }, options: { scales: { y: { beginAtZero: true, ticks: { precision: 0 } } }, plugins: { legend: { position: "bottom" } } } });
+    }
   }
 
   function renderLinks(s) {

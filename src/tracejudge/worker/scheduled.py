@@ -1,0 +1,108 @@
+"""The scheduled (Celery beat) tasks: online pick-up and the release of deferred evaluations.
+
+``celery -A tracejudge.worker beat`` (or ``tracejudge beat``) sends them on
+the schedule in :func:`beat_schedule`; any worker runs them. The work itself
+is in ``tracejudge.tasks.online`` and ``tracejudge.tasks.deferred``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from tracejudge.config import TraceJudgeConfig
+
+log = logging.getLogger(__name__)
+
+TASK_ONLINE_SCAN = "tracejudge.online_scan"
+TASK_RELEASE_DEFERRED = "tracejudge.release_deferred"
+RELEASE_DEFERRED_SECONDS = 60.0
+
+
+def beat_schedule(config: TraceJudgeConfig) -> dict[str, dict[str, Any]]:
+    """Our beat entries (others, e.g. monitoring alerts, sit beside them in ``beat_schedule``).
+
+    >>> sorted(beat_schedule(TraceJudgeConfig.model_validate({"judges": {"online": {"experiments": ["1"]}}})))
+    ['tracejudge-online-scan', 'tracejudge-release-deferred']
+    """
+    from tracejudge.worker.celery_app import QUEUE_ONLINE
+
+    schedule: dict[str, dict[str, Any]] = {
+        "tracejudge-release-deferred": {
+            "task": TASK_RELEASE_DEFERRED,
+            "schedule": RELEASE_DEFERRED_SECONDS,
+            "options": {"queue": QUEUE_ONLINE, "expires": RELEASE_DEFERRED_SECONDS},
+        }
+    }
+    online = config.judges.online
+    if online.experiments:
+        schedule["tracejudge-online-scan"] = {
+            "task": TASK_ONLINE_SCAN,
+            "schedule": online.interval_seconds,
+            # a scan not started within its interval is dropped: the next one covers the same window
+            "options": {"queue": QUEUE_ONLINE, "expires": online.interval_seconds},
+        }
+    return schedule
+
+
+def register_scheduled(app: Celery) -> None:
+    if TASK_ONLINE_SCAN in app.tasks:
+        return
+
+    @app.task(name=TASK_ONLINE_SCAN, acks_late=True)
+    def online_scan() -> dict[str, Any]:
+        return run_online_scan(app)
+
+    @app.task(name=TASK_RELEASE_DEFERRED, acks_late=True)
+    def release_deferred() -> int:
+        from tracejudge.tasks.deferred import release_due
+        from tracejudge.tasks.runtime import get_runtime, key_prefix
+
+        runtime = get_runtime()
+        return release_due(runtime.redis, key_prefix(), lambda request: send_request(app, request))
+
+
+def send_request(app: Celery, request: Any) -> Any:
+    """Put an evaluation request on its queue (the same message ``enqueue`` sends)."""
+    from tracejudge.worker.celery_app import QUEUE_GATE, QUEUE_ONLINE, TASK_EVALUATE
+
+    return app.send_task(
+        TASK_EVALUATE,
+        args=[request.model_dump(mode="json", exclude_none=True)],
+        task_id=request.evaluation_id,
+        queue=QUEUE_GATE if request.gate else QUEUE_ONLINE,
+        argsrepr=request.trace_id,
+        kwargsrepr="{}",
+    )
+
+
+def run_online_scan(app: Celery) -> dict[str, Any]:
+    """One scan with the worker's own config: new finished traces, through sampling, onto the queue."""
+    from tracejudge.tasks import counters
+    from tracejudge.tasks.judged import plan_fingerprint
+    from tracejudge.tasks.online import scan
+    from tracejudge.tasks.payload import EvaluationRequest
+    from tracejudge.tasks.runtime import get_runtime, key_prefix
+    from tracejudge.tasks.sampling import sampling_decision
+
+    runtime = get_runtime()
+    config = runtime.config
+    fingerprint = plan_fingerprint(config, runtime.registry.with_config(config), default_model=runtime.settings.default_model)
+
+    def enqueue(trace_id: str, workflow: str) -> None:
+        skip = sampling_decision(trace_id, config)
+        counters.add(runtime.redis, key_prefix(), {(workflow or None, counters.SKIPPED_SAMPLING if skip else counters.SAMPLED): 1})
+        if skip is None:
+            send_request(app, EvaluationRequest(trace_id=trace_id))
+
+    result = scan(
+        client=runtime.mlflow, redis=runtime.redis, prefix=key_prefix(), config=config, fingerprint=fingerprint, enqueue=enqueue
+    )
+    return {
+        "enqueued": result.enqueued,
+        "already_seen": result.already_seen,
+        "already_judged": result.already_judged,
+        "skipped_locked": result.skipped_locked,
+    }

@@ -1,0 +1,208 @@
+"""Automatic pick-up: real ``tracejudge beat`` processes, a real worker process, the sqlite MLflow store.
+
+Traces are recorded before the scanners start, while they run (arriving during
+scans), and after a restart, with two beat processes scanning at once. Every
+trace must be judged exactly once (one evaluation in the worker's log), and a
+trace already judged with the current judges is not enqueued again. A scan that
+fails because MLflow does not answer leaves the watermark, and the next scan
+covers the window (tested on the scan function with a real Redis).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tracejudge.testing.processes import WorkerProcess
+
+
+class BeatProcess:
+    """A ``tracejudge beat`` subprocess with its own schedule file and log."""
+
+    def __init__(self, env: dict[str, str], directory: Path, name: str) -> None:
+        self.env = dict(os.environ, **env)
+        self.log = directory / f"{name}.log"
+        self.schedule = directory / f"{name}-schedule"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "BeatProcess":
+        cmd = [sys.executable, "-m", "tracejudge", "beat", "--schedule", str(self.schedule), "--loglevel", "INFO"]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _judged(client, trace_ids):
+    done = set()
+    for trace_id in trace_ids:
+        info = client.get_trace_info(trace_id) if hasattr(client, "get_trace_info") else client.get_trace(trace_id).info
+        if (info.tags or {}).get("tracejudge.status"):
+            done.add(trace_id)
+    return done
+
+
+def _wait_judged(client, trace_ids, *, timeout: float) -> set[str]:
+    give_up = time.monotonic() + timeout
+    while True:
+        done = _judged(client, trace_ids)
+        if done == set(trace_ids) or time.monotonic() > give_up:
+            return done
+        time.sleep(0.5)
+
+
+def _record(experiment_id: str, n: int, label: str) -> list[str]:
+    import mlflow
+
+    from tracejudge.testing.workflows import record_plain_trace
+
+    mlflow.set_experiment(experiment_id=experiment_id)
+    ids = [record_plain_trace(f"{label} question {i}?", f"{label} answer {i}.") for i in range(n)]
+    mlflow.flush_trace_async_logging()
+    return ids
+
+
+def test_beat_picks_up_each_new_trace_once(pipeline_env, mlflow_store, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    import tracejudge
+
+    experiment_name = f"online-{uuid.uuid4().hex[:8]}"
+    experiment_id = mlflow.create_experiment(experiment_name, artifact_location=(tmp_path / "artifacts").as_uri())
+    config_path = tmp_path / "tracejudge.yaml"
+    config_path.write_text(yaml.safe_dump({"observability": {"mlflow": {"judges": {
+        "workflow_defaults": ["coherence"],
+        "online": {"experiments": [experiment_name], "interval_seconds": 1, "delay_seconds": 0},
+    }}}}))
+    prefix = f"tjonline-{uuid.uuid4().hex[:8]}:"
+    env = {**pipeline_env, "TRACEJUDGE_KEY_PREFIX": prefix, "TRACEJUDGE_CONFIG": str(config_path)}
+    client = MlflowClient()
+
+    before = _record(experiment_id, 4, "before")
+    worker = WorkerProcess(env, name="online", concurrency=4, log=tmp_path / "worker.log").start()
+    beats: list[BeatProcess] = []
+    saved = {k: os.environ.get(k) for k in ("TRACEJUDGE_KEY_PREFIX", "TRACEJUDGE_CONFIG")}
+    try:
+        # one trace judged on request first: the scanners must not enqueue it again
+        os.environ.update({"TRACEJUDGE_KEY_PREFIX": prefix, "TRACEJUDGE_CONFIG": str(config_path)})
+        from tracejudge.enqueue import _config_cache
+        from tracejudge.worker import reset_app
+
+        _config_cache.clear()
+        reset_app()
+        assert tracejudge.enqueue(before[0]).verdict(timeout=60).status in ("passed", "failed")
+
+        beats = [BeatProcess(env, tmp_path, f"beat{i}").start() for i in range(2)]  # two scanners at once
+        during: list[str] = []
+        for round_ in range(4):  # traces arriving while the scans run
+            during += _record(experiment_id, 3, f"during{round_}")
+            time.sleep(0.7)
+        first = before + during
+        done = _wait_judged(client, first, timeout=120)
+        assert done == set(first), f"not judged: {set(first) - done}"
+
+        for beat in beats:  # restart: the watermark and seen keys are in Redis, not in the beat
+            beat.stop()
+        after = _record(experiment_id, 3, "after")
+        beats = [BeatProcess(env, tmp_path, "beat-restarted").start()]
+        done = _wait_judged(client, after, timeout=90)
+        assert done == set(after), f"not judged after the restart: {set(after) - done}"
+        time.sleep(3)  # a few more scans, which must find nothing new
+    finally:
+        for beat in beats:
+            beat.stop()
+        worker.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        from tracejudge.enqueue import _config_cache
+        from tracejudge.worker import reset_app
+
+        _config_cache.clear()
+        reset_app()
+
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    evaluations = re.findall(r"evaluated (tr-[0-9a-f]+)", log)
+    counts = {t: evaluations.count(t) for t in before + during + after}
+    assert all(n == 1 for n in counts.values()), {t: n for t, n in counts.items() if n != 1}
+    scans = len(re.findall(r"online_scan\[", log))
+    print(f"\n{len(counts)} traces, each evaluated once; {scans} scan tasks run by the worker")
+    assert scans >= 3
+
+
+def test_a_failed_scan_resumes_from_the_watermark(pipeline_env, mlflow_store, redis_url):
+    import mlflow
+    import redis
+    from mlflow import MlflowClient
+
+    from tracejudge.config import load_config
+    from tracejudge.mlflow_io.reader import MlflowUnavailable
+    from tracejudge.tasks.online import WATERMARK_KEY, scan
+
+    name = f"online-fail-{uuid.uuid4().hex[:8]}"
+    experiment_id = mlflow.create_experiment(name)
+    config = load_config({"observability": {"mlflow": {"judges": {"online": {"experiments": [name], "delay_seconds": 0}}}}})
+    prefix = f"tjscan-{uuid.uuid4().hex[:8]}:"
+    r = redis.Redis.from_url(redis_url)
+    real = MlflowClient()
+
+    class DownAfterLookup:
+        """MLflow answers the experiment lookup, then goes down for the search."""
+
+        def __getattr__(self, name):
+            if name == "search_traces":
+                def down(*args, **kwargs):
+                    raise MlflowUnavailable("MLflow tracking server unavailable: Connection refused")
+                return down
+            return getattr(real, name)
+
+    first = _record(experiment_id, 3, "first")
+    sent: list[str] = []
+    kwargs = dict(redis=r, prefix=prefix, config=config, fingerprint="x", enqueue=lambda t, w: sent.append(t))
+    scan(client=real, **kwargs)
+    mark = int(r.get(f"{prefix}{WATERMARK_KEY}{experiment_id}"))
+    assert sorted(sent) == sorted(first)
+
+    second = _record(experiment_id, 2, "second")
+    with pytest.raises(MlflowUnavailable):
+        scan(client=DownAfterLookup(), **kwargs)
+    assert int(r.get(f"{prefix}{WATERMARK_KEY}{experiment_id}")) == mark  # unchanged by the failed scan
+    scan(client=real, **kwargs)
+    assert sorted(sent) == sorted(first + second)  # the next scan covered it, and nothing twice
+
+
+def test_unknown_experiment_and_bad_filter_name_the_key(pipeline_env, mlflow_store, redis_url):
+    import redis
+    from mlflow import MlflowClient
+
+    from tracejudge.config import load_config
+    from tracejudge.mlflow_io.search import BadFilter, UnknownExperiment, check_filter
+    from tracejudge.tasks.online import scan
+
+    config = load_config({"observability": {"mlflow": {"judges": {"online": {"experiments": ["no-such-experiment-xyz"]}}}}})
+    with pytest.raises(UnknownExperiment) as caught:
+        scan(client=MlflowClient(), redis=redis.Redis.from_url(redis_url), prefix="tjx:", config=config, fingerprint="x",
+             enqueue=lambda t, w: None)
+    assert "observability.mlflow.judges.online.experiments[0]" in str(caught.value)
+    assert "no-such-experiment-xyz" in str(caught.value)
+    with pytest.raises(BadFilter) as bad:
+        check_filter(MlflowClient(), "0", "tags.env = = 'prod'")
+    assert "tags.env = = 'prod'" in str(bad.value) and "MLflow refused the filter" in str(bad.value)
