@@ -219,3 +219,37 @@ def test_one_failed_sample_fails_the_judge(server):
 def _prompt_tokens(record) -> int:
     texts = [m["content"] for m in record.body["messages"]]
     return max(1, sum(len(t) for t in texts) // 4)
+
+
+def test_each_sample_and_scoring_mode_has_its_own_cache_entry(server):
+    """With the production controls' result cache, samples must not all come back as the first one's reply."""
+    from tracejudge.judges.controls import CallControls
+    from tracejudge.judges.pricing import PriceTable
+
+    class MemoryCache:
+        def __init__(self):
+            self.data = {}
+
+        async def get(self, key):
+            return self.data.get(key)
+
+        async def put(self, key, value):
+            self.data[key] = value
+
+    cache = MemoryCache()
+    controls = CallControls(prices=PriceTable(), cache=cache)
+    server.script("ok:0.2", "ok:0.4", "ok:0.9")
+
+    async def go(**execution):
+        client = LLMClient(base_url=server.base_url, api_key="sk-test")
+        try:
+            return await run_judges([job("x")], client=client, execution=ExecutionConfig(**execution), controls=controls)
+        finally:
+            await client.aclose()
+
+    first = asyncio.run(go(samples=3))[0]
+    assert first.score == pytest.approx(0.5) and first.score_stdev > 0 and len(cache.data) == 3
+    again = asyncio.run(go(samples=3))[0]  # all three from the cache: no call, the same spread
+    assert again.cached and again.score == first.score and server.stats()["requests"] == 3
+    asyncio.run(go(scoring="logprobs"))  # another mode is another call
+    assert server.stats()["requests"] == 4 and len(cache.data) == 4
