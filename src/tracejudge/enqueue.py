@@ -17,6 +17,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from pydantic import ValidationError
+
 from tracejudge.config import JudgeRef, TraceJudgeConfig, load_config
 from tracejudge.verdict import QualityVerdict, apply_gate
 
@@ -151,6 +153,7 @@ def enqueue(
     gate: bool = False,
     environment: str | None = None,
     evaluation_id: str | None = None,
+    retry_of: str | None = None,
     block: bool = True,
     force: bool = False,
     workflow: str | None = None,
@@ -163,6 +166,11 @@ def enqueue(
     for this call. ``gate=True`` uses the gate queue (someone is waiting).
     ``block=False`` hands the message to a background sender (microseconds;
     see :mod:`tracejudge.sender`) instead of sending it to Redis here.
+    ``retry_of`` names the trace this one re-runs (``quality_retry``): the verdict
+    counts its ``attempt`` on from there and says when ``max_retries`` are used up.
+    A bad option (an ``environment`` outside production/development/experimental...)
+    gives a completed handle whose verdict is ``error`` / ``INVALID_PAYLOAD``, as a
+    worker answers a bad payload; nothing is queued.
 
     ``judges.sampling.rate`` (or ``sample``, which replaces it for this call)
     decides from a hash of the trace id, without MLflow or Redis, whether the
@@ -193,15 +201,19 @@ def enqueue(
         from tracejudge.sender import new_evaluation_id  # no os.urandom: it would hand the GIL to the sender
 
         evaluation_id = new_evaluation_id()
-    request = EvaluationRequest(
-        trace_id=trace_id,
-        config=resolved if explicit else None,
-        judges=refs,
-        gate=gate,
-        environment=environment,
-        **({"force": True} if force else {}),
-        **({"evaluation_id": evaluation_id} if evaluation_id else {}),
-    )
+    try:
+        request = EvaluationRequest(
+            trace_id=trace_id,
+            config=resolved if explicit else None,
+            judges=refs,
+            gate=gate,
+            environment=environment,
+            retry_of=retry_of,
+            **({"force": True} if force else {}),
+            **({"evaluation_id": evaluation_id} if evaluation_id else {}),
+        )
+    except ValidationError as exc:
+        return _invalid(trace_id, exc, resolved)
     if mode == "sync":
         handle: AnyHandle = CompletedHandle(evaluate_now(request, config=resolved), config=resolved)
     elif not block:
@@ -299,6 +311,18 @@ def _send(request: Any, config: TraceJudgeConfig) -> EvaluationHandle:
             f"could not enqueue trace {request.trace_id}: the broker at {_redacted_broker(app)} is unreachable ({exc})"
         ) from None
     return EvaluationHandle(result, trace_id=request.trace_id, config=config)
+
+
+def _invalid(trace_id: str, exc: ValidationError, config: TraceJudgeConfig) -> CompletedHandle:
+    from tracejudge.tasks.evaluate import INVALID_PAYLOAD
+    from tracejudge.tasks.payload import describe_payload_error
+    from tracejudge.verdict import error_verdict
+
+    message = describe_payload_error(exc)
+    log.error("tracejudge: not evaluating %s: %s", trace_id, message)
+    handle = CompletedHandle(error_verdict(str(trace_id), INVALID_PAYLOAD, message, config), config=config)
+    _last_handle.set(handle)
+    return handle
 
 
 def _sampled_out(

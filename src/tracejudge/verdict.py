@@ -387,7 +387,7 @@ def skipped_verdict(trace_id: str, reason: str, config: TraceJudgeConfig, **fiel
     >>> skipped_verdict("tr-1", "sampled out", TraceJudgeConfig()).status
     'skipped'
     """
-    threshold = config.quality_gate.threshold if config.quality_gate.enabled else config.environment_threshold()
+    threshold = config.quality_gate.threshold if config.gate_enabled else config.environment_threshold()
     return QualityVerdict(trace_id=str(trace_id), status="skipped", threshold=threshold, skipped_reason=reason, **fields)
 
 

@@ -193,10 +193,16 @@ def summary_calls(
     *,
     tags: dict[str, str],
     run_id: str | None,
-    report: dict[str, Any],
+    report: dict[str, Any] | None,
     metrics: dict[str, float],
+    step: int = 0,
 ) -> list[Callable[[], Any]]:
-    """The MLflow calls that write trace tags, and the report and metrics on the run (for :func:`write_all`)."""
+    """The MLflow calls that write trace tags, and the report (unless None) and metrics on the run
+    (for :func:`write_all`).
+
+    ``step`` is the metrics' step: the trace's start time in milliseconds, so that a run holding many
+    traces (the experiment's online run) keeps one point per trace, a time series, not one value at step 0.
+    """
     import time
 
     from mlflow.entities import Metric
@@ -206,10 +212,14 @@ def summary_calls(
     ]
     if run_id is not None:
         now = int(time.time() * 1000)
-        calls.append(functools.partial(call_mlflow, client.log_dict, run_id, report, report_path(trace_id)))
+        if report is not None:
+            calls.append(functools.partial(call_mlflow, client.log_dict, run_id, report, report_path(trace_id)))
         calls.append(
             functools.partial(
-                call_mlflow, client.log_batch, run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+                call_mlflow,
+                client.log_batch,
+                run_id,
+                metrics=[Metric(k, float(v), step or now, step) for k, v in metrics.items()],
             )
         )
     return calls

@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from tracejudge.config import TraceJudgeConfig
+from tracejudge.config import TraceJudgeConfig, log_unused_keys_once
 from tracejudge.judges import errors
 from tracejudge.judges.model import JudgeResult
 from tracejudge.judges.plan import plan_for_target
@@ -40,7 +40,15 @@ from tracejudge.tasks.judged import PLAN_TAG, plan_fingerprint
 from tracejudge.tasks.payload import EvaluationRequest
 from tracejudge.tasks.sampling import filter_reason, judge_sampled
 from tracejudge.tasks.runtime import Runtime, key_prefix
-from tracejudge.verdict import QualityVerdict, build_verdict, error_verdict, quality_metrics, quality_report, skipped_verdict
+from tracejudge.verdict import (
+    QualityVerdict,
+    build_verdict,
+    error_verdict,
+    quality_metrics,
+    quality_report,
+    skipped_verdict,
+    unmatched_override_warnings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,8 @@ INVALID_PAYLOAD = "INVALID_PAYLOAD"
 UNKNOWN_JUDGE = "UNKNOWN_JUDGE"
 NO_TARGETS = "NO_TARGETS"
 MLFLOW_UNAVAILABLE = "MLFLOW_UNAVAILABLE"
+ATTEMPT_TAG = "tracejudge.attempt"
+RETRY_OF_TAG = "tracejudge.retry_of"
 
 
 class EvaluationDeferred(RuntimeError):
@@ -79,19 +89,24 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
     Raises only what is worth a retry: ``MlflowUnavailable`` and :class:`EvaluationBusy`.
     """
     config = request.config or runtime.config
+    log_unused_keys_once(config, log)
+    # the payload's environment, else TRACEJUDGE_ENVIRONMENT, else judges.environment (in the config)
+    environment = request.environment or runtime.settings.environment
+    request = request.model_copy(update={"environment": environment})
     execution = config.judges.execution
     deadline = time.monotonic() + execution.overall_timeout_seconds
+    fields = {"evaluation_id": request.evaluation_id, "environment": environment}
     try:
         loaded = wait_for_trace(runtime, request.trace_id, wait_seconds=execution.trace_wait_seconds)
     except InvalidTraceId as exc:
-        return error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, evaluation_id=request.evaluation_id)
+        return error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields)
     except TraceNotReady as exc:
         message = (
             f"trace {request.trace_id} was not found in the tracking store "
             f"({runtime.settings.mlflow_tracking_uri or 'default tracking URI'}) within "
             f"{execution.trace_wait_seconds:g} s: {exc}"
         )
-        return error_verdict(request.trace_id, TRACE_NOT_FOUND, message, config, evaluation_id=request.evaluation_id)
+        return error_verdict(request.trace_id, TRACE_NOT_FOUND, message, config, **fields)
     skip = filter_reason(config.judges.filters, workflow=loaded.workflow_name, tags=loaded.tags, state=loaded.state)
     if skip is not None:
         count(runtime, loaded.workflow_name, counters.SKIPPED_FILTER)
@@ -102,17 +117,18 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
     try:
         jobs = plan_jobs(loaded, config, runtime, request)
     except UnknownJudgeError as exc:
-        return error_verdict(request.trace_id, UNKNOWN_JUDGE, exc.message, config, evaluation_id=request.evaluation_id)
+        return error_verdict(request.trace_id, UNKNOWN_JUDGE, exc.message, config, **fields)
     if not jobs:
         return error_verdict(
             request.trace_id,
             NO_TARGETS,
             "the plan has no judges for this trace (no workflow_defaults, and no node_overrides matching its nodes)",
             config,
-            evaluation_id=request.evaluation_id,
+            **fields,
             workflow_name=loaded.workflow_name,
         )
 
+    attempt = retry_attempt(runtime, request.retry_of)
     with trace_lock(runtime, request.trace_id, timeout=execution.overall_timeout_seconds) as waited:
         if waited:  # another worker held it: see what it wrote
             loaded = reader.load_trace(runtime.mlflow, request.trace_id)
@@ -163,7 +179,11 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             workflow_name=loaded.workflow_name,
             environment=request.environment,
             reused=len(results) - len(fresh),
-            variance=any("variance" in job.judge.aggregations for job in jobs),
+            aggregations={job.judge.name: job.judge.aggregations for job in jobs if job.judge.aggregations},
+            warnings=unmatched_override_warnings(config, [t.node_id for t in loaded.targets]) if request.judges is None else [],
+            attempt=attempt,
+            retry_of=request.retry_of,
+            partial=request.judges is not None,
         )
         # One concurrent batch: the assessments not yet on the trace, the tags, the report and metrics.
         unwritten = [r for r in results if r.key not in on_trace]
@@ -180,7 +200,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         plan = plan_fingerprint(
             config, runtime.registry.with_config(config), judges=request.judges, default_model=runtime.settings.default_model
         )
-        calls += summary_calls(runtime, loaded, verdict, plan=plan)
+        calls += summary_calls(runtime, loaded, verdict, config, plan=plan)
         writer.write_all(calls, executor=runtime.write_pool)
         record_rollup(runtime, loaded, verdict, request)
 
@@ -203,6 +223,21 @@ def record_rollup(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict
         pipe.execute()
     except Exception as exc:  # the verdict is in MLflow (the source of truth); the rollup is a fast copy
         log.warning("could not update the monitor rollups for %s: %s", loaded.trace_id, exc)
+
+
+def retry_attempt(runtime: Runtime, retry_of: str | None) -> int:
+    """This run's attempt number: 1, or one more than the trace it re-runs (its ``tracejudge.attempt`` tag)."""
+    if not retry_of:
+        return 1
+    try:
+        tags = runtime.mlflow.get_trace(retry_of).info.tags or {}
+    except Exception as exc:  # the parent is gone or unreadable: count it as a first run's retry
+        log.warning("could not read the attempt number of %s (the trace this one re-runs): %s", retry_of, exc)
+        tags = {}
+    try:
+        return int(tags.get(ATTEMPT_TAG, "1")) + 1
+    except ValueError:
+        return 2
 
 
 def wait_for_trace(runtime: Runtime, trace_id: str, *, wait_seconds: float) -> LoadedTrace:
@@ -265,7 +300,7 @@ def _never_reused(result: JudgeResult) -> bool:
     return result.error is not None and result.error.type in writer.NEVER_REUSED
 
 
-def summary_calls(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, *, plan: str | None = None) -> list[Any]:
+def summary_calls(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, config: TraceJudgeConfig, *, plan: str | None = None) -> list[Any]:
     """Trace tags, and the report and metrics on the trace's run (or the experiment's online run).
 
     Sets ``verdict.artifact_uri``; returns the MLflow calls to make (see ``writer.write_all``).
@@ -275,7 +310,7 @@ def summary_calls(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict
     if run_id is None and loaded.experiment_id is not None:
         run_id = writer.online_run_id(client, loaded.experiment_id)
         writer.link_trace(client, loaded.trace_id, run_id)
-    if run_id is not None:
+    if run_id is not None and config.write_report:
         verdict.artifact_uri = writer.report_uri(run_id, loaded.trace_id)
     tags = {
         "tracejudge.status": verdict.status,
@@ -283,6 +318,10 @@ def summary_calls(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict
         "tracejudge.score": "" if verdict.overall_score is None else f"{verdict.overall_score:.4f}",
         "tracejudge.band": verdict.band or "",
     }
+    if verdict.attempt > 1 or verdict.retry_of:
+        tags[ATTEMPT_TAG] = str(verdict.attempt)
+    if verdict.retry_of:
+        tags[RETRY_OF_TAG] = verdict.retry_of
     if plan:  # what it was judged with: pick-up and backfill skip it while the plan is unchanged
         tags[PLAN_TAG] = plan
     if verdict.artifact_uri:
@@ -292,8 +331,9 @@ def summary_calls(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict
         loaded.trace_id,
         tags=tags,
         run_id=run_id,
-        report=quality_report(verdict),
+        report=quality_report(verdict) if config.write_report else None,
         metrics=quality_metrics(verdict),
+        step=loaded.timestamp_ms or 0,
     )
 
 
@@ -372,5 +412,5 @@ def cache_results(runtime: Runtime, results: list[JudgeResult]) -> None:
 
 
 def verdict_json(verdict: QualityVerdict) -> dict[str, Any]:
-    """The verdict as the task's JSON result."""
-    return verdict.model_dump(mode="json")
+    """The verdict as the task's JSON result: compact, a one-line summary first (see ``QualityVerdict.to_result``)."""
+    return verdict.to_result()

@@ -44,7 +44,9 @@ def describe_payload_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error.get("loc", ())) or "payload"
-        parts.append(f"{where}: {error.get('msg')}")
+        value = error.get("input")
+        got = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 80 else ""
+        parts.append(f"{where}: {error.get('msg')}{got}")
     return "invalid task payload: " + "; ".join(parts)
 
 
