@@ -267,3 +267,13 @@ def test_agreement_pairs_judges_with_human_feedback_in_mlflow(mlflow_store, caps
     assert main(["agreement", "--experiment-id", experiment_id]) == 0
     table = capsys.readouterr().out
     assert "judge relevance (version v1): 6 pair(s)" in table and "Spearman 0.971" in table
+
+    # the monitoring report includes it when such feedback exists (read from MLflow)
+    from tracejudge.monitor import MonitorQuery, summarise_quality
+
+    summary = summarise_quality(MonitorQuery(experiment=experiment_id, source="mlflow"), redis=None)
+    (entry,) = summary.human_agreement
+    assert entry["judge"] == "relevance" and entry["report"]["kendall"] == pytest.approx(0.930949, abs=1e-4)
+    assert main(["report", "--experiment-id", experiment_id, "--source", "mlflow"]) == 0
+    report = capsys.readouterr().out
+    assert "agreement with people" in report and "relevance (version v1): 6 pair(s), Spearman 0.971" in report

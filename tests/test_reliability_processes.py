@@ -103,7 +103,7 @@ def test_duplicate_delivery_one_after_the_other_and_at_the_same_time():
         assert calls == JUDGES_PER_TRACE
         before = {a.assessment_id for a in _feedbacks(first)}
         again = send(body).get(timeout=60)
-        assert again["status"] == "passed" and again["judged"] == 0 and again["reused"] == JUDGES_PER_TRACE
+        assert again["status"] == "passed" and again.get("judged", 0) == 0 and again["reused"] == JUDGES_PER_TRACE
         assert stack.llm_requests() == calls, "the second delivery called the LLM again"
         assert {a.assessment_id for a in _feedbacks(first)} == before, "the second delivery wrote assessments"
 
@@ -112,7 +112,7 @@ def test_duplicate_delivery_one_after_the_other_and_at_the_same_time():
         results = [send(body), send(body)]
         verdicts = [r.get(timeout=90) for r in results]
         assert all(v["status"] == "passed" for v in verdicts)
-        assert sorted(v["judged"] for v in verdicts) == [0, JUDGES_PER_TRACE], verdicts
+        assert sorted(v.get("judged", 0) for v in verdicts) == [0, JUDGES_PER_TRACE], verdicts
         assert stack.llm_requests() - calls == JUDGES_PER_TRACE, "both deliveries judged"
         audit = audit_traces([first, second])
         assert audit.exact, audit.problems

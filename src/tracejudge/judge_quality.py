@@ -13,10 +13,9 @@ import argparse
 import json
 import sys
 import time
-from collections import defaultdict
 from typing import Any, TextIO
 
-from tracejudge.judges.agreement import AgreementError, Pair, agreement_report, label_value
+from tracejudge.judges.agreement import agreement_by_judge
 from tracejudge.judges.calibration import (
     CalibrationError,
     calibrate,
@@ -130,41 +129,6 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     else:
         print(format_agreement(report, experiment_id=experiment_id, pairs=len(pairs)))
     return EXIT_OK
-
-
-def agreement_by_judge(pairs: list[Any]) -> list[dict[str, Any]]:
-    """The figures per (judge, judge version); a group with too few or unreadable pairs says why.
-
-    >>> agreement_by_judge([])
-    []
-    """
-    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
-    for pair in pairs:
-        groups[(pair.judge, pair.judge_version)].append(pair)
-    out = []
-    for (judge, version), members in sorted(groups.items()):
-        entry: dict[str, Any] = {"judge": judge, "judge_version": version, "pairs": len(members)}
-        try:
-            threshold = sorted(p.threshold for p in members if p.threshold is not None)
-            report = agreement_report(
-                [
-                    Pair(
-                        id=f"{p.trace_id}/{p.span_id or 'root'}",
-                        score=p.score,
-                        label=label_value(p.human_value, where=f"trace {p.trace_id}, feedback {judge!r}"),
-                        note=p.human_source,
-                    )
-                    for p in members
-                ],
-                threshold=threshold[len(threshold) // 2] if threshold else 0.8,
-                greater_is_better=members[0].greater_is_better,
-            )
-            entry["report"] = report.model_dump()
-        except AgreementError as exc:
-            entry["report"] = None
-            entry["refused"] = str(exc)
-        out.append(entry)
-    return out
 
 
 def format_agreement(report: list[dict[str, Any]], *, experiment_id: str, pairs: int) -> str:

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -205,3 +207,40 @@ def _correlations(scores: list[float], labels: list[float]) -> tuple[float | Non
 def _finite(value: float) -> float | None:
     value = float(value)
     return round(value, 4) if math.isfinite(value) else None
+
+
+def agreement_by_judge(pairs: list[Any]) -> list[dict[str, Any]]:
+    """The figures per (judge, judge version) of judge/human pairs (``mlflow_io.feedback.HumanPair``).
+
+    A group with too few pairs, or a human value that is not a score or pass/fail, says why instead.
+
+    >>> agreement_by_judge([])
+    []
+    """
+    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for pair in pairs:
+        groups[(pair.judge, pair.judge_version)].append(pair)
+    out = []
+    for (judge, version), members in sorted(groups.items()):
+        entry: dict[str, Any] = {"judge": judge, "judge_version": version, "pairs": len(members)}
+        try:
+            threshold = sorted(p.threshold for p in members if p.threshold is not None)
+            report = agreement_report(
+                [
+                    Pair(
+                        id=f"{p.trace_id}/{p.span_id or 'root'}",
+                        score=p.score,
+                        label=label_value(p.human_value, where=f"trace {p.trace_id}, feedback {judge!r}"),
+                        note=p.human_source,
+                    )
+                    for p in members
+                ],
+                threshold=threshold[len(threshold) // 2] if threshold else 0.8,
+                greater_is_better=members[0].greater_is_better,
+            )
+            entry["report"] = report.model_dump()
+        except AgreementError as exc:
+            entry["report"] = None
+            entry["refused"] = str(exc)
+        out.append(entry)
+    return out
