@@ -13,6 +13,10 @@ children inherit the wrappers), and after each task one JSON line goes to
 
 ``ops`` is cumulative for the process (every ``call_mlflow`` by function
 name, plus ``get_trace``). A timer costs about a microsecond.
+
+Every timed target is named in ``TIMED`` and must exist: when code moves, the
+worker refuses to start (``MissingTarget``) instead of timing nothing, and
+``tests/test_bench_instrumented.py`` fails.
 """
 
 from __future__ import annotations
@@ -64,67 +68,79 @@ def _timed(name: str, fn: Callable[..., Any], *, op: str | None = None) -> Calla
     return wrapper
 
 
+class MissingTarget(SystemExit):
+    """A timer's target moved or was renamed: this file must follow the code (it never skips silently)."""
+
+
+def _target(dotted: str) -> tuple[Any, str]:
+    """``("pkg.module", "Class.attr")`` style lookup: the owner object and the attribute name, or MissingTarget."""
+    import importlib
+
+    module_name, _, path = dotted.partition(":")
+    owner: Any = importlib.import_module(module_name)
+    *parents, name = path.split(".")
+    for parent in parents:
+        owner = getattr(owner, parent, None)
+        if owner is None:
+            break
+    if owner is None or not hasattr(owner, name):
+        raise MissingTarget(
+            f"bench/instrumented_worker.py: {dotted} no longer exists; update the timer table (TIMED) to the code"
+        )
+    return owner, name
+
+
+#: (target, phase, op): each wrapped with a timer; every target must exist (tests/test_bench_instrumented.py).
+TIMED = (
+    ("tracejudge.tasks.entry:evaluate_request", "evaluate", None),  # the name the Celery task calls
+    ("tracejudge.mlflow_io.store:TraceStore.wait_for_trace", "get_trace", None),
+    ("tracejudge.mlflow_io.reader:load_trace", "load_trace", "get_trace"),
+    ("tracejudge.tasks.state:RedisState.cached_results", "redis_cache", None),
+    ("tracejudge.tasks.state:RedisState.cache_results", "redis_cache", None),
+    ("tracejudge.mlflow_io.store:TraceStore.write_all", "write_back", None),
+    ("tracejudge.tasks.runtime:Runtime.run", "judges", None),
+)
+#: MLflow calls are counted by the name of the client method; a feedback is ``log_assessment`` today.
+OP_NAMES = {"log_assessment": "log_feedback"}
+
+
 def install() -> None:
     from celery import signals
 
-    from tracejudge.mlflow_io import reader, writer
-    from tracejudge.tasks import evaluate, runtime
+    for dotted, phase, op in TIMED:
+        owner, name = _target(dotted)
+        setattr(owner, name, _timed(phase, getattr(owner, name), op=op))
 
-    for name, phase in (
-        ("wait_for_trace", "get_trace"),
-        ("cached_results", "redis_cache"),
-        ("cache_results", "redis_cache"),
-        ("write_summary", "write_summary"),
-        ("evaluate_request", "evaluate"),
-    ):
-        if hasattr(evaluate, name):
-            setattr(evaluate, name, _timed(phase, getattr(evaluate, name)))
-    reader.load_trace = _timed("load_trace", reader.load_trace, op="get_trace")
-    # Older and newer layouts of the write-back: time whichever exists.
-    for name, phase in (("write_all", "write_back"), ("write_results", "write_feedback"),
-                        ("set_trace_tags", "summary_tags"), ("write_report", "summary_report")):
-        if hasattr(writer, name):
-            setattr(writer, name, _timed(phase, getattr(writer, name)))
-
-    original_call = writer.call_mlflow
+    writer, name = _target("tracejudge.mlflow_io.writer:call_mlflow")
+    original_call = getattr(writer, name)
 
     def call_mlflow(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
             return original_call(fn, *args, **kwargs)
         finally:
-            _op(getattr(fn, "__name__", "call"), time.perf_counter() - started)
+            op = getattr(fn, "__name__", "call")
+            _op(OP_NAMES.get(op, op), time.perf_counter() - started)
 
-    writer.call_mlflow = call_mlflow
+    setattr(writer, name, call_mlflow)
 
-    original_run = runtime.Runtime.run
+    state, name = _target("tracejudge.tasks.state:RedisState.trace_lock")
+    original_lock = getattr(state, name)
 
-    def run(self: Any, coro: Any, *, timeout: float | None = None) -> Any:
+    @contextlib.contextmanager
+    def trace_lock(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        try:
-            return original_run(self, coro, timeout=timeout)
-        finally:
-            _add("judges", time.perf_counter() - started)
+        with original_lock(*args, **kwargs) as held:
+            _add("lock", time.perf_counter() - started)
+            inner = time.perf_counter()
+            try:
+                yield held
+            finally:
+                release = time.perf_counter()
+                _add("lock_held", release - inner)
+        _add("lock", time.perf_counter() - release)
 
-    runtime.Runtime.run = run
-
-    if hasattr(evaluate, "trace_lock"):
-        original_lock = evaluate.trace_lock
-
-        @contextlib.contextmanager
-        def trace_lock(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            with original_lock(*args, **kwargs) as waited:
-                _add("lock", time.perf_counter() - started)
-                inner = time.perf_counter()
-                try:
-                    yield waited
-                finally:
-                    release = time.perf_counter()
-                    _add("lock_held", release - inner)
-            _add("lock", time.perf_counter() - release)
-
-        evaluate.trace_lock = trace_lock
+    setattr(state, name, trace_lock)
 
     @signals.task_prerun.connect(weak=False)
     def _prerun(task_id: str = "", args: Any = None, **_: Any) -> None:
@@ -179,13 +195,12 @@ WHATIFS = {
 
 def install_whatifs(names: list[str]) -> None:
     """Bench-only experiments: what a change elsewhere in the package would gain (see ``WHATIFS``)."""
-    from tracejudge.mlflow_io import writer
-
     unknown = [n for n in names if n not in WHATIFS]
     if unknown:
         raise SystemExit(f"unknown TJBENCH_WHATIF {unknown}; known: {sorted(WHATIFS)}")
-    if hasattr(writer, "summary_calls") and ({"tags2", "metricsonly", "noreport"} & set(names)):
-        original_summary = writer.summary_calls
+    if {"tags2", "metricsonly", "noreport"} & set(names):
+        writer, name = _target("tracejudge.mlflow_io.writer:summary_calls")
+        original_summary = getattr(writer, name)
         drop = set()
         if "metricsonly" in names or "noreport" in names:
             drop.add("log_dict")
@@ -198,58 +213,29 @@ def install_whatifs(names: list[str]) -> None:
             calls = original_summary(client, trace_id, tags=tags, **kwargs)
             return [c for c in calls if getattr(c.args[0] if getattr(c, "args", None) else None, "__name__", "") not in drop]
 
-        writer.summary_calls = summary_calls
-    elif "tags2" in names or "metricsonly" in names or "noreport" in names:  # the older layout
-        if "tags2" in names:
-            original_tags = writer.set_trace_tags
-
-            def set_trace_tags(client: Any, trace_id: str, tags: dict[str, str]) -> None:
-                keep = {k: v for k, v in tags.items() if k in ("tracejudge.status", "tracejudge.score")}
-                return original_tags(client, trace_id, keep)
-
-            writer.set_trace_tags = set_trace_tags
-        if "metricsonly" in names or "noreport" in names:
-            skip_metrics = "noreport" in names
-
-            def write_report(client: Any, run_id: str, trace_id: str, report: dict, metrics: dict) -> str:
-                from mlflow.entities import Metric
-
-                if not skip_metrics:
-                    now = int(time.time() * 1000)
-                    writer.call_mlflow(client.log_batch, run_id,
-                                       metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-                return f"runs:/{run_id}/tracejudge/{trace_id}/{writer.ARTIFACT_NAME}"
-
-            writer.write_report = write_report
+        setattr(writer, name, summary_calls)
     if "nowrites" in names:
-        from tracejudge.tasks import evaluate
-
-        if hasattr(writer, "write_all"):
-            writer.write_all = lambda calls, **_: [None] * len(calls)
-        else:
-            writer.write_results = lambda trace_id, results, **_: [f"not-written-{i}" for i in range(len(results))]
-            evaluate.write_summary = lambda runtime, loaded, verdict: None
+        store, name = _target("tracejudge.mlflow_io.store:TraceStore.write_all")
+        setattr(store, name, lambda self, calls: [None] * len(calls))
     if "nocooldown" in names:
-        from tracejudge.tasks import ratelimit
-
-        original_wait = ratelimit.RedisRateLimiter._wait_out_cool_down
+        limiter, name = _target("tracejudge.tasks.ratelimit:RedisRateLimiter._wait_out_cool_down")
+        original_wait = getattr(limiter, name)
 
         async def _wait_out_cool_down(self: Any, model: str) -> None:
             if self.per_second:
                 await original_wait(self, model)
 
-        ratelimit.RedisRateLimiter._wait_out_cool_down = _wait_out_cool_down
+        setattr(limiter, name, _wait_out_cool_down)
     if "noevents" in names:
-        from tracejudge.worker import app as app_module
-
-        original_settings = app_module.celery_settings
+        app_module, name = _target("tracejudge.worker.celery_app:celery_settings")
+        original_settings = getattr(app_module, name)
 
         def celery_settings(settings: Any) -> dict[str, Any]:
             conf = original_settings(settings)
             conf.update(worker_send_task_events=False, task_track_started=False)
             return conf
 
-        app_module.celery_settings = celery_settings
+        setattr(app_module, name, celery_settings)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import BENCH_DIR, fmt, machine  # noqa: E402
 
+import gate_latency  # noqa: E402
 import harness as h  # noqa: E402
 
 TARGETS = {
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_http:
                 run_store(results, services, "http", n=n, single_n=0, load_seconds=0, ceiling_calls=ceiling_calls,
                           quick=quick, worker_opts=worker_opts, mlflow_workers=args.mlflow_workers, profile=profile)
+            # target 9 (its own private stack: bench/gate_latency.py)
+            results["gate_latency"] = gate_latency.measure(samples=10 if quick else 30, baseline_samples=3 if quick else 8,
+                                                           latency_ms=h.LLM_LATENCY_S * 1000, log=h.say)
         except Exception:
             traceback.print_exc()
             status = 1
@@ -372,6 +376,8 @@ def render(results: dict) -> str:
             add(f"- py-spy, 1-process {name} worker under load ({prof['samples']} CPU samples), by step: "
                 + ", ".join(f"{k} {v} %" for k, v in prof["steps"].items()))
             add("  by library: " + ", ".join(f"{k} {v} %" for k, v in prof["libraries"].items()))
+    if results.get("gate_latency"):
+        add("- " + gate_latency.describe(results["gate_latency"]))
     m = results["machine"]
     add("")
     add(f"Machine: {m['cores']} cores, {m['cpu']}, {m['memory_gb']} GB, Linux {m['kernel']}, Python {m['python']}, "

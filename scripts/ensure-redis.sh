@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Make sure a Redis answers at $REDIS_HOST:$REDIS_PORT (default 127.0.0.1:6379): start
 # redis-server if none does, installing Debian's redis-server first if it is missing.
+# A server it starts logs to $TRACEJUDGE_RUN_DIR/redis-$port.log (default .tracejudge/run/ in the
+# repository) and its pid goes to $TRACEJUDGE_RUN_DIR/redis-$port.pid, so the caller can stop it
+# (run-tests.sh does, when the tests end); a Redis that was already answering is left alone.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 host="${REDIS_HOST:-127.0.0.1}"
 port="${REDIS_PORT:-6379}"
+run_dir="${TRACEJUDGE_RUN_DIR:-$PWD/.tracejudge/run}"
 answers() {
   if command -v redis-cli >/dev/null 2>&1; then
     [ "$(redis-cli -h "$host" -p "$port" ping 2>/dev/null)" = "PONG" ]
@@ -30,12 +35,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
     exit 1
   fi
 fi
-echo "[redis] starting redis-server on $host:$port"
+mkdir -p "$run_dir"
+log="$run_dir/redis-$port.log"
+pidfile="$run_dir/redis-$port.pid"
+echo "[redis] starting redis-server on $host:$port (log: $log)"
 redis-server --daemonize yes --bind "$host" --port "$port" --save "" --appendonly no \
-  --dir /tmp --logfile "/tmp/tracejudge-redis-$port.log"
+  --dir "$run_dir" --logfile "$log" --pidfile "$pidfile"
 for _ in $(seq 1 50); do
-  answers && { echo "[redis] answering at $host:$port"; exit 0; }
+  answers && { echo "[redis] answering at $host:$port (pid $(cat "$pidfile" 2>/dev/null || echo '?'), started by us)"; exit 0; }
   sleep 0.1
 done
-echo "[redis] redis-server did not answer on $host:$port; see /tmp/tracejudge-redis-$port.log" >&2
+echo "[redis] redis-server did not answer on $host:$port; see $log" >&2
 exit 1

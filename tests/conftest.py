@@ -110,6 +110,32 @@ def worker(pipeline_env) -> Iterator[object]:
 
 
 @pytest.fixture()
+def worker_process(pipeline_env, tmp_path, monkeypatch) -> Iterator[object]:
+    """A ``tracejudge worker`` subprocess with its own key prefix and its own test LLM server.
+
+    For promises about a worker process (what its LLM client remembers, what it logs): the test
+    sees it only from outside, as a user would.
+    """
+    from types import SimpleNamespace
+
+    from tracejudge.testing import FakeLLMServer
+    from tracejudge.testing.processes import WorkerProcess
+    from tracejudge.worker import reset_app
+
+    prefix = f"tjproc-{uuid.uuid4().hex[:8]}:"
+    with FakeLLMServer(latency_ms=0, retry_after=0.05) as llm:
+        env = {**pipeline_env, "TRACEJUDGE_KEY_PREFIX": prefix, "TRACEJUDGE_LLM_BASE_URL": llm.base_url}
+        monkeypatch.setenv("TRACEJUDGE_KEY_PREFIX", prefix)  # this process enqueues on the worker's queues
+        reset_app()
+        try:
+            with WorkerProcess(env, concurrency=4, log=tmp_path / "worker.log") as process:
+                yield SimpleNamespace(llm=llm, process=process, log=process.log)
+        finally:
+            monkeypatch.undo()
+            reset_app()
+
+
+@pytest.fixture()
 def article_trace(mlflow_store) -> str:
     from tracejudge.testing.workflows import record_article_trace
 

@@ -795,3 +795,22 @@ def test_quality_based_workflows_false_turns_gate_and_retry_off() -> None:
     off = load_config({**data, "observability": {"mlflow": {"quality_based_workflows": False}}})
     assert not off.gate_enabled and not off.retry_enabled
     assert load_config(DESIGN / "feature_flags.yaml").gate_enabled is False
+
+
+def test_workers_log_each_unused_key_once(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from tracejudge.config import log_unused_keys_once
+
+    import uuid
+
+    flag = f"future_flag_{uuid.uuid4().hex[:8]}"  # a key no other test logged in this process
+    config = load_config({"observability": {"optimization": {"enabled": True}, "mlflow": {flag: True}}})
+    logger = logging.getLogger("tracejudge.test.unused")
+    with caplog.at_level(logging.WARNING, logger="tracejudge.test.unused"):
+        for _ in range(3):
+            log_unused_keys_once(config, logger)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert all("accepted, not used by tracejudge" in line for line in lines)
+    assert any("observability.optimization" in line for line in lines) and any(flag in line for line in lines)

@@ -170,6 +170,9 @@ def test_spent_budget_is_an_explicit_error_and_never_reused(worker, fake_llm, ml
     later = tracejudge.enqueue(trace_id, config=cfg()).verdict(timeout=60, raise_on_block=False)
     assert later.judged == 1 and later.results()[0].ok  # judged now, not the old refusal reused
     assert fake_llm.stats()["requests"] == before + 1
+    ours = [x for x in mlflow.get_trace(trace_id).info.assessments if x.name == "coherence"]
+    valid = [x for x in ours if x.valid is not False]
+    assert len(valid) == 1 and valid[0].error is None and valid[0].overrides == a.assessment_id
 
 
 def test_defer_keeps_the_evaluation_for_the_next_day(worker, pipeline_env, redis_url, mlflow_store):

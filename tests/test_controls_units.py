@@ -243,3 +243,11 @@ def test_cache_shares_one_call_and_says_cached_with_the_key():
     assert not first.cached and first.cost_usd == pytest.approx(0.00021)
     assert second.cached and second.cache_key == first.cache_key and second.cost_usd == 0.0
     assert second.reply.reply.score == first.reply.reply.score and not other.cached
+
+
+def test_enqueue_refuses_a_sample_rate_outside_0_1():
+    import tracejudge
+
+    with pytest.raises(ValueError) as caught:
+        tracejudge.enqueue("tr-1", sample=1.5)
+    assert "sample" in str(caught.value) and "from 0 to 1" in str(caught.value)

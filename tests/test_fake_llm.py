@@ -322,14 +322,10 @@ def test_stop_is_idempotent_and_port_is_free_after():
 # ----------------------------------------------------------------------------- CLI
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_cli_main_runs_until_sigterm():
-    port = _free_port()
+    from tracejudge.testing.processes import free_port
+
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tracejudge.testing.fake_llm", "--port", str(port)],
         stdout=subprocess.PIPE,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import mlflow
 import pytest
@@ -110,7 +111,7 @@ def test_failing_judge_fails_the_gate_and_gives_recommendations(worker):
     assert handle.verdict(timeout=60, raise_on_block=False).status == "failed"
 
 
-def test_judge_error_makes_the_verdict_error_not_pass(worker, fake_llm):
+def test_judge_error_makes_the_verdict_error_not_pass(worker_process):
     trace_id = record_article_trace(article="Article text [[tj:fault:coherence=401]]")
     verdict = tracejudge.enqueue(trace_id, config=CONFIG, gate=True).verdict(timeout=60, raise_on_block=False)
     assert verdict.status == "error"
@@ -119,10 +120,6 @@ def test_judge_error_makes_the_verdict_error_not_pass(worker, fake_llm):
     assert len(failed) == 1 and failed[0].value is None
     assert failed[0].error.error_code == "AUTHENTICATION_ERROR"
     assert "401" in failed[0].error.error_message
-    # a 401 makes the worker's client fail fast for a while (provider-wide); undo for the next tests
-    from tracejudge.tasks.runtime import get_runtime
-
-    get_runtime().llm.clear_provider_failure()
 
 
 def test_gate_actions_warn_and_ignore_return_the_verdict(worker, caplog):
@@ -173,24 +170,39 @@ def test_malformed_trace_id_is_refused_at_once(worker):
     assert verdict.status == "error" and verdict.error.type == "INVALID_TRACE_ID"
 
 
-def test_trace_exported_late_is_waited_for(worker, monkeypatch):
-    """The worker polls while the trace is not in the store yet, then judges it."""
-    from tracejudge.mlflow_io import reader
+def test_trace_exported_late_is_waited_for(worker):
+    """Enqueued from inside the workflow, the trace is not in the store when the worker starts: it waits, then judges."""
+    handles = []
 
-    real = reader.fetch_trace
-    misses = {"left": 3}
+    def enqueue_before_the_trace_is_finished(trace_id):
+        handle = tracejudge.enqueue(trace_id, config=CONFIG)
+        assert wait_for(lambda: handle.status == "STARTED", timeout=30), handle.status  # the worker has it now
+        assert not_finished_in_store(trace_id)  # and the trace is not (fully) in the store yet
+        handles.append(handle)
 
-    def late(client, trace_id):
-        if misses["left"] > 0:
-            misses["left"] -= 1
-            raise reader.TraceNotReady(f"trace {trace_id} not found")
-        return real(client, trace_id)
-
-    monkeypatch.setattr(reader, "fetch_trace", late)
-    trace_id = record_article_trace()
-    verdict = tracejudge.enqueue(trace_id, config=CONFIG).verdict(timeout=60)
-    assert misses["left"] == 0
+    trace_id = record_article_trace(during=enqueue_before_the_trace_is_finished)
+    verdict = handles[0].verdict(timeout=60)
+    assert verdict.trace_id == trace_id
     assert verdict.status == "passed" and len(verdict.results()) == 6
+
+
+def not_finished_in_store(trace_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        trace = MlflowClient().get_trace(trace_id)
+    except MlflowException:
+        return True
+    return trace is None or "IN_PROGRESS" in str(trace.info.state)
+
+
+def wait_for(predicate, *, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
 
 
 def test_invalid_payload_gets_a_clear_error_verdict(worker):

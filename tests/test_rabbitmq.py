@@ -52,7 +52,7 @@ def test_a_broker_url_of_another_kind_is_a_clear_error():
 @needs_rabbitmq
 def test_worker_sigkilled_on_rabbitmq_loses_and_duplicates_nothing():
     from tests.test_reliability_processes import assert_exact, show
-    from tracejudge.testing.chaos import run_worker_kill
+    from tests.chaos import run_worker_kill
 
     result = run_worker_kill(traces=40, latency_ms=150, concurrency=8, broker="rabbitmq")
     show(result)
@@ -65,7 +65,7 @@ def test_worker_sigkilled_on_rabbitmq_loses_and_duplicates_nothing():
 @needs_rabbitmq
 def test_a_long_evaluation_on_a_live_rabbitmq_worker_is_delivered_once():
     from tests.test_reliability_processes import assert_exact, show
-    from tracejudge.testing.chaos import run_long_evaluation
+    from tests.chaos import run_long_evaluation
 
     result = run_long_evaluation(seconds=25, workers=2, broker="rabbitmq")
     show(result)

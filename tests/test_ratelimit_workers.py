@@ -15,7 +15,7 @@ import shutil
 import pytest
 
 import tracejudge
-from tracejudge.testing.chaos import ChaosStack, chaos_config
+from tests.chaos import ChaosStack, chaos_config
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 

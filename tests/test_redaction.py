@@ -43,7 +43,7 @@ def test_tracking_uri_password_is_redacted_in_verdict_result_backend_cli_and_log
     import redis
 
     from tracejudge.testing.processes import WorkerProcess
-    from tracejudge.worker.task import WORKER_ENVIRONMENT
+    from tracejudge.mlflow_io.store import WORKER_ENVIRONMENT
 
     prefix = f"tjredact-{uuid.uuid4().hex[:8]}:"
     env = {

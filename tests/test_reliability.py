@@ -83,9 +83,8 @@ def test_each_llm_fault_ends_as_promised(worker, fake_llm):
     assert written[_judge_name("malformed")].value is None
 
 
-def test_provider_wide_failure_fails_the_rest_fast(worker, fake_llm):
-    from tracejudge.tasks.runtime import get_runtime
-
+def test_provider_wide_failure_fails_the_rest_fast(worker_process):
+    fake_llm = worker_process.llm
     trace_id = record_article_trace(article="Text [[tj:fault=401]]", research="Notes [[tj:fault=401]]")
     config = {
         "observability": {
@@ -98,10 +97,7 @@ def test_provider_wide_failure_fails_the_rest_fast(worker, fake_llm):
         }
     }
     before = fake_llm.stats()["by_outcome"].get("401", 0)
-    try:
-        verdict = tracejudge.enqueue(trace_id, config=config).verdict(timeout=60, raise_on_block=False)
-    finally:
-        get_runtime().llm.clear_provider_failure()
+    verdict = tracejudge.enqueue(trace_id, config=config).verdict(timeout=60, raise_on_block=False)
     assert verdict.status == "error"
     assert len(verdict.errors) == 6
     assert {r.error.type for r in verdict.errors} == {"AUTHENTICATION_ERROR"}
@@ -207,7 +203,7 @@ def test_pickle_message_is_refused_not_run(worker, tmp_path, caplog):
     assert any("Refusing to deserialize untrusted content of type pickle" in r.getMessage() for r in caplog.records)
 
 
-def test_api_key_never_leaks(worker, fake_llm, caplog, pipeline_env):
+def test_api_key_never_leaks(worker_process, caplog, pipeline_env):
     key = pipeline_env["TRACEJUDGE_LLM_API_KEY"]
     trace_id = record_article_trace(article="Text [[tj:fault:coherence=401]] [[tj:fault:harmfulness=500]]")
     config = {
@@ -215,16 +211,17 @@ def test_api_key_never_leaks(worker, fake_llm, caplog, pipeline_env):
             "mlflow": {"judges": {"workflow_defaults": ["coherence", "harmfulness"], "execution": {"trace_wait_seconds": 20, "max_attempts": 2}}}
         }
     }
-    from tracejudge.tasks.runtime import get_runtime
+    from tracejudge.tasks import get_runtime
 
+    fake_llm = worker_process.llm
     first_request = len(fake_llm.requests)
     with caplog.at_level(logging.DEBUG):
         handle = tracejudge.enqueue(trace_id, config=config)
         verdict = handle.verdict(timeout=60, raise_on_block=False)
-    get_runtime().llm.clear_provider_failure()
     assert verdict.errors  # the failure paths ran
     everything = [
         caplog.text,
+        worker_process.log.read_text(),  # the worker's own log (INFO)
         verdict.model_dump_json(),
         json.dumps(handle._result.get(timeout=5)),
         json.dumps([a.to_dictionary() for a in MlflowClient().get_trace(trace_id).info.assessments], default=str),

@@ -1,6 +1,6 @@
 """Reliability against real processes on loopback: workers killed and stopped, Redis and MLflow restarted.
 
-Every test builds its own private stack (:class:`tracejudge.testing.chaos.ChaosStack`):
+Every test builds its own private stack (:class:`tests.chaos.ChaosStack`):
 a ``redis-server`` on a free port (append-only file on), an MLflow store (a sqlite
 file, or a real ``mlflow server``), the fake LLM server, and ``tracejudge worker``
 subprocesses. The promises are checked in counts, never in seconds: every trace
@@ -8,7 +8,7 @@ gets a verdict and exactly one feedback assessment per (span, judge), and judge
 calls are not repeated for work already judged. Recovery times are printed
 (``pytest -s``) for people to read.
 
-The scenarios themselves live in ``tracejudge.testing.chaos`` and are shared
+The scenarios themselves live in ``tests/chaos.py`` and are shared
 with ``bench/chaos.py``, which runs them at full size (100+ traces, 30 s outage).
 """
 
@@ -19,7 +19,7 @@ import shutil
 import pytest
 
 import tracejudge
-from tracejudge.testing.chaos import (
+from tests.chaos import (
     JUDGES_PER_TRACE,
     ChaosStack,
     ScenarioResult,

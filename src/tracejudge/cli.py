@@ -25,6 +25,10 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+from tracejudge.display import format_verdict
+
+__all__ = ["exit_code", "format_verdict", "main", "run_worker"]
+
 EXIT_PASSED = 0
 EXIT_FAILED = 1
 EXIT_ERROR = 2
@@ -215,8 +219,7 @@ def run_worker(extra: list[str]) -> int:
             "Environment: TRACEJUDGE_REDIS_URL, MLFLOW_TRACKING_URI, TRACEJUDGE_LLM_BASE_URL, TRACEJUDGE_LLM_API_KEY,\n"
             "TRACEJUDGE_CONFIG, TRACEJUDGE_JUDGE_MODULES. Celery's own options follow.\n"
         )
-    from tracejudge.worker import QUEUES, get_app
-    from tracejudge.worker.task import set_worker_environment
+    from tracejudge.worker import QUEUES, get_app, set_worker_environment
 
     set_worker_environment()
     argv = ["worker"]
@@ -301,31 +304,6 @@ def _wait_and_print(handle: Any, timeout: float, *, as_json: bool) -> int:
 
 def exit_code(verdict: Any) -> int:
     return {"passed": EXIT_PASSED, "failed": EXIT_FAILED}.get(verdict.status, EXIT_ERROR)
-
-
-def format_verdict(verdict: Any, *, rationale_width: int = 60) -> str:
-    """A plain-text table: node, judge, score, threshold, pass, rationale."""
-    rows = [("node", "judge", "score", "threshold", "pass", "rationale / error")]
-    for r in verdict.results():
-        score = "-" if r.score is None else f"{r.score:.2f}"
-        note = f"{r.error.type}: {r.error.message}" if r.error else (r.rationale or "")
-        note = note.replace("\n", " ")
-        if len(note) > rationale_width:
-            note = note[: rationale_width - 3] + "..."
-        rows.append((r.target, r.name, score, f"{r.threshold:g}", "yes" if r.passed else ("ERROR" if r.error else "no"), note))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = []
-    for i, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row[:-1])) + "  " + row[-1])
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 17)
-    lines.append("")
-    lines.append(f"verdict: {verdict.summary()}")
-    if verdict.retry_nodes:
-        lines.append(f"retry nodes: {', '.join(verdict.retry_nodes)}")
-    if verdict.artifact_uri:
-        lines.append(f"report: {verdict.artifact_uri}")
-    return "\n".join(lines)
 
 
 def cmd_validate_config(args: argparse.Namespace) -> int:
@@ -446,11 +424,11 @@ def _summary(args: argparse.Namespace) -> Any:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    import os
+    from tracejudge.config import Settings
+    from tracejudge.monitor.dashboard import serve
 
-    from tracejudge.monitor.dashboard import TOKEN_ENV, serve
-
-    token = args.token or os.environ.get(TOKEN_ENV) or None
+    env_token = Settings.from_env().dashboard_token
+    token = args.token or (env_token.get_secret_value() if env_token is not None else None)
     where = f"http://{args.host}:{args.port}/"
     print(f"tracejudge dashboard on {where}" + (" (bearer token required; open /?token=... once)" if token else ""), flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:

@@ -2,8 +2,10 @@
 
 It makes a local MLflow sqlite store, records a sample ``article_writer``
 trace (research and write nodes, a search tool span, inside a run), finds
-Redis (or starts a local ``redis-server``), starts a worker process,
+Redis (or starts a local ``redis-server``), starts its own worker process,
 enqueues the trace on the gate queue, waits for the verdict and prints it.
+Its queues and keys live under a private key prefix (``tjdemo-<random>:``),
+so another tracejudge worker on the same Redis never takes its task.
 Judges call the LLM endpoint configured in the environment, or else the
 bundled test server (which says it is not a real model). Everything it
 started is stopped at the end.
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
+import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from tracejudge.testing.processes import RedisServer, WorkerProcess
 
 DEMO_CONFIG = """\
 # The design document's judge configuration (section 4.4) and quality gate (section 5.4).
@@ -92,6 +95,8 @@ def run_demo(*, directory: str = ".tracejudge/demo", latency_ms: float = 200.0, 
         TRACEJUDGE_CONFIG=str(config_path),
         MLFLOW_DISABLE_TELEMETRY=env.get("MLFLOW_DISABLE_TELEMETRY", "true"),
         MLFLOW_MODEL_CATALOG_URI=env.get("MLFLOW_MODEL_CATALOG_URI", ""),
+        # private queues and keys: no other worker on this Redis can take the demo's task
+        TRACEJUDGE_KEY_PREFIX=f"tjdemo-{uuid.uuid4().hex[:8]}:",
     )
     settings = Settings.from_env(env)
 
@@ -136,7 +141,7 @@ def run_demo(*, directory: str = ".tracejudge/demo", latency_ms: float = 200.0, 
 
         # 4. Worker, enqueue, verdict.
         os.environ.update({k: v for k, v in env.items() if k.startswith("TRACEJUDGE_")})
-        from tracejudge.tasks.runtime import reset_runtime
+        from tracejudge.tasks import reset_runtime
         from tracejudge.worker import reset_app
 
         reset_app()
@@ -157,7 +162,7 @@ def run_demo(*, directory: str = ".tracejudge/demo", latency_ms: float = 200.0, 
             say(f"no verdict: {exc}. The worker log is {base / 'worker.log'}")
             return 1
         say(f"verdict after {time.perf_counter() - started:.2f} s:")
-        from tracejudge.cli import format_verdict
+        from tracejudge.display import format_verdict
 
         print()
         print(format_verdict(verdict))
@@ -179,47 +184,24 @@ def _ensure_redis(url: str, stack: ExitStack) -> tuple[str | None, str]:
     host = parts.hostname or "127.0.0.1"
     if host not in ("127.0.0.1", "localhost", "::1"):
         return None, f"Redis: nothing answers at {redact_url(url)}. Start it, or unset TRACEJUDGE_REDIS_URL to let the demo start a local one."
-    server = shutil.which("redis-server")
-    if server is None:
+    if shutil.which("redis-server") is None:
         return None, (
             f"Redis: nothing answers at {redact_url(url)} and no redis-server is installed. "
             "Install one (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis; "
             "or docker run -p 6379:6379 redis:7) and run the demo again."
         )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    server = stack.enter_context(RedisServer(appendonly=False))
+    return server.url, (
+        f"Redis: nothing answered at {redact_url(url)}, so the demo started redis-server on port {server.port} "
+        f"(stopped at the end; log {server.dir / 'redis.log'})"
     )
-    stack.callback(_stop, proc)
-    local = f"redis://127.0.0.1:{port}/0"
-    for _ in range(100):
-        if _redis_answers(local):
-            return local, f"Redis: nothing answered at {redact_url(url)}, so the demo started {server} on port {port} (stopped at the end)"
-        time.sleep(0.05)
-    return None, f"Redis: started {server} on port {port} but it did not answer"
 
 
 def _start_worker(env: dict[str, str], stack: ExitStack, base: Path) -> None:
-    log_path = base / "worker.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed by the stack
-    stack.callback(log.close)
-    cmd = [sys.executable, "-m", "tracejudge", "worker", "--concurrency", "4", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    stack.callback(_stop, proc)
-    say(f"started a worker: {' '.join(cmd[1:])} (pid {proc.pid}, log {log_path})")
-    from tracejudge.worker import get_app
-
-    app = get_app()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"[demo] the worker exited with {proc.returncode}; see {log_path}")
-        if app.control.ping(timeout=0.5):
-            say("worker is ready")
-            return
-    say("the worker did not answer a ping within 60 s; enqueueing anyway (the task waits in Redis)")
+    worker = WorkerProcess(env, name="demo", concurrency=4, log=base / "worker.log")
+    say(f"starting the demo's own worker (log {worker.log}; keys under {env['TRACEJUDGE_KEY_PREFIX']})...")
+    stack.enter_context(worker)
+    say(f"worker is ready (pid {worker.pid})")
 
 
 def _sync_config(config_path: Path) -> object:
@@ -237,19 +219,3 @@ def _redis_answers(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
     except Exception:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

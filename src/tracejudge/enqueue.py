@@ -19,126 +19,37 @@ from typing import Any, Mapping, TypeVar
 
 from pydantic import ValidationError
 
-from tracejudge.config import JudgeRef, TraceJudgeConfig, load_config
-from tracejudge.verdict import QualityVerdict, apply_gate
+from tracejudge.config import JudgeRef, Settings, TraceJudgeConfig, load_config
+from tracejudge.publish import (
+    CompletedHandle,
+    DisabledHandle,
+    EnqueueError,
+    EvaluationFailed,
+    EvaluationHandle,
+    EvaluationTimeout,
+    SkippedHandle,
+    send_request,
+)
+from tracejudge.verdict import QualityVerdict
+
+__all__ = [
+    "CompletedHandle",
+    "DisabledHandle",
+    "EnqueueError",
+    "EvaluationFailed",
+    "EvaluationHandle",
+    "EvaluationTimeout",
+    "SkippedHandle",
+    "enqueue",
+    "judged",
+    "last_handle",
+    "resolve_config",
+]
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 ConfigSource = TraceJudgeConfig | str | os.PathLike[str] | Mapping[str, Any] | None
-DEFAULT_VERDICT_TIMEOUT = 60.0
-
-
-class EnqueueError(RuntimeError):
-    """The evaluation could not be put on the queue (Redis unreachable...). Nothing was dropped silently."""
-
-
-class EvaluationTimeout(TimeoutError):
-    """No verdict within the timeout; the evaluation may still finish later."""
-
-
-class EvaluationFailed(RuntimeError):
-    """The evaluation task itself crashed (a bug, not a judge failure); carries the task's error."""
-
-
-class EvaluationHandle:
-    """A queued evaluation. ``status`` is Celery's state; ``verdict()`` waits and applies the gate.
-
-    >>> handle = tracejudge.enqueue(trace_id, gate=True)  # doctest: +SKIP
-    >>> handle.verdict(timeout=60).status  # doctest: +SKIP
-    'passed'
-    """
-
-    def __init__(self, result: Any, *, trace_id: str, config: TraceJudgeConfig) -> None:
-        self._result = result
-        self.id: str = result.id
-        self.trace_id = trace_id
-        self.config = config
-
-    def __repr__(self) -> str:
-        return f"EvaluationHandle(id={self.id!r}, trace_id={self.trace_id!r})"
-
-    @property
-    def status(self) -> str:
-        return str(self._result.state)
-
-    def ready(self) -> bool:
-        return bool(self._result.ready())
-
-    def verdict(self, timeout: float | None = DEFAULT_VERDICT_TIMEOUT, *, raise_on_block: bool = True) -> QualityVerdict:
-        """Wait for the verdict, then apply ``quality_gate.action`` (``block`` raises ``QualityGateBlocked``)."""
-        from celery.exceptions import TimeoutError as CeleryTimeout
-
-        try:
-            data = self._result.get(timeout=timeout, propagate=False, interval=0.05)
-        except CeleryTimeout:
-            raise EvaluationTimeout(
-                f"no verdict for trace {self.trace_id} (evaluation {self.id}) within {timeout} s; state {self.status}"
-            ) from None
-        if self._result.failed() or not isinstance(data, dict):
-            raise EvaluationFailed(f"evaluation {self.id} of trace {self.trace_id} failed: {data!r}")
-        return apply_gate(QualityVerdict.model_validate(data), self.config, raise_on_block=raise_on_block)
-
-
-class CompletedHandle:
-    """A handle whose verdict is already known (``sync`` mode)."""
-
-    def __init__(self, verdict: QualityVerdict, *, config: TraceJudgeConfig) -> None:
-        self.id = verdict.evaluation_id or ""
-        self.trace_id = verdict.trace_id
-        self.config = config
-        self._verdict = verdict
-
-    status = "SUCCESS"
-
-    def ready(self) -> bool:
-        return True
-
-    def verdict(self, timeout: float | None = None, *, raise_on_block: bool = True) -> QualityVerdict:
-        return apply_gate(self._verdict, self.config, raise_on_block=raise_on_block)
-
-
-class DisabledHandle:
-    """Judging is off (``enable_judges: false`` or mode ``disabled``): nothing was queued."""
-
-    status = "DISABLED"
-
-    def __init__(self, trace_id: str, reason: str) -> None:
-        self.id = ""
-        self.trace_id = trace_id
-        self.reason = reason
-
-    def ready(self) -> bool:
-        return True
-
-    def verdict(self, timeout: float | None = None, *, raise_on_block: bool = True) -> None:
-        return None
-
-
-class SkippedHandle:
-    """Sampling left this trace out (``judges.sampling.rate``): nothing was queued, no Redis message.
-
-    ``status`` is ``'skipped'``; ``verdict()`` returns a verdict with status ``skipped`` at once.
-    """
-
-    status = "skipped"
-
-    def __init__(self, trace_id: str, reason: str, *, config: TraceJudgeConfig) -> None:
-        self.id = ""
-        self.trace_id = trace_id
-        self.reason = reason
-        self.config = config
-
-    def __repr__(self) -> str:
-        return f"SkippedHandle(trace_id={self.trace_id!r}, reason={self.reason!r})"
-
-    def ready(self) -> bool:
-        return True
-
-    def verdict(self, timeout: float | None = None, *, raise_on_block: bool = True) -> QualityVerdict:
-        from tracejudge.verdict import skipped_verdict
-
-        return skipped_verdict(self.trace_id, self.reason, self.config)
 
 
 AnyHandle = EvaluationHandle | CompletedHandle | DisabledHandle | SkippedHandle
@@ -185,6 +96,8 @@ def enqueue(
     """
     from tracejudge.tasks.payload import EvaluationRequest
 
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, (int, float)) or not 0.0 <= sample <= 1.0):
+        raise ValueError(f"enqueue(sample=...): must be a number from 0 to 1, the share of traces judged (got {sample!r})")
     explicit = config is not None
     resolved = resolve_config(config)
     if not resolved.enabled or not resolved.enable_judges:
@@ -214,6 +127,10 @@ def enqueue(
         )
     except ValidationError as exc:
         return _invalid(trace_id, exc, resolved)
+    if gate or mode == "sync":  # someone waits: have MLflow export the trace now, not in up to 5 s
+        from tracejudge.mlflow_io.export import flush_pending_traces
+
+        flush_pending_traces()
     if mode == "sync":
         handle: AnyHandle = CompletedHandle(evaluate_now(request, config=resolved), config=resolved)
     elif not block:
@@ -221,7 +138,7 @@ def enqueue(
 
         handle = submit(request, resolved)
     else:
-        handle = _send(request, resolved)
+        handle = send_request(request, resolved)
     _last_handle.set(handle)
     return handle
 
@@ -261,7 +178,7 @@ def judged(
             result = traced(*args, **kwargs)
             trace_id = mlflow.get_last_active_trace_id(thread_local=True)
             if trace_id:
-                enqueue(trace_id, config=config, gate=gate, judges=judges)
+                enqueue(trace_id, config=config, gate=gate, judges=judges, workflow=func.__name__)
             else:
                 log.warning("tracejudge: %s returned without an MLflow trace; nothing enqueued", func.__name__)
             return result
@@ -279,38 +196,12 @@ def resolve_config(config: ConfigSource) -> TraceJudgeConfig:
     if isinstance(config, TraceJudgeConfig):
         return config
     if config is None or isinstance(config, (str, Path, os.PathLike)):
-        key = str(config) if config is not None else ("env", os.environ.get("TRACEJUDGE_CONFIG"))
+        key = str(config) if config is not None else ("env", Settings.from_env().config_path)
         cached = _config_cache.get(key)
         if cached is None:
             cached = _config_cache[key] = load_config(config)
         return cached
     return load_config(config)
-
-
-def _send(request: Any, config: TraceJudgeConfig) -> EvaluationHandle:
-    from kombu.exceptions import OperationalError
-    from redis.exceptions import RedisError
-
-    from tracejudge.worker import QUEUE_GATE, QUEUE_ONLINE, TASK_EVALUATE, get_app
-
-    app = get_app()
-    payload = request.model_dump(mode="json", exclude_none=True)
-    try:
-        result = app.send_task(
-            TASK_EVALUATE,
-            args=[payload],
-            task_id=request.evaluation_id,
-            queue=QUEUE_GATE if request.gate else QUEUE_ONLINE,
-            # Celery would otherwise saferepr the whole payload into the headers (measured: p50 1034 -> 650 us)
-            argsrepr=request.trace_id,
-            kwargsrepr="{}",
-        )
-    except (OperationalError, RedisError, ConnectionError, OSError, RuntimeError) as exc:
-        # RuntimeError: Celery's result consumer gave up reconnecting to Redis.
-        raise EnqueueError(
-            f"could not enqueue trace {request.trace_id}: the broker at {_redacted_broker(app)} is unreachable ({exc})"
-        ) from None
-    return EvaluationHandle(result, trace_id=request.trace_id, config=config)
 
 
 def _invalid(trace_id: str, exc: ValidationError, config: TraceJudgeConfig) -> CompletedHandle:
@@ -351,14 +242,13 @@ def _skip_counter() -> Any:
     global _counter
     if _counter is None:
         from tracejudge.tasks.counters import BatchedCounter
-        from tracejudge.tasks.runtime import key_prefix
 
         def client() -> Any:
             from tracejudge.worker import get_app
 
             return get_app().backend.client
 
-        _counter = BatchedCounter(client, key_prefix)
+        _counter = BatchedCounter(client, lambda: Settings.from_env().key_prefix)
     return _counter
 
 
@@ -375,9 +265,3 @@ def _as_ref(judge: str | JudgeRef | Mapping[str, Any]) -> JudgeRef:
     if isinstance(judge, str):
         return JudgeRef(name=judge)
     return JudgeRef.model_validate(dict(judge))
-
-
-def _redacted_broker(app: Any) -> str:
-    from tracejudge.config.settings import redact_url
-
-    return redact_url(str(app.conf.broker_url))

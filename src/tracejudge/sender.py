@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tracejudge.enqueue import EnqueueError, EvaluationHandle, EvaluationTimeout
+from tracejudge.publish import EnqueueError, EvaluationHandle, EvaluationTimeout, send_request
 from tracejudge.verdict import QualityVerdict
 
 log = logging.getLogger(__name__)
@@ -307,9 +307,7 @@ class Sender:
         if self._send_fn is not None:
             self._send_fn(request, config)
             return
-        from tracejudge.enqueue import _send
-
-        _send(request, config)
+        send_request(request, config)
 
     def _run(self) -> None:
         while True:

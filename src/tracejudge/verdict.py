@@ -102,6 +102,9 @@ class QualityVerdict(BaseModel):
     retry_of: str | None = None
     #: True when quality_retry.max_retries re-runs are used up (``retry_nodes`` is then empty).
     retries_exhausted: bool = False
+    #: A one-off run of some judges (``judges=`` / ``--judges``): its assessments are written, but the
+    #: trace's verdict tags, report and run metrics stay those of the full evaluation.
+    partial: bool = False
     artifact_uri: str | None = None
     judged: int = 0
     reused: int = 0
@@ -144,6 +147,8 @@ class QualityVerdict(BaseModel):
             text += "; judge errors: " + ", ".join(f"{r.target}/{r.name} {r.error.type}" for r in self.errors if r.error)
         if self.retries_exhausted:
             text += f"; quality retries used up (attempt {self.attempt})"
+        if self.partial:
+            text += "; partial run (judges=...): the trace's full verdict, tags and report are unchanged"
         return text
 
     def headline(self) -> str:
@@ -299,6 +304,7 @@ def build_verdict(
         attempt=attempt,
         retry_of=retry_of,
         retries_exhausted=exhausted,
+        partial=partial,
         reused=reused,
         judged=len(results) - reused,
     )

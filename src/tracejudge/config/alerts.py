@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from .errors import show
-from .models import Score, _Section, _no_bool
+from .base import Score, _no_bool, _Section
 
 RuleKind = Literal["quality_drop", "failure_rate", "variance_increase", "new_failure_type", "gate_pass_rate"]
 RULE_KINDS = ("quality_drop", "failure_rate", "variance_increase", "new_failure_type", "gate_pass_rate")

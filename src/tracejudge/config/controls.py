@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from .errors import FieldProblem, show
-from .models import _Count, _Number, _Section
+from .base import _Count, _Number, _Section
 
 __all__ = [
     "BudgetConfig",

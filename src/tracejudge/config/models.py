@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from .alerts import QualityAlertsConfig
+from .base import Score, _Count, _no_bool, _Number, _Section
 from .errors import ConfigError, FieldProblem, from_validation_error, show, unknown_key_message
 
 __all__ = [
@@ -56,17 +58,6 @@ DEFAULT_ROOT_JUDGES: tuple[str, ...] = ("relevance", "coherence", "harmfulness")
 """The plan of a config that names no judges: these, on the workflow root, at the environment threshold."""
 
 
-def _no_bool(value: Any) -> Any:
-    """YAML ``true`` is not a number; pydantic would read it as 1."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number (got {show(value)})")
-    return value
-
-
-Score = Annotated[float, BeforeValidator(_no_bool), Field(ge=0.0, le=1.0)]
-"""A judge score or threshold: 0 (worst) to 1 (best)."""
-_Number = Annotated[float, BeforeValidator(_no_bool)]
-_Count = Annotated[int, BeforeValidator(_no_bool)]
 
 _JUDGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 #: A variable is a name or a dotted path into the judged input: ``topic``, ``inputs.request.topic``.
@@ -98,36 +89,6 @@ def template_variables(template: str) -> list[str]:
         if match.group(1) not in names:
             names.append(match.group(1))
     return names
-
-
-class _Section(BaseModel):
-    """Base of our YAML sections: unknown keys are errors with a did-you-mean;
-    ``key:`` left empty (null) means the default."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @classmethod
-    def _coerce(cls, data: Any) -> Any:
-        return data
-
-    @model_validator(mode="before")
-    @classmethod
-    def _check_keys(cls, data: Any) -> Any:
-        data = cls._coerce(data)
-        if not isinstance(data, Mapping):
-            return data
-        allowed = list(cls.model_fields)
-        cleaned: dict[Any, Any] = {}
-        for key, value in data.items():
-            if not isinstance(key, str):
-                raise FieldProblem(f"keys must be text (got {show(key)})", loc=(str(key),))
-            if key not in allowed:
-                raise FieldProblem(unknown_key_message(key, allowed), loc=(key,))
-            field = cls.model_fields[key]
-            if value is None and not field.is_required() and field.get_default(call_default_factory=True) is not None:
-                continue  # `key:` with nothing after it -> default
-            cleaned[key] = value
-        return cleaned
 
 
 def _nonblank(value: str, what: str) -> str:
@@ -660,11 +621,6 @@ JudgesConfig.model_rebuild()
 
 
 def _alerts_config() -> Any:
-    from .alerts import QualityAlertsConfig
-
     return QualityAlertsConfig()
-
-
-from .alerts import QualityAlertsConfig  # noqa: E402  (it builds on _Section above)
 
 TraceJudgeConfig.model_rebuild()

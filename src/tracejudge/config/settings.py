@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from .errors import ConfigError, show
 
@@ -23,7 +23,7 @@ __all__ = ["Settings", "normalize_model", "redact_url", "DEFAULT_LLM_BASE_URL", 
 DEFAULT_LLM_BASE_URL = "https://api.openai.com/v1"
 NO_KEY_PLACEHOLDER = "sk-no-key-needed"
 _ENVIRONMENTS = ("production", "development", "experimental")
-_URL_FIELDS = ("llm_base_url", "redis_url", "broker_url", "result_backend_url", "mlflow_tracking_uri")
+_URL_FIELDS = ("llm_base_url", "redis_url", "broker_url", "result_backend_url", "mlflow_tracking_uri", "mlflow_ui_url")
 _BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
 
 
@@ -47,6 +47,22 @@ class Settings(BaseModel):
     mlflow_tracking_uri: str | None = None
     environment: Literal["production", "development", "experimental"] | None = None
     config_path: str | None = None
+    #: A prefix for every Redis key tracejudge and Celery write, to share one Redis (``TRACEJUDGE_KEY_PREFIX``).
+    key_prefix: str = ""
+    #: Modules to import at worker start so their judges register (``TRACEJUDGE_JUDGE_MODULES``, comma-separated).
+    judge_modules: tuple[str, ...] = ()
+    #: MLflow writes in flight at once per process (``TRACEJUDGE_WRITE_CONCURRENCY``).
+    write_concurrency: int = Field(default=8, ge=1, le=256)
+    #: How long Celery keeps a verdict in the result backend (``TRACEJUDGE_RESULT_EXPIRES_HOURS``).
+    result_expires_hours: float = Field(default=24, gt=0)
+    #: Seconds before an unacknowledged task is delivered again (``TRACEJUDGE_VISIBILITY_TIMEOUT``).
+    visibility_timeout: int = Field(default=15, ge=1)
+    #: The MLflow UI that reports, the dashboard and alerts link to (``MLFLOW_UI_URL``).
+    mlflow_ui_url: str | None = None
+    #: The experiment monitoring watches when none is given (``MLFLOW_EXPERIMENT_ID``, else ``MLFLOW_EXPERIMENT_NAME``).
+    experiment: str | None = None
+    #: Bearer token the dashboard requires (``TRACEJUDGE_DASHBOARD_TOKEN``); never shown.
+    dashboard_token: SecretStr | None = None
 
     @model_validator(mode="after")
     def _backend_defaults_to_redis(self) -> Settings:
@@ -100,8 +116,23 @@ class Settings(BaseModel):
             "mlflow_tracking_uri": first("MLFLOW_TRACKING_URI"),
             "environment": environment,
             "config_path": first("TRACEJUDGE_CONFIG"),
+            "key_prefix": first("TRACEJUDGE_KEY_PREFIX"),
+            "judge_modules": _names(first("TRACEJUDGE_JUDGE_MODULES")),
+            "write_concurrency": first("TRACEJUDGE_WRITE_CONCURRENCY"),
+            "result_expires_hours": first("TRACEJUDGE_RESULT_EXPIRES_HOURS"),
+            "visibility_timeout": first("TRACEJUDGE_VISIBILITY_TIMEOUT"),
+            "mlflow_ui_url": first("MLFLOW_UI_URL"),
+            "experiment": first("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"),
+            "dashboard_token": first("TRACEJUDGE_DASHBOARD_TOKEN"),
         }
-        return cls(**{key: value for key, value in values.items() if value is not None})
+        try:
+            return cls(**{key: value for key, value in values.items() if value is not None})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            name = ENVIRONMENT_VARIABLES.get(str(error["loc"][0]), str(error["loc"][0])) if error.get("loc") else "environment"
+            raise ConfigError(
+                f"{error['msg']} (got {show(error.get('input'))})", source="environment", path=name
+            ) from None
 
     @property
     def llm_endpoint(self) -> str:
@@ -133,6 +164,7 @@ class Settings(BaseModel):
         """
         data = self.model_dump()
         data["llm_api_key"] = "***" if self.llm_api_key is not None else None
+        data["dashboard_token"] = "***" if self.dashboard_token is not None else None
         for name in _URL_FIELDS:
             if data[name] is not None:
                 data[name] = redact_url(data[name])
@@ -143,6 +175,34 @@ class Settings(BaseModel):
             if name in _URL_FIELDS and isinstance(value, str):
                 value = redact_url(value)
             yield name, value
+
+
+#: The environment variable behind each setting (the README's table lists them all).
+ENVIRONMENT_VARIABLES = {
+    "llm_base_url": "TRACEJUDGE_LLM_BASE_URL",
+    "llm_api_key": "TRACEJUDGE_LLM_API_KEY",
+    "default_model": "TRACEJUDGE_JUDGE_MODEL",
+    "redis_url": "TRACEJUDGE_REDIS_URL",
+    "broker_url": "TRACEJUDGE_BROKER_URL",
+    "result_backend_url": "TRACEJUDGE_RESULT_BACKEND",
+    "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
+    "environment": "TRACEJUDGE_ENVIRONMENT",
+    "config_path": "TRACEJUDGE_CONFIG",
+    "key_prefix": "TRACEJUDGE_KEY_PREFIX",
+    "judge_modules": "TRACEJUDGE_JUDGE_MODULES",
+    "write_concurrency": "TRACEJUDGE_WRITE_CONCURRENCY",
+    "result_expires_hours": "TRACEJUDGE_RESULT_EXPIRES_HOURS",
+    "visibility_timeout": "TRACEJUDGE_VISIBILITY_TIMEOUT",
+    "mlflow_ui_url": "MLFLOW_UI_URL",
+    "experiment": "MLFLOW_EXPERIMENT_ID",
+    "dashboard_token": "TRACEJUDGE_DASHBOARD_TOKEN",
+}
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(n.strip() for n in value.split(",") if n.strip())
 
 
 def _broker_url(url: str | None) -> str | None:

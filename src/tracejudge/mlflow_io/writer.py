@@ -56,8 +56,26 @@ def result_key(trace_id: str, span_id: str | None, judge: str, version: str, mod
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+#: Judge errors that are final, like a score: the input itself is wrong, so judging again gives the same.
+#: Every other error (timeouts, rate limits, provider errors, deadlines, budgets...) is transient: never
+#: reused, judged again by the next evaluation, and the new result supersedes the failed assessment.
+FINAL_ERRORS = frozenset({"MISSING_VARIABLE", "UNKNOWN_JUDGE"})
+
+
+def is_final(result: JudgeResult) -> bool:
+    """A score, or a permanent error of the input: worth reusing. A transient failure is not.
+
+    >>> from tracejudge.judges.model import ErrorInfo
+    >>> ok = JudgeResult(name="coherence", target="workflow", score=0.9, threshold=0.8, passed=True)
+    >>> failed = ok.model_copy(update={"score": None, "passed": False, "error": ErrorInfo(type="PROVIDER_ERROR", message="503")})
+    >>> is_final(ok), is_final(failed)
+    (True, False)
+    """
+    return result.error is None or result.error.type in FINAL_ERRORS
+
+
 def existing_results(assessments: Iterable[Any]) -> dict[str, JudgeResult]:
-    """Our earlier results on a trace, by key (only valid assessments that carry our key)."""
+    """Our earlier final results on a trace, by key (valid assessments that carry our key; transient failures left out)."""
     found: dict[str, JudgeResult] = {}
     for assessment in assessments:
         metadata = getattr(assessment, "metadata", None) or {}
@@ -65,14 +83,14 @@ def existing_results(assessments: Iterable[Any]) -> dict[str, JudgeResult]:
         if not key or getattr(assessment, "valid", True) is False or getattr(assessment, "feedback", None) is None:
             continue
         error = getattr(assessment, "error", None)
-        if error is not None and getattr(error, "error_code", None) in NEVER_REUSED:
-            continue  # judged again next time (e.g. a budget that is spent today may not be tomorrow)
+        if error is not None and getattr(error, "error_code", None) not in FINAL_ERRORS:
+            continue  # transient (a 503, a timeout, a budget spent today...): judged again next time
         found[key] = _result_from_assessment(assessment, metadata, key)
     return found
 
 
 def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -> dict[str, Any]:
-    """The ``mlflow.log_feedback`` arguments for one result."""
+    """The ``mlflow.log_feedback`` (and ``Feedback``) arguments for one result."""
     from mlflow.entities import AssessmentError, AssessmentSource
 
     metadata = {
@@ -118,42 +136,49 @@ def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -
     return kwargs
 
 
-def log_result(trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None) -> str:
-    """Write one result as a feedback assessment; returns its assessment id.
+def feedback(trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None) -> Any:
+    """The MLflow ``Feedback`` assessment for one result; ``overrides`` names the assessment it replaces."""
+    from mlflow.entities import Feedback
+
+    return Feedback(**feedback_kwargs(trace_id, result, evaluation_id=evaluation_id), overrides=overrides)
+
+
+def log_result(
+    tracing_client: Any, trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None
+) -> str:
+    """Write one result as a feedback assessment through ``tracing_client``; returns its assessment id.
 
     With ``overrides`` (an assessment id) the new one supersedes it: MLflow marks the old one invalid.
     """
-    import mlflow
-
-    kwargs = feedback_kwargs(trace_id, result, evaluation_id=evaluation_id)
-    if overrides is None:
-        assessment = call_mlflow(mlflow.log_feedback, **kwargs)
-    else:
-        from mlflow.entities import Feedback
-
-        kwargs.pop("trace_id")
-        assessment = call_mlflow(mlflow.log_assessment, trace_id, Feedback(trace_id=trace_id, overrides=overrides, **kwargs))
+    assessment = call_mlflow(
+        tracing_client.log_assessment,
+        trace_id,
+        feedback(trace_id, result, evaluation_id=evaluation_id, overrides=overrides),
+    )
     return assessment.assessment_id
 
 
-def superseded_ids(assessments: Iterable[Any]) -> dict[tuple[str | None, str], str]:
-    """Our valid assessments on a trace by (span id, judge name): what a re-judged result supersedes."""
+def superseded_ids(
+    assessments: Iterable[Any], *, only_errors: Iterable[str] | None = None, transient: bool = False
+) -> dict[tuple[str | None, str], str]:
+    """Our valid assessments on a trace by (span id, judge name): what a re-judged result supersedes.
+
+    ``only_errors``: only failed ones with these error codes; ``transient``: only failed ones whose
+    error is not final (see :data:`FINAL_ERRORS`): those are judged again, never reused.
+    """
+    codes = None if only_errors is None else set(only_errors)
     found: dict[tuple[str | None, str], str] = {}
     for assessment in assessments:
         metadata = getattr(assessment, "metadata", None) or {}
         if not metadata.get(KEY) or getattr(assessment, "valid", True) is False or getattr(assessment, "feedback", None) is None:
             continue
+        code = getattr(getattr(assessment, "error", None), "error_code", None)
+        if codes is not None and code not in codes:
+            continue
+        if transient and (getattr(assessment, "error", None) is None or code in FINAL_ERRORS):
+            continue
         found[(assessment.span_id, assessment.name)] = assessment.assessment_id
     return found
-
-
-def write_results(
-    trace_id: str, results: list[JudgeResult], *, evaluation_id: str, executor: ThreadPoolExecutor | None = None
-) -> list[str]:
-    """Write several results concurrently (bounded by the executor); raises if any write failed."""
-    return write_all(
-        [functools.partial(log_result, trace_id, r, evaluation_id=evaluation_id) for r in results], executor=executor
-    )
 
 
 def write_all(calls: list[Callable[[], T]], *, executor: ThreadPoolExecutor | None = None) -> list[T]:

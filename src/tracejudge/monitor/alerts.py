@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 import urllib.request
@@ -27,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from tracejudge.config import Settings
 from tracejudge.config.alerts import AlertRule, AlertSink, QualityAlertsConfig
 from tracejudge.monitor.models import JudgeStats, NodeStats, QualitySummary
 from tracejudge.monitor.summary import iso
@@ -174,7 +174,7 @@ def check_alerts(
     """Check every rule once, send what changed, and return each rule's outcome."""
     from tracejudge.monitor.collect import summarise_quality
 
-    prefix = os.environ.get("TRACEJUDGE_KEY_PREFIX", "") if prefix is None else prefix
+    prefix = Settings.from_env().key_prefix if prefix is None else prefix
     summarise = summarise or (lambda q, now: summarise_quality(q, redis=redis, prefix=prefix, now_ms=now))
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     window_ms = config.window_minutes * 60_000
@@ -271,7 +271,7 @@ def _post(sink: AlertSink, payload: dict[str, Any]) -> None:
 
 def watched_experiment(config: QualityAlertsConfig, experiment: str | None = None) -> str | None:
     """The experiment to check: the argument, ``quality_alerts.experiment``, else MLflow's environment variables."""
-    return experiment or config.experiment or os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    return experiment or config.experiment or Settings.from_env().experiment
 
 
 def known_names(config: Any) -> tuple[set[str], set[str]]:

@@ -210,9 +210,9 @@ def _float(value: Any) -> float | None:
 
 
 def _prefix() -> str:
-    import os
+    from tracejudge.config import Settings
 
-    return os.environ.get("TRACEJUDGE_KEY_PREFIX", "")
+    return Settings.from_env().key_prefix
 
 
 def _tracking_uri() -> str | None:

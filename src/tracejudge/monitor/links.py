@@ -6,9 +6,9 @@ The UI's address is ``MLFLOW_UI_URL``; by default the tracking URI when that is 
 
 from __future__ import annotations
 
-import os
 from urllib.parse import quote, urlsplit
 
+from tracejudge.config import Settings
 from tracejudge.monitor.models import Links
 
 DEFAULT_UI = "http://127.0.0.1:5000"
@@ -24,11 +24,10 @@ def mlflow_ui_url(tracking_uri: str | None = None, environ: dict[str, str] | Non
     >>> mlflow_ui_url("sqlite:///mlflow.db", {})
     'http://127.0.0.1:5000'
     """
-    env = os.environ if environ is None else environ
-    explicit = (env.get("MLFLOW_UI_URL") or "").strip()
-    if explicit:
-        return explicit.rstrip("/")
-    uri = tracking_uri if tracking_uri is not None else env.get("MLFLOW_TRACKING_URI", "")
+    settings = Settings.from_env(environ)
+    if settings.mlflow_ui_url:
+        return settings.mlflow_ui_url.rstrip("/")
+    uri = tracking_uri if tracking_uri is not None else (settings.mlflow_tracking_uri or "")
     parts = urlsplit(uri or "")
     if parts.scheme in ("http", "https") and parts.hostname:
         netloc = parts.hostname + (f":{parts.port}" if parts.port else "")

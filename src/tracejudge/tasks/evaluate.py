@@ -20,12 +20,9 @@ raised for the caller to retry, and the retry picks up where it stopped.
 
 from __future__ import annotations
 
-import functools
 import logging
-import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from tracejudge.config import TraceJudgeConfig, log_unused_keys_once
 from tracejudge.judges import errors
@@ -33,13 +30,14 @@ from tracejudge.judges.model import JudgeResult
 from tracejudge.judges.plan import plan_for_target
 from tracejudge.judges.registry import UnknownJudgeError
 from tracejudge.judges.runner import JudgeJob, run_judges
-from tracejudge.mlflow_io import reader, writer
+from tracejudge.mlflow_io import writer
 from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady
 from tracejudge.tasks import counters
 from tracejudge.tasks.judged import PLAN_TAG, plan_fingerprint
 from tracejudge.tasks.payload import EvaluationRequest
+from tracejudge.tasks.runtime import Runtime
 from tracejudge.tasks.sampling import filter_reason, judge_sampled
-from tracejudge.tasks.runtime import Runtime, key_prefix
+from tracejudge.tasks.state import EvaluationBusy, RedisState
 from tracejudge.verdict import (
     QualityVerdict,
     build_verdict,
@@ -52,13 +50,8 @@ from tracejudge.verdict import (
 
 log = logging.getLogger(__name__)
 
-CACHE_PREFIX = "tracejudge:result:"
-LOCK_PREFIX = "tracejudge:lock:"
-CACHE_TTL_SECONDS = 24 * 3600
-#: The per-trace lock expires this long after its holder stops renewing it (e.g. was SIGKILLed).
-LOCK_TTL_SECONDS = 20.0
-POLL_INITIAL_SECONDS = 0.1
-POLL_MAX_SECONDS = 2.0
+#: A delivery waits this much longer than the evaluation timeout for another holder of the trace's lock.
+LOCK_WAIT_MARGIN_SECONDS = 30.0
 
 # Error codes of evaluations that could not run at all (permanent: no retry).
 TRACE_NOT_FOUND = "TRACE_NOT_FOUND"
@@ -66,9 +59,10 @@ INVALID_TRACE_ID = "INVALID_TRACE_ID"
 INVALID_PAYLOAD = "INVALID_PAYLOAD"
 UNKNOWN_JUDGE = "UNKNOWN_JUDGE"
 NO_TARGETS = "NO_TARGETS"
-MLFLOW_UNAVAILABLE = "MLFLOW_UNAVAILABLE"
 ATTEMPT_TAG = "tracejudge.attempt"
 RETRY_OF_TAG = "tracejudge.retry_of"
+
+__all__ = ["EvaluationBusy", "EvaluationDeferred", "evaluate_request", "plan_jobs", "verdict_json"]
 
 
 class EvaluationDeferred(RuntimeError):
@@ -77,10 +71,6 @@ class EvaluationDeferred(RuntimeError):
     def __init__(self, message: str, *, request: EvaluationRequest) -> None:
         super().__init__(message)
         self.request = request
-
-
-class EvaluationBusy(RuntimeError):
-    """Another delivery still holds the trace's lock after our wait: retry later (nothing is lost)."""
 
 
 def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVerdict:
@@ -94,10 +84,9 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
     environment = request.environment or runtime.settings.environment
     request = request.model_copy(update={"environment": environment})
     execution = config.judges.execution
-    deadline = time.monotonic() + execution.overall_timeout_seconds
     fields = {"evaluation_id": request.evaluation_id, "environment": environment}
     try:
-        loaded = wait_for_trace(runtime, request.trace_id, wait_seconds=execution.trace_wait_seconds)
+        loaded = runtime.store.wait_for_trace(request.trace_id, wait_seconds=execution.trace_wait_seconds)
     except InvalidTraceId as exc:
         return error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields)
     except TraceNotReady as exc:
@@ -129,20 +118,27 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         )
 
     attempt = retry_attempt(runtime, request.retry_of)
-    with trace_lock(runtime, request.trace_id, timeout=execution.overall_timeout_seconds) as waited:
-        if waited:  # another worker held it: see what it wrote
-            loaded = reader.load_trace(runtime.mlflow, request.trace_id)
+    state = runtime.state
+    with state.trace_lock(request.trace_id, timeout=execution.overall_timeout_seconds + LOCK_WAIT_MARGIN_SECONDS) as held:
+        # Read again now that we hold the lock: what another delivery wrote before we got it is seen (also
+        # when we did not have to wait: it may have released the lock just before we asked).
+        loaded = runtime.store.load_trace(request.trace_id)
+        # Only final results are reused (a score, a permanent error of the input). A transient failure
+        # (timeout, rate limit, provider error, deadline, budget...) is judged again, and the new result
+        # supersedes the failed assessment, so a trace never shows two valid ones for one (target, judge).
         on_trace = writer.existing_results(loaded.assessments)
-        superseded: dict[tuple[str | None, str], str] = {}
+        superseded = writer.superseded_ids(loaded.assessments, transient=True)
         if request.force:  # re-judge everything; the new assessments supersede ours already there
             superseded = writer.superseded_ids(loaded.assessments)
             on_trace = {}
-            known = {}
+            known: dict[str, JudgeResult] = {}
         else:
-            known = {**cached_results(runtime, [j.key for j in jobs if j.key not in on_trace]), **on_trace}
+            known = {**state.cached_results([j.key for j in jobs if j.key not in on_trace]), **on_trace}
         todo = [job for job in jobs if job.key not in known]
         fresh: list[JudgeResult] = []
         if todo:
+            # the overall deadline counts from here: the waits for the trace and the lock are not judging time
+            deadline = time.monotonic() + execution.overall_timeout_seconds
             fresh = runtime.run(
                 run_judges(
                     todo,
@@ -154,16 +150,13 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                     controls=runtime.controls(config, use_cache=not request.force),
                 )
             )
-            cache_results(runtime, [r for r in fresh if not _never_reused(r)])
+            state.cache_results([r for r in fresh if writer.is_final(r)])  # transient failures are judged again
             over_budget = [r for r in fresh if r.error is not None and r.error.type == errors.BUDGET_EXCEEDED]
             if over_budget:
                 count(runtime, loaded.workflow_name, counters.BUDGET_EXCEEDED, len(over_budget))
                 if config.judges.budget.on_exceed == "defer":
                     done = [r for r in fresh if not _never_reused(r)]
-                    writer.write_all(
-                        [functools.partial(writer.log_result, request.trace_id, r, evaluation_id=request.evaluation_id) for r in done],
-                        executor=runtime.write_pool,
-                    )
+                    runtime.store.write_all(runtime.store.result_calls(request.trace_id, done, evaluation_id=request.evaluation_id))
                     raise EvaluationDeferred(
                         f"{len(over_budget)} judge call(s) of {request.trace_id} deferred to the next UTC day: "
                         f"{over_budget[0].error.message}",
@@ -185,24 +178,27 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             retry_of=request.retry_of,
             partial=request.judges is not None,
         )
-        # One concurrent batch: the assessments not yet on the trace, the tags, the report and metrics.
-        unwritten = [r for r in results if r.key not in on_trace]
-        calls = [
-            functools.partial(
-                writer.log_result,
-                request.trace_id,
-                r,
-                evaluation_id=request.evaluation_id,
-                **({"overrides": superseded[(r.span_id, r.name)]} if (r.span_id, r.name) in superseded else {}),
+        if held.lost.is_set():  # another delivery may hold the lock now: let it write, and come back later
+            raise EvaluationBusy(
+                f"the evaluation lock of {request.trace_id} was lost before the write-back; retrying later "
+                "(judged results wait in Redis)"
             )
-            for r in unwritten
-        ]
-        plan = plan_fingerprint(
-            config, runtime.registry.with_config(config), judges=request.judges, default_model=runtime.settings.default_model
-        )
-        calls += summary_calls(runtime, loaded, verdict, config, plan=plan)
-        writer.write_all(calls, executor=runtime.write_pool)
-        record_rollup(runtime, loaded, verdict, request)
+        # One concurrent batch: the assessments not yet on the trace, the tags, the report and metrics.
+        # A partial run (judges=...) writes its assessments only: the full evaluation's tags, report and
+        # run metrics stay as they are.
+        partial = request.judges is not None
+        unwritten = [r for r in results if r.key not in on_trace]
+        overrides = {r.key: superseded[(r.span_id, r.name)] for r in unwritten if r.key and (r.span_id, r.name) in superseded}
+        calls = runtime.store.result_calls(request.trace_id, unwritten, evaluation_id=request.evaluation_id, overrides=overrides)
+        if not partial:
+            plan = plan_fingerprint(
+                config, runtime.registry.with_config(config), judges=request.judges, default_model=runtime.settings.default_model
+            )
+            calls += summary_calls(runtime, loaded, verdict, config, plan=plan)
+        runtime.store.write_all(calls)
+        state.forget_results([r.key for r in unwritten if r.key])  # on the trace now: the cache has done its job
+        if not partial:
+            record_rollup(runtime, loaded, verdict, request)
 
     log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
@@ -210,16 +206,17 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
 
 def record_rollup(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, request: EvaluationRequest) -> None:
     """Count the verdict in the monitor's Redis rollups (one pipelined round trip; never fails the evaluation)."""
-    if runtime.redis is None or loaded.experiment_id is None:
+    state = runtime.state
+    if not isinstance(state, RedisState) or loaded.experiment_id is None:
         return
     from tracejudge.monitor.rollup import record_from_verdict, record_verdict
 
     config = request.config or runtime.config
     environment = request.environment or runtime.settings.environment or config.judges.environment or "production"
     try:
-        pipe = runtime.redis.pipeline(transaction=False)
+        pipe = state.redis.pipeline(transaction=False)
         record = record_from_verdict(verdict, timestamp_ms=loaded.timestamp_ms or int(time.time() * 1000), environment=environment)
-        record_verdict(pipe, record, experiment_id=loaded.experiment_id, prefix=key_prefix())
+        record_verdict(pipe, record, experiment_id=loaded.experiment_id, prefix=state.prefix)
         pipe.execute()
     except Exception as exc:  # the verdict is in MLflow (the source of truth); the rollup is a fast copy
         log.warning("could not update the monitor rollups for %s: %s", loaded.trace_id, exc)
@@ -230,7 +227,7 @@ def retry_attempt(runtime: Runtime, retry_of: str | None) -> int:
     if not retry_of:
         return 1
     try:
-        tags = runtime.mlflow.get_trace(retry_of).info.tags or {}
+        tags = runtime.store.client.get_trace(retry_of).info.tags or {}
     except Exception as exc:  # the parent is gone or unreadable: count it as a first run's retry
         log.warning("could not read the attempt number of %s (the trace this one re-runs): %s", retry_of, exc)
         tags = {}
@@ -238,21 +235,6 @@ def retry_attempt(runtime: Runtime, retry_of: str | None) -> int:
         return int(tags.get(ATTEMPT_TAG, "1")) + 1
     except ValueError:
         return 2
-
-
-def wait_for_trace(runtime: Runtime, trace_id: str, *, wait_seconds: float) -> LoadedTrace:
-    """Load the trace, polling with backoff while it is not exported yet."""
-    reader.check_trace_id(trace_id)
-    give_up = time.monotonic() + wait_seconds
-    pause = POLL_INITIAL_SECONDS
-    while True:
-        try:
-            return reader.load_trace(runtime.mlflow, trace_id)
-        except TraceNotReady:
-            if time.monotonic() + pause > give_up:
-                raise
-            time.sleep(pause)
-            pause = min(pause * 2, POLL_MAX_SECONDS)
 
 
 def plan_jobs(loaded: LoadedTrace, config: TraceJudgeConfig, runtime: Runtime, request: EvaluationRequest) -> list[JudgeJob]:
@@ -288,10 +270,11 @@ def plan_jobs(loaded: LoadedTrace, config: TraceJudgeConfig, runtime: Runtime, r
 
 def count(runtime: Runtime, workflow: str | None, event: str, n: int = 1) -> None:
     """Add to today's control counters (best effort: monitoring must not fail an evaluation)."""
-    if runtime.redis is None:
+    state = runtime.state
+    if not isinstance(state, RedisState):
         return
     try:
-        counters.add(runtime.redis, key_prefix(), {(workflow, event): n})
+        counters.add(state.redis, state.prefix, {(workflow, event): n})
     except Exception as exc:
         log.warning("could not count %s for %s: %s", event, workflow, exc)
 
@@ -300,18 +283,17 @@ def _never_reused(result: JudgeResult) -> bool:
     return result.error is not None and result.error.type in writer.NEVER_REUSED
 
 
-def summary_calls(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, config: TraceJudgeConfig, *, plan: str | None = None) -> list[Any]:
+def summary_calls(
+    runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, config: TraceJudgeConfig, *, plan: str | None = None
+) -> list[Any]:
     """Trace tags, and the report and metrics on the trace's run (or the experiment's online run).
 
-    Sets ``verdict.artifact_uri``; returns the MLflow calls to make (see ``writer.write_all``).
+    Sets ``verdict.artifact_uri``; returns the MLflow calls to make (see ``TraceStore.write_all``).
     """
-    client = runtime.mlflow
-    run_id = loaded.run_id
-    if run_id is None and loaded.experiment_id is not None:
-        run_id = writer.online_run_id(client, loaded.experiment_id)
-        writer.link_trace(client, loaded.trace_id, run_id)
+    store = runtime.store
+    run_id = store.report_run(loaded)
     if run_id is not None and config.write_report:
-        verdict.artifact_uri = writer.report_uri(run_id, loaded.trace_id)
+        verdict.artifact_uri = store.report_uri(run_id, loaded.trace_id)
     tags = {
         "tracejudge.status": verdict.status,
         "tracejudge.passed": "true" if verdict.passed else "false",
@@ -326,89 +308,14 @@ def summary_calls(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict
         tags[PLAN_TAG] = plan
     if verdict.artifact_uri:
         tags["tracejudge.artifact"] = verdict.artifact_uri
-    return writer.summary_calls(
-        client,
+    return store.summary_calls(
         loaded.trace_id,
-        tags=tags,
         run_id=run_id,
+        tags=tags,
         report=quality_report(verdict) if config.write_report else None,
         metrics=quality_metrics(verdict),
         step=loaded.timestamp_ms or 0,
     )
-
-
-@contextmanager
-def trace_lock(runtime: Runtime, trace_id: str, *, timeout: float) -> Iterator[bool]:
-    """Hold the per-trace Redis lock so two deliveries never judge the same trace at once.
-
-    Yields whether we had to wait for another holder. Without Redis (sync mode) it is a no-op.
-    """
-    from redis.exceptions import LockError
-
-    if runtime.redis is None:
-        yield False
-        return
-    # A short TTL, renewed while held: a SIGKILLed holder's lock is gone within LOCK_TTL_SECONDS,
-    # so its redelivered task is not kept waiting for the whole evaluation timeout.
-    # thread_local=False: the renewer thread must see the token the task thread acquired with
-    # (redis-py keeps it thread-local by default, so every renewal failed and the lock lapsed after 20 s)
-    lock = runtime.redis.lock(
-        f"{key_prefix()}{LOCK_PREFIX}{trace_id}", timeout=LOCK_TTL_SECONDS, blocking_timeout=timeout + 30, thread_local=False
-    )
-    waited = not lock.acquire(blocking=False)
-    if waited and not lock.acquire(blocking=True):
-        raise EvaluationBusy(f"another delivery of {trace_id} held its evaluation lock for {timeout + 30:g} s")
-    stop = threading.Event()
-    renewer = threading.Thread(target=_renew_lock, args=(lock, stop, trace_id), name="tracejudge-lock", daemon=True)
-    renewer.start()
-    try:
-        yield waited
-    finally:
-        stop.set()
-        renewer.join(timeout=5)
-        try:
-            lock.release()
-        except LockError:  # expired: another holder may have it now; nothing to undo
-            log.warning("evaluation lock for %s had expired before release", trace_id)
-        except Exception as exc:  # Redis unreachable: the lock expires by itself within LOCK_TTL_SECONDS
-            log.warning("could not release the evaluation lock for %s: %s", trace_id, exc)
-
-
-def _renew_lock(lock: Any, stop: threading.Event, trace_id: str) -> None:
-    """Reset the lock's TTL every quarter TTL until ``stop`` is set (the holder is alive)."""
-    from redis.exceptions import LockError
-
-    while not stop.wait(LOCK_TTL_SECONDS / 4):
-        try:
-            lock.reacquire()
-        except LockError:
-            log.warning("evaluation lock for %s was lost (expired before renewal)", trace_id)
-            return
-        except Exception as exc:  # Redis briefly unreachable: try again next round
-            log.warning("could not renew the evaluation lock for %s: %s", trace_id, exc)
-
-
-def cached_results(runtime: Runtime, keys: list[Any]) -> dict[str, JudgeResult]:
-    """Results judged by an earlier attempt that had not reached MLflow."""
-    if runtime.redis is None or not keys:
-        return {}
-    prefix = key_prefix() + CACHE_PREFIX
-    values = runtime.redis.mget([f"{prefix}{k}" for k in keys])
-    found = {}
-    for key, value in zip(keys, values):
-        if value:
-            found[key] = JudgeResult.model_validate_json(value)
-    return found
-
-
-def cache_results(runtime: Runtime, results: list[JudgeResult]) -> None:
-    if runtime.redis is None or not results:
-        return
-    prefix = key_prefix() + CACHE_PREFIX
-    pipe = runtime.redis.pipeline(transaction=False)
-    for r in results:
-        pipe.set(f"{prefix}{r.key}", r.model_dump_json(), ex=CACHE_TTL_SECONDS)
-    pipe.execute()
 
 
 def verdict_json(verdict: QualityVerdict) -> dict[str, Any]:

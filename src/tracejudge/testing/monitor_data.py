@@ -8,9 +8,7 @@ results from scores, with rationales worded like a judge's.
 
 from __future__ import annotations
 
-import functools
 import random
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
 from tracejudge.judges.model import ErrorInfo, JudgeResult, quality_band
@@ -80,12 +78,11 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult
     Set ``MLFLOW_ENABLE_ASYNC_TRACE_LOGGING=false`` first, so each trace is in the store before its results.
     """
     import mlflow
-    from mlflow import MlflowClient
 
     from tracejudge.mlflow_io import writer
+    from tracejudge.mlflow_io.store import TraceStore
 
-    client = MlflowClient()
-    pool = ThreadPoolExecutor(max_workers=8)
+    store = TraceStore()  # MLflow's current tracking URI
     ids = []
     for start_ms, results in traces:
         ns = start_ms * 1_000_000
@@ -102,17 +99,16 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult
         mlflow.flush_trace_async_logging()  # in the store before its results, even if async export was already on
         trace_id = root.trace_id
         status, score, band = overall(results)
-        calls = []
         for r in results:
             r.span_id = spans.get(r.target)
             r.key = writer.result_key(trace_id, r.span_id, r.name, "v1", r.model, r.threshold)
-            calls.append(functools.partial(writer.log_result, trace_id, r, evaluation_id=f"seed-{trace_id[-8:]}"))
+        calls = store.result_calls(trace_id, results, evaluation_id=f"seed-{trace_id[-8:]}")
         tags = {"tracejudge.status": status, "tracejudge.passed": "true" if status == "passed" else "false",
                 "tracejudge.score": "" if score is None else f"{score:.4f}", "tracejudge.band": band or ""}
-        calls += writer.summary_calls(client, trace_id, tags=tags, run_id=None, report={}, metrics={})
-        writer.write_all(calls, executor=pool)
+        calls += store.summary_calls(trace_id, run_id=None, tags=tags, report={}, metrics={})
+        store.write_all(calls)
         ids.append(trace_id)
-    pool.shutdown()
+    store.close()
     return ids
 
 

@@ -9,6 +9,7 @@ what a judge will read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 DEFAULT_RESEARCH = (
@@ -33,11 +34,13 @@ def record_article_trace(
     sources: list[dict[str, Any]] | None = None,
     in_run: bool = True,
     run_name: str = "article_writer",
+    during: Callable[[str], Any] | None = None,
 ) -> str:
     """Run the sample ``article_writer`` workflow under MLflow tracing; returns its trace id.
 
     The trace is exported asynchronously, as in production: a worker may find
-    it "not found" for a moment.
+    it "not found" for a moment. ``during(trace_id)`` runs inside the workflow,
+    before its nodes: a trace enqueued there is judged only after it is exported.
     """
     import mlflow
     from mlflow.entities import SpanType
@@ -59,6 +62,8 @@ def record_article_trace(
 
     @mlflow.trace(name="article_writer", span_type=SpanType.CHAIN)
     def article_writer(topic: str, style: str = "technical") -> dict[str, Any]:
+        if during is not None:
+            during(mlflow.get_active_trace_id())
         notes = research_node(topic)
         return write_node(topic, notes["findings"])
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from tracejudge.worker.celery_app import QUEUE_GATE, QUEUE_ONLINE, QUEUES, TASK_EVALUATE, make_app
+from tracejudge.tasks import set_worker_environment
+from tracejudge.worker.celery_app import make_app
+from tracejudge.worker.names import QUEUE_GATE, QUEUE_ONLINE, QUEUES, TASK_EVALUATE
 
 _app: Any = None
 _lock = threading.Lock()
@@ -37,4 +39,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["QUEUES", "QUEUE_GATE", "QUEUE_ONLINE", "TASK_EVALUATE", "get_app", "make_app", "reset_app"]
+__all__ = ["QUEUES", "QUEUE_GATE", "QUEUE_ONLINE", "TASK_EVALUATE", "get_app", "make_app", "reset_app", "set_worker_environment"]

@@ -1,13 +1,14 @@
-"""The Celery app: Redis broker and result backend, JSON only, at-least-once delivery.
+"""The Celery app: Redis (or RabbitMQ) broker, Redis result backend, JSON only, at-least-once delivery.
 
 Settings and why (measured, see docs/architecture.md):
 
 * ``task_acks_late`` + ``task_reject_on_worker_lost`` + prefetch 1: a task is
   acknowledged only after it returns, so a killed worker's task comes back;
-* ``visibility_timeout`` (broker and result backend) above the longest
-  evaluation, and kombu's unacked-restore sweep every 10 s instead of ~100 s,
-  so it comes back quickly; duplicates are then normal, and evaluations are
-  idempotent;
+* on Redis, a short ``visibility_timeout`` (15 s) that live workers renew for
+  the messages they hold (``worker/lease.py``), and kombu's unacked-restore
+  sweep every fifth of it, so a killed worker's tasks come back in ~15-18 s
+  and a live worker's never; duplicates are still possible, and evaluations
+  are idempotent; RabbitMQ redelivers on a dropped connection by itself;
 * JSON only (``accept_content=["json"]``): a pickled message is refused;
 * two queues: ``tracejudge.gate`` (someone waits) and ``tracejudge.online``
   (background); workers read them in ``sorted`` order, so the gate queue is
@@ -16,35 +17,23 @@ Settings and why (measured, see docs/architecture.md):
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from celery import Celery
+from celery import Celery, signals
 
 from tracejudge.config import Settings
-from tracejudge.tasks.runtime import key_prefix
+from tracejudge.tasks import prepare_worker_process, warm_runtime
+from tracejudge.worker import alerts_task, lease, task
+from tracejudge.worker.lease import lease_interval
+from tracejudge.worker.names import QUEUE_GATE, QUEUE_ONLINE, QUEUES, TASK_EVALUATE
 
-QUEUE_GATE = "tracejudge.gate"
-QUEUE_ONLINE = "tracejudge.online"
-QUEUES = (QUEUE_GATE, QUEUE_ONLINE)
-TASK_EVALUATE = "tracejudge.evaluate_trace"
-#: Short, because a live worker renews the entries of the messages it holds (``worker/lease.py``):
-#: a killed worker's messages come back within about 15 + 3 s, a live worker's never.
-DEFAULT_VISIBILITY_TIMEOUT = 15
-RESULT_EXPIRES = timedelta(hours=int(os.environ.get("TRACEJUDGE_RESULT_EXPIRES_HOURS", "24")))
-
-
-def visibility_timeout() -> int:
-    """``TRACEJUDGE_VISIBILITY_TIMEOUT`` (default 15 s, renewed by the lease), read when an app is built (so ``reset_app`` sees changes)."""
-    return int(os.environ.get("TRACEJUDGE_VISIBILITY_TIMEOUT", str(DEFAULT_VISIBILITY_TIMEOUT)))
-
+__all__ = ["QUEUES", "QUEUE_GATE", "QUEUE_ONLINE", "TASK_EVALUATE", "celery_settings", "make_app"]
 
 #: Celery's (soft, hard) time limits: a backstop on prefork only (our own deadlines bound an evaluation);
-#: no longer tied to the visibility timeout, which the lease keeps short.
+#: not tied to the visibility timeout, which the lease (``worker/lease.py``) keeps short.
 SOFT_TIME_LIMIT, HARD_TIME_LIMIT = 780, 840
-VISIBILITY_TIMEOUT = visibility_timeout()  # as at import; celery_settings() reads the environment again
 #: A producer whose Redis is down gets an error in about a second, not after Celery's 20 retries.
 PRODUCER_BACKEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5, "timeout": 5.0}
 #: A worker storing a verdict rides out a Redis restart (about 30 s).
@@ -73,9 +62,7 @@ def with_tls_defaults(url: str) -> str:
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
     """The Celery configuration tracejudge runs with."""
-    from tracejudge.worker.lease import lease_interval
-
-    visibility = visibility_timeout()
+    visibility = settings.visibility_timeout
     transport: dict[str, Any] = {
         "visibility_timeout": visibility,
         # kombu's restore sweep as often as the lease renews: a dead worker's messages back in ~VT + VT/5
@@ -87,7 +74,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 25,
     }
     backend_transport: dict[str, Any] = {"visibility_timeout": visibility, "retry_policy": PRODUCER_BACKEND_RETRY}
-    prefix = key_prefix()
+    prefix = settings.key_prefix
     from tracejudge.worker.scheduled import beat_schedule
 
     if prefix:  # a shared Redis: keep our queues, results and keys apart
@@ -112,7 +99,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         broker_transport_options=transport,
         result_backend_transport_options=backend_transport,
         visibility_timeout=visibility,
-        result_expires=RESULT_EXPIRES,
+        result_expires=timedelta(hours=settings.result_expires_hours),
         result_extended=True,
         task_track_started=True,
         broker_connection_retry_on_startup=True,
@@ -141,12 +128,8 @@ def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     app = Celery("tracejudge")
     app.conf.update(celery_settings(settings))
-    from tracejudge.worker import lease, task  # noqa: F401  (registers the task on this app)
-
     task.register(app)
     lease.connect_signals()
-    from tracejudge.worker import alerts_task
-
     alerts_task.register(app)
     app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **alerts_task.beat_entries(_user_config(settings))}
     return app
@@ -160,3 +143,28 @@ def _user_config(settings: Settings) -> Any:
         return load_config(settings.config_path)
     except ConfigError:
         return load_config({})
+
+
+@signals.worker_init.connect
+def _warm_worker(sender: Any = None, **_: Any) -> None:
+    """Once per worker: patient result storing, then the process's preparation (MLflow imported, ~2 s)."""
+    app = getattr(sender, "app", None)
+    if app is not None:
+        options = dict(app.conf.result_backend_transport_options or {})
+        options["retry_policy"] = WORKER_BACKEND_RETRY
+        app.conf.result_backend_transport_options = options
+        # (the producer keeps failing fast; a worker must not lose a verdict to a Redis restart)
+        app.conf.update(WORKER_BACKEND_ALWAYS_RETRY)
+    prepare_worker_process()
+
+
+@signals.worker_process_init.connect
+def _warm_child(**_: Any) -> None:
+    """Each prefork child builds its runtime (event loop, LLM client) before its first task."""
+    warm_runtime()
+
+
+@signals.worker_ready.connect
+def _warm_main(**_: Any) -> None:
+    """Threads/solo pools share the main process: build its runtime once, now."""
+    warm_runtime()

@@ -27,7 +27,7 @@ def beat_schedule(config: TraceJudgeConfig) -> dict[str, dict[str, Any]]:
     >>> sorted(beat_schedule(TraceJudgeConfig.model_validate({"judges": {"online": {"experiments": ["1"]}}})))
     ['tracejudge-online-scan', 'tracejudge-release-deferred']
     """
-    from tracejudge.worker.celery_app import QUEUE_ONLINE
+    from tracejudge.worker.names import QUEUE_ONLINE
 
     schedule: dict[str, dict[str, Any]] = {
         "tracejudge-release-deferred": {
@@ -66,7 +66,7 @@ def register_scheduled(app: Celery) -> None:
 
 def send_request(app: Celery, request: Any) -> Any:
     """Put an evaluation request on its queue (the same message ``enqueue`` sends)."""
-    from tracejudge.worker.celery_app import QUEUE_GATE, QUEUE_ONLINE, TASK_EVALUATE
+    from tracejudge.worker.names import QUEUE_GATE, QUEUE_ONLINE, TASK_EVALUATE
 
     return app.send_task(
         TASK_EVALUATE,

@@ -1,0 +1,30 @@
+"""Verdicts as plain text, for the ``tracejudge`` command and the demo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_verdict(verdict: Any, *, rationale_width: int = 60) -> str:
+    """A plain-text table: node, judge, score, threshold, pass, rationale."""
+    rows = [("node", "judge", "score", "threshold", "pass", "rationale / error")]
+    for r in verdict.results():
+        score = "-" if r.score is None else f"{r.score:.2f}"
+        note = f"{r.error.type}: {r.error.message}" if r.error else (r.rationale or "")
+        note = note.replace("\n", " ")
+        if len(note) > rationale_width:
+            note = note[: rationale_width - 3] + "..."
+        rows.append((r.target, r.name, score, f"{r.threshold:g}", "yes" if r.passed else ("ERROR" if r.error else "no"), note))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row[:-1])) + "  " + row[-1])
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 17)
+    lines.append("")
+    lines.append(f"verdict: {verdict.summary()}")
+    if verdict.retry_nodes:
+        lines.append(f"retry nodes: {', '.join(verdict.retry_nodes)}")
+    if verdict.artifact_uri:
+        lines.append(f"report: {verdict.artifact_uri}")
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""The one entry point a queue worker calls: a payload in, a verdict or a retry decision out.
+
+:func:`run_task` validates the payload (a bad one is answered with an
+``INVALID_PAYLOAD`` verdict, never retried), evaluates it with the process's
+runtime, and turns the failures worth a retry into a :class:`Retry` chosen
+by the :class:`RetryPolicy`; once the policy gives up, the verdict says why
+(``MLFLOW_UNAVAILABLE``, ``EVALUATION_BUSY``). The worker only maps this onto
+its queue (Celery's ``self.retry``).
+
+>>> outcome = run_task({"trace_id": 5}, attempt=0)  # doctest: +SKIP
+>>> outcome.verdict["error"]["code"]  # doctest: +SKIP
+'INVALID_PAYLOAD'
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from tracejudge.mlflow_io.store import import_mlflow, set_worker_environment
+from tracejudge.tasks.deferred import defer
+from tracejudge.tasks.evaluate import INVALID_PAYLOAD, EvaluationDeferred, evaluate_request, verdict_json
+from tracejudge.tasks.payload import EvaluationRequest, describe_payload_error, payload_trace_id
+from tracejudge.tasks.retry import Retry, RetryPolicy
+from tracejudge.tasks.runtime import get_runtime, import_judge_modules
+from tracejudge.verdict import error_verdict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """One of ``verdict`` (the task's JSON result), ``retry`` (try again later) or ``deferred``."""
+
+    verdict: dict[str, Any] | None = None
+    retry: Retry | None = None
+    #: put aside until later (the daily budget is spent, ``on_exceed: defer``): no result now
+    deferred: bool = False
+
+
+def run_task(payload: Any, *, attempt: int = 0, task_id: str | None = None, policy: RetryPolicy = DEFAULT_POLICY) -> TaskOutcome:
+    """Evaluate one task payload; ``attempt`` is the number of retries so far (0 on first delivery)."""
+    runtime = get_runtime()
+    try:
+        request = EvaluationRequest.model_validate(payload)
+    except ValidationError as exc:
+        message = describe_payload_error(exc)
+        log.error("refused task %s: %s", task_id, message)
+        return TaskOutcome(verdict=verdict_json(error_verdict(payload_trace_id(payload), INVALID_PAYLOAD, message, runtime.config)))
+    try:
+        return TaskOutcome(verdict=verdict_json(evaluate_request(request, runtime)))
+    except EvaluationDeferred as exc:  # budget spent, on_exceed: defer: sent again when the day turns
+        when = defer(runtime.redis, runtime.state.prefix, exc.request)
+        log.warning("%s (until %s UTC)", exc, time.strftime("%Y-%m-%d %H:%M", time.gmtime(when)))
+        return TaskOutcome(deferred=True)
+    except Exception as exc:
+        code = policy.code_of(exc)
+        if code is None:
+            raise  # a bug: the task fails with its traceback
+        retry = policy.decide(exc, attempt=attempt)
+        if retry is not None:
+            log.warning("%s for %s (retry %d in %g s): %s", retry.reason, request.trace_id, attempt + 1, retry.countdown, exc)
+            return TaskOutcome(retry=retry)
+        log.error("giving up on %s after %d retries: %s", request.trace_id, attempt, exc)
+        config = request.config or runtime.config
+        return TaskOutcome(
+            verdict=verdict_json(error_verdict(request.trace_id, code, str(exc), config, evaluation_id=request.evaluation_id))
+        )
+
+
+def prepare_worker_process() -> None:
+    """Once per worker: MLflow's worker defaults, the judge modules, and MLflow imported (~2 s) before the first task."""
+    set_worker_environment()
+    import_mlflow()
+    import_judge_modules()
+
+
+def warm_runtime() -> None:
+    """Build the process's runtime (event loop, LLM client, Redis, MLflow client) before its first task."""
+    get_runtime()

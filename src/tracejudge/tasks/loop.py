@@ -1,0 +1,49 @@
+"""One asyncio event loop per process, in a background thread.
+
+Every task of a worker process (from any Celery pool: threads, prefork
+child, solo) submits its judge calls here, so one ``AsyncOpenAI`` client and
+one connection pool serve all judge calls of the process.
+
+>>> runner = LoopRunner()
+>>> async def two(): return 2
+>>> runner.run(two())
+2
+>>> runner.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class LoopRunner:
+    """An event loop running in its own daemon thread; :meth:`run` waits for a coroutine from any thread."""
+
+    def __init__(self, *, name: str = "tracejudge-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and wait for its result (cancelled if we stop waiting)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()
+            raise
+
+    def close(self) -> None:
+        """Stop the loop (its thread ends); pending coroutines are dropped."""
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)

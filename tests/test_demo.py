@@ -1,0 +1,34 @@
+"""``tracejudge demo`` keeps to itself: its own worker, its queues and keys under a private prefix."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from tracejudge.testing.processes import RedisServer
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server installed")
+
+
+def test_demo_runs_on_a_private_prefix_with_its_own_worker(tmp_path):
+    with RedisServer(appendonly=False, directory=tmp_path / "redis") as server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACEJUDGE_", "OPENAI_"))}
+        env.update(TRACEJUDGE_REDIS_URL=server.url, MLFLOW_TRACKING_URI="")
+        done = subprocess.run(
+            [sys.executable, "-m", "tracejudge", "demo", "--dir", str(tmp_path / "demo"), "--latency-ms", "0"],
+            env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output
+        assert "verdict:" in output, output
+        prefix = re.search(r"keys under (tjdemo-[0-9a-f]+:)", output)
+        assert prefix, output
+        keys = [k.decode() for k in redis.Redis.from_url(server.url).keys("*")]
+        assert keys, "the demo wrote nothing to Redis?"
+        assert all(k.startswith(prefix.group(1)) for k in keys), [k for k in keys if not k.startswith(prefix.group(1))]

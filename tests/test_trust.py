@@ -1,0 +1,202 @@
+"""Results a user can trust (issue "Trust the numbers", items 1, 4, 5, 14), through a real worker and MLflow store.
+
+* a transient judge failure is judged again next time, and the new result supersedes the failed assessment;
+* two deliveries racing over one trace never write an assessment twice;
+* the overall deadline counts from when judging starts, not from the task's start;
+* a partial run (``judges=``) writes its assessments but leaves the full evaluation's verdict, tags and report.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import mlflow
+from mlflow import MlflowClient
+
+import tracejudge
+from tracejudge.testing.workflows import record_article_trace, record_plain_trace
+
+CONFIG = {
+    "observability": {
+        "mlflow": {
+            "judges": {
+                "workflow_defaults": [{"name": "harmfulness", "threshold": 0.8}],
+                "node_overrides": {
+                    "research": [{"name": "relevance", "threshold": 0.8}, {"name": "groundedness", "threshold": 0.7}],
+                    "write": [{"name": "coherence", "threshold": 0.75}],
+                },
+                "execution": {"timeout_seconds": 5, "trace_wait_seconds": 20},
+            }
+        }
+    },
+}
+JUDGES_PER_TRACE = 6  # harmfulness on 3 targets, relevance + groundedness on research, coherence on write
+
+
+def assessments(trace_id: str) -> list:
+    return [a for a in MlflowClient().get_trace(trace_id).info.assessments if getattr(a, "feedback", None) is not None]
+
+
+def wait_for(predicate, *, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_a_transient_failure_is_judged_again_and_superseded(worker, fake_llm):
+    trace_id = record_plain_trace("What is 2+2?", "4")
+    config = {"observability": {"mlflow": {"judges": {"workflow_defaults": ["coherence"],
+                                                      "execution": {"max_attempts": 2, "trace_wait_seconds": 20}}}}}
+    fake_llm.script("503", "503")  # both attempts of the one judge call fail
+    first = tracejudge.enqueue(trace_id, config=config).verdict(timeout=60, raise_on_block=False)
+    assert first.status == "error"
+    assert [r.error.type for r in first.errors] == ["PROVIDER_ERROR"]
+
+    calls = fake_llm.stats()["requests"]
+    second = tracejudge.enqueue(trace_id, config=config).verdict(timeout=60, raise_on_block=False)
+    assert fake_llm.stats()["requests"] - calls == 1  # judged again: the LLM is healthy now
+    assert second.status == "passed" and second.judged == 1 and second.reused == 0
+
+    written = assessments(trace_id)
+    valid = [a for a in written if a.valid is not False]
+    invalid = [a for a in written if a.valid is False]
+    assert len(valid) == 1 and valid[0].value == second.results()[0].score
+    assert len(invalid) == 1 and invalid[0].error.error_code == "PROVIDER_ERROR"
+    assert valid[0].overrides == invalid[0].assessment_id
+
+    third = tracejudge.enqueue(trace_id, config=config).verdict(timeout=60, raise_on_block=False)
+    assert third.reused == 1 and third.judged == 0  # a score is final: reused, no new call
+    assert fake_llm.stats()["requests"] - calls == 1
+
+
+def test_racing_deliveries_never_write_an_assessment_twice(pipeline_env, fake_llm):
+    """Two deliveries of each trace, the second started at a random moment of the first, over many rounds."""
+    from tracejudge.config import load_config
+    from tracejudge.tasks import EvaluationRequest, evaluate_request, get_runtime
+
+    runtime = get_runtime()
+    config = load_config(CONFIG)
+    rng = random.Random(7)
+    rounds = 16
+    duplicates = {}
+    # how long one delivery takes here: the second one starts in the last part of the first (its write-back)
+    calibration = record_article_trace(article="Calibration article.")
+    mlflow.flush_trace_async_logging()
+    started = time.perf_counter()
+    evaluate_request(EvaluationRequest(trace_id=calibration, config=config), runtime)
+    took = time.perf_counter() - started
+    for round_ in range(rounds):
+        trace_id = record_article_trace(article=f"Round {round_}: an article.")
+        mlflow.flush_trace_async_logging()
+        errors: list[BaseException] = []
+
+        def deliver(delay: float) -> None:
+            time.sleep(delay)  # where in the other delivery this one starts (scenario, not a wait for a result)
+            try:
+                evaluate_request(EvaluationRequest(trace_id=trace_id, config=config), runtime)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=deliver, args=(0.0,)), threading.Thread(target=deliver, args=(max(0.0, took * rng.uniform(0.5, 1.0)),))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        valid = [a for a in assessments(trace_id) if a.valid is not False]
+        per_key = {}
+        for a in valid:
+            per_key.setdefault((a.span_id, a.name), []).append(a)
+        assert len(per_key) == JUDGES_PER_TRACE
+        extra = sum(len(v) - 1 for v in per_key.values())
+        if extra:
+            duplicates[trace_id] = extra
+    assert not duplicates, f"assessments written twice in {len(duplicates)} of {rounds} rounds: {duplicates}"
+
+
+def test_the_overall_deadline_starts_when_judging_starts(worker):
+    """The worker waits 3 s for a late trace; a 2 s overall timeout must still leave the judges their time."""
+    config = {
+        "observability": {"mlflow": {"judges": {
+            **CONFIG["observability"]["mlflow"]["judges"],
+            "execution": {"timeout_seconds": 5, "trace_wait_seconds": 30, "overall_timeout_seconds": 2},
+        }}},
+    }
+    handles = []
+
+    def enqueue_then_finish_late(trace_id: str) -> None:
+        handle = tracejudge.enqueue(trace_id, config=config)
+        assert wait_for(lambda: handle.status == "STARTED", timeout=30), handle.status
+        time.sleep(3)  # the workflow runs on; the worker waits for its trace meanwhile
+        handles.append(handle)
+
+    record_article_trace(during=enqueue_then_finish_late)
+    verdict = handles[0].verdict(timeout=60, raise_on_block=False)
+    assert [r.error.type for r in verdict.errors] == []
+    assert verdict.status == "passed" and len(verdict.results()) == JUDGES_PER_TRACE
+
+
+def test_a_partial_run_never_replaces_the_full_evaluation(worker):
+    trace_id = record_article_trace()
+    full = tracejudge.enqueue(trace_id, config=CONFIG).verdict(timeout=60, raise_on_block=False)
+    assert full.status == "passed" and full.artifact_uri
+    client = MlflowClient()
+
+    def summary():
+        trace = client.get_trace(trace_id)
+        tags = {k: v for k, v in trace.info.tags.items() if k.startswith("tracejudge.")}
+        run_id = full.artifact_uri.split("/")[1]
+        return tags, mlflow.artifacts.load_dict(full.artifact_uri), client.get_run(run_id).data.metrics
+
+    before = summary()
+    partial = tracejudge.enqueue(trace_id, config=CONFIG, judges=["completeness"]).verdict(timeout=60, raise_on_block=False)
+    assert partial.partial is True
+    assert {r.name for r in partial.results()} == {"completeness"}
+    assert summary() == before  # tags, report and run metrics are the full evaluation's
+    names = [a.name for a in assessments(trace_id) if a.valid is not False]
+    assert names.count("completeness") == len(partial.results())  # its assessments were written
+    assert len(names) == JUDGES_PER_TRACE + len(partial.results())
+
+
+def test_a_delivery_that_lost_its_lock_does_not_write(pipeline_env, monkeypatch):
+    """The lock lapses under a slow delivery (as when Redis could not be reached to renew it) and a second
+    delivery takes it: the first must stop before its write-back (and retry later), not write next to the second."""
+    import redis as redis_lib
+
+    from tracejudge.config import load_config
+    from tracejudge.tasks import EvaluationRequest, evaluate_request, get_runtime
+    from tracejudge.tasks import state as state_module
+    from tracejudge.tasks.state import EvaluationBusy
+
+    monkeypatch.setattr(state_module, "LOCK_TTL_SECONDS", 1.0)  # renewed every 0.25 s
+    runtime = get_runtime()
+    config = load_config(CONFIG)
+    slow = "[[tj:latency=1500]]"
+    trace_id = record_article_trace(research=f"Findings {slow}", article=f"Article {slow}")
+    mlflow.flush_trace_async_logging()
+    lock_key = runtime.state.key(f"lock:{trace_id}")
+    client = redis_lib.Redis.from_url(pipeline_env["TRACEJUDGE_REDIS_URL"])
+    outcome: dict[str, object] = {}
+
+    def first() -> None:
+        try:
+            outcome["first"] = evaluate_request(EvaluationRequest(trace_id=trace_id, config=config), runtime)
+        except EvaluationBusy as exc:
+            outcome["first"] = exc
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert wait_for(lambda: client.exists(lock_key), timeout=30)  # the first delivery holds the lock
+    time.sleep(0.3)  # and is judging (its judge calls take 1.5 s)
+    client.delete(lock_key)  # the lock lapses
+    second = evaluate_request(EvaluationRequest(trace_id=trace_id, config=config), runtime)
+    thread.join(60)
+    assert second.status == "passed" and second.judged == JUDGES_PER_TRACE
+    assert isinstance(outcome["first"], EvaluationBusy), outcome  # it stopped before writing: retried later
+    valid = [a for a in assessments(trace_id) if a.valid is not False]
+    assert len(valid) == JUDGES_PER_TRACE
