@@ -234,9 +234,10 @@ def test_agreement_pairs_judges_with_human_feedback_in_mlflow(mlflow_store, caps
     from mlflow.entities import AssessmentSource
 
     from tracejudge.judges.model import JudgeResult
-    from tracejudge.mlflow_io.writer import log_result
+    from tracejudge.mlflow_io.store import TraceStore
     from tracejudge.testing.workflows import record_plain_trace
 
+    store = TraceStore(mlflow_store)
     experiment_id = mlflow.create_experiment(f"agreement-{Path(mlflow_store).name}-{id(capsys)}")
     mlflow.set_experiment(experiment_id=experiment_id)
     try:
@@ -245,9 +246,9 @@ def test_agreement_pairs_judges_with_human_feedback_in_mlflow(mlflow_store, caps
             trace_id = record_plain_trace(f"question {name}", f"answer {name}")
             mlflow.flush_trace_async_logging()  # the trace is in the store before we add to it
             root = MlflowClient().get_trace(trace_id).data.spans[0].span_id
-            log_result(trace_id, JudgeResult(name="relevance", span_id=root, score=score, threshold=0.7,
-                                             passed=score >= 0.7, key=f"k-{name}", judge_version="v1",
-                                             model="gpt-4o-mini"), evaluation_id="e")
+            result = JudgeResult(name="relevance", span_id=root, score=score, threshold=0.7, passed=score >= 0.7,
+                                 key=f"k-{name}", judge_version="v1", model="gpt-4o-mini")
+            store.write_all(store.result_calls(trace_id, [result], evaluation_id="e"))
             if label is not None:
                 mlflow.log_feedback(trace_id=trace_id, name="relevance", value=label, span_id=root,
                                     source=AssessmentSource(source_type="HUMAN", source_id="reviewer@example.com"))

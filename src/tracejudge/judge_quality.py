@@ -106,18 +106,14 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     from tracejudge.mlflow_io.feedback import judge_human_pairs
     from tracejudge.mlflow_io.query import ExperimentNotFound, resolve_experiment
     from tracejudge.mlflow_io.reader import MlflowUnavailable
+    from tracejudge.mlflow_io.store import TraceStore
     from tracejudge.monitor.window import BadQuery, parse_time
 
     try:
         since = parse_time(args.since, option="--since")
         until = parse_time(args.until, option="--until") if args.until else int(time.time() * 1000)
-        import mlflow
-        from mlflow import MlflowClient
-
-        settings = Settings.from_env()
-        if settings.mlflow_tracking_uri:
-            mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        client = MlflowClient()
+        store = TraceStore(Settings.from_env().mlflow_tracking_uri)  # our own client, not MLflow's global URI
+        client = store.client
         experiment_id = resolve_experiment(client, args.experiment)
         pairs = list(judge_human_pairs(client, experiment_id, since, until))
     except (BadQuery, ExperimentNotFound, MlflowUnavailable) as exc:
