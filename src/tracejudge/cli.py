@@ -156,33 +156,34 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_alerts_check)
     p.set_defaults(func=lambda a: (p.print_help(), EXIT_ERROR)[1])
 
-    p = sub.add_parser(
+    # (q, not p: the alerts parser's default above reads p when it runs)
+    q = sub.add_parser(
         "calibrate",
         help="run one judge over a labelled set and print its agreement with the labels",
         description="Run one judge over a labelled JSONL set (default: the set shipped for a built-in judge) "
         "with the workers' client, timeouts and rate limit; print Spearman, Kendall, MAE, pass/fail accuracy, "
         "Cohen's kappa, the confusion matrix and the largest disagreements.",
     )
-    p.add_argument("--judge", required=True, help="the judge's name (built-in, custom in the config, or registered)")
-    p.add_argument("--dataset", help="JSONL file: one item a line, the judge's variables and a label (0..1 or pass/fail)")
-    p.add_argument("--model", help="judge model (default: the judge's, else $TRACEJUDGE_JUDGE_MODEL or gpt-4o-mini)")
-    p.add_argument("--threshold", type=float, help="pass/fail threshold (default: the judge's, else the environment's)")
-    p.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json")
-    p.add_argument("--config", help="YAML config file (default: $TRACEJUDGE_CONFIG)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=lambda a: _judge_quality("cmd_calibrate", a))
+    q.add_argument("--judge", required=True, help="the judge's name (built-in, custom in the config, or registered)")
+    q.add_argument("--dataset", help="JSONL file: one item a line, the judge's variables and a label (0..1 or pass/fail)")
+    q.add_argument("--model", help="judge model (default: the judge's, else $TRACEJUDGE_JUDGE_MODEL or gpt-4o-mini)")
+    q.add_argument("--threshold", type=float, help="pass/fail threshold (default: the judge's, else the environment's)")
+    q.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json")
+    q.add_argument("--config", help="YAML config file (default: $TRACEJUDGE_CONFIG)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=lambda a: _judge_quality("cmd_calibrate", a))
 
-    p = sub.add_parser(
+    q = sub.add_parser(
         "agreement",
         help="judge-vs-human agreement from people's feedback (HUMAN assessments) in MLflow",
         description="Pair our judges' scores with people's feedback on the same span and judge name (MLflow "
         "assessments with source HUMAN) and print the calibrate figures per judge and judge version.",
     )
-    p.add_argument("--experiment-id", "--experiment", dest="experiment", required=True, help="experiment id or name")
-    p.add_argument("--since", default="30d", help="window start: 90m, 24h, 30d, 2w or an ISO date/time (default 30d)")
-    p.add_argument("--until", help="window end (default now), same forms as --since")
-    p.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json")
-    p.set_defaults(func=lambda a: _judge_quality("cmd_agreement", a))
+    q.add_argument("--experiment-id", "--experiment", dest="experiment", required=True, help="experiment id or name")
+    q.add_argument("--since", default="30d", help="window start: 90m, 24h, 30d, 2w or an ISO date/time (default 30d)")
+    q.add_argument("--until", help="window end (default now), same forms as --since")
+    q.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json")
+    q.set_defaults(func=lambda a: _judge_quality("cmd_agreement", a))
     return parser
 
 
