@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+from tracejudge.judges.model import quality_band
 from tracejudge.monitor.links import links_for
 from tracejudge.monitor.models import QualitySummary
 from tracejudge.monitor.rollup import ResultRecord, Rollup, TraceRecord, covered_since, load_rollup, rollup_from_traces
@@ -135,7 +136,8 @@ def trace_record(row: Any) -> TraceRecord:
         environment=environment,
         status=tags.get("tracejudge.status") or None,
         score=_float(score),
-        band=tags.get("tracejudge.band") or None,
+        # workers write only the status and score tags now; the band is the score's (older traces carry the tag)
+        band=tags.get("tracejudge.band") or quality_band(_float(score)),
         results=results,
     )
 
@@ -216,18 +218,16 @@ def _prefix() -> str:
 
 
 def _tracking_uri() -> str | None:
-    try:
-        import mlflow
+    from tracejudge.config import Settings
 
-        return mlflow.get_tracking_uri()
-    except Exception:
-        return None
+    return Settings.from_env().mlflow_tracking_uri
 
 
 def _client(tracking_uri: str | None) -> Any:
-    from mlflow import MlflowClient
+    """The MLflow client, through ``mlflow_io``'s one door (:class:`~tracejudge.mlflow_io.store.TraceStore`)."""
+    from tracejudge.mlflow_io.store import TraceStore
 
-    return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
+    return TraceStore(tracking_uri or _tracking_uri()).client
 
 
 __all__ = ["summarise_quality", "mlflow_rollup", "trace_record", "BUCKET_SECONDS"]

@@ -94,6 +94,8 @@ def to_table(s: QualitySummary) -> str:
         lines += ["", "errors: " + ", ".join(f"{k} {v}" for k, v in s.error_codes.items())]
     if s.bands:
         lines += ["bands: " + ", ".join(f"{k} {v}" for k, v in s.bands.items())]
+    if s.counters:
+        lines += ["controls: " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in s.counters.items())]
     if s.worst_nodes:
         lines += ["most often below threshold: " + ", ".join(f"{w.node}/{w.judge} {pct(w.failure_rate)}" for w in s.worst_nodes[:4])]
     if s.bottom_traces:
@@ -117,6 +119,8 @@ def to_markdown(s: QualitySummary) -> str:
     out += ["| " + " | ".join(r) + " |" for r in _node_rows(s)]
     if s.error_codes:
         out += ["", "**Errors:** " + ", ".join(f"`{k}` {v}" for k, v in s.error_codes.items())]
+    if s.counters:
+        out += ["", "**Controls:** " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in s.counters.items())]
     if s.worst_nodes:
         out += ["", "**Most often below threshold:** " + ", ".join(f"{w.node}/{w.judge} {pct(w.failure_rate)}" for w in s.worst_nodes[:5])]
     if s.bottom_traces:
