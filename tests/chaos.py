@@ -127,6 +127,7 @@ class Outcome:
     verdicts: dict[str, Any]  #: trace id -> QualityVerdict
     failures: dict[str, str]  #: trace id -> why there is no verdict
     last_done: float
+    done_at: dict[str, float] = dataclasses.field(default_factory=dict)  #: handle id -> when it became ready
 
     @property
     def statuses(self) -> Counter[str]:
@@ -167,7 +168,9 @@ def wait_for_verdicts(handles: Sequence[Any], *, timeout: float, poll: float = 0
             verdicts[handle.trace_id] = handle.verdict(timeout=30, raise_on_block=False)
         except Exception as exc:
             failures[handle.trace_id] = f"{type(exc).__name__}: {exc}"
-    return Outcome(verdicts=verdicts, failures=failures, last_done=max(done_at.values(), default=time.monotonic()))
+    return Outcome(
+        verdicts=verdicts, failures=failures, last_done=max(done_at.values(), default=time.monotonic()), done_at=done_at
+    )
 
 
 def count_ready(handles: Sequence[Any]) -> int:
@@ -524,11 +527,17 @@ def run_worker_kill(
         w1 = stack.worker("w1", concurrency=concurrency)
         wait_until(lambda: count_ready(handles) >= kill_after and stack.unacked() > 0, timeout=timeout, what=f"{kill_after} verdicts")
         notes = {"verdicts_before_kill": count_ready(handles), "unacked_at_kill": stack.unacked(), "queued_at_kill": stack.queued()}
+        running = [h for h in handles if _state(h) == "STARTED"]  # (task_track_started): held by w1 at the kill
         started = time.monotonic()
         w1.kill()
         _say(log, f"[{name}] SIGKILLed w1 ({notes}); starting w2")
         stack.worker("w2", concurrency=concurrency)
-        return _finish(stack, name, trace_ids, handles, started=started, timeout=timeout, notes=notes, log=log)
+        result = _finish(stack, name, trace_ids, handles, started=started, timeout=timeout, notes=notes, log=log)
+        back = [result.outcome.done_at[h.id] for h in running if h.id in result.outcome.done_at]
+        result.notes["running_at_kill"] = len(running)
+        if back:  # when the last evaluation w1 was running had its verdict (the lease's part of the recovery)
+            result.notes["running_at_kill_done_s"] = round(max(back) - started, 1)
+        return result
 
 
 def run_mlflow_outage(

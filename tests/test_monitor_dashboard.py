@@ -52,7 +52,7 @@ def week_of_traces(now_ms: int) -> list:
                 scores[("write", "completeness")] = "REPLY_NOT_JSON"
             elif dip and roll < 0.2:
                 scores[("research", "relevance")] = "RATE_LIMITED"
-            out.append((t, judged(scores, rng=rng)))
+            out.append((t, judged(scores, rng=rng, cost_usd=0.00042)))
     return out
 
 
@@ -132,6 +132,11 @@ def test_api_needs_the_token_and_answers_bad_input_with_400(server, store):
     assert status == 404 and "experiment 'no-such-experiment' does not exist" in body["error"]
 
 
+def by_name_cost_ok(api: dict) -> bool:
+    """Cost per day adds up to the total (assessment metadata cost_usd, written by the controls)."""
+    return abs(sum(b["cost_usd"] for b in api["buckets"]) - api["totals"]["cost_usd"]) < 1e-6
+
+
 def fmt(value, kind: str) -> str:
     if value is None:
         return "-"
@@ -178,7 +183,9 @@ def test_page_in_headless_chromium_draws_every_chart_and_shows_the_api_numbers(s
 
         charts = page.evaluate(CHECK_CHARTS)
         names = {c["name"] for c in charts}
-        expected = {"failure-judge", "failure-node", "gate", "node-mean", "worst", "bands", "radar", "errors", "counters"}
+        expected = {"failure-judge", "failure-node", "gate", "node-mean", "worst", "bands", "radar", "errors", "counters", "cost"}
+        assert api["totals"]["cost_usd"] == pytest.approx(0.00042 * api["totals"]["scored"], rel=1e-6)
+        assert by_name_cost_ok(api)
         assert api["counters"] == {"sampled": 40, "skipped_sampling": 60, "cache_hit": 12, "budget_spent_usd": 1.25}
         expected |= {f"hist-{i}" for i in range(len(api["nodes"]))}
         assert expected <= names, expected - names

@@ -127,6 +127,10 @@ def enqueue(
         )
     except ValidationError as exc:
         return _invalid(trace_id, exc, resolved)
+    if gate or mode == "sync":  # someone waits: have MLflow export the trace now, not in up to 5 s
+        from tracejudge.mlflow_io.export import flush_pending_traces
+
+        flush_pending_traces()
     if mode == "sync":
         handle: AnyHandle = CompletedHandle(evaluate_now(request, config=resolved), config=resolved)
     elif not block:

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+from tracejudge.judges.model import quality_band
 from tracejudge.monitor.links import links_for
 from tracejudge.monitor.models import QualitySummary
 from tracejudge.monitor.rollup import ResultRecord, Rollup, TraceRecord, covered_since, load_rollup, rollup_from_traces
@@ -80,8 +81,22 @@ def summarise_quality(
     if redis is not None:
         summary.counters, summary.daily_counters = read_counters(redis, prefix, start_ms, end_ms, workflow=query.workflow)
     _apply_exact(summary, exact)
+    if source == "mlflow":
+        summary.human_agreement = human_agreement(client, experiment_id, start_ms, end_ms)
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
+
+
+def human_agreement(client: Any, experiment_id: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
+    """Judge-vs-human agreement in the window, when people left feedback; best effort (logged, never fatal)."""
+    from tracejudge.judges.agreement import agreement_by_judge
+    from tracejudge.mlflow_io.feedback import judge_human_pairs
+
+    try:
+        return agreement_by_judge(list(judge_human_pairs(client, experiment_id, start_ms, end_ms)))
+    except Exception as exc:  # the report stands without it
+        log.warning("judge-vs-human agreement not computed: %s", exc)
+        return []
 
 
 def mlflow_rollup(
@@ -121,7 +136,8 @@ def trace_record(row: Any) -> TraceRecord:
         environment=environment,
         status=tags.get("tracejudge.status") or None,
         score=_float(score),
-        band=tags.get("tracejudge.band") or None,
+        # workers write only the status and score tags now; the band is the score's (older traces carry the tag)
+        band=tags.get("tracejudge.band") or quality_band(_float(score)),
         results=results,
     )
 
@@ -202,18 +218,16 @@ def _prefix() -> str:
 
 
 def _tracking_uri() -> str | None:
-    try:
-        import mlflow
+    from tracejudge.config import Settings
 
-        return mlflow.get_tracking_uri()
-    except Exception:
-        return None
+    return Settings.from_env().mlflow_tracking_uri
 
 
 def _client(tracking_uri: str | None) -> Any:
-    from mlflow import MlflowClient
+    """The MLflow client, through ``mlflow_io``'s one door (:class:`~tracejudge.mlflow_io.store.TraceStore`)."""
+    from tracejudge.mlflow_io.store import TraceStore
 
-    return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
+    return TraceStore(tracking_uri or _tracking_uri()).client
 
 
 __all__ = ["summarise_quality", "mlflow_rollup", "trace_record", "BUCKET_SECONDS"]

@@ -40,8 +40,9 @@ FAIL_RATIONALES = {
 PASS_RATIONALE = "Meets the criterion: {judge} is good for {topic}."
 
 
-def judged(scores: dict[tuple[str, str], float | str], *, topic: str = "AI safety", rng: random.Random | None = None) -> list[JudgeResult]:
-    """Judge results for one trace: ``{(node, judge): score or ERROR_CODE}``."""
+def judged(scores: dict[tuple[str, str], float | str], *, topic: str = "AI safety", rng: random.Random | None = None,
+           cost_usd: float | None = None) -> list[JudgeResult]:
+    """Judge results for one trace: ``{(node, judge): score or ERROR_CODE}``; ``cost_usd`` per scored result."""
     rng = rng or random.Random(0)
     out = []
     for (node, judge), value in scores.items():
@@ -51,7 +52,8 @@ def judged(scores: dict[tuple[str, str], float | str], *, topic: str = "AI safet
             continue
         passed = value >= threshold
         rationale = PASS_RATIONALE.format(judge=judge, topic=topic) if passed else rng.choice(FAIL_RATIONALES.get(judge, ["Below the bar."])).format(topic=topic)
-        out.append(JudgeResult(name=judge, target=node, score=round(value, 3), threshold=threshold, passed=passed, rationale=rationale, model="gpt-4o-mini"))
+        out.append(JudgeResult(name=judge, target=node, score=round(value, 3), threshold=threshold, passed=passed, rationale=rationale,
+                               model="gpt-4o-mini", cost_usd=cost_usd))
     return out
 
 
@@ -96,6 +98,7 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult
             spans[node] = child.span_id
         root.set_outputs({"article": "..."})
         root.end(end_time_ns=ns + 6_000_000)
+        mlflow.flush_trace_async_logging()  # in the store before its results, even if async export was already on
         trace_id = root.trace_id
         mlflow.flush_trace_async_logging()  # the trace must be in the store before assessments are written to it
         status, score, band = overall(results)
@@ -119,7 +122,8 @@ def record(trace_id: str, start_ms: int, results: list[JudgeResult], *, workflow
     return TraceRecord(
         trace_id=trace_id, timestamp_ms=start_ms, workflow=workflow, environment=environment, status=status, score=score, band=band,
         results=[ResultRecord(judge=r.name, node=r.target, score=r.score, threshold=r.threshold, passed=r.passed,
-                              error_code=r.error.type if r.error else None, rationale=r.rationale) for r in results],
+                              error_code=r.error.type if r.error else None, rationale=r.rationale, cost_usd=r.cost_usd)
+                 for r in results],
     )
 
 

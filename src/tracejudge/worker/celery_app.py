@@ -1,13 +1,14 @@
-"""The Celery app: Redis broker and result backend, JSON only, at-least-once delivery.
+"""The Celery app: Redis (or RabbitMQ) broker, Redis result backend, JSON only, at-least-once delivery.
 
 Settings and why (measured, see docs/architecture.md):
 
 * ``task_acks_late`` + ``task_reject_on_worker_lost`` + prefetch 1: a task is
   acknowledged only after it returns, so a killed worker's task comes back;
-* ``visibility_timeout`` (broker and result backend) above the longest
-  evaluation, and kombu's unacked-restore sweep every 10 s instead of ~100 s,
-  so it comes back quickly; duplicates are then normal, and evaluations are
-  idempotent;
+* on Redis, a short ``visibility_timeout`` (15 s) that live workers renew for
+  the messages they hold (``worker/lease.py``), and kombu's unacked-restore
+  sweep every fifth of it, so a killed worker's tasks come back in ~15-18 s
+  and a live worker's never; duplicates are still possible, and evaluations
+  are idempotent; RabbitMQ redelivers on a dropped connection by itself;
 * JSON only (``accept_content=["json"]``): a pickled message is refused;
 * two queues: ``tracejudge.gate`` (someone waits) and ``tracejudge.online``
   (background); workers read them in ``sorted`` order, so the gate queue is

@@ -2,7 +2,7 @@
 
 ``celery -A tracejudge.worker beat`` (or ``tracejudge beat``) sends them on
 the schedule in :func:`beat_schedule`; any worker runs them. The work itself
-is in ``tracejudge.tasks.scheduled`` (over ``tasks.online`` and ``tasks.deferred``).
+is in ``tracejudge.tasks.online`` and ``tracejudge.tasks.deferred``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any
 from celery import Celery
 
 from tracejudge.config import TraceJudgeConfig
-from tracejudge.tasks import scheduled
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +53,14 @@ def register_scheduled(app: Celery) -> None:
 
     @app.task(name=TASK_ONLINE_SCAN, acks_late=True)
     def online_scan() -> dict[str, Any]:
-        return scheduled.run_online_scan(lambda request: send_request(app, request))
+        return run_online_scan(app)
 
     @app.task(name=TASK_RELEASE_DEFERRED, acks_late=True)
     def release_deferred() -> int:
-        return scheduled.release_deferred(lambda request: send_request(app, request))
+        from tracejudge.tasks.deferred import release
+        from tracejudge.tasks.runtime import get_runtime
+
+        return release(get_runtime(), lambda request: send_request(app, request))
 
 
 def send_request(app: Celery, request: Any) -> Any:
@@ -73,3 +75,11 @@ def send_request(app: Celery, request: Any) -> Any:
         argsrepr=request.trace_id,
         kwargsrepr="{}",
     )
+
+
+def run_online_scan(app: Celery) -> dict[str, Any]:
+    """One scan (``tracejudge.tasks.online.run_scan``) whose traces go on this app's queue."""
+    from tracejudge.tasks.online import run_scan
+    from tracejudge.tasks.runtime import get_runtime
+
+    return run_scan(get_runtime(), lambda request: send_request(app, request))
