@@ -77,11 +77,14 @@ def overall(results: list[JudgeResult], *, gate: tuple[str, ...] = GATE_JUDGES) 
 def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult]]], *, workflow: str = "article_writer") -> list[str]:
     """Record one trace per ``(start_ms, results)`` in MLflow and write the results as a worker would.
 
-    Set ``MLFLOW_ENABLE_ASYNC_TRACE_LOGGING=false`` first, so each trace is in the store before its results.
+    Each trace is waited for in the store before its results are written, so this works whether MLflow
+    exports traces synchronously or (its default, and whatever this process's exporter was set up with
+    first) asynchronously.
     """
     import mlflow
 
     from tracejudge.mlflow_io import writer
+    from tracejudge.mlflow_io.export import flush_pending_traces
     from tracejudge.mlflow_io.store import TraceStore
 
     store = TraceStore()  # MLflow's current tracking URI
@@ -99,6 +102,8 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult
         root.set_outputs({"article": "..."})
         root.end(end_time_ns=ns + 6_000_000)
         trace_id = root.trace_id
+        flush_pending_traces()
+        store.wait_for_trace(trace_id, wait_seconds=60)
         status, score, band = overall(results)
         for r in results:
             r.span_id = spans.get(r.target)
