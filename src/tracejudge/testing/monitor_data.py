@@ -102,6 +102,8 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult
         root.set_outputs({"article": "..."})
         root.end(end_time_ns=ns + 6_000_000)
         trace_id = root.trace_id
+        # in the store before its results, even if an earlier test left async export on (MLflow's public
+        # flush_trace_async_logging would cost ~1.2 s a trace: it restarts its export queue's thread)
         flush_pending_traces()
         store.wait_for_trace(trace_id, wait_seconds=60)
         status, score, band = overall(results)
