@@ -98,6 +98,7 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult
             spans[node] = child.span_id
         root.set_outputs({"article": "..."})
         root.end(end_time_ns=ns + 6_000_000)
+        mlflow.flush_trace_async_logging()  # in the store before its results, even if async export was already on
         trace_id = root.trace_id
         status, score, band = overall(results)
         for r in results:
