@@ -100,6 +100,7 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult
         root.end(end_time_ns=ns + 6_000_000)
         mlflow.flush_trace_async_logging()  # in the store before its results, even if async export was already on
         trace_id = root.trace_id
+        mlflow.flush_trace_async_logging()  # the trace must be in the store before assessments are written to it
         status, score, band = overall(results)
         for r in results:
             r.span_id = spans.get(r.target)
