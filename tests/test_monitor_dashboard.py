@@ -58,12 +58,9 @@ def week_of_traces(now_ms: int) -> list:
 
 @pytest.fixture(scope="module")
 def store(mlflow_store):
-    os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
-    try:
-        experiment_id = mlflow.create_experiment(f"monitor-dashboard-{time.time_ns()}")
-        ids = seed_mlflow(experiment_id, week_of_traces(int(time.time() * 1000)))
-    finally:
-        os.environ.pop("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", None)
+    # seed_mlflow waits for each trace in the store: it does not matter how an earlier module set up MLflow's exporter
+    experiment_id = mlflow.create_experiment(f"monitor-dashboard-{time.time_ns()}")
+    ids = seed_mlflow(experiment_id, week_of_traces(int(time.time() * 1000)))
     return experiment_id, ids
 
 

@@ -77,11 +77,14 @@ def overall(results: list[JudgeResult], *, gate: tuple[str, ...] = GATE_JUDGES) 
 def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult]]], *, workflow: str = "article_writer") -> list[str]:
     """Record one trace per ``(start_ms, results)`` in MLflow and write the results as a worker would.
 
-    Set ``MLFLOW_ENABLE_ASYNC_TRACE_LOGGING=false`` first, so each trace is in the store before its results.
+    Each trace is waited for in the store before its results are written, so this works whether MLflow
+    exports traces synchronously or (its default, and whatever this process's exporter was set up with
+    first) asynchronously.
     """
     import mlflow
 
     from tracejudge.mlflow_io import writer
+    from tracejudge.mlflow_io.export import flush_pending_traces
     from tracejudge.mlflow_io.store import TraceStore
 
     store = TraceStore()  # MLflow's current tracking URI
@@ -98,9 +101,11 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult
             spans[node] = child.span_id
         root.set_outputs({"article": "..."})
         root.end(end_time_ns=ns + 6_000_000)
-        mlflow.flush_trace_async_logging()  # in the store before its results, even if async export was already on
         trace_id = root.trace_id
-        mlflow.flush_trace_async_logging()  # the trace must be in the store before assessments are written to it
+        # in the store before its results, even if an earlier test left async export on (MLflow's public
+        # flush_trace_async_logging would cost ~1.2 s a trace: it restarts its export queue's thread)
+        flush_pending_traces()
+        store.wait_for_trace(trace_id, wait_seconds=60)
         status, score, band = overall(results)
         for r in results:
             r.span_id = spans.get(r.target)
