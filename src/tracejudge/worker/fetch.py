@@ -60,7 +60,13 @@ _installed = False
 
 
 def install() -> None:
-    """Patch kombu's Redis channel to fetch atomically (idempotent; producers never call the patched methods)."""
+    """Patch kombu's Redis channel to fetch atomically (idempotent; producers never call the patched methods).
+
+    >>> install(); install()
+    >>> from kombu.transport.redis import Channel
+    >>> Channel._brpop_start.__module__
+    'tracejudge.worker.fetch'
+    """
     global _installed
     if _installed:
         return
