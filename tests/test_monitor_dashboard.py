@@ -58,13 +58,8 @@ def week_of_traces(now_ms: int) -> list:
 
 @pytest.fixture(scope="module")
 def store(mlflow_store):
-    os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
-    try:
-        experiment_id = mlflow.create_experiment(f"monitor-dashboard-{time.time_ns()}")
-        ids = seed_mlflow(experiment_id, week_of_traces(int(time.time() * 1000)))
-    finally:
-        os.environ.pop("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", None)
-    return experiment_id, ids
+    experiment_id = mlflow.create_experiment(f"monitor-dashboard-{time.time_ns()}")
+    return experiment_id, seed_mlflow(experiment_id, week_of_traces(int(time.time() * 1000)))
 
 
 @pytest.fixture(scope="module")

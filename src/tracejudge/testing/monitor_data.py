@@ -77,15 +77,15 @@ def overall(results: list[JudgeResult], *, gate: tuple[str, ...] = GATE_JUDGES) 
 def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult]]], *, workflow: str = "article_writer") -> list[str]:
     """Record one trace per ``(start_ms, results)`` in MLflow and write the results as a worker would.
 
-    Set ``MLFLOW_ENABLE_ASYNC_TRACE_LOGGING=false`` first, so each trace is in the store before its results.
+    All traces first, then MLflow's async export queue is flushed once, then the results: a trace must be in the
+    store before its assessments (with async trace logging, it may not be yet when its root span ends).
     """
     import mlflow
 
     from tracejudge.mlflow_io import writer
     from tracejudge.mlflow_io.store import TraceStore
 
-    store = TraceStore()  # MLflow's current tracking URI
-    ids = []
+    recorded = []
     for start_ms, results in traces:
         ns = start_ms * 1_000_000
         root = mlflow.start_span_no_context(workflow, inputs={"topic": "AI safety"}, experiment_id=experiment_id, start_time_ns=ns)
@@ -98,7 +98,13 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult
             spans[node] = child.span_id
         root.set_outputs({"article": "..."})
         root.end(end_time_ns=ns + 6_000_000)
-        trace_id = root.trace_id
+        recorded.append((root.trace_id, spans, results))
+    mlflow.flush_trace_async_logging()
+
+    store = TraceStore()  # MLflow's current tracking URI
+    ids = []
+    for trace_id, spans, results in recorded:
+        store.wait_for_trace(trace_id, wait_seconds=30)
         status, score, band = overall(results)
         for r in results:
             r.span_id = spans.get(r.target)
