@@ -117,7 +117,8 @@ def machine() -> dict[str, Any]:
     versions = {}
     from importlib import metadata
 
-    for name in ("tracejudge", "mlflow", "celery", "kombu", "redis", "openai", "pydantic", "sqlalchemy", "gunicorn"):
+    for name in ("tracejudge", "mlflow", "celery", "kombu", "redis", "openai", "httpx", "pydantic", "sqlalchemy", "gunicorn",
+                 "psycopg2-binary"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -127,7 +128,13 @@ def machine() -> dict[str, Any]:
     if binary:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
         redis_server = next((w.split("=")[1] for w in out.split() if w.startswith("v=")), out.strip())
+    postgres = None
+    psql = shutil.which("psql") or shutil.which("postgres")
+    if psql:
+        postgres = subprocess.run([psql, "--version"], capture_output=True, text=True).stdout.strip() or None
     return {
+        "postgres": postgres,
+        "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "cores": os.cpu_count(),
         "cpu": cpu,
         "memory_gb": mem_gb,

@@ -27,6 +27,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--calls", type=int, default=400, help="calls per process (after 10 warm-up calls)")
     parser.add_argument("--start-at", type=float, default=0.0, help="wall-clock time to start at (to line up processes)")
+    parser.add_argument("--writer", choices=("client", "rest"), default="client",
+                        help="client: mlflow.log_feedback on --threads threads; rest: tracejudge's REST writer, "
+                             "--threads requests in flight on one event loop (http stores)")
     args = parser.parse_args()
 
     import mlflow
@@ -50,6 +53,8 @@ def main() -> int:
 
     for i in range(10):  # warm: connections, sessions, first-call imports
         mlflow.log_feedback(**kwargs_for(i))
+    if args.writer == "rest":
+        return rest_ceiling(args, trace_ids, spans)
 
     if args.start_at:
         time.sleep(max(0.0, args.start_at - time.time()))
@@ -94,6 +99,63 @@ def main() -> int:
         "end": end,
         "p50_ms": latencies[n // 2] * 1000 if n else None,
         "p95_ms": latencies[int(n * 0.95)] * 1000 if n else None,
+        "cpu_ms_per_call": cpu / n * 1000 if n else None,
+    }))
+    sys.stdout.flush()
+    return 0
+
+
+def rest_ceiling(args: argparse.Namespace, trace_ids: list[str], spans: dict[str, str]) -> int:
+    """The same writes through :class:`tracejudge.mlflow_io.rest.RestWriter`, ``--threads`` in flight."""
+    import asyncio
+
+    from tracejudge.judges.model import JudgeResult, utc_now
+    from tracejudge.mlflow_io.rest import rest_writer_for
+
+    writer = rest_writer_for(os.environ["MLFLOW_TRACKING_URI"], max_connections=args.threads)
+    if writer is None:
+        raise SystemExit("--writer rest needs an http(s) MLFLOW_TRACKING_URI")
+
+    def result_for(i: int) -> tuple[str, JudgeResult]:
+        trace_id = trace_ids[i % len(trace_ids)]
+        return trace_id, JudgeResult(
+            name=f"ceiling_{i % 6}", target="research", span_id=spans[trace_id], score=0.85, threshold=0.8,
+            passed=True, greater_is_better=True, rationale="tracejudge-fake-llm: default score", model="gpt-4o-mini",
+            duration_ms=201.3, timestamp=utc_now(), attempts=1, key=f"ceiling-{i}",
+        )
+
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def one(i: int, sem: asyncio.Semaphore) -> None:
+        async with sem:
+            trace_id, result = result_for(i)
+            started = time.perf_counter()
+            try:
+                await writer.log_feedback(trace_id, result, evaluation_id="ceiling")
+            except Exception as exc:  # counted, not hidden
+                errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+                return
+            latencies.append(time.perf_counter() - started)
+
+    async def run_all() -> tuple[float, float, float]:
+        sem = asyncio.Semaphore(args.threads)
+        await asyncio.gather(*(one(i, sem) for i in range(10)))  # warm the connections
+        latencies.clear()
+        if args.start_at:
+            await asyncio.sleep(max(0.0, args.start_at - time.time()))
+        start, cpu_start = time.time(), time.process_time()
+        await asyncio.gather(*(one(i, sem) for i in range(args.calls)))
+        end, cpu = time.time(), time.process_time() - cpu_start
+        await writer.aclose()
+        return start, end, cpu
+
+    start, end, cpu = asyncio.run(run_all())
+    latencies.sort()
+    n = len(latencies)
+    print(json.dumps({
+        "calls": n, "errors": len(errors), "error_sample": errors[:3], "start": start, "end": end,
+        "p50_ms": latencies[n // 2] * 1000 if n else None, "p95_ms": latencies[int(n * 0.95)] * 1000 if n else None,
         "cpu_ms_per_call": cpu / n * 1000 if n else None,
     }))
     sys.stdout.flush()

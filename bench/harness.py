@@ -53,6 +53,11 @@ quality_gate:
 """
 
 
+def minimal_config() -> str:
+    """The bench config with ``artifact_level: minimal`` (no ``quality_assessment.json``)."""
+    return CONFIG_YAML.replace("    enable_judges: true\n", "    enable_judges: true\n    artifact_level: minimal\n", 1)
+
+
 def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -64,7 +69,7 @@ def say(message: str) -> None:
 class Store:
     """An MLflow store the workers and the trace generator use."""
 
-    name: str  # "sqlite" or "http"
+    name: str  # "sqlite", "http" (mlflow server on sqlite) or "postgres" (mlflow server on PostgreSQL)
     uri: str
     experiment_id: str
     server: MlflowServer | None = None
@@ -83,14 +88,15 @@ class Services:
     config_path: Path
     stores: dict[str, Store] = field(default_factory=dict)
 
-    def worker_env(self, store: Store, prefix: str, *, write_concurrency: int = 8, phases_dir: Path | None = None) -> dict[str, str]:
+    def worker_env(self, store: Store, prefix: str, *, write_concurrency: int = 8, phases_dir: Path | None = None,
+                   config_path: Path | None = None) -> dict[str, str]:
         env = {
             "TRACEJUDGE_REDIS_URL": self.redis.url,
             "TRACEJUDGE_LLM_BASE_URL": self.llm.base_url,
             "TRACEJUDGE_LLM_API_KEY": "sk-bench-not-a-real-key",
             "MLFLOW_TRACKING_URI": store.uri,
             "TRACEJUDGE_KEY_PREFIX": prefix,
-            "TRACEJUDGE_CONFIG": str(self.config_path),
+            "TRACEJUDGE_CONFIG": str(config_path or self.config_path),
             "TRACEJUDGE_WRITE_CONCURRENCY": str(write_concurrency),
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "MLFLOW_MODEL_CATALOG_URI": "",
@@ -164,6 +170,88 @@ def http_store(services: Services, *, workers: int = 4, wal: bool = False) -> St
     experiment_id = mlflow.create_experiment("bench")
     store = Store("http", server.url, experiment_id, server=server)
     services.stores["http"] = store
+    return store
+
+
+#: Where the PostgreSQL row's database is created (trust auth on loopback, as on the team's machine).
+POSTGRES_URL_ENV = "TRACEJUDGE_BENCH_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class PostgresUnavailable(RuntimeError):
+    """The PostgreSQL row cannot run here (no server, no driver); the message says what to do."""
+
+
+def postgres_database(services: Services) -> str:
+    """Create a fresh database for this run on the PostgreSQL at ``$TRACEJUDGE_BENCH_POSTGRES_URL``
+    (default 127.0.0.1:5432, user postgres, trust auth) and return its SQLAlchemy URI; dropped at the end."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    admin_url = os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
+    shown = _redact(admin_url)
+    try:
+        import psycopg2
+    except ImportError:
+        raise PostgresUnavailable(
+            "the PostgreSQL row needs the psycopg2 driver: .venv/bin/pip install -e '.[bench]' "
+            "(or pass --stores without postgres)"
+        ) from None
+    try:
+        admin = psycopg2.connect(admin_url, connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        raise PostgresUnavailable(
+            f"no PostgreSQL answers at {shown} ({str(exc).strip().splitlines()[0]}). The PostgreSQL row needs one: "
+            f"on Debian/Ubuntu `sudo apt-get install postgresql && sudo service postgresql start`, trust auth for "
+            f"127.0.0.1 in pg_hba.conf (or a password in the URL), or point {POSTGRES_URL_ENV} at another server; "
+            f"or run without it: --stores sqlite,http"
+        ) from None
+    admin.autocommit = True
+    name = f"tracejudge_bench_{uuid.uuid4().hex[:8]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+
+    def drop() -> None:
+        try:
+            conn = psycopg2.connect(admin_url, connect_timeout=5)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.close()
+        except Exception as exc:  # best effort: say so, the run's figures stand
+            say(f"could not drop the bench database {name}: {exc}")
+
+    services.stack.callback(drop)
+    parts = urlsplit(admin_url)
+    say(f"PostgreSQL database {name} created at {shown}")
+    # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3: name the driver installed here
+    return urlunsplit(("postgresql+psycopg2", parts.netloc, f"/{name}", "", ""))
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+def postgres_store(services: Services, *, workers: int = 4) -> Store:
+    """An ``mlflow server`` (gunicorn ``workers``) backed by a fresh PostgreSQL database."""
+    import mlflow
+
+    uri = postgres_database(services)
+    directory = services.base / "postgres"
+    directory.mkdir(exist_ok=True)
+    server = MlflowServer(directory=directory, workers=workers, backend_store_uri=uri)
+    server.start()
+    services.stack.callback(server.stop)
+    say(f"mlflow server (gunicorn --workers {workers}) at {server.url}, PostgreSQL behind it")
+    mlflow.set_tracking_uri(server.url)
+    experiment_id = mlflow.create_experiment("bench")
+    store = Store("postgres", server.url, experiment_id, server=server)
+    services.stores["postgres"] = store
     return store
 
 
@@ -241,11 +329,16 @@ class WorkerSet:
 
 
 def start_workers(services: Services, store: Store, *, processes: int = 1, pool: str = "threads", concurrency: int = 16,
-                  write_concurrency: int = 8, label: str = "w", whatif: str = "") -> WorkerSet:
+                  write_concurrency: int = 8, label: str = "w", whatif: str = "", config_yaml: str | None = None) -> WorkerSet:
     prefix = f"bench-{label}-{uuid.uuid4().hex[:6]}:"
     phases_dir = services.base / "phases" / prefix.rstrip(":")
     phases_dir.mkdir(parents=True, exist_ok=True)
-    env = services.worker_env(store, prefix, write_concurrency=write_concurrency, phases_dir=phases_dir)
+    config_path = None
+    if config_yaml is not None:
+        config_path = services.base / f"tracejudge-{label}.yaml"
+        config_path.write_text(config_yaml)
+    env = services.worker_env(store, prefix, write_concurrency=write_concurrency, phases_dir=phases_dir,
+                              config_path=config_path)
     if whatif:
         env["TJBENCH_WHATIF"] = whatif
     workers = [
@@ -532,13 +625,16 @@ def latency_under_load(workers: WorkerSet, traces: list[str], *, rate: float) ->
     }
 
 
-def ceiling(store: Store, trace_ids: list[str], *, processes: int, threads: int, calls: int) -> dict[str, Any]:
-    """Raw log_feedback calls/s from ``processes`` processes x ``threads`` threads, started together."""
+def ceiling(store: Store, trace_ids: list[str], *, processes: int, threads: int, calls: int,
+            writer: str = "client") -> dict[str, Any]:
+    """Raw log_feedback calls/s from ``processes`` processes x ``threads`` threads, started together
+    (``writer="rest"``: through tracejudge's REST writer, ``threads`` requests in flight per process)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
     start_at = time.time() + 10.0  # each process imports MLflow (~2 s) and warms up first
     procs = [
         subprocess.Popen([sys.executable, str(BENCH_DIR / "ceiling.py"), "--trace-ids", ",".join(trace_ids),
-                          "--threads", str(threads), "--calls", str(calls), "--start-at", str(start_at)],
+                          "--threads", str(threads), "--calls", str(calls), "--start-at", str(start_at),
+                          "--writer", writer],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
         for _ in range(processes)
     ]
@@ -552,6 +648,7 @@ def ceiling(store: Store, trace_ids: list[str], *, processes: int, threads: int,
     window = max(o["end"] for o in outs) - min(o["start"] for o in outs)
     result = {
         "store": store.name,
+        "writer": writer,
         "processes": processes,
         "threads": threads,
         "calls": total,
@@ -561,7 +658,7 @@ def ceiling(store: Store, trace_ids: list[str], *, processes: int, threads: int,
         "p50_ms": pct([o["p50_ms"] for o in outs if o["p50_ms"]], 50),
         "client_cpu_ms_per_call": sum(o["cpu_ms_per_call"] or 0 for o in outs) / len(outs),
     }
-    say(f"  ceiling {store.name} {processes}x{threads} threads: {result['calls_per_s']:.0f} log_feedback/s "
+    say(f"  ceiling {store.name} ({writer}) {processes}x{threads} threads: {result['calls_per_s']:.0f} log_feedback/s "
         f"(p50 {result['p50_ms']:.1f} ms, {result['client_cpu_ms_per_call']:.1f} ms CPU per call in the caller, "
         f"errors {result['errors']})")
     return result
@@ -650,5 +747,5 @@ def wait(seconds: float) -> None:
 __all__ = [
     "CONFIG_YAML", "JUDGES_PER_TRACE", "LLM_LATENCY_S", "Services", "Store", "WorkerSet", "ceiling", "free_port",
     "http_store", "latency_single", "latency_under_load", "make_traces", "peer", "producer_cost", "say",
-    "sqlite_store", "start_services", "start_workers", "throughput", "use_prefix", "warm_up",
+    "postgres_store", "sqlite_store", "start_services", "start_workers", "throughput", "use_prefix", "warm_up",
 ]

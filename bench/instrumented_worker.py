@@ -124,6 +124,19 @@ def install() -> None:
 
     setattr(writer, name, call_mlflow)
 
+    # the REST writer's requests (http stores), counted per call like the client's
+    rest, name = _target("tracejudge.mlflow_io.rest:RestWriter.call")
+    original_rest_call = getattr(rest, name)
+
+    async def rest_call(self: Any, op: str, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await original_rest_call(self, op, *args, **kwargs)
+        finally:
+            _op(op, time.perf_counter() - started)
+
+    setattr(rest, name, rest_call)
+
     state, name = _target("tracejudge.tasks.state:RedisState.trace_lock")
     original_lock = getattr(state, name)
 

@@ -19,6 +19,7 @@ MODULES = [
     "tracejudge.verdict",
     "tracejudge.worker.celery_app",
     "tracejudge.mlflow_io.writer",
+    "tracejudge.mlflow_io.rest",
     "tracejudge.tasks.payload",
     "tracejudge.config.controls",
     "tracejudge.judges.pricing",

@@ -53,6 +53,9 @@ class Settings(BaseModel):
     judge_modules: tuple[str, ...] = ()
     #: MLflow writes in flight at once per process (``TRACEJUDGE_WRITE_CONCURRENCY``).
     write_concurrency: int = Field(default=8, ge=1, le=256)
+    #: Write results to an http(s) tracking server through its REST API on the worker's event loop (``TRACEJUDGE_REST_WRITER``;
+    #: false: through MLflow's client, as for local stores).
+    rest_writer: bool = True
     #: How long Celery keeps a verdict in the result backend (``TRACEJUDGE_RESULT_EXPIRES_HOURS``).
     result_expires_hours: float = Field(default=24, gt=0)
     #: Seconds before an unacknowledged task is delivered again (``TRACEJUDGE_VISIBILITY_TIMEOUT``).
@@ -119,6 +122,7 @@ class Settings(BaseModel):
             "key_prefix": first("TRACEJUDGE_KEY_PREFIX"),
             "judge_modules": _names(first("TRACEJUDGE_JUDGE_MODULES")),
             "write_concurrency": first("TRACEJUDGE_WRITE_CONCURRENCY"),
+            "rest_writer": first("TRACEJUDGE_REST_WRITER"),
             "result_expires_hours": first("TRACEJUDGE_RESULT_EXPIRES_HOURS"),
             "visibility_timeout": first("TRACEJUDGE_VISIBILITY_TIMEOUT"),
             "mlflow_ui_url": first("MLFLOW_UI_URL"),
@@ -191,6 +195,7 @@ ENVIRONMENT_VARIABLES = {
     "key_prefix": "TRACEJUDGE_KEY_PREFIX",
     "judge_modules": "TRACEJUDGE_JUDGE_MODULES",
     "write_concurrency": "TRACEJUDGE_WRITE_CONCURRENCY",
+    "rest_writer": "TRACEJUDGE_REST_WRITER",
     "result_expires_hours": "TRACEJUDGE_RESULT_EXPIRES_HOURS",
     "visibility_timeout": "TRACEJUDGE_VISIBILITY_TIMEOUT",
     "mlflow_ui_url": "MLFLOW_UI_URL",

@@ -13,6 +13,8 @@ to the URI it was given (``MLFLOW_TRACKING_URI`` through ``Settings``).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
 import os
 import threading
@@ -25,6 +27,7 @@ from typing import Any, TypeVar
 from tracejudge.judges.model import JudgeResult
 from tracejudge.mlflow_io import reader, writer
 from tracejudge.mlflow_io.reader import LoadedTrace, TraceNotReady
+from tracejudge.mlflow_io.rest import RestWriter, rest_writer_for
 
 T = TypeVar("T")
 
@@ -65,9 +68,22 @@ class TracePage:
 class TraceStore:
     """The process's MLflow client, for reading traces and writing results back."""
 
-    def __init__(self, tracking_uri: str | None = None, *, write_concurrency: int = writer.DEFAULT_WRITE_CONCURRENCY) -> None:
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        *,
+        write_concurrency: int = writer.DEFAULT_WRITE_CONCURRENCY,
+        loop: asyncio.AbstractEventLoop | None = None,
+        rest_writer: bool = True,
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.write_pool = ThreadPoolExecutor(max_workers=write_concurrency, thread_name_prefix="tracejudge-write")
+        #: Given an event loop and a tracking server (http/https), the write-back goes straight to MLflow's REST
+        #: API on that loop (:mod:`~tracejudge.mlflow_io.rest`); reads, local stores and the rest use the client.
+        self.loop = loop
+        self.rest: RestWriter | None = (
+            rest_writer_for(tracking_uri, max_connections=write_concurrency) if (loop is not None and rest_writer) else None
+        )
         self._client: Any = None
         self._tracing: Any = None
         self._lock = threading.Lock()
@@ -98,6 +114,11 @@ class TraceStore:
     def load_trace(self, trace_id: str) -> LoadedTrace:
         """Fetch a trace once and extract its targets (``TraceNotReady``, ``MlflowUnavailable``...)."""
         return reader.load_trace(self.client, trace_id)
+
+    def refresh_assessments(self, loaded: LoadedTrace) -> LoadedTrace:
+        """``loaded`` with the assessments and tags on the trace now (its info only: no spans read again)."""
+        info = writer.call_mlflow(self.tracing.get_trace_info, loaded.trace_id)
+        return dataclasses.replace(loaded, assessments=list(info.assessments or []), tags=dict(info.tags or {}))
 
     def wait_for_trace(self, trace_id: str, *, wait_seconds: float) -> LoadedTrace:
         """Load the trace, polling with backoff (0.1 s doubling to 2 s) while it is not exported yet."""
@@ -151,8 +172,15 @@ class TraceStore:
 
         ``overrides`` maps a result key to the assessment it supersedes (MLflow marks that one invalid).
         """
-        tracing = self.tracing
         overrides = overrides or {}
+        if self.rest is not None:
+            return [
+                functools.partial(
+                    self.rest.log_feedback, trace_id, r, evaluation_id=evaluation_id, overrides=overrides.get(r.key or "")
+                )
+                for r in results
+            ]
+        tracing = self.tracing
         return [
             functools.partial(
                 writer.log_result, tracing, trace_id, r, evaluation_id=evaluation_id, overrides=overrides.get(r.key or "")
@@ -185,18 +213,75 @@ class TraceStore:
         report: dict[str, Any] | None,
         metrics: dict[str, float],
         step: int = 0,
+        experiment_id: str | None = None,
     ) -> list[Callable[[], Any]]:
-        """The calls writing trace tags, and the report (unless None) and metrics on ``run_id`` (for :meth:`write_all`).
+        """The calls writing trace tags, and the report (unless None) and metrics (unless None) on ``run_id``
+        (for :meth:`write_all`).
 
         ``step`` is the metrics' step (the trace's start time in ms: a time series on a run of many traces).
+        ``experiment_id`` (the run's) lets the REST writer find the run's artifact root without a ``get_run``.
         """
-        return writer.summary_calls(
-            self.client, trace_id, tags=tags, run_id=run_id, report=report, metrics=metrics, step=step
-        )
+        if self.rest is None:
+            return writer.summary_calls(
+                self.client, trace_id, tags=tags, run_id=run_id, report=report, metrics=metrics, step=step
+            )
+        rest = self.rest
+        calls: list[Callable[[], Any]] = [functools.partial(rest.set_trace_tag, trace_id, k, str(v)) for k, v in tags.items()]
+        if run_id is not None and metrics:
+            calls.append(functools.partial(rest.log_metrics, run_id, metrics, step=step))
+        if run_id is not None and report is not None:
+            calls.append(functools.partial(self._log_report, run_id, experiment_id, trace_id, report))
+        return calls
 
-    def write_all(self, calls: list[Callable[[], T]]) -> list[T]:
-        """Run the calls concurrently on the store's pool; wait for all, then raise the first failure."""
-        return writer.write_all(calls, executor=self.write_pool)
+    async def _log_report(self, run_id: str, experiment_id: str | None, trace_id: str, report: dict[str, Any]) -> None:
+        """The report through the REST writer when the server holds the run's artifacts, else MLflow's client."""
+        assert self.rest is not None
+        root = await self.rest.artifact_root(run_id, experiment_id)
+        if root is not None:
+            await self.rest.log_dict(root, writer.report_path(trace_id), report)
+            return
+        call = functools.partial(writer.call_mlflow, self.client.log_dict, run_id, report, writer.report_path(trace_id))
+        await asyncio.get_running_loop().run_in_executor(self.write_pool, call)
+
+    def write_all(self, calls: list[Callable[[], Any]]) -> list[Any]:
+        """Run the calls concurrently, wait for all, then raise the first failure.
+
+        Coroutine functions (the REST writer's) run together on the store's event loop, the others (MLflow's
+        client) on its thread pool. Results come back in the order of ``calls``.
+        """
+        on_loop = {i for i, call in enumerate(calls) if _is_coroutine_function(call)}
+        if not on_loop:
+            return writer.write_all(calls, executor=self.write_pool)
+        if self.loop is None:
+            raise RuntimeError("coroutine writes need the store's event loop (TraceStore(loop=...))")
+        future = asyncio.run_coroutine_threadsafe(_gather([c for i, c in enumerate(calls) if i in on_loop]), self.loop)
+        first_error: BaseException | None = None
+        blocking: list[Any] = []
+        try:
+            blocking = writer.write_all([c for i, c in enumerate(calls) if i not in on_loop], executor=self.write_pool)
+        except Exception as exc:  # still wait for the loop's writes, so none is left running
+            first_error = exc
+        outcomes = future.result()
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if first_error is not None or errors:
+            raise first_error or errors[0]
+        from_loop, from_pool = iter(outcomes), iter(blocking)
+        return [next(from_loop) if i in on_loop else next(from_pool) for i in range(len(calls))]
 
     def close(self) -> None:
+        if self.rest is not None and self.loop is not None and self.loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(self.rest.aclose(), self.loop).result(timeout=5)
+            except Exception:  # closing is best effort
+                pass
         self.write_pool.shutdown(wait=False)
+
+
+def _is_coroutine_function(call: Any) -> bool:
+    while isinstance(call, functools.partial):
+        call = call.func
+    return asyncio.iscoroutinefunction(call)
+
+
+async def _gather(calls: list[Callable[[], Any]]) -> list[Any]:
+    return await asyncio.gather(*(call() for call in calls), return_exceptions=True)

@@ -93,6 +93,26 @@ def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -
     """The ``mlflow.log_feedback`` (and ``Feedback``) arguments for one result."""
     from mlflow.entities import AssessmentError, AssessmentSource
 
+    metadata = feedback_metadata(result, evaluation_id=evaluation_id)
+    source_type, source_id = source_of(result)
+    kwargs: dict[str, Any] = dict(
+        trace_id=trace_id,
+        name=result.name,
+        source=AssessmentSource(source_type=source_type, source_id=source_id),
+        metadata=metadata,
+        span_id=result.span_id,
+    )
+    if result.error is not None:
+        kwargs["error"] = AssessmentError(error_code=result.error.type, error_message=result.error.message)
+    else:
+        kwargs["value"] = float(result.score) if result.score is not None else None
+        if result.rationale is not None:
+            kwargs["rationale"] = result.rationale
+    return kwargs
+
+
+def feedback_metadata(result: JudgeResult, *, evaluation_id: str) -> dict[str, str]:
+    """The metadata (strings only) every assessment of ours carries; the key makes writes idempotent."""
     metadata = {
         KEY: result.key or "",
         EVALUATION_ID: evaluation_id,
@@ -114,21 +134,12 @@ def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -
         metadata["cache_key"] = result.cache_key or ""
     if result.truncated:
         metadata["truncated_chars"] = json.dumps(result.truncated, sort_keys=True)
-    source_type = "CODE" if result.model == "code" else "LLM_JUDGE"
-    kwargs: dict[str, Any] = dict(
-        trace_id=trace_id,
-        name=result.name,
-        source=AssessmentSource(source_type=source_type, source_id=(result.model or "unknown")[:250]),
-        metadata=metadata,
-        span_id=result.span_id,
-    )
-    if result.error is not None:
-        kwargs["error"] = AssessmentError(error_code=result.error.type, error_message=result.error.message)
-    else:
-        kwargs["value"] = float(result.score) if result.score is not None else None
-        if result.rationale is not None:
-            kwargs["rationale"] = result.rationale
-    return kwargs
+    return metadata
+
+
+def source_of(result: JudgeResult) -> tuple[str, str]:
+    """The assessment source (type, id): ``CODE`` for code judges, else ``LLM_JUDGE`` with the model."""
+    return ("CODE" if result.model == "code" else "LLM_JUDGE"), (result.model or "unknown")[:250]
 
 
 def feedback(trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None) -> Any:
@@ -214,10 +225,10 @@ def summary_calls(
     tags: dict[str, str],
     run_id: str | None,
     report: dict[str, Any] | None,
-    metrics: dict[str, float],
+    metrics: dict[str, float] | None,
     step: int = 0,
 ) -> list[Callable[[], Any]]:
-    """The MLflow calls that write trace tags, and the report (unless None) and metrics on the run
+    """The MLflow calls that write trace tags, and the report and metrics (each unless None) on the run
     (for :func:`write_all`).
 
     ``step`` is the metrics' step: the trace's start time in milliseconds, so that a run holding many
@@ -234,14 +245,15 @@ def summary_calls(
         now = int(time.time() * 1000)
         if report is not None:
             calls.append(functools.partial(call_mlflow, client.log_dict, run_id, report, report_path(trace_id)))
-        calls.append(
-            functools.partial(
-                call_mlflow,
-                client.log_batch,
-                run_id,
-                metrics=[Metric(k, float(v), step or now, step) for k, v in metrics.items()],
+        if metrics:
+            calls.append(
+                functools.partial(
+                    call_mlflow,
+                    client.log_batch,
+                    run_id,
+                    metrics=[Metric(k, float(v), step or now, step) for k, v in metrics.items()],
+                )
             )
-        )
     return calls
 
 

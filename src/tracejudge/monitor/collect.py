@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+from tracejudge.judges.model import quality_band
 from tracejudge.monitor.links import links_for
 from tracejudge.monitor.models import QualitySummary
 from tracejudge.monitor.rollup import ResultRecord, Rollup, TraceRecord, covered_since, load_rollup, rollup_from_traces
@@ -121,7 +122,8 @@ def trace_record(row: Any) -> TraceRecord:
         environment=environment,
         status=tags.get("tracejudge.status") or None,
         score=_float(score),
-        band=tags.get("tracejudge.band") or None,
+        # workers write only the status and score tags now; the band is the score's (older traces carry the tag)
+        band=tags.get("tracejudge.band") or quality_band(_float(score)),
         results=results,
     )
 

@@ -59,6 +59,9 @@ INVALID_TRACE_ID = "INVALID_TRACE_ID"
 INVALID_PAYLOAD = "INVALID_PAYLOAD"
 UNKNOWN_JUDGE = "UNKNOWN_JUDGE"
 NO_TARGETS = "NO_TARGETS"
+#: The trace tags every evaluation writes (what users filter on; see :func:`summary_calls`).
+STATUS_TAG = "tracejudge.status"
+SCORE_TAG = "tracejudge.score"
 ATTEMPT_TAG = "tracejudge.attempt"
 RETRY_OF_TAG = "tracejudge.retry_of"
 
@@ -121,8 +124,9 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
     state = runtime.state
     with state.trace_lock(request.trace_id, timeout=execution.overall_timeout_seconds + LOCK_WAIT_MARGIN_SECONDS) as held:
         # Read again now that we hold the lock: what another delivery wrote before we got it is seen (also
-        # when we did not have to wait: it may have released the lock just before we asked).
-        loaded = runtime.store.load_trace(request.trace_id)
+        # when we did not have to wait: it may have released the lock just before we asked). The spans do not
+        # change, so only the trace's info (assessments, tags) is read again.
+        loaded = runtime.store.refresh_assessments(loaded)
         # Only final results are reused (a score, a permanent error of the input). A transient failure
         # (timeout, rate limit, provider error, deadline, budget...) is judged again, and the new result
         # supersedes the failed assessment, so a trace never shows two valid ones for one (target, judge).
@@ -285,17 +289,19 @@ def summary_calls(
 ) -> list[Any]:
     """Trace tags, and the report and metrics on the trace's run (or the experiment's online run).
 
-    Sets ``verdict.artifact_uri``; returns the MLflow calls to make (see ``TraceStore.write_all``).
+    Two tags: ``tracejudge.status`` and ``tracejudge.score`` (what users filter on; the band is the
+    score's, the report's URI follows from the run and is in the verdict), plus the attempt/plan tags
+    when they apply. The report only as the artifact settings ask (``config.write_report``: not with
+    ``artifact_level: minimal`` or ``artifacts.quality: false``); the run metrics either way. Sets
+    ``verdict.artifact_uri``; returns the MLflow calls to make (see ``TraceStore.write_all``).
     """
     store = runtime.store
     run_id = store.report_run(loaded)
     if run_id is not None and config.write_report:
         verdict.artifact_uri = store.report_uri(run_id, loaded.trace_id)
     tags = {
-        "tracejudge.status": verdict.status,
-        "tracejudge.passed": "true" if verdict.passed else "false",
-        "tracejudge.score": "" if verdict.overall_score is None else f"{verdict.overall_score:.4f}",
-        "tracejudge.band": verdict.band or "",
+        STATUS_TAG: verdict.status,
+        SCORE_TAG: "" if verdict.overall_score is None else f"{verdict.overall_score:.4f}",
     }
     if verdict.attempt > 1 or verdict.retry_of:
         tags[ATTEMPT_TAG] = str(verdict.attempt)
@@ -303,15 +309,14 @@ def summary_calls(
         tags[RETRY_OF_TAG] = verdict.retry_of
     if plan:  # what it was judged with: pick-up and backfill skip it while the plan is unchanged
         tags[PLAN_TAG] = plan
-    if verdict.artifact_uri:
-        tags["tracejudge.artifact"] = verdict.artifact_uri
     return store.summary_calls(
         loaded.trace_id,
         run_id=run_id,
         tags=tags,
-        report=quality_report(verdict) if config.write_report else None,
+        report=quality_report(verdict) if verdict.artifact_uri else None,
         metrics=quality_metrics(verdict),
         step=loaded.timestamp_ms or 0,
+        experiment_id=loaded.experiment_id,
     )
 
 

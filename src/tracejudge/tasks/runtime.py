@@ -56,7 +56,12 @@ class Runtime:
         self.state: RedisState | NoRedisState = (
             RedisState.from_url(settings.redis_url, prefix=settings.key_prefix) if use_redis else NoRedisState()
         )
-        self.store = TraceStore(settings.mlflow_tracking_uri, write_concurrency=settings.write_concurrency)
+        self.store = TraceStore(
+            settings.mlflow_tracking_uri,
+            write_concurrency=settings.write_concurrency,
+            loop=self.loop.loop,
+            rest_writer=settings.rest_writer,
+        )
 
     def run(self, coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
         """Run a coroutine on this process's loop and wait for it (from any thread)."""

@@ -118,13 +118,22 @@ class RedisServer:
 
 
 class MlflowServer:
-    """``mlflow server`` on a sqlite store, with gunicorn workers; can be stopped and started again."""
+    """``mlflow server`` on a sqlite store (or ``backend_store_uri``, e.g. PostgreSQL), with gunicorn workers;
+    can be stopped and started again."""
 
-    def __init__(self, *, directory: str | os.PathLike[str] | None = None, port: int | None = None, workers: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        workers: int = 4,
+        backend_store_uri: str | None = None,
+    ) -> None:
         self.dir = Path(directory or tempfile.mkdtemp(prefix="tracejudge-mlflow-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.workers = workers
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.dir / 'mlflow.db'}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -137,7 +146,7 @@ class MlflowServer:
         mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
         cmd = [
             mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--backend-store-uri", f"sqlite:///{self.dir / 'mlflow.db'}",
+            "--backend-store-uri", self.backend_store_uri,
             "--artifacts-destination", str(self.dir / "artifacts"),
             "--gunicorn-opts", f"--workers {self.workers} --timeout 120",
         ]
