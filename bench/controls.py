@@ -53,10 +53,11 @@ def sampling_figure(n: int) -> None:
 def backfill_figure(traces: int, store: str, redis_url: str) -> None:
     import mlflow
     import redis
-    from mlflow import MlflowClient
 
     import tracejudge
     from tracejudge.backfill import run_backfill
+    from tracejudge.mlflow_io.store import TraceStore
+    from tracejudge.tasks.state import RedisState
     from tracejudge.config import load_config
     from tracejudge.testing.workflows import record_plain_trace
     from tracejudge.worker import reset_app
@@ -76,7 +77,7 @@ def backfill_figure(traces: int, store: str, redis_url: str) -> None:
         started = time.perf_counter()
         if label == "backfill":
             result = run_backfill(
-                client=MlflowClient(), redis=r, prefix=os.environ["TRACEJUDGE_KEY_PREFIX"], config=load_config(config),
+                store=TraceStore(store), state=RedisState(r, prefix=os.environ["TRACEJUDGE_KEY_PREFIX"]), config=load_config(config),
                 experiment_id=experiment_id, fingerprint="-", checkpoint="bench",
                 enqueue=lambda t: tracejudge.enqueue(t, config=config), max_queue=traces * 10,
             )

@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/gate_latency.py [--samples 30] [--latency-ms 200]
 
-A private stack (``tracejudge.testing.chaos.ChaosStack``: redis-server, a sqlite
+A private stack (``tests/chaos.py``'s ``ChaosStack``: redis-server, a sqlite
 MLflow store, the test LLM server, one ``tracejudge worker`` with default
 settings). Each sample records an ``article_writer`` trace in this process
 (MLflow's default asynchronous export), then ``enqueue(trace_id, gate=True)``
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the scenarios live in tests/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, pct  # noqa: E402
@@ -34,7 +35,7 @@ def _samples(stack: Any, n: int, *, flush: bool, latency_ms: float) -> list[floa
     import tracejudge
     from tracejudge.mlflow_io import export
     from tracejudge.testing import workflows
-    from tracejudge.testing.chaos import chaos_config
+    from tests.chaos import chaos_config
 
     config = chaos_config()
     original = export.flush_pending_traces
@@ -57,7 +58,7 @@ def _samples(stack: Any, n: int, *, flush: bool, latency_ms: float) -> list[floa
 
 def measure(*, samples: int = 30, baseline_samples: int = 8, latency_ms: float = 200, log: Any = None) -> dict[str, Any]:
     """Gate latency p50/p90 (ms, LLM latency subtracted), with the flush and without it (baseline)."""
-    from tracejudge.testing.chaos import ChaosStack
+    from tests.chaos import ChaosStack
 
     with ChaosStack(latency_ms=latency_ms) as stack:
         stack.worker("gate", concurrency=4)

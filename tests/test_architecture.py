@@ -28,6 +28,7 @@ LAYERS = {
     "enqueue": 5,
     "backfill": 5,  # judges traces already in MLflow through enqueue
     "cli_controls": 6,
+    "judge_quality": 6,  # tracejudge calibrate / agreement
     "display": 6,
     "cli": 6,
     "demo": 6,

@@ -73,14 +73,15 @@ def test_backfill_counts_waits_and_skips_what_is_judged(worker, experiment, caps
 
 def test_backfill_resumes_from_its_checkpoint(worker, experiment, pipeline_env, redis_url):
     import redis
-    from mlflow import MlflowClient
 
     from tracejudge.backfill import run_backfill
     from tracejudge.enqueue import resolve_config
+    from tracejudge.mlflow_io.store import TraceStore
+    from tracejudge.tasks.state import RedisState
 
     experiment_id, ids, config_path = experiment
     config = resolve_config(config_path)
-    r = redis.Redis.from_url(redis_url)
+    state = RedisState(redis.Redis.from_url(redis_url), prefix=pipeline_env["TRACEJUDGE_KEY_PREFIX"])
     sent: list[str] = []
 
     def interrupted(trace_id):
@@ -89,7 +90,7 @@ def test_backfill_resumes_from_its_checkpoint(worker, experiment, pipeline_env, 
         sent.append(trace_id)
         return tracejudge.enqueue(trace_id, config=config_path)
 
-    kwargs = dict(client=MlflowClient(), redis=r, prefix=pipeline_env["TRACEJUDGE_KEY_PREFIX"], config=config,
+    kwargs = dict(store=TraceStore(pipeline_env["MLFLOW_TRACKING_URI"]), state=state, config=config,
                   experiment_id=experiment_id, fingerprint="-", checkpoint=f"resume-{uuid.uuid4().hex[:6]}", page_size=4)
     with pytest.raises(KeyboardInterrupt):
         run_backfill(enqueue=interrupted, **kwargs)
@@ -106,10 +107,11 @@ def test_backfill_resumes_from_its_checkpoint(worker, experiment, pipeline_env, 
 
 def test_backfill_holds_back_while_the_queue_is_deep(experiment, pipeline_env, redis_url):
     import redis
-    from mlflow import MlflowClient
 
     from tracejudge.backfill import run_backfill
     from tracejudge.config import load_config
+    from tracejudge.mlflow_io.store import TraceStore
+    from tracejudge.tasks.state import RedisState
 
     experiment_id, ids, _ = experiment
     r = redis.Redis.from_url(redis_url)
@@ -125,7 +127,8 @@ def test_backfill_holds_back_while_the_queue_is_deep(experiment, pipeline_env, r
 
     threading.Thread(target=drain, daemon=True).start()
     result = run_backfill(
-        client=MlflowClient(), redis=r, prefix=prefix, config=load_config({}), experiment_id=experiment_id, fingerprint="-",
+        store=TraceStore(pipeline_env["MLFLOW_TRACKING_URI"]), state=RedisState(r, prefix=prefix), config=load_config({}),
+        experiment_id=experiment_id, fingerprint="-",
         checkpoint="bp", enqueue=lambda t: sent.append(t), max_queue=2, queue=queue, progress=lambda c, n: notes.append(n),
     )
     assert any("holding back" in n for n in notes)

@@ -155,54 +155,55 @@ def test_a_failed_scan_resumes_from_the_watermark(pipeline_env, mlflow_store, re
 
     from tracejudge.config import load_config
     from tracejudge.mlflow_io.reader import MlflowUnavailable
-    from tracejudge.tasks.online import WATERMARK_KEY, scan
+    from tracejudge.mlflow_io.store import TraceStore
+    from tracejudge.tasks.online import WATERMARK, scan
+    from tracejudge.tasks.state import RedisState
 
     name = f"online-fail-{uuid.uuid4().hex[:8]}"
     experiment_id = mlflow.create_experiment(name)
     config = load_config({"observability": {"mlflow": {"judges": {"online": {"experiments": [name], "delay_seconds": 0}}}}})
-    prefix = f"tjscan-{uuid.uuid4().hex[:8]}:"
-    r = redis.Redis.from_url(redis_url)
-    real = MlflowClient()
+    state = RedisState(redis.Redis.from_url(redis_url), prefix=f"tjscan-{uuid.uuid4().hex[:8]}:")
+    real = TraceStore(mlflow_store)
 
     class DownAfterLookup:
         """MLflow answers the experiment lookup, then goes down for the search."""
 
-        def __getattr__(self, name):
-            if name == "search_traces":
-                def down(*args, **kwargs):
-                    raise MlflowUnavailable("MLflow tracking server unavailable: Connection refused")
-                return down
-            return getattr(real, name)
+        def experiment_id(self, *args, **kwargs):
+            return real.experiment_id(*args, **kwargs)
+
+        def search_traces(self, *args, **kwargs):
+            raise MlflowUnavailable("MLflow tracking server unavailable: Connection refused")
 
     first = _record(experiment_id, 3, "first")
     sent: list[str] = []
-    kwargs = dict(redis=r, prefix=prefix, config=config, fingerprint="x", enqueue=lambda t, w: sent.append(t))
-    scan(client=real, **kwargs)
-    mark = int(r.get(f"{prefix}{WATERMARK_KEY}{experiment_id}"))
+    kwargs = dict(state=state, config=config, fingerprint="x", enqueue=lambda t, w: sent.append(t))
+    scan(store=real, **kwargs)
+    mark = int(state.watermarks.get(f"{WATERMARK}{experiment_id}"))
     assert sorted(sent) == sorted(first)
 
     second = _record(experiment_id, 2, "second")
     with pytest.raises(MlflowUnavailable):
-        scan(client=DownAfterLookup(), **kwargs)
-    assert int(r.get(f"{prefix}{WATERMARK_KEY}{experiment_id}")) == mark  # unchanged by the failed scan
-    scan(client=real, **kwargs)
+        scan(store=DownAfterLookup(), **kwargs)
+    assert int(state.watermarks.get(f"{WATERMARK}{experiment_id}")) == mark  # unchanged by the failed scan
+    scan(store=real, **kwargs)
     assert sorted(sent) == sorted(first + second)  # the next scan covered it, and nothing twice
 
 
 def test_unknown_experiment_and_bad_filter_name_the_key(pipeline_env, mlflow_store, redis_url):
     import redis
-    from mlflow import MlflowClient
 
     from tracejudge.config import load_config
-    from tracejudge.mlflow_io.search import BadFilter, UnknownExperiment, check_filter
+    from tracejudge.mlflow_io.store import BadFilter, TraceStore, UnknownExperiment
     from tracejudge.tasks.online import scan
+    from tracejudge.tasks.state import RedisState
 
+    store = TraceStore(mlflow_store)
     config = load_config({"observability": {"mlflow": {"judges": {"online": {"experiments": ["no-such-experiment-xyz"]}}}}})
     with pytest.raises(UnknownExperiment) as caught:
-        scan(client=MlflowClient(), redis=redis.Redis.from_url(redis_url), prefix="tjx:", config=config, fingerprint="x",
+        scan(store=store, state=RedisState(redis.Redis.from_url(redis_url), prefix="tjx:"), config=config, fingerprint="x",
              enqueue=lambda t, w: None)
     assert "observability.mlflow.judges.online.experiments[0]" in str(caught.value)
     assert "no-such-experiment-xyz" in str(caught.value)
     with pytest.raises(BadFilter) as bad:
-        check_filter(MlflowClient(), "0", "tags.env = = 'prod'")
+        store.search_traces(["0"], filter_string="tags.env = = 'prod'", max_results=1)
     assert "tags.env = = 'prod'" in str(bad.value) and "MLflow refused the filter" in str(bad.value)

@@ -228,7 +228,10 @@ def test_builtin_judges():
     }
     for judge in BUILTIN_JUDGES.values():
         assert judge.kind == "llm"
-        assert "0-1" in judge.prompt
+        # anchored: explicit criteria (incl. the empty-output case) and five described levels
+        assert [level.score for level in judge.rubric] == [1.0, 0.75, 0.5, 0.25, 0.0]
+        assert all(len(level.description) > 10 for level in judge.rubric)
+        assert "empty" in judge.criteria.lower()
         assert judge.threshold is None  # the environment threshold applies
         assert "output" in judge.variables
     assert "expected" in BUILTIN_JUDGES["answer_correctness"].variables
@@ -511,6 +514,18 @@ def test_parse_reply_valid_and_fenced():
     assert parse_reply('{"score": 0.5, "rationale": "x", "extra": 1}').score == 0.5
 
 
+def test_parse_reply_is_tolerant_of_form():
+    # any key order; the rationale-first order we ask for
+    assert parse_reply('{"rationale": "reasons first", "score": 0.6}').score == 0.6
+    # a score given as a numeric string
+    assert parse_reply('{"rationale": "x", "score": " 0.75 "}').score == 0.75
+    # an object wrapped in prose, or a fence after an explanation
+    wrapped = parse_reply('Let me think. The answer is on topic.\n{"rationale": "on topic", "score": 0.9}\nDone.')
+    assert wrapped.score == 0.9 and wrapped.rationale == "on topic"
+    after = parse_reply('Reasoning here.\n```json\n{"score": 0.4, "rationale": "partial"}\n```')
+    assert after.score == 0.4
+
+
 @pytest.mark.parametrize(
     ("content", "code"),
     [
@@ -524,7 +539,9 @@ def test_parse_reply_valid_and_fenced():
         ('{"score": -0.1}', errors.REPLY_OUT_OF_RANGE),
         ('{"score": NaN}', errors.REPLY_OUT_OF_RANGE),
         ('{"score": true, "rationale": "bool"}', errors.REPLY_INVALID),
-        ('{"score": "0.8"}', errors.REPLY_INVALID),
+        ('{"score": "high"}', errors.REPLY_INVALID),
+        ('{"score": "1.5"}', errors.REPLY_OUT_OF_RANGE),
+        ('{"score": []}', errors.REPLY_INVALID),
         ('{"score": null}', errors.REPLY_INVALID),
         ("[0.8]", errors.REPLY_INVALID),
     ],

@@ -58,8 +58,10 @@ def week_of_traces(now_ms: int) -> list:
 
 @pytest.fixture(scope="module")
 def store(mlflow_store):
+    # seed_mlflow waits for each trace in the store: it does not matter how an earlier module set up MLflow's exporter
     experiment_id = mlflow.create_experiment(f"monitor-dashboard-{time.time_ns()}")
-    return experiment_id, seed_mlflow(experiment_id, week_of_traces(int(time.time() * 1000)))
+    ids = seed_mlflow(experiment_id, week_of_traces(int(time.time() * 1000)))
+    return experiment_id, ids
 
 
 @pytest.fixture(scope="module")

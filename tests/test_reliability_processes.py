@@ -19,6 +19,7 @@ import shutil
 import pytest
 
 import tracejudge
+from tracejudge.verdict import QualityVerdict
 from tests.chaos import (
     JUDGES_PER_TRACE,
     ChaosStack,
@@ -102,17 +103,18 @@ def test_duplicate_delivery_one_after_the_other_and_at_the_same_time():
         calls = stack.llm_requests()
         assert calls == JUDGES_PER_TRACE
         before = {a.assessment_id for a in _feedbacks(first)}
-        again = send(body).get(timeout=60)
-        assert again["status"] == "passed" and again["judged"] == 0 and again["reused"] == JUDGES_PER_TRACE
+        # the task result is compact (fields at their defaults left out): read it as the handle does
+        again = QualityVerdict.model_validate(send(body).get(timeout=60))
+        assert again.status == "passed" and again.judged == 0 and again.reused == JUDGES_PER_TRACE
         assert stack.llm_requests() == calls, "the second delivery called the LLM again"
         assert {a.assessment_id for a in _feedbacks(first)} == before, "the second delivery wrote assessments"
 
         # (b) the same evaluation delivered twice at once (two task ids), on two workers
         body = payload(second)
         results = [send(body), send(body)]
-        verdicts = [r.get(timeout=90) for r in results]
-        assert all(v["status"] == "passed" for v in verdicts)
-        assert sorted(v["judged"] for v in verdicts) == [0, JUDGES_PER_TRACE], verdicts
+        verdicts = [QualityVerdict.model_validate(r.get(timeout=90)) for r in results]
+        assert all(v.status == "passed" for v in verdicts)
+        assert sorted(v.judged for v in verdicts) == [0, JUDGES_PER_TRACE], [v.headline() for v in verdicts]
         assert stack.llm_requests() - calls == JUDGES_PER_TRACE, "both deliveries judged"
         audit = audit_traces([first, second])
         assert audit.exact, audit.problems

@@ -26,7 +26,7 @@ from typing import Any
 from tracejudge.config import TraceJudgeConfig
 from tracejudge.config.settings import redact_url
 
-CHECKPOINT_KEY = "tracejudge:backfill:"
+CHECKPOINT = "backfill:"
 CHECKPOINT_TTL_SECONDS = 30 * 24 * 3600
 DEFAULT_MAX_QUEUE = 1000
 PROBE_TIMEOUT_SECONDS = 1.5
@@ -120,12 +120,12 @@ def probe_tracking_server(uri: str | None, *, timeout: float = PROBE_TIMEOUT_SEC
         raise BackfillError(f"MLflow at {redact_url(uri)} is unreachable ({reason}); is the tracking server running?") from None
 
 
-def check_mlflow(client: Any, uri: str | None, *, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
+def check_mlflow(store: Any, uri: str | None, *, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
     """Fail in about ``timeout`` seconds, URI redacted, when the tracking store does not answer."""
     import concurrent.futures
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    future = pool.submit(client.search_experiments, max_results=1)
+    future = pool.submit(lambda: store.client.search_experiments(max_results=1))
     shown = redact_url(uri or "the default tracking URI")
     try:
         future.result(timeout=timeout)
@@ -144,9 +144,8 @@ def queue_depth(redis: Any, queue: str, prefix: str = "") -> int:
 
 def run_backfill(
     *,
-    client: Any,
-    redis: Any,
-    prefix: str,
+    store: Any,
+    state: Any,
     config: TraceJudgeConfig,
     experiment_id: str,
     fingerprint: str,
@@ -168,18 +167,20 @@ def run_backfill(
 ) -> BackfillResult:
     """Page through the experiment's traces and enqueue each one to judge (see the module docstring).
 
+    ``store`` is the :class:`~tracejudge.mlflow_io.store.TraceStore`, ``state`` the
+    :class:`~tracejudge.tasks.state.RedisState` (checkpoint, queue depth);
     ``enqueue(trace_id)`` returns a handle (``status == 'skipped'`` when sampling left it out).
     """
-    from tracejudge.mlflow_io.search import search_page, time_filter
+    from tracejudge.mlflow_io.search import time_filter
     from tracejudge.tasks.judged import already_judged
     from tracejudge.tasks.sampling import filter_reason, sampling_decision
 
-    key = f"{prefix}{CHECKPOINT_KEY}{checkpoint}"
+    name = f"{CHECKPOINT}{checkpoint}"
     counts = BackfillCounts()
     token: str | None = None
     resumed = False
     if resume and not dry_run:
-        raw = redis.get(key)
+        raw = state.watermarks.get(name)
         if raw:
             saved = json.loads(raw)
             if saved.get("done"):
@@ -197,25 +198,24 @@ def run_backfill(
     def save(page_token: str | None, done: bool) -> None:
         if dry_run:
             return
-        state = {"counts": asdict(counts), "page_token": page_token, "since_ms": since_ms, "until_ms": until_ms, "done": done}
-        redis.set(key, json.dumps(state), ex=CHECKPOINT_TTL_SECONDS)
+        saved = {"counts": asdict(counts), "page_token": page_token, "since_ms": since_ms, "until_ms": until_ms, "done": done}
+        state.watermarks.set(name, json.dumps(saved), ttl_seconds=CHECKPOINT_TTL_SECONDS)
 
     finished = False
     while True:
-        page = search_page(client, experiment_id, filter_string=query, page_token=token, page_size=page_size)
-        for trace in page.traces:
+        page = store.search_traces([experiment_id], filter_string=query, page_token=token, max_results=page_size)
+        for info in page.traces:
             if max_traces is not None and counts.seen >= max_traces:
                 finished = True
                 break
-            info = trace.info
             counts.seen += 1
             tags = dict(getattr(info, "tags", None) or {})
-            state = str(getattr(info, "state", "") or "").rsplit(".", 1)[-1].upper()
-            if state == "IN_PROGRESS":
+            trace_state = str(getattr(info, "state", "") or "").rsplit(".", 1)[-1].upper()
+            if trace_state == "IN_PROGRESS":
                 counts.unfinished += 1
             elif not force and already_judged(tags, fingerprint):
                 counts.skipped_judged += 1
-            elif filter_reason(filters, workflow=tags.get("mlflow.traceName"), tags=tags, state=state) is not None:
+            elif filter_reason(filters, workflow=tags.get("mlflow.traceName"), tags=tags, state=trace_state) is not None:
                 counts.skipped_filter += 1
             elif dry_run:
                 if sampling_decision(info.trace_id, config, sample=sample) is not None:
@@ -225,7 +225,7 @@ def run_backfill(
                     if len(result.sample_ids) < sample_size:
                         result.sample_ids.append(info.trace_id)
             else:
-                while max_queue and queue_depth(redis, queue, prefix) > max_queue:
+                while max_queue and queue_depth(state.redis, queue, state.prefix) > max_queue:
                     note(counts, f"holding back: queue deeper than {max_queue}")
                     time.sleep(0.5)
                 handle = enqueue(info.trace_id)
@@ -239,11 +239,11 @@ def run_backfill(
             note(counts, "")
         # The checkpoint resumes at the next page: a page is redone at most once after an interruption,
         # and traces enqueued twice are judged once (reused results).
-        finished = finished or not page.next_token
-        save(None if finished else page.next_token, finished)
+        finished = finished or not page.next_page_token
+        save(None if finished else page.next_page_token, finished)
         if finished:
             break
-        token = page.next_token
+        token = page.next_page_token
     result.seconds = time.perf_counter() - started
     return result
 

@@ -12,6 +12,8 @@
     tracejudge report --experiment-id 1      judged quality over a window (table, json, html, md)
     tracejudge dashboard [--port 8050]       the quality dashboard (loopback by default)
     tracejudge alerts check --once           check the quality alert rules; exit 1 when one fires
+    tracejudge calibrate --judge relevance   run a judge over a labelled set; agreement figures
+    tracejudge agreement --experiment-id 1   judge-vs-human agreement from people's feedback in MLflow
 """
 
 from __future__ import annotations
@@ -153,7 +155,42 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the outcome as JSON")
     c.set_defaults(func=cmd_alerts_check)
     p.set_defaults(func=lambda a: (p.print_help(), EXIT_ERROR)[1])
+
+    # (q, not p: the alerts parser's default above reads p when it runs)
+    q = sub.add_parser(
+        "calibrate",
+        help="run one judge over a labelled set and print its agreement with the labels",
+        description="Run one judge over a labelled JSONL set (default: the set shipped for a built-in judge) "
+        "with the workers' client, timeouts and rate limit; print Spearman, Kendall, MAE, pass/fail accuracy, "
+        "Cohen's kappa, the confusion matrix and the largest disagreements.",
+    )
+    q.add_argument("--judge", required=True, help="the judge's name (built-in, custom in the config, or registered)")
+    q.add_argument("--dataset", help="JSONL file: one item a line, the judge's variables and a label (0..1 or pass/fail)")
+    q.add_argument("--model", help="judge model (default: the judge's, else $TRACEJUDGE_JUDGE_MODEL or gpt-4o-mini)")
+    q.add_argument("--threshold", type=float, help="pass/fail threshold (default: the judge's, else the environment's)")
+    q.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json")
+    q.add_argument("--config", help="YAML config file (default: $TRACEJUDGE_CONFIG)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=lambda a: _judge_quality("cmd_calibrate", a))
+
+    q = sub.add_parser(
+        "agreement",
+        help="judge-vs-human agreement from people's feedback (HUMAN assessments) in MLflow",
+        description="Pair our judges' scores with people's feedback on the same span and judge name (MLflow "
+        "assessments with source HUMAN) and print the calibrate figures per judge and judge version.",
+    )
+    q.add_argument("--experiment-id", "--experiment", dest="experiment", required=True, help="experiment id or name")
+    q.add_argument("--since", default="30d", help="window start: 90m, 24h, 30d, 2w or an ISO date/time (default 30d)")
+    q.add_argument("--until", help="window end (default now), same forms as --since")
+    q.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json")
+    q.set_defaults(func=lambda a: _judge_quality("cmd_agreement", a))
     return parser
+
+
+def _judge_quality(command: str, args: argparse.Namespace) -> int:
+    from tracejudge import judge_quality
+
+    return int(getattr(judge_quality, command)(args))
 
 
 def _monitor_options(p: argparse.ArgumentParser) -> None:

@@ -47,16 +47,19 @@ def backfill_command(args: argparse.Namespace) -> int:
     except (ConfigError, BackfillError) as exc:
         return _error(str(exc))
 
-    from mlflow import MlflowClient
-
+    from tracejudge.judges.registry import UnknownJudgeError, default_registry
     from tracejudge.mlflow_io.reader import MlflowUnavailable
-    from tracejudge.mlflow_io.search import BadFilter, UnknownExperiment, check_filter, resolve_experiment
+    from tracejudge.mlflow_io.store import BadFilter, TraceStore, UnknownExperiment
+    from tracejudge.tasks.judged import plan_fingerprint
+    from tracejudge.tasks.runtime import import_judge_modules
+    from tracejudge.tasks.state import RedisState
 
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri) if settings.mlflow_tracking_uri else MlflowClient()
+    store = TraceStore(settings.mlflow_tracking_uri)
     try:
-        check_mlflow(client, settings.mlflow_tracking_uri)
-        experiment_id = resolve_experiment(client, args.experiment_id, where="--experiment-id")
-        check_filter(client, experiment_id, args.filter_string)
+        check_mlflow(store, settings.mlflow_tracking_uri)
+        experiment_id = store.experiment_id(args.experiment_id, where="--experiment-id")
+        if args.filter_string:  # MLflow's own verdict on the filter, now rather than mid-run
+            store.search_traces([experiment_id], filter_string=args.filter_string, max_results=1)
     except (BackfillError, UnknownExperiment, BadFilter) as exc:
         return _error(str(exc))
     except MlflowUnavailable as exc:
@@ -64,20 +67,15 @@ def backfill_command(args: argparse.Namespace) -> int:
 
     import redis
 
-    from tracejudge.judges.registry import default_registry
-    from tracejudge.tasks.judged import plan_fingerprint
-    from tracejudge.tasks.runtime import import_judge_modules, key_prefix
-
-    r = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+    state = RedisState.from_url(settings.redis_url, prefix=settings.key_prefix)
     if not args.dry_run:
         try:
-            r.ping()
+            redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5).ping()
         except redis.exceptions.RedisError as exc:
             return _error(f"Redis at {redact_url(settings.redis_url)} is unreachable ({exc})")
-    import_judge_modules()
+    import_judge_modules(settings.judge_modules)
     judges = [j.strip() for j in args.judges.split(",") if j.strip()] if args.judges else None
     from tracejudge.config import JudgeRef
-    from tracejudge.judges.registry import UnknownJudgeError
 
     refs = [JudgeRef(name=n) for n in judges] if judges else None
     try:
@@ -112,7 +110,7 @@ def backfill_command(args: argparse.Namespace) -> int:
                 progress.update(task, completed=counts.seen, description=text + (f" | {note}" if note else ""))
 
             result = run_backfill(
-                client=client, redis=r, prefix=key_prefix(), config=config, experiment_id=experiment_id,
+                store=store, state=state, config=config, experiment_id=experiment_id,
                 fingerprint=fingerprint, enqueue=enqueue, since_ms=since_ms, until_ms=until_ms,
                 filter_string=args.filter_string, sample=args.sample, force=args.force, dry_run=args.dry_run,
                 max_traces=args.max_traces, resume=args.resume, checkpoint=checkpoint, max_queue=args.max_queue,
@@ -163,17 +161,16 @@ def budget_command(args: argparse.Namespace) -> int:
     from tracejudge.config import ConfigError, Settings
     from tracejudge.config.settings import redact_url
     from tracejudge.enqueue import resolve_config
-    from tracejudge.tasks.budget import read_spend
-    from tracejudge.tasks.runtime import key_prefix
+    from tracejudge.tasks.state import RedisState
 
     try:
         settings = Settings.from_env()
         config = resolve_config(args.config)
     except ConfigError as exc:
         return _error(str(exc))
-    r = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    state = RedisState(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5), prefix=settings.key_prefix)
     try:
-        report = read_spend(r, prefix=key_prefix(), day=args.day, limit_usd=config.judges.budget.daily_usd)
+        report = state.spend(day=args.day, limit_usd=config.judges.budget.daily_usd)
     except redis.exceptions.RedisError as exc:
         return _error(f"Redis at {redact_url(settings.redis_url)} is unreachable ({exc})")
     if args.json:

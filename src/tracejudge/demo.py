@@ -25,7 +25,9 @@ from urllib.parse import urlsplit
 from tracejudge.testing.processes import RedisServer, WorkerProcess
 
 DEMO_CONFIG = """\
-# The design document's judge configuration (section 4.4) and quality gate (section 5.4).
+# A complete tracejudge config: judges on every target and on named nodes, the quality gate and quality retry.
+# Check it with `.venv/bin/tracejudge validate-config examples/tracejudge.yaml`; pass it as `enqueue(..., config=...)`
+# or to the workers as TRACEJUDGE_CONFIG.
 observability:
   mlflow:
     enabled: true

@@ -38,6 +38,7 @@ __all__ = [
     "JudgeRef",
     "ExecutionConfig",
     "CustomJudgeConfig",
+    "RubricLevelConfig",
     "JudgesConfig",
     "QualityGateConfig",
     "QualityRetryConfig",
@@ -150,6 +151,16 @@ class ExecutionConfig(_Section):
     overall_timeout_seconds: _Number = 300.0
     #: Judge calls per second to one model of the endpoint, shared by all workers (through Redis).
     rate_limit_per_second: _Number | None = None
+    #: How LLM judges' scores are read: "direct" (the reply's score) or "logprobs" (G-Eval: levels
+    #: weighted by the model's token probabilities); a judge's own ``scoring`` wins.
+    scoring: Literal["direct", "logprobs"] = "direct"
+    #: Replies per judge call, averaged, with their spread recorded (self-consistency). Cost multiplies.
+    samples: _Count = 1
+
+    @field_validator("samples")
+    @classmethod
+    def _samples(cls, value: int) -> int:
+        return _check_samples(value)
 
     @field_validator("rate_limit_per_second")
     @classmethod
@@ -192,6 +203,29 @@ class ExecutionConfig(_Section):
         return self.max_attempts if self.retry_on_failure else 1
 
 
+MAX_SAMPLES = 10
+
+
+def _check_samples(value: int) -> int:
+    if not 1 <= value <= MAX_SAMPLES:
+        raise ValueError(f"must be a whole number from 1 to {MAX_SAMPLES} (got {show(value)})")
+    return value
+
+
+class RubricLevelConfig(_Section):
+    """One anchored level of a custom judge's ``rubric:``: ``{score: 0.75, description: "..."}``."""
+
+    score: Score
+    description: str
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must say what earns this score (a one-line description)")
+        return value
+
+
 class CustomJudgeConfig(_Section):
     """A judge defined in YAML: the design's ``make_genai_metric(...)`` as data.
 
@@ -208,6 +242,32 @@ class CustomJudgeConfig(_Section):
     aggregations: list[Literal["mean", "variance", "min", "max", "median", "p90"]] = Field(default_factory=list)
     greater_is_better: bool = True
     threshold: Score | None = None
+    #: What to check, what to ignore, how to treat empty or off-topic output (shown before the rubric).
+    criteria: str = ""
+    #: Anchored levels, e.g. five: 1.0, 0.75, 0.5, 0.25, 0.0, each with a one-line description.
+    rubric: list[RubricLevelConfig] = Field(default_factory=list)
+    scoring: Literal["direct", "logprobs"] | None = None
+    samples: _Count | None = None
+
+    @field_validator("samples")
+    @classmethod
+    def _samples(cls, value: int | None) -> int | None:
+        return None if value is None else _check_samples(value)
+
+    @field_validator("rubric")
+    @classmethod
+    def _rubric(cls, value: list[RubricLevelConfig]) -> list[RubricLevelConfig]:
+        if value and not 2 <= len(value) <= 9:
+            raise ValueError(f"needs 2 to 9 levels (got {len(value)})")
+        seen: dict[float, int] = {}
+        for index, level in enumerate(value):
+            if level.score in seen:
+                raise FieldProblem(
+                    f"score {level.score:g} is used twice (also at [{seen[level.score]}]); levels need distinct scores",
+                    loc=(index, "score"),
+                )
+            seen[level.score] = index
+        return value
 
     @field_validator("name")
     @classmethod

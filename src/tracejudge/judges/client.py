@@ -1,9 +1,10 @@
 """The LLM side of a judge call: one ``openai`` async client, JSON replies, timeouts, retries.
 
 One :class:`LLMClient` (and so one HTTP connection pool) serves every judge
-call of a process. Each call asks for a JSON ``{score, rationale}`` reply
-through ``response_format`` with a JSON schema; an endpoint that rejects
-``response_format`` with a 400 is asked again without it, and remembered.
+call of a process. Each call asks for a JSON ``{rationale, score}`` reply (reasoning first)
+through ``response_format`` with a JSON schema; an endpoint that refuses the
+schema's bounds, logprobs or ``response_format`` itself with a 400 is asked
+again without them, and remembered (ranges are always checked here).
 
 Retries (tenacity): 429, 5xx, timeouts and dropped connections, with
 exponential backoff and jitter, honouring ``Retry-After``; an invalid reply
@@ -21,6 +22,7 @@ import asyncio
 import inspect
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -29,12 +31,11 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import openai
-from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from tracejudge.judges import errors
 from tracejudge.judges.errors import JudgeError, JudgeReplyError
-from tracejudge.judges.model import JudgeReply, TokenUsage
+from tracejudge.judges.model import JudgeReply, RubricLevel, TokenUsage
 
 try:  # openai >= 3 ships on httpx2; older releases on httpx
     import httpx2 as _httpx  # type: ignore[import-not-found]
@@ -52,6 +53,7 @@ PROVIDER_FAILURE_TTL = 30.0
 DEFAULT_MAX_CONNECTIONS = 256
 JUDGE_HEADER = "X-Tracejudge-Judge"
 
+#: The reply schema: ``rationale`` first, so a model that writes keys in schema order reasons before it scores.
 REPLY_SCHEMA: dict[str, Any] = {
     "type": "json_schema",
     "json_schema": {
@@ -60,14 +62,57 @@ REPLY_SCHEMA: dict[str, Any] = {
         "schema": {
             "type": "object",
             "properties": {
-                "score": {"type": "number", "minimum": 0, "maximum": 1},
                 "rationale": {"type": "string"},
+                "score": {"type": "number", "minimum": 0, "maximum": 1},
             },
-            "required": ["score", "rationale"],
+            "required": ["rationale", "score"],
             "additionalProperties": False,
         },
     },
 }
+TOP_LOGPROBS = 10
+
+
+def level_schema(count: int) -> dict[str, Any]:
+    """The reply schema of the ``logprobs`` mode: reasoning, then a level number 1..count."""
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "judge_level_reply",
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "rationale": {"type": "string"},
+                    "level": {"type": "integer", "enum": list(range(1, count + 1))},
+                },
+                "required": ["rationale", "level"],
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
+def without_bounds(response_format: dict[str, Any]) -> dict[str, Any]:
+    """The same schema without ``minimum``/``maximum`` (some strict providers refuse them); we check ranges."""
+    copy = json.loads(json.dumps(response_format))
+    for prop in copy["json_schema"]["schema"]["properties"].values():
+        prop.pop("minimum", None)
+        prop.pop("maximum", None)
+    return copy
+
+
+def _has_bounds(response_format: Any) -> bool:
+    try:
+        properties = response_format["json_schema"]["schema"]["properties"].values()
+    except (KeyError, TypeError, AttributeError):
+        return False
+    return any(isinstance(p, dict) and ("minimum" in p or "maximum" in p) for p in properties)
+
+
+_BOUNDS_WORDS = re.compile(r"\b(minimum|maximum)\b", re.IGNORECASE)
+_LOGPROBS_WORDS = re.compile(r"logprobs", re.IGNORECASE)
+_LEVEL_VALUE = re.compile(r'"level"\s*:\s*"?(\d+)')
 _RESPONSE_FORMAT_WORDS = re.compile(r"response_format|json_schema", re.IGNORECASE)
 _CODE_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL | re.IGNORECASE)
 
@@ -92,6 +137,19 @@ class LLMReply:
     tokens: TokenUsage
     attempts: int
     model: str
+    #: "direct" (the reply's own score or level) or "logprobs" (probability-weighted levels).
+    scoring: str = "direct"
+    #: Why ``logprobs`` was asked for but not used; None when it was used or not asked for.
+    scoring_fallback: str | None = None
+
+
+@dataclass
+class Completion:
+    """One chat completion as the client needs it: the text, the tokens paid, the token logprobs."""
+
+    content: str
+    usage: TokenUsage
+    logprobs: list[Any] | None = None
 
 
 class LLMClient:
@@ -120,6 +178,8 @@ class LLMClient:
         self.rate_limiter = rate_limiter
         self._backoff = _exponential_jitter(backoff_initial, backoff_max)
         self._no_response_format: set[str] = set()
+        self._unbounded_schema: set[str] = set()  # models whose provider refuses minimum/maximum
+        self._no_logprobs: set[str] = set()  # models whose provider refuses logprobs
         self._provider_failure: tuple[JudgeError, float] | None = None
         self._openai = openai.AsyncOpenAI(
             base_url=base_url,
@@ -147,12 +207,19 @@ class LLMClient:
         timeout_seconds: float | None = None,
         max_attempts: int | None = None,
         limiter: SharedLimiter | None = None,
+        levels: tuple[RubricLevel, ...] = (),
     ) -> LLMReply:
-        """Ask the model for a ``{score, rationale}`` reply; raise :class:`JudgeError` on failure.
+        """Ask the model for a ``{rationale, score}`` reply; raise :class:`JudgeError` on failure.
 
         ``limiter`` (optional) is waited on before every attempt and told of every 429.
+        ``levels`` (the ``logprobs`` mode, G-Eval): the reply names a level number
+        instead, logprobs are requested, and the score is the probability-weighted
+        mean of the levels' scores; without logprobs from the endpoint, the named
+        level's score, with the reason recorded in ``scoring_fallback``.
         """
         attempts = 0
+        fallback: str | None = None
+        scoring = "direct"
         timeout = timeout_seconds or self.timeout_seconds
         tokens = TokenUsage()
         request_parameters = self._request_parameters(parameters or {}, judge)
@@ -176,17 +243,22 @@ class LLMClient:
                         self._fail_fast_if_refused()  # refused while we waited for a slot
                     attempts += 1
                     try:
-                        content, usage = await self._complete(model, messages, judge, request_parameters, timeout)
+                        completion = await self._complete(
+                            model, messages, judge, request_parameters, timeout, levels=len(levels)
+                        )
                     except openai.RateLimitError as exc:
                         if limiter is not None and _error_code(exc) != "insufficient_quota":
                             wait = _retry_after_seconds(exc)
                             await limiter.cool_down(model, min(wait if wait is not None else 1.0, RETRY_AFTER_MAX_SECONDS))
                         raise
-                    tokens.prompt += usage.prompt
-                    tokens.completion += usage.completion
+                    tokens.prompt += completion.usage.prompt
+                    tokens.completion += completion.usage.completion
                     # An unusable reply (not JSON, a field missing, out of range) is
                     # retried like a transient failure; the last one's error is kept.
-                    reply = parse_reply(content)
+                    if levels:
+                        reply, scoring, fallback = self._level_reply(model, completion, levels)
+                    else:
+                        reply = parse_reply(completion.content)
         except JudgeError as exc:
             exc.attempts = attempts
             if isinstance(exc, JudgeReplyError):
@@ -200,38 +272,98 @@ class LLMClient:
             if error.code in errors.PROVIDER_WIDE:
                 self._provider_failure = (error, time.monotonic())
             raise error from exc
-        return LLMReply(reply=reply, tokens=tokens, attempts=attempts, model=model)
+        return LLMReply(
+            reply=reply, tokens=tokens, attempts=attempts, model=model, scoring=scoring, scoring_fallback=fallback
+        )
+
+    def _level_reply(
+        self, model: str, completion: Completion, levels: tuple[RubricLevel, ...]
+    ) -> tuple[JudgeReply, str, str | None]:
+        level, rationale = parse_level_reply(completion.content, len(levels))
+        if model in self._no_logprobs:
+            return JudgeReply(score=levels[level - 1].score, rationale=rationale), "direct", (
+                f"{self.host} refuses logprobs for {model}"
+            )
+        weighted = weighted_level_score(completion.content, completion.logprobs, levels)
+        if weighted is None:
+            reason = (
+                "the endpoint returned no logprobs"
+                if not completion.logprobs
+                else "the logprobs did not cover the level token"
+            )
+            return JudgeReply(score=levels[level - 1].score, rationale=rationale), "direct", reason
+        return JudgeReply(score=weighted, rationale=rationale), "logprobs", None
 
     async def _complete(
-        self, model: str, messages: list[dict[str, str]], judge: str | None, parameters: dict[str, Any], timeout: float
-    ) -> tuple[str, TokenUsage]:
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        judge: str | None,
+        parameters: dict[str, Any],
+        timeout: float,
+        *,
+        levels: int = 0,
+    ) -> Completion:
+        """Make one chat completion call: the one place a request is sent and its tokens known.
+
+        Falls back, once per model and remembered: a 400 about ``minimum``/``maximum``
+        -> the schema without them (ranges are still checked by :func:`parse_reply`);
+        a 400 about ``logprobs`` -> no logprobs; a 400 about ``response_format`` ->
+        plain JSON instructions.
+        """
         headers = {JUDGE_HEADER: judge} if judge else None
-        use_format = model not in self._no_response_format
-        plain = {k: v for k, v in parameters.items() if k != "response_format"}
-        # A judge's own response_format (e.g. json_object) wins over the JSON schema.
-        formatted = {"response_format": REPLY_SCHEMA, **parameters} if use_format else plain
-        async with asyncio.timeout(timeout):
+        for fallbacks_left in range(3, -1, -1):  # each fallback applies once: the loop ends
+            kwargs = self._call_parameters(model, parameters, levels)
             try:
-                completion = await self._openai.chat.completions.create(
-                    model=model,
-                    messages=messages,  # type: ignore[arg-type]
-                    extra_headers=headers,
-                    timeout=timeout,
-                    **formatted,
-                )
+                async with asyncio.timeout(timeout):
+                    completion = await self._openai.chat.completions.create(
+                        model=model,
+                        messages=messages,  # type: ignore[arg-type]
+                        extra_headers=headers,
+                        timeout=timeout,
+                        **kwargs,
+                    )
+                break
             except openai.BadRequestError as exc:
-                if not use_format or not _RESPONSE_FORMAT_WORDS.search(str(exc)):
+                if not fallbacks_left or not self._learn_from_400(model, str(exc), kwargs):
                     raise
-                log.info("endpoint %s rejects response_format for model %s; using plain JSON instructions", self.host, model)
-                self._no_response_format.add(model)
-                completion = await self._openai.chat.completions.create(
-                    model=model, messages=messages, extra_headers=headers, timeout=timeout, **plain  # type: ignore[arg-type]
-                )
         usage = TokenUsage()
         if completion.usage is not None:
             usage = TokenUsage(prompt=completion.usage.prompt_tokens or 0, completion=completion.usage.completion_tokens or 0)
-        content = completion.choices[0].message.content if completion.choices else None
-        return content or "", usage
+        choice = completion.choices[0] if completion.choices else None
+        content = choice.message.content if choice is not None else None
+        logprobs = getattr(getattr(choice, "logprobs", None), "content", None)
+        return Completion(content=content or "", usage=usage, logprobs=list(logprobs) if logprobs else None)
+
+    def _call_parameters(self, model: str, parameters: dict[str, Any], levels: int) -> dict[str, Any]:
+        kwargs = {k: v for k, v in parameters.items() if k != "response_format"}
+        if model not in self._no_response_format:
+            schema = level_schema(levels) if levels else REPLY_SCHEMA
+            if model in self._unbounded_schema:
+                schema = without_bounds(schema)
+            # A judge's own response_format (e.g. json_object) wins over the JSON schema.
+            kwargs["response_format"] = parameters.get("response_format", schema)
+        if levels and model not in self._no_logprobs:
+            kwargs["logprobs"] = True
+            kwargs["top_logprobs"] = TOP_LOGPROBS
+        return kwargs
+
+    def _learn_from_400(self, model: str, message: str, sent: dict[str, Any]) -> bool:
+        """Whether a 400 names something we can drop and ask again without (remembered per model)."""
+        if _has_bounds(sent.get("response_format")) and _BOUNDS_WORDS.search(message):
+            if model not in self._unbounded_schema:
+                log.info("endpoint %s refuses minimum/maximum in the reply schema of %s; ranges checked here", self.host, model)
+            self._unbounded_schema.add(model)
+            return True
+        if sent.get("logprobs") and _LOGPROBS_WORDS.search(message):
+            log.info("endpoint %s refuses logprobs for %s; scoring from the named level instead", self.host, model)
+            self._no_logprobs.add(model)
+            return True
+        if "response_format" in sent and _RESPONSE_FORMAT_WORDS.search(message):
+            log.info("endpoint %s rejects response_format for model %s; using plain JSON instructions", self.host, model)
+            self._no_response_format.add(model)
+            return True
+        return False
 
     def _request_parameters(self, parameters: dict[str, Any], judge: str | None) -> dict[str, Any]:
         """A judge's ``parameters`` as keyword arguments for ``chat.completions.create``.
@@ -320,9 +452,79 @@ class LLMClient:
 def parse_reply(content: str | None) -> JudgeReply:
     """Validate a judge model's reply: a JSON object with a 0..1 ``score`` and a ``rationale``.
 
-    >>> parse_reply('{"score": 0.8, "rationale": "ok"}').score
+    Tolerant of form, strict on meaning: any key order, a fenced or prose-wrapped
+    object, a score given as a numeric string are accepted; a missing, non-numeric
+    or out-of-range score is an error (the range is always checked here, whatever
+    the provider's schema support).
+
+    >>> parse_reply('{"rationale": "ok", "score": 0.8}').score
     0.8
+    >>> parse_reply('Here you go: {"score": "0.25", "rationale": "thin"}').score
+    0.25
     """
+    data = _reply_object(content)
+    if "score" not in data:
+        raise JudgeReplyError(
+            errors.REPLY_MISSING_FIELD, f"the judge reply has no 'score' field (fields: {sorted(data)}): {_preview(str(data))}"
+        )
+    score = _number(data["score"])
+    if score is None:
+        raise JudgeReplyError(errors.REPLY_INVALID, f"the judge reply's score is not a number: {data['score']!r}")
+    if not 0.0 <= score <= 1.0:
+        raise JudgeReplyError(errors.REPLY_OUT_OF_RANGE, f"the judge reply's score {data['score']!r} is outside 0..1")
+    return JudgeReply(score=score, rationale=_rationale(data))
+
+
+def parse_level_reply(content: str | None, count: int) -> tuple[int, str]:
+    """The level number (1..count) and rationale of a ``logprobs``-mode reply.
+
+    >>> parse_level_reply('{"rationale": "fits level 4", "level": 4}', 5)
+    (4, 'fits level 4')
+    """
+    data = _reply_object(content)
+    if "level" not in data:
+        raise JudgeReplyError(
+            errors.REPLY_MISSING_FIELD, f"the judge reply has no 'level' field (fields: {sorted(data)}): {_preview(str(data))}"
+        )
+    level = _number(data["level"])
+    if level is None or level != int(level):
+        raise JudgeReplyError(errors.REPLY_INVALID, f"the judge reply's level is not a whole number: {data['level']!r}")
+    if not 1 <= int(level) <= count:
+        raise JudgeReplyError(errors.REPLY_OUT_OF_RANGE, f"the judge reply's level {data['level']!r} is outside 1..{count}")
+    return int(level), _rationale(data)
+
+
+def weighted_level_score(content: str, logprobs: list[Any] | None, levels: tuple[RubricLevel, ...]) -> float | None:
+    """G-Eval: the levels' scores weighted by the probability of each level digit, where the reply wrote it.
+
+    ``levels[i - 1]`` is level ``i``. None when the logprobs do not cover the level's token.
+    """
+    if not logprobs:
+        return None
+    match = _LEVEL_VALUE.search(content)
+    if match is None:
+        return None
+    position, offset = match.start(1), 0
+    for token in logprobs:
+        text = getattr(token, "token", "") or ""
+        if offset <= position < offset + len(text) or (not text and offset == position):
+            candidates = list(getattr(token, "top_logprobs", None) or []) or [token]
+            weights: dict[int, float] = {}
+            for candidate in candidates:
+                digit = (getattr(candidate, "token", "") or "").strip().strip('"')
+                if digit.isdigit() and 1 <= int(digit) <= len(levels):
+                    probability = math.exp(float(getattr(candidate, "logprob", -math.inf)))
+                    weights[int(digit)] = weights.get(int(digit), 0.0) + probability
+            total = sum(weights.values())
+            if total <= 0:
+                return None
+            score = sum(p * levels[d - 1].score for d, p in weights.items()) / total
+            return round(min(1.0, max(0.0, score)), 6)
+        offset += len(text)
+    return None
+
+
+def _reply_object(content: str | None) -> dict[str, Any]:
     text = (content or "").strip()
     if not text:
         raise JudgeReplyError(errors.REPLY_EMPTY, "the judge model replied with empty content")
@@ -332,26 +534,47 @@ def parse_reply(content: str | None) -> JudgeReply:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise JudgeReplyError(
-            errors.REPLY_NOT_JSON, f"the judge reply is not valid JSON ({exc.msg} at char {exc.pos}): {_preview(text)}"
-        ) from None
+        data = _embedded_object(text)
+        if data is None:
+            raise JudgeReplyError(
+                errors.REPLY_NOT_JSON, f"the judge reply is not valid JSON ({exc.msg} at char {exc.pos}): {_preview(text)}"
+            ) from None
     if not isinstance(data, dict):
         raise JudgeReplyError(errors.REPLY_INVALID, f"the judge reply is JSON but not an object: {_preview(text)}")
-    if "score" not in data:
-        raise JudgeReplyError(
-            errors.REPLY_MISSING_FIELD, f"the judge reply has no 'score' field (fields: {sorted(data)}): {_preview(text)}"
-        )
-    score = data["score"]
-    if isinstance(score, bool) or not isinstance(score, (int, float)):
-        raise JudgeReplyError(errors.REPLY_INVALID, f"the judge reply's score is not a number: {score!r}")
-    if not 0.0 <= float(score) <= 1.0:
-        raise JudgeReplyError(errors.REPLY_OUT_OF_RANGE, f"the judge reply's score {score!r} is outside 0..1")
-    if "rationale" in data and not isinstance(data["rationale"], str):
-        data["rationale"] = json.dumps(data["rationale"], ensure_ascii=False)
-    try:
-        return JudgeReply.model_validate(data)
-    except ValidationError as exc:  # pragma: no cover - covered by the checks above
-        raise JudgeReplyError(errors.REPLY_INVALID, f"invalid judge reply: {exc.errors()[0]['msg']}") from None
+    return data
+
+
+def _embedded_object(text: str) -> dict[str, Any] | None:
+    """The last JSON object inside prose (``Sure! {...}``, a fence after an explanation), if any."""
+    decoder = json.JSONDecoder()
+    found = None
+    for start in [i for i, ch in enumerate(text) if ch == "{"][:50]:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            found = value
+    return found
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)  # NaN/inf fail the range check, as out of range
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _rationale(data: dict[str, Any]) -> str:
+    rationale = data.get("rationale", "")
+    return rationale if isinstance(rationale, str) else json.dumps(rationale, ensure_ascii=False)
 
 
 #: Judge parameters that would change what the call is; refused.

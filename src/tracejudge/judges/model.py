@@ -28,8 +28,61 @@ PLACEHOLDER = TEMPLATE_TOKEN
 JUDGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 
 
+#: Most levels a rubric may have (the logprobs mode reads one digit per level).
+MAX_RUBRIC_LEVELS = 9
+#: Most replies ``samples`` may ask for per judge call.
+MAX_SAMPLES = 10
+ScoringMode = Literal["direct", "logprobs"]
+
+
+class RubricLevel(BaseModel):
+    """One anchored level of a rubric: a score and what earns it.
+
+    >>> RubricLevel(score=0.75, description="Relevant, with a little padding.").score
+    0.75
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    score: float = Field(ge=0.0, le=1.0)
+    description: str = Field(min_length=1)
+
+
+#: The scale a judge without its own rubric is scored on in ``logprobs`` mode.
+DEFAULT_LEVELS: tuple[RubricLevel, ...] = (
+    RubricLevel(score=1.0, description="fully meets the criteria"),
+    RubricLevel(score=0.75, description="meets the criteria with minor shortcomings"),
+    RubricLevel(score=0.5, description="meets the criteria in part"),
+    RubricLevel(score=0.25, description="mostly fails the criteria"),
+    RubricLevel(score=0.0, description="fails the criteria entirely"),
+)
+
+
+def check_rubric(levels: tuple[RubricLevel, ...], *, where: str) -> tuple[RubricLevel, ...]:
+    """A rubric's levels, best score first; 2 to 9 levels with distinct scores.
+
+    >>> [l.score for l in check_rubric((RubricLevel(score=0, description="bad"),
+    ...                                 RubricLevel(score=1, description="good")), where="t")]
+    [1.0, 0.0]
+    """
+    if not levels:
+        return ()
+    if not 2 <= len(levels) <= MAX_RUBRIC_LEVELS:
+        raise ValueError(f"{where}: a rubric needs 2 to {MAX_RUBRIC_LEVELS} levels (got {len(levels)})")
+    scores = [level.score for level in levels]
+    duplicates = sorted({s for s in scores if scores.count(s) > 1})
+    if duplicates:
+        raise ValueError(f"{where}: rubric levels must have distinct scores; repeated: {duplicates}")
+    return tuple(sorted(levels, key=lambda level: -level.score))
+
+
 class Judge(BaseModel):
     """An LLM judge: a prompt template scored 0..1 by a model.
+
+    ``criteria`` (what to check, what to ignore, edge cases) and ``rubric``
+    (anchored levels) are shown to the model before the judged material; the
+    model reasons about them, then scores. ``scoring`` and ``samples`` choose
+    how the score is read (``None``: the ``execution`` default).
 
     >>> Judge(name="tone", prompt="Is this polite?\\n{output}", variables=["output"]).variables
     ('output',)
@@ -47,11 +100,18 @@ class Judge(BaseModel):
     model: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     aggregations: tuple[str, ...] = ()
+    criteria: str = ""
+    rubric: tuple[RubricLevel, ...] = ()
+    scoring: ScoringMode | None = None
+    samples: int | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "Judge":
         if not JUDGE_NAME.match(self.name):
             raise ValueError(f"judge name {self.name!r} must match {JUDGE_NAME.pattern}")
+        if self.samples is not None and not 1 <= self.samples <= MAX_SAMPLES:
+            raise ValueError(f"judge {self.name!r}: samples must be 1 to {MAX_SAMPLES} (got {self.samples})")
+        object.__setattr__(self, "rubric", check_rubric(self.rubric, where=f"judge {self.name!r}"))
         used = template_variables(self.prompt)
         if not self.variables:
             object.__setattr__(self, "variables", tuple(used))
@@ -67,10 +127,26 @@ class Judge(BaseModel):
     def version(self) -> str:
         """A short hash of what changes the judge's meaning (for idempotency keys)."""
         blob = json.dumps(
-            [self.description, self.prompt, self.greater_is_better, self.parameters], sort_keys=True, default=str
+            [
+                self.description,
+                self.prompt,
+                self.greater_is_better,
+                self.parameters,
+                self.criteria,
+                [[level.score, level.description] for level in self.rubric],
+                self.scoring,
+                self.samples,
+                PROMPT_FORMAT_VERSION,
+            ],
+            sort_keys=True,
+            default=str,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
+
+#: Bumped when the system prompt or reply format every LLM judge shares changes meaning
+#: (2: criteria and rubric shown, rationale before score), so old results are not reused.
+PROMPT_FORMAT_VERSION = 2
 
 CodeJudgeResult = Union[float, tuple[float, str], "JudgeReply"]
 CodeJudgeFn = Callable[["JudgeInput"], CodeJudgeResult | Awaitable[CodeJudgeResult]]
@@ -169,12 +245,12 @@ def to_text(value: Any) -> str:
 
 
 class JudgeReply(BaseModel):
-    """The JSON object a judge model must answer with."""
+    """The JSON object a judge model must answer with: its reasoning first, then the score."""
 
     model_config = ConfigDict(extra="ignore")
 
-    score: float = Field(ge=0.0, le=1.0)
     rationale: str = ""
+    score: float = Field(ge=0.0, le=1.0)
 
 
 class TokenUsage(BaseModel):
@@ -206,6 +282,13 @@ class JudgeResult(BaseModel):
     rationale: str | None = None
     model: str | None = None
     judge_version: str | None = None
+    #: How the score was read: "direct" (the reply's score) or "logprobs" (probability-weighted levels).
+    scoring: str | None = None
+    #: Why the requested scoring mode was not used (e.g. the endpoint returned no logprobs).
+    scoring_fallback: str | None = None
+    #: Replies averaged into the score (``samples``), and their spread.
+    samples: int = 1
+    score_stdev: float | None = None
     duration_ms: float = 0.0
     timestamp: str = Field(default_factory=utc_now)
     tokens: TokenUsage = Field(default_factory=TokenUsage)

@@ -18,7 +18,7 @@ from tracejudge.config import CustomJudgeConfig, TraceJudgeConfig
 from tracejudge.judges import errors
 from tracejudge.judges.builtin import BUILTIN_JUDGES
 from tracejudge.judges.errors import JudgeError
-from tracejudge.judges.model import AnyJudge, CodeJudge, Judge
+from tracejudge.judges.model import AnyJudge, CodeJudge, Judge, RubricLevel
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,10 @@ def judge_from_config(custom: CustomJudgeConfig) -> Judge:
         model=custom.model,
         parameters=dict(custom.parameters),
         aggregations=tuple(custom.aggregations),
+        criteria=custom.criteria,
+        rubric=tuple(RubricLevel(score=level.score, description=level.description) for level in custom.rubric),
+        scoring=custom.scoring,
+        samples=custom.samples,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import statistics
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +22,8 @@ from typing import Any
 
 from tracejudge.config import ExecutionConfig, normalize_model
 from tracejudge.judges import errors
-from tracejudge.judges.client import LLMClient, SharedLimiter
-from tracejudge.judges.controls import CallControls
+from tracejudge.judges.client import LLMClient, LLMReply, SharedLimiter
+from tracejudge.judges.controls import CallControls, GuardedReply
 from tracejudge.judges.errors import JudgeError, JudgeInputError
 from tracejudge.judges.executor import CodeJudgeExecutor, CodeJudgeTimeout, default_code_executor
 from tracejudge.judges.model import (
@@ -123,7 +124,7 @@ async def run_one(
     started = time.perf_counter()
     timestamp = utc_now()
     truncated: dict[str, int] = {}
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {}  # cost and cache (controls); scoring mode, samples and spread of LLM judges
     try:
         # The loop's clock (``time.monotonic()`` unless a test drives the loop's clock).
         remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
@@ -142,36 +143,63 @@ async def run_one(
                 else:
                     if client is None:
                         raise JudgeError(errors.PROVIDER_ERROR, "no LLM client configured for LLM judges")
-                    prompt = await _render(judge, job.input, execution.max_input_chars)
+                    mode = judge.scoring or execution.scoring
+                    samples = judge.samples or execution.samples
+                    prompt = await _render(judge, job.input, execution.max_input_chars, levels=mode == "logprobs")
                     truncated = prompt.truncated
                     llm_client = client
+                    values = judged_values(judge, job.input, execution.max_input_chars) if controls is not None else {}
 
-                    def invoke() -> Any:
-                        return llm_client.score(
-                            model=model,
-                            messages=prompt.messages,
-                            judge=judge.name,
-                            parameters=judge.parameters,
-                            timeout_seconds=execution.timeout_seconds,
-                            max_attempts=execution.attempts,
-                            limiter=limiter,
-                        )
+                    async def one_call(sample: int) -> GuardedReply:
+                        def invoke() -> Any:
+                            return llm_client.score(
+                                model=model,
+                                messages=prompt.messages,
+                                judge=judge.name,
+                                parameters=judge.parameters,
+                                timeout_seconds=execution.timeout_seconds,
+                                max_attempts=execution.attempts,
+                                limiter=limiter,
+                                levels=prompt.levels,
+                            )
 
-                    if controls is None:
-                        llm = await invoke()
-                    else:  # the one point where cache, budget and cost wrap an LLM call
-                        guarded = await controls.call(
+                        if controls is None:
+                            return GuardedReply(reply=await invoke(), cost_usd=None)
+                        # the one point where cache, budget and cost wrap an LLM call; each sample
+                        # and scoring mode has its own cache entry (they are different calls)
+                        keyed = dict(values)
+                        if mode != "direct":
+                            keyed["__scoring"] = mode
+                        if samples > 1:
+                            keyed["__sample"] = str(sample)
+                        return await controls.call(
                             judge=judge.name,
                             version=judge.version,
                             model=model,
                             messages=prompt.messages,
                             parameters=judge.parameters,
-                            values=judged_values(judge, job.input, execution.max_input_chars),
+                            values=keyed,
                             invoke=invoke,
                         )
-                        llm = guarded.reply
-                        extra = {"cost_usd": guarded.cost_usd, "cached": guarded.cached, "cache_key": guarded.cache_key}
-                    reply, attempts, tokens = llm.reply, llm.attempts, llm.tokens
+
+                    guarded = await _sample(one_call, samples)
+                    replies = [g.reply for g in guarded]
+                    reply, attempts, tokens = _combine(replies)
+                    extra.update(
+                        scoring=replies[0].scoring,
+                        scoring_fallback=replies[0].scoring_fallback,
+                        samples=len(replies),
+                        score_stdev=(
+                            round(statistics.pstdev([r.reply.score for r in replies]), 6) if len(replies) > 1 else None
+                        ),
+                    )
+                    if controls is not None:
+                        costs = [g.cost_usd for g in guarded]
+                        extra.update(
+                            cost_usd=None if any(c is None for c in costs) else round(sum(costs), 8),  # type: ignore[arg-type]
+                            cached=all(g.cached for g in guarded),
+                            cache_key=guarded[0].cache_key,
+                        )
         except TimeoutError:
             if not overall.expired():  # a TimeoutError of someone else's, not our deadline
                 raise
@@ -257,21 +285,43 @@ def _coerce_code_reply(name: str, value: Any) -> JudgeReply:
     return JudgeReply(score=float(value), rationale=str(rationale))
 
 
+async def _sample(call: Any, samples: int) -> list[GuardedReply]:
+    """``samples`` replies to the same prompt, asked at once; any failure fails the judge.
+
+    Every sample is a full call (retries, rate limit, budget, tokens counted), so the cost
+    multiplies by ``samples``. Set a ``temperature`` above 0 for the replies to differ.
+    """
+    if samples <= 1:
+        return [await call(0)]
+    return list(await asyncio.gather(*(call(i) for i in range(samples))))
+
+
+def _combine(replies: list[LLMReply]) -> tuple[JudgeReply, int, TokenUsage]:
+    """The mean score of the samples, the rationale of the one closest to it, every attempt and token."""
+    mean = statistics.fmean(r.reply.score for r in replies)
+    closest = min(replies, key=lambda r: abs(r.reply.score - mean))
+    tokens = TokenUsage(
+        prompt=sum(r.tokens.prompt for r in replies), completion=sum(r.tokens.completion for r in replies)
+    )
+    score = round(mean, 6) if len(replies) > 1 else replies[0].reply.score
+    return JudgeReply(score=score, rationale=closest.reply.rationale), sum(r.attempts for r in replies), tokens
+
+
 _render_pool: ThreadPoolExecutor | None = None
 RENDER_THREADS = 2
 
 
-async def _render(judge: Judge, judge_input: JudgeInput, max_input_chars: int) -> RenderedPrompt:
+async def _render(judge: Judge, judge_input: JudgeInput, max_input_chars: int, *, levels: bool = False) -> RenderedPrompt:
     """Render on the loop when it is cheap; a large structured input is rendered on a thread of
     its own, so JSON-encoding megabytes never stalls the other judge calls sharing the loop."""
     global _render_pool
     if not is_large(judge_input, max_input_chars):
-        return render(judge, judge_input, max_input_chars=max_input_chars)
+        return render(judge, judge_input, max_input_chars=max_input_chars, levels=levels)
     if _render_pool is None:
         _render_pool = ThreadPoolExecutor(max_workers=RENDER_THREADS, thread_name_prefix="tracejudge-render")
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(
-        _render_pool, functools.partial(render, judge, judge_input, max_input_chars=max_input_chars)
+        _render_pool, functools.partial(render, judge, judge_input, max_input_chars=max_input_chars, levels=levels)
     )
 
 

@@ -8,7 +8,12 @@ A plain trace without node spans has just the root.
 MLflow exports traces asynchronously, so "not found" (or a half-written
 trace) right after the workflow returned is :class:`TraceNotReady`, which
 the caller retries for a grace period; a malformed id is
-:class:`InvalidTraceId`, which is permanent.
+:class:`InvalidTraceId`, which is permanent. A tracking server that does not
+answer is :class:`MlflowUnavailable` (retried with backoff, never a verdict),
+also when MLflow reports it as "missing span data": MLflow reads a trace's
+info and then its spans in two requests, and wraps *any* failure of the
+second one (the server going down in between) as not-found span data, so
+the exception's chain is checked for a connection failure first.
 """
 
 from __future__ import annotations
@@ -86,6 +91,9 @@ def fetch_trace(client: Any, trace_id: str) -> Any:
     except MlflowException as exc:
         code = getattr(exc, "error_code", "")
         text = str(exc)
+        cause = _unavailable_cause(exc)
+        if cause is not None:
+            raise MlflowUnavailable(f"MLflow tracking server unavailable: {text[:200]} (caused by {cause})") from None
         if code == "RESOURCE_DOES_NOT_EXIST" or _NOT_READY_WORDS.search(text):
             raise TraceNotReady(f"trace {trace_id} is not in the tracking store (yet): {text[:300]}") from None
         if _looks_unavailable(text):
@@ -247,7 +255,39 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
+#: What MLflow's HTTP errors say when the server did not answer (or a proxy said it is down); a bare
+#: "503" is not enough, since trace ids and URLs are full of digits.
+_UNAVAILABLE_WORDS = re.compile(
+    r"Max retries exceeded|Connection refused|Connection aborted|Connection reset|ConnectionError|RemoteDisconnected"
+    r"|Failed to establish|timed out|(?:error|status) code (?:502|503|504)\b|\b(?:502|503|504) Server Error"
+)
+
+
 def _looks_unavailable(text: str) -> bool:
-    return bool(
-        re.search(r"Max retries exceeded|Connection refused|ConnectionError|Failed to establish|timed out|503|502", text)
-    )
+    return bool(_UNAVAILABLE_WORDS.search(text))
+
+
+def _unavailable_cause(exc: BaseException) -> str | None:
+    """The connection failure somewhere under ``exc`` (its ``__cause__``/``__context__`` chain), if any.
+
+    MLflow turns a failed span-data download into "missing span data" (raised ``from None``, which keeps
+    the original as ``__context__``), so an outage between its two requests looks like a half-written trace.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = exc.__cause__ or exc.__context__
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, (ConnectionError, TimeoutError)) or _is_requests_connection_error(link):
+            return f"{type(link).__name__}: {str(link)[:200]}"
+        if _looks_unavailable(str(link)):
+            return f"{type(link).__name__}: {str(link)[:200]}"
+        link = link.__cause__ or link.__context__
+    return None
+
+
+def _is_requests_connection_error(exc: BaseException) -> bool:
+    try:
+        from requests.exceptions import ConnectionError as RequestsConnectionError, Timeout
+    except ImportError:  # pragma: no cover - MLflow depends on requests
+        return False
+    return isinstance(exc, (RequestsConnectionError, Timeout))

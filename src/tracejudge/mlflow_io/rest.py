@@ -16,7 +16,7 @@ threads. It covers the write-back only:
 Reads, local stores (sqlite, files) and anything this writer does not do
 (other artifact stores, AWS SigV4 or plug-in auth, client certificates)
 stay with MLflow's client: :func:`rest_writer_for` answers None for them.
-Checked against MLflow 3.9.0 and 3.17.2 servers (``tests/test_rest_writer.py``
+Checked against an MLflow 3.17.2 server only (``tests/test_rest_writer.py``
 writes through both paths and compares what lands).
 
 >>> rest_writer_for("sqlite:///mlflow.db") is None

@@ -57,6 +57,14 @@ def import_mlflow() -> None:
     import mlflow  # noqa: F401
 
 
+class UnknownExperiment(LookupError):
+    """No experiment has this id or name."""
+
+
+class BadFilter(ValueError):
+    """MLflow refused a ``filter_string``; the message quotes MLflow's error."""
+
+
 @dataclass
 class TracePage:
     """One page of :meth:`TraceStore.search_traces`: trace infos, and the token of the next page (None at the end)."""
@@ -145,18 +153,39 @@ class TraceStore:
     ) -> TracePage:
         """One page of trace infos (no spans) matching ``filter_string``; pass ``next_page_token`` on.
 
-        ``filter_string`` is MLflow's trace filter, e.g. ``"trace.timestamp_ms > 1732780800000"``.
+        ``filter_string`` is MLflow's trace filter, e.g. ``"trace.timestamp_ms > 1732780800000"``; one
+        MLflow refuses is :class:`BadFilter`, quoting MLflow's message. Page tokens are text (the SQL
+        store's are base64 bytes), so they can be kept in a JSON checkpoint.
         """
-        found = writer.call_mlflow(
-            self.client.search_traces,
-            experiment_ids=list(experiment_ids),
-            filter_string=filter_string,
-            order_by=list(order_by),
-            max_results=max_results,
-            page_token=page_token,
-            include_spans=False,
-        )
-        return TracePage(traces=[t.info for t in found], next_page_token=getattr(found, "token", None))
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = writer.call_mlflow(
+                self.client.search_traces,
+                locations=list(experiment_ids),
+                filter_string=filter_string,
+                order_by=list(order_by),
+                max_results=max_results,
+                page_token=page_token,
+                include_spans=False,
+            )
+        except MlflowException as exc:
+            if filter_string and (getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE" or "filter" in str(exc).lower()):
+                raise BadFilter(f"MLflow refused the filter {filter_string!r}: {getattr(exc, 'message', exc)}") from None
+            raise
+        token = getattr(found, "token", None) or None
+        if isinstance(token, bytes):
+            token = token.decode()
+        return TracePage(traces=[t.info for t in found], next_page_token=token)
+
+    def experiment_id(self, ref: str, *, where: str = "experiment") -> str:
+        """The id of the experiment with this id or name; :class:`UnknownExperiment` naming ``where`` if none."""
+        from tracejudge.mlflow_io.query import ExperimentNotFound, resolve_experiment
+
+        try:
+            return resolve_experiment(self.client, str(ref).strip())
+        except ExperimentNotFound:
+            raise UnknownExperiment(f"{where}: unknown experiment {str(ref).strip()!r} (no experiment has this id or name)") from None
 
     # ------------------------------------------------------------------ writing
 

@@ -134,6 +134,11 @@ def feedback_metadata(result: JudgeResult, *, evaluation_id: str) -> dict[str, s
         metadata["cache_key"] = result.cache_key or ""
     if result.truncated:
         metadata["truncated_chars"] = json.dumps(result.truncated, sort_keys=True)
+    if result.scoring:  # how an LLM judge's score was read, and its spread over samples
+        metadata["scoring"] = result.scoring + (f" (fallback: {result.scoring_fallback})" if result.scoring_fallback else "")
+    if result.samples > 1:
+        metadata["samples"] = str(result.samples)
+        metadata["score_stdev"] = f"{result.score_stdev:.4f}" if result.score_stdev is not None else ""
     return metadata
 
 

@@ -81,8 +81,22 @@ def summarise_quality(
     if redis is not None:
         summary.counters, summary.daily_counters = read_counters(redis, prefix, start_ms, end_ms, workflow=query.workflow)
     _apply_exact(summary, exact)
+    if source == "mlflow":
+        summary.human_agreement = human_agreement(client, experiment_id, start_ms, end_ms)
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
+
+
+def human_agreement(client: Any, experiment_id: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
+    """Judge-vs-human agreement in the window, when people left feedback; best effort (logged, never fatal)."""
+    from tracejudge.judges.agreement import agreement_by_judge
+    from tracejudge.mlflow_io.feedback import judge_human_pairs
+
+    try:
+        return agreement_by_judge(list(judge_human_pairs(client, experiment_id, start_ms, end_ms)))
+    except Exception as exc:  # the report stands without it
+        log.warning("judge-vs-human agreement not computed: %s", exc)
+        return []
 
 
 def mlflow_rollup(

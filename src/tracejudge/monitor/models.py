@@ -6,7 +6,7 @@ The JSON schema is ``QualitySummary.model_json_schema()`` (``tracejudge report -
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -145,6 +145,11 @@ class QualitySummary(BaseModel):
         "skipped_filter, skipped_judge_sampling, cache_hit, cache_miss, budget_exceeded, budget_spent_usd",
     )
     daily_counters: dict[str, dict[str, float]] = Field(default_factory=dict, description="the same per UTC day")
+    human_agreement: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="judge-vs-human agreement per judge and judge version where people left feedback (HUMAN "
+        "assessments under a judge's name on the same span); MLflow source only; see `tracejudge agreement`",
+    )
     links: Links
     llm_summary: str | None = Field(None, description="a plain-language summary of the themes (report --llm-summary; off by default)")
     seconds: float = Field(0.0, description="time taken to compute the summary")

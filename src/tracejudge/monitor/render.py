@@ -104,6 +104,8 @@ def to_table(s: QualitySummary) -> str:
         lines += ["highest traces:"] + [f"  {num(t.score)}  {t.trace_id}" for t in s.top_traces]
     if s.themes:
         lines += ["failure themes:"] + [f"  {t.judge}: \"{t.phrase}\" ({t.count} rationales)" for t in s.themes[:6]]
+    if s.human_agreement:
+        lines += ["", "agreement with people (HUMAN feedback on the same spans):"] + _agreement_lines(s)
     if s.llm_summary:
         lines += ["", f"summary (LLM): {s.llm_summary}"]
     lines += ["", f"MLflow Quality tab: {s.links.experiment_quality}"]
@@ -125,10 +127,27 @@ def to_markdown(s: QualitySummary) -> str:
         out += ["", "**Lowest traces:** " + ", ".join(f"[{t.trace_id}]({t.url}) {num(t.score)}" for t in s.bottom_traces)]
     if s.themes:
         out += ["", "**Failure themes:** " + "; ".join(f"{t.judge}: \"{t.phrase}\" ({t.count})" for t in s.themes[:6])]
+    if s.human_agreement:
+        out += ["", "**Agreement with people:** " + "; ".join(line.strip() for line in _agreement_lines(s))]
     if s.llm_summary:
         out += ["", f"**Summary (LLM):** {s.llm_summary}"]
     out += ["", f"[MLflow Quality tab]({s.links.experiment_quality})"]
     return "\n".join(out) + "\n"
+
+
+def _agreement_lines(s: QualitySummary) -> list[str]:
+    lines = []
+    for entry in s.human_agreement:
+        report = entry.get("report")
+        head = f"  {entry['judge']} (version {entry['judge_version']}): {entry['pairs']} pair(s)"
+        if not report:
+            lines.append(f"{head}, no figures: {entry.get('refused', '')}")
+            continue
+        lines.append(
+            f"{head}, Spearman {num(report.get('spearman'))}, MAE {num(report.get('mae'))}, "
+            f"accuracy {pct(report.get('accuracy'))}, kappa {num(report.get('kappa'))}"
+        )
+    return lines
 
 
 def static_text(name: str) -> str:

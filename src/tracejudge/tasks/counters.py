@@ -37,28 +37,27 @@ def field(workflow: str | None, event: str) -> str:
     return f"{workflow or ANY_WORKFLOW}|{event}"
 
 
-def add(redis: Any, prefix: str, counts: dict[tuple[str | None, str], int]) -> None:
-    """Add ``{(workflow, event): n}`` to today's counters (sync client, one round trip)."""
-    if not counts:
-        return
+def _queue_counts(pipe: Any, prefix: str, counts: dict[tuple[str | None, str], int]) -> None:
     key = counts_key(prefix)
-    pipe = redis.pipeline(transaction=False)
     for (workflow, event), n in counts.items():
         pipe.hincrby(key, field(workflow, event), n)
     pipe.expire(key, KEY_TTL_SECONDS)
-    pipe.execute()
+
+
+def add(redis: Any, prefix: str, counts: dict[tuple[str | None, str], int]) -> None:
+    """Add ``{(workflow, event): n}`` to today's counters (sync client, one round trip)."""
+    if counts:
+        pipe = redis.pipeline(transaction=False)
+        _queue_counts(pipe, prefix, counts)
+        pipe.execute()
 
 
 async def add_async(redis: Any, prefix: str, counts: dict[tuple[str | None, str], int]) -> None:
     """:func:`add` with an asyncio client."""
-    if not counts:
-        return
-    key = counts_key(prefix)
-    pipe = redis.pipeline(transaction=False)
-    for (workflow, event), n in counts.items():
-        pipe.hincrby(key, field(workflow, event), n)
-    pipe.expire(key, KEY_TTL_SECONDS)
-    await pipe.execute()
+    if counts:
+        pipe = redis.pipeline(transaction=False)
+        _queue_counts(pipe, prefix, counts)
+        await pipe.execute()
 
 
 def read(redis: Any, prefix: str, day: str | None = None) -> dict[str, dict[str, int]]:

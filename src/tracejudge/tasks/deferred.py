@@ -61,3 +61,11 @@ def release_due(redis: Any, prefix: str, send: Callable[[EvaluationRequest], Any
 
 def pending(redis: Any, prefix: str) -> int:
     return int(redis.zcard(f"{prefix}{DEFERRED_KEY}"))
+
+
+def release(runtime: Any, send: Callable[[EvaluationRequest], Any]) -> int:
+    """The beat task's body: send the due deferred evaluations (none without Redis)."""
+    state = runtime.state
+    if getattr(state, "redis", None) is None:
+        return 0
+    return release_due(state.redis, state.prefix, send)

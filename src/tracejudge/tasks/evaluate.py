@@ -271,11 +271,8 @@ def plan_jobs(loaded: LoadedTrace, config: TraceJudgeConfig, runtime: Runtime, r
 
 def count(runtime: Runtime, workflow: str | None, event: str, n: int = 1) -> None:
     """Add to today's control counters (best effort: monitoring must not fail an evaluation)."""
-    state = runtime.state
-    if not isinstance(state, RedisState):
-        return
     try:
-        counters.add(state.redis, state.prefix, {(workflow, event): n})
+        runtime.state.add_counts({(workflow, event): n})
     except Exception as exc:
         log.warning("could not count %s for %s: %s", event, workflow, exc)
 

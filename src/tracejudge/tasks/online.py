@@ -27,14 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracejudge.config import TraceJudgeConfig
-from tracejudge.mlflow_io.search import iter_pages, resolve_experiment, time_filter
+from tracejudge.mlflow_io.search import time_filter
 from tracejudge.tasks.judged import already_judged
 
 log = logging.getLogger(__name__)
 
-WATERMARK_KEY = "tracejudge:online:watermark:"
-SEEN_KEY = "tracejudge:online:seen:"
-SCAN_LOCK_KEY = "tracejudge:online:scanlock:"
+#: Names under the Redis state: ``watermarks`` ``online:<experiment>``, ``seen`` per trace, a lock per experiment.
+WATERMARK = "online:"
+SCAN_LOCK = "scanlock:"
+PAGE_SIZE = 200
 SEEN_TTL_SECONDS = 14 * 24 * 3600
 #: A trace that appears in the store up to this long after its start time is still picked up.
 MIN_OVERLAP_MS = 60_000
@@ -57,9 +58,8 @@ class ScanResult:
 
 def scan(
     *,
-    client: Any,
-    redis: Any,
-    prefix: str,
+    store: Any,
+    state: Any,
     config: TraceJudgeConfig,
     fingerprint: str,
     enqueue: Callable[[str, str], Any],
@@ -68,24 +68,24 @@ def scan(
 ) -> ScanResult:
     """Scan every ``online.experiments`` entry once (see the module docstring).
 
-    ``enqueue(trace_id, workflow_name)`` queues one trace. Raises
-    ``MlflowUnavailable`` (watermarks unchanged) when the store does not answer.
+    ``store`` is the :class:`~tracejudge.mlflow_io.store.TraceStore`, ``state`` the
+    :class:`~tracejudge.tasks.state.RedisState` (watermarks, seen keys, the scan lock);
+    ``enqueue(trace_id, workflow_name)`` queues one trace. Raises ``MlflowUnavailable``
+    (watermarks unchanged) when the store does not answer.
     """
     online = config.judges.online
     result = ScanResult()
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     cutoff = now_ms - int(online.delay_seconds * 1000)
     for index, ref in enumerate(online.experiments):
-        experiment_id = resolve_experiment(
-            client, ref, where=f"{config.location('judges')}.online.experiments[{index}]"
-        )
-        lock = redis.lock(f"{prefix}{SCAN_LOCK_KEY}{experiment_id}", timeout=lock_seconds, blocking=False)
+        experiment_id = store.experiment_id(ref, where=f"{config.location('judges')}.online.experiments[{index}]")
+        lock = state.redis.lock(state.key(f"{SCAN_LOCK}{experiment_id}"), timeout=lock_seconds, blocking=False)
         if not lock.acquire(blocking=False):
             result.skipped_locked.append(experiment_id)
             continue
         try:
             _scan_experiment(
-                experiment_id, client=client, redis=redis, prefix=prefix, config=config,
+                experiment_id, store=store, state=state, config=config,
                 fingerprint=fingerprint, enqueue=enqueue, cutoff=cutoff, result=result,
             )
         finally:
@@ -99,9 +99,8 @@ def scan(
 def _scan_experiment(
     experiment_id: str,
     *,
-    client: Any,
-    redis: Any,
-    prefix: str,
+    store: Any,
+    state: Any,
     config: TraceJudgeConfig,
     fingerprint: str,
     enqueue: Callable[[str, str], Any],
@@ -109,8 +108,7 @@ def _scan_experiment(
     result: ScanResult,
 ) -> None:
     online = config.judges.online
-    watermark_key = f"{prefix}{WATERMARK_KEY}{experiment_id}"
-    raw = redis.get(watermark_key)
+    raw = state.watermarks.get(f"{WATERMARK}{experiment_id}")
     watermark = int(raw) if raw is not None else None
     overlap = max(MIN_OVERLAP_MS, int(online.delay_seconds * 1000))
     since = None if watermark is None else watermark - overlap
@@ -118,22 +116,23 @@ def _scan_experiment(
     handled = 0
     last_ts: int | None = None
     stopped_early = False
-    for page in iter_pages(client, experiment_id, filter_string=filter_string):
-        for trace in page.traces:
-            info = trace.info
-            state = str(getattr(info, "state", "") or "").rsplit(".", 1)[-1].upper()
-            if state not in FINISHED_STATES:
+    token = None
+    while True:
+        page = store.search_traces([experiment_id], filter_string=filter_string, max_results=PAGE_SIZE, page_token=token)
+        for info in page.traces:
+            trace_state = str(getattr(info, "state", "") or "").rsplit(".", 1)[-1].upper()
+            if trace_state not in FINISHED_STATES:
                 continue
             trace_id = info.trace_id
             tags = dict(getattr(info, "tags", None) or {})
             ts = int(getattr(info, "request_time", None) or getattr(info, "timestamp_ms", 0) or 0)
             if already_judged(tags, fingerprint):
                 result.already_judged[experiment_id] = result.already_judged.get(experiment_id, 0) + 1
-            elif redis.set(f"{prefix}{SEEN_KEY}{trace_id}", "1", nx=True, ex=SEEN_TTL_SECONDS):
+            elif state.seen.add(trace_id, ttl_seconds=SEEN_TTL_SECONDS):
                 try:
                     enqueue(trace_id, tags.get("mlflow.traceName") or "")
                 except BaseException:
-                    redis.delete(f"{prefix}{SEEN_KEY}{trace_id}")  # not queued: the next scan tries again
+                    state.seen.forget(trace_id)  # not queued: the next scan tries again
                     raise
                 result.enqueued[experiment_id] = result.enqueued.get(experiment_id, 0) + 1
                 handled += 1
@@ -143,19 +142,42 @@ def _scan_experiment(
             if handled >= online.max_per_scan:
                 stopped_early = True
                 break
-        if stopped_early:
+        if stopped_early or not page.next_page_token:
             break
-    new_mark = (last_ts if stopped_early and last_ts is not None else cutoff)
-    # Only forward: a slower scanner must not move it back.
-    redis.eval(
-        "local cur = tonumber(redis.call('GET', KEYS[1]) or '-1') "
-        "if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end return 1",
-        1,
-        watermark_key,
-        new_mark,
-    )
+        token = page.next_page_token
+    new_mark = last_ts if stopped_early and last_ts is not None else cutoff
+    state.watermarks.advance(f"{WATERMARK}{experiment_id}", new_mark)  # only forward: a slower scanner never moves it back
     log.info(
         "online scan of experiment %s: %d enqueued, %d already seen, %d already judged (watermark %s)",
         experiment_id, result.enqueued.get(experiment_id, 0), result.already_seen.get(experiment_id, 0),
         result.already_judged.get(experiment_id, 0), new_mark,
     )
+
+
+def run_scan(runtime: Any, send: Callable[[Any], Any]) -> dict[str, Any]:
+    """The beat task's body: one scan with the worker's own config, through sampling, ``send`` per trace.
+
+    ``send(request)`` puts an :class:`~tracejudge.tasks.payload.EvaluationRequest` on the queue (the
+    worker's Celery app). Sampled and sampled-out traces are counted per workflow and day.
+    """
+    from tracejudge.tasks import counters
+    from tracejudge.tasks.judged import plan_fingerprint
+    from tracejudge.tasks.payload import EvaluationRequest
+    from tracejudge.tasks.sampling import sampling_decision
+
+    config = runtime.config
+    fingerprint = plan_fingerprint(config, runtime.registry.with_config(config), default_model=runtime.settings.default_model)
+
+    def enqueue(trace_id: str, workflow: str) -> None:
+        skip = sampling_decision(trace_id, config)
+        runtime.state.add_counts({(workflow or None, counters.SKIPPED_SAMPLING if skip else counters.SAMPLED): 1})
+        if skip is None:
+            send(EvaluationRequest(trace_id=trace_id))
+
+    result = scan(store=runtime.store, state=runtime.state, config=config, fingerprint=fingerprint, enqueue=enqueue)
+    return {
+        "enqueued": result.enqueued,
+        "already_seen": result.already_seen,
+        "already_judged": result.already_judged,
+        "skipped_locked": result.skipped_locked,
+    }

@@ -94,16 +94,12 @@ class Runtime:
         from tracejudge.judges.pricing import PriceTable
 
         judges = config.judges
+        execution = judges.execution
         budget = cache = None
-        if self.redis is not None and judges.budget.daily_usd is not None:
-            from tracejudge.tasks.budget import RedisBudget
-
-            lease = judges.execution.timeout_seconds * judges.execution.attempts + 60
-            budget = RedisBudget(self.async_redis(), daily_usd=judges.budget.daily_usd, prefix=self.state.prefix, lease_seconds=lease)
-        if self.redis is not None and judges.cache.enabled and use_cache:
-            from tracejudge.tasks.result_cache import RedisResultCache
-
-            cache = RedisResultCache(self.async_redis(), ttl_seconds=judges.cache.ttl_hours * 3600, prefix=self.state.prefix)
+        if judges.budget.daily_usd is not None:
+            budget = self.state.budget(judges.budget.daily_usd, lease_seconds=execution.timeout_seconds * execution.attempts + 60)
+        if judges.cache.enabled and use_cache:
+            cache = self.state.judge_cache(judges.cache.ttl_hours * 3600)
         return CallControls(
             prices=PriceTable(judges.pricing), budget=budget, cache=cache, reserve_output_tokens=judges.budget.reserve_output_tokens
         )

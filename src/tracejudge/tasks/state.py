@@ -106,8 +106,21 @@ class Watermarks:
         value = self.redis.get(f"{self.prefix}{name}")
         return value.decode() if isinstance(value, bytes) else value
 
-    def set(self, name: str, value: str) -> None:
-        self.redis.set(f"{self.prefix}{name}", value)
+    def set(self, name: str, value: str, *, ttl_seconds: float | None = None) -> None:
+        self.redis.set(f"{self.prefix}{name}", value, ex=max(1, int(ttl_seconds)) if ttl_seconds else None)
+
+    def advance(self, name: str, value: int) -> None:
+        """Move a numeric mark forward only (a slower scanner never moves it back)."""
+        self.redis.eval(_ADVANCE, 1, f"{self.prefix}{name}", int(value))
+
+    def forget(self, name: str) -> None:
+        self.redis.delete(f"{self.prefix}{name}")
+
+
+_ADVANCE = (
+    "local cur = tonumber(redis.call('GET', KEYS[1]) or '-1') "
+    "if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end return 1"
+)
 
 
 class SeenTraces:
@@ -123,6 +136,9 @@ class SeenTraces:
 
     def __contains__(self, trace_id: str) -> bool:
         return bool(self.redis.exists(f"{self.prefix}{trace_id}"))
+
+    def forget(self, trace_id: str) -> None:
+        self.redis.delete(f"{self.prefix}{trace_id}")
 
 
 class RedisState:
@@ -172,6 +188,38 @@ class RedisState:
         'demo:tracejudge:lock:tr-1'
         """
         return f"{self.prefix}{NAMESPACE}{name}"
+
+    # ------------------------------------------------------------------ production controls
+
+    def budget(self, daily_usd: float, *, lease_seconds: float) -> Any:
+        """The daily judge budget shared by all workers (``tracejudge:budget:<day>:*``)."""
+        from tracejudge.tasks.budget import RedisBudget
+
+        return RedisBudget(self.async_redis(), daily_usd=daily_usd, prefix=self.prefix, lease_seconds=lease_seconds)
+
+    def spend(self, *, day: str | None = None, limit_usd: float | None = None) -> Any:
+        """One UTC day's judge spend, by model and by judge (``tracejudge budget``)."""
+        from tracejudge.tasks.budget import read_spend
+
+        return read_spend(self.redis, prefix=self.prefix, day=day, limit_usd=limit_usd)
+
+    def judge_cache(self, ttl_seconds: float) -> Any:
+        """The judge result cache (``tracejudge:judgecache:<key>``), hits and misses counted."""
+        from tracejudge.tasks.result_cache import RedisResultCache
+
+        return RedisResultCache(self.async_redis(), ttl_seconds=ttl_seconds, prefix=self.prefix)
+
+    def add_counts(self, counts: dict[tuple[str | None, str], int]) -> None:
+        """Add to today's control counters (``tracejudge:counts:<day>``, ``<workflow>|<event>``)."""
+        from tracejudge.tasks import counters
+
+        counters.add(self.redis, self.prefix, counts)
+
+    def read_counts(self, day: str | None = None) -> dict[str, dict[str, int]]:
+        """A day's control counters as ``{workflow: {event: n}}`` (for monitoring)."""
+        from tracejudge.tasks import counters
+
+        return counters.read(self.redis, self.prefix, day)
 
     # ------------------------------------------------------------------ monitoring rollups
 
@@ -283,6 +331,15 @@ class NoRedisState:
         return None
 
     def forget_results(self, keys: Iterable[str]) -> None:
+        return None
+
+    def budget(self, daily_usd: float, *, lease_seconds: float) -> None:
+        return None  # no shared counters: sync mode does not hold a budget
+
+    def judge_cache(self, ttl_seconds: float) -> None:
+        return None
+
+    def add_counts(self, counts: dict[tuple[str | None, str], int]) -> None:
         return None
 
     def limiter(self, endpoint: str, per_second: float | None) -> None:

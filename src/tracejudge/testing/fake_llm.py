@@ -15,6 +15,11 @@ thread per request.
 Behaviour is steered from the prompt with markers (``[[tj:score=0.42]]``,
 ``[[tj:score:relevance=0.3]]``, ``[[tj:latency=500]]``, ``[[tj:fault=503x2]]``,
 ``[[tj:fault:relevance=429]]``) or from the test with :meth:`FakeLLMServer.script`.
+A request whose reply schema asks for a ``level`` (tracejudge's ``logprobs``
+scoring mode) gets a level reply and, when it asked for ``logprobs``, token
+logprobs whose level digit carries the distribution of
+``[[tj:levelprobs=0.1,0.2,0.4,0.2,0.1]]`` (default: all on the level nearest
+the score); ``[[tj:nologprobs]]`` or ``logprobs=False`` leaves them out.
 Run it stand-alone with ``python -m tracejudge.testing.fake_llm --port 8089``.
 """
 
@@ -26,6 +31,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import signal
 import sys
@@ -70,6 +76,8 @@ OK = "ok"
 _MARKER_RE = re.compile(r"\[\[tj:(.*?)\]\]", re.DOTALL)
 _SCORE_RE = re.compile(r"score(?::(?P<judge>[^=\]]+))?=(?P<value>.*)", re.DOTALL)
 _LATENCY_RE = re.compile(r"latency=(?P<value>.*)", re.DOTALL)
+_LEVELPROBS_RE = re.compile(r"levelprobs=(?P<value>.*)", re.DOTALL)
+NO_LOGPROBS_MARKER = "nologprobs"
 _FAULT_RE = re.compile(r"fault(?::(?P<judge>[^=\]]+))?=(?P<kind>.+?)(?:x(?P<count>\d+))?", re.DOTALL)
 
 _REASONS = {
@@ -96,6 +104,10 @@ _ERROR_FAULTS: dict[str, tuple[int, str, str | None, str]] = {
     "503": (503, "server_error", None, "tracejudge-fake-llm: service unavailable (scripted)"),
 }
 
+REJECT_SCHEMA_BOUNDS_MESSAGE = (
+    "Invalid schema for response_format 'judge_reply': In context=('properties', 'score'), "
+    "'minimum' is not permitted. (tracejudge-fake-llm)"
+)
 REJECT_RESPONSE_FORMAT_MESSAGE = (
     "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model."
 )
@@ -141,6 +153,8 @@ class _Markers:
     judge_scores: dict[str, float] = dataclasses.field(default_factory=dict)
     latency_ms: float = 0.0
     faults: list[_FaultMarker] = dataclasses.field(default_factory=list)
+    level_probs: list[float] | None = None
+    no_logprobs: bool = False
 
 
 @dataclasses.dataclass
@@ -151,6 +165,9 @@ class _Plan:
     score: float
     reason: str
     latency_ms: float
+    level_count: int = 0  # > 0: answer with a level number 1..level_count (the logprobs mode's schema)
+    level_probs: list[float] | None = None
+    logprobs: bool = False  # the request asked for logprobs and the server gives them
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -196,6 +213,16 @@ def _parse_markers(text: str) -> _Markers:
                 markers.score = value
         elif m := _LATENCY_RE.fullmatch(inner):
             markers.latency_ms += max(0.0, _parse_number(m["value"], inner))
+        elif m := _LEVELPROBS_RE.fullmatch(inner):
+            probs = [_parse_number(part, inner) for part in m["value"].split(",")]
+            if any(p < 0 for p in probs) or sum(probs) <= 0:
+                raise _BadRequest(
+                    f"tracejudge-fake-llm: bad marker [[tj:{inner}]]: probabilities must be >= 0 with a positive sum",
+                    outcome="bad_marker",
+                )
+            markers.level_probs = probs
+        elif inner.strip() == NO_LOGPROBS_MARKER:
+            markers.no_logprobs = True
         elif m := _FAULT_RE.fullmatch(inner):
             kind = m["kind"].strip()
             if kind not in FAULT_KINDS:
@@ -210,7 +237,7 @@ def _parse_markers(text: str) -> _Markers:
         else:
             raise _BadRequest(
                 f"tracejudge-fake-llm: bad marker [[tj:{inner}]]: expected score=, score:JUDGE=, "
-                "latency=, fault= or fault:JUDGE=",
+                "latency=, fault=, fault:JUDGE=, levelprobs= or nologprobs",
                 outcome="bad_marker",
             )
     return markers
@@ -228,6 +255,31 @@ def _parse_action(action: str) -> tuple[str, float | None]:
     raise ValueError(
         f"unknown script action {action!r}: use 'ok', 'ok:SCORE' or one of {sorted(FAULT_KINDS)}"
     )
+
+
+def _reply_schema(response_format: Any) -> dict:
+    """The JSON schema inside a ``response_format`` of type json_schema, else {}."""
+    if isinstance(response_format, dict):
+        inner = response_format.get("json_schema")
+        if isinstance(inner, dict) and isinstance(inner.get("schema"), dict):
+            return inner["schema"]
+    return {}
+
+
+def _chosen_level(plan: _Plan) -> int:
+    """The level a reply names: the most likely one of ``levelprobs``, else the one nearest the score."""
+    if plan.level_probs:
+        return max(range(plan.level_count), key=lambda i: plan.level_probs[i]) + 1  # type: ignore[index]
+    return 1 + round(min(1.0, max(0.0, plan.score)) * (plan.level_count - 1))
+
+
+def _token(text: str, logprob: float, top: list[tuple[str, float]]) -> dict[str, Any]:
+    return {
+        "token": text,
+        "logprob": logprob,
+        "bytes": list(text.encode()),
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top],
+    }
 
 
 def _error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
@@ -260,6 +312,8 @@ class FakeLLMServer:
         retry_after: float = DEFAULT_RETRY_AFTER,
         hang_seconds: float = DEFAULT_HANG_SECONDS,
         reject_response_format: bool = False,
+        reject_schema_bounds: bool = False,
+        logprobs: bool = True,
         rate_limit_per_second: float | None = None,
         rate_limit_burst: int | None = None,
     ) -> None:
@@ -274,6 +328,10 @@ class FakeLLMServer:
         self.retry_after = retry_after
         self.hang_seconds = hang_seconds
         self.reject_response_format = reject_response_format
+        #: Like strict providers that refuse ``minimum``/``maximum`` in a JSON schema (400).
+        self.reject_schema_bounds = reject_schema_bounds
+        #: Whether ``logprobs: true`` requests get token logprobs (False: like an endpoint without them).
+        self.logprobs = logprobs
         self._requested_port = port
         self._bound_port: int | None = None
 
@@ -595,8 +653,12 @@ class FakeLLMServer:
             content = self._content(plan)
             prompt_tokens = max(1, sum(len(t) for t in _message_texts(messages)) // 4)
             completion_tokens = max(1, len(content) // 4)
+            reply = self._completion(content, prompt_tokens, completion_tokens)
+            logprobs = self._logprobs(content, plan)
+            if logprobs is not None:
+                reply["choices"][0]["logprobs"] = logprobs
             await self._send_json(
-                writer, 200, self._completion(content, prompt_tokens, completion_tokens),
+                writer, 200, reply,
                 keep_alive=keep_alive,
                 on_send=lambda: self._complete_chat(record, 200, outcome, prompt_tokens, completion_tokens))
             return keep_alive
@@ -618,6 +680,12 @@ class FakeLLMServer:
         if self.reject_response_format and "response_format" in body:
             raise _BadRequest(REJECT_RESPONSE_FORMAT_MESSAGE, param="response_format",
                               outcome="response_format_rejected")
+        schema = _reply_schema(body.get("response_format"))
+        if self.reject_schema_bounds and any(
+            key in prop for prop in schema.get("properties", {}).values() if isinstance(prop, dict)
+            for key in ("minimum", "maximum")
+        ):
+            raise _BadRequest(REJECT_SCHEMA_BOUNDS_MESSAGE, param="response_format", outcome="schema_bounds_rejected")
 
         texts = _message_texts(messages)
         markers = _parse_markers("\n".join(texts))
@@ -635,10 +703,24 @@ class FakeLLMServer:
             kind, scripted_score = _parse_action(action)
             if scripted_score is not None:
                 score, reason = scripted_score, "scripted score"
-            return _Plan(kind, score, reason, markers.latency_ms), messages
+            return self._with_levels(_Plan(kind, score, reason, markers.latency_ms), body, schema, texts, markers), messages
 
         kind = self._fault_from_markers(markers, judge, texts)
-        return _Plan(kind, score, reason, markers.latency_ms), messages
+        return self._with_levels(_Plan(kind, score, reason, markers.latency_ms), body, schema, texts, markers), messages
+
+    def _with_levels(self, plan: _Plan, body: dict, schema: dict, texts: list[str], markers: _Markers) -> _Plan:
+        """The logprobs mode: a reply schema with ``level`` (or a prompt asking for one) -> a level reply."""
+        level = schema.get("properties", {}).get("level") if schema else None
+        if isinstance(level, dict) and isinstance(level.get("enum"), list) and level["enum"]:
+            plan.level_count = len(level["enum"])
+        elif '"level": <level number 1 to ' in "\n".join(texts):
+            found = re.search(r'"level": <level number 1 to (\d+)>', "\n".join(texts))
+            plan.level_count = int(found.group(1)) if found else 5
+        if plan.level_count:
+            if markers.level_probs is not None:
+                plan.level_probs = (markers.level_probs + [0.0] * plan.level_count)[: plan.level_count]
+            plan.logprobs = bool(body.get("logprobs")) and self.logprobs and not markers.no_logprobs
+        return plan
 
     def _fault_from_markers(self, markers: _Markers, judge: str | None, texts: list[str]) -> str:
         """The first applicable fault marker (judge-specific ones first), else "ok"."""
@@ -657,14 +739,44 @@ class FakeLLMServer:
         return OK
 
     def _content(self, plan: _Plan) -> str:
-        default = json.dumps({"score": plan.score, "rationale": f"{MODEL_ID}: {plan.reason}"})
+        if plan.level_count:
+            default = json.dumps({"rationale": f"{MODEL_ID}: {plan.reason}", "level": _chosen_level(plan)})
+            out_of_range = json.dumps({"rationale": f"{MODEL_ID}: scripted out-of-range level", "level": plan.level_count + 1})
+            missing = json.dumps({"rationale": "no level here"})
+        else:
+            default = json.dumps({"rationale": f"{MODEL_ID}: {plan.reason}", "score": plan.score})
+            out_of_range = json.dumps({"rationale": f"{MODEL_ID}: scripted out-of-range score", "score": 1.7})
+            missing = json.dumps({"rationale": "no score here"})
         return {
             "malformed": "this is not json {",
-            "missing_field": json.dumps({"rationale": "no score here"}),
-            "out_of_range": json.dumps({"score": 1.7, "rationale": f"{MODEL_ID}: scripted out-of-range score"}),
+            "missing_field": missing,
+            "out_of_range": out_of_range,
             "empty": "",
             "fenced": f"```json\n{default}\n```",
         }.get(plan.outcome, default)
+
+    @staticmethod
+    def _logprobs(content: str, plan: _Plan) -> dict[str, Any] | None:
+        """Token logprobs of ``content`` in the OpenAI form; the level digit carries the distribution."""
+        if not plan.logprobs:
+            return None
+        match = re.search(r'"level":\s*(\d+)', content)
+        if match is None:
+            return {"content": [_token(content, 0.0, [])]}
+        start, end = match.span(1)
+        probs = plan.level_probs or [1.0 if i + 1 == _chosen_level(plan) else 0.0 for i in range(plan.level_count)]
+        total = sum(probs)
+        top = [
+            (str(i + 1), math.log(p / total)) for i, p in sorted(enumerate(probs), key=lambda x: -x[1]) if p > 0
+        ][:20]
+        chosen = dict(top).get(content[start:end], -50.0)
+        return {
+            "content": [
+                _token(content[:start], 0.0, []),
+                _token(content[start:end], chosen, top),
+                _token(content[end:], 0.0, []),
+            ]
+        }
 
     @staticmethod
     def _completion(content: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:

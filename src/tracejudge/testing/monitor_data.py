@@ -77,15 +77,18 @@ def overall(results: list[JudgeResult], *, gate: tuple[str, ...] = GATE_JUDGES) 
 def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult]]], *, workflow: str = "article_writer") -> list[str]:
     """Record one trace per ``(start_ms, results)`` in MLflow and write the results as a worker would.
 
-    All traces first, then MLflow's async export queue is flushed once, then the results: a trace must be in the
-    store before its assessments (with async trace logging, it may not be yet when its root span ends).
+    Each trace is waited for in the store before its results are written, so this works whether MLflow
+    exports traces synchronously or (its default, and whatever this process's exporter was set up with
+    first) asynchronously.
     """
     import mlflow
 
     from tracejudge.mlflow_io import writer
+    from tracejudge.mlflow_io.export import flush_pending_traces
     from tracejudge.mlflow_io.store import TraceStore
 
-    recorded = []
+    store = TraceStore()  # MLflow's current tracking URI
+    ids = []
     for start_ms, results in traces:
         ns = start_ms * 1_000_000
         root = mlflow.start_span_no_context(workflow, inputs={"topic": "AI safety"}, experiment_id=experiment_id, start_time_ns=ns)
@@ -98,13 +101,11 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult
             spans[node] = child.span_id
         root.set_outputs({"article": "..."})
         root.end(end_time_ns=ns + 6_000_000)
-        recorded.append((root.trace_id, spans, results))
-    mlflow.flush_trace_async_logging()
-
-    store = TraceStore()  # MLflow's current tracking URI
-    ids = []
-    for trace_id, spans, results in recorded:
-        store.wait_for_trace(trace_id, wait_seconds=30)
+        trace_id = root.trace_id
+        # in the store before its results, even if an earlier test left async export on (MLflow's public
+        # flush_trace_async_logging would cost ~1.2 s a trace: it restarts its export queue's thread)
+        flush_pending_traces()
+        store.wait_for_trace(trace_id, wait_seconds=60)
         status, score, band = overall(results)
         for r in results:
             r.span_id = spans.get(r.target)

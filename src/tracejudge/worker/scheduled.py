@@ -57,11 +57,10 @@ def register_scheduled(app: Celery) -> None:
 
     @app.task(name=TASK_RELEASE_DEFERRED, acks_late=True)
     def release_deferred() -> int:
-        from tracejudge.tasks.deferred import release_due
-        from tracejudge.tasks.runtime import get_runtime, key_prefix
+        from tracejudge.tasks.deferred import release
+        from tracejudge.tasks.runtime import get_runtime
 
-        runtime = get_runtime()
-        return release_due(runtime.redis, key_prefix(), lambda request: send_request(app, request))
+        return release(get_runtime(), lambda request: send_request(app, request))
 
 
 def send_request(app: Celery, request: Any) -> Any:
@@ -79,30 +78,8 @@ def send_request(app: Celery, request: Any) -> Any:
 
 
 def run_online_scan(app: Celery) -> dict[str, Any]:
-    """One scan with the worker's own config: new finished traces, through sampling, onto the queue."""
-    from tracejudge.tasks import counters
-    from tracejudge.tasks.judged import plan_fingerprint
-    from tracejudge.tasks.online import scan
-    from tracejudge.tasks.payload import EvaluationRequest
-    from tracejudge.tasks.runtime import get_runtime, key_prefix
-    from tracejudge.tasks.sampling import sampling_decision
+    """One scan (``tracejudge.tasks.online.run_scan``) whose traces go on this app's queue."""
+    from tracejudge.tasks.online import run_scan
+    from tracejudge.tasks.runtime import get_runtime
 
-    runtime = get_runtime()
-    config = runtime.config
-    fingerprint = plan_fingerprint(config, runtime.registry.with_config(config), default_model=runtime.settings.default_model)
-
-    def enqueue(trace_id: str, workflow: str) -> None:
-        skip = sampling_decision(trace_id, config)
-        counters.add(runtime.redis, key_prefix(), {(workflow or None, counters.SKIPPED_SAMPLING if skip else counters.SAMPLED): 1})
-        if skip is None:
-            send_request(app, EvaluationRequest(trace_id=trace_id))
-
-    result = scan(
-        client=runtime.mlflow, redis=runtime.redis, prefix=key_prefix(), config=config, fingerprint=fingerprint, enqueue=enqueue
-    )
-    return {
-        "enqueued": result.enqueued,
-        "already_seen": result.already_seen,
-        "already_judged": result.already_judged,
-        "skipped_locked": result.skipped_locked,
-    }
+    return run_scan(get_runtime(), lambda request: send_request(app, request))
