@@ -200,3 +200,44 @@ def test_a_delivery_that_lost_its_lock_does_not_write(pipeline_env, monkeypatch)
     assert isinstance(outcome["first"], EvaluationBusy), outcome  # it stopped before writing: retried later
     valid = [a for a in assessments(trace_id) if a.valid is not False]
     assert len(valid) == JUDGES_PER_TRACE
+
+
+def test_a_lock_busy_past_the_last_retry_is_an_evaluation_busy_verdict_not_a_pass(pipeline_env, monkeypatch):
+    """Another holder keeps the per-trace lock through every retry: the policy retries with ``EVALUATION_BUSY``
+    and, once it gives up, the verdict is an error with that code (never a pass, never ``MLFLOW_UNAVAILABLE``),
+    nothing is written, and the holder's lock is left alone."""
+    import redis as redis_lib
+
+    from tracejudge.config import load_config
+    from tracejudge.tasks import EvaluationRequest, evaluate as evaluate_module, get_runtime, run_task
+    from tracejudge.tasks.retry import EVALUATION_BUSY, RetryPolicy
+    from tracejudge.verdict import QualityVerdict
+
+    monkeypatch.setattr(evaluate_module, "LOCK_WAIT_MARGIN_SECONDS", 0.0)
+    busy_config = {"observability": {"mlflow": {"judges": {
+        **CONFIG["observability"]["mlflow"]["judges"],
+        "execution": {"timeout_seconds": 5, "trace_wait_seconds": 20, "overall_timeout_seconds": 0.5},
+    }}}}
+    config = load_config(busy_config)
+    runtime = get_runtime()
+    trace_id = record_article_trace()
+    mlflow.flush_trace_async_logging()
+    client = redis_lib.Redis.from_url(pipeline_env["TRACEJUDGE_REDIS_URL"])
+    lock_key = runtime.state.key(f"lock:{trace_id}")
+    client.set(lock_key, "another-delivery", ex=600)  # a live holder elsewhere
+    payload = EvaluationRequest(trace_id=trace_id, config=config).model_dump(mode="json", exclude_none=True)
+    policy = RetryPolicy(max_retries=2)
+    written_before = len(assessments(trace_id))
+
+    first = run_task(payload, attempt=0, policy=policy)
+    assert first.verdict is None and first.retry is not None and first.retry.code == EVALUATION_BUSY, first
+
+    last = run_task(payload, attempt=2, policy=policy)
+    assert last.retry is None and last.verdict is not None, last
+    verdict = QualityVerdict.model_validate(last.verdict)  # the compact task result, read as the handle reads it
+    assert verdict.status == "error" and verdict.trace_id == trace_id, verdict
+    assert verdict.error is not None and verdict.error.type == EVALUATION_BUSY, verdict
+    assert "evaluation lock" in verdict.error.message
+    assert len(assessments(trace_id)) == written_before == 0  # nothing written next to the holder
+    assert client.get(lock_key) == b"another-delivery"
+    client.delete(lock_key)

@@ -25,7 +25,7 @@ from celery import Celery, signals
 
 from tracejudge.config import Settings
 from tracejudge.tasks import prepare_worker_process, warm_runtime
-from tracejudge.worker import alerts_task, lease, task
+from tracejudge.worker import alerts_task, fetch, lease, task
 from tracejudge.worker.lease import lease_interval
 from tracejudge.worker.names import QUEUE_GATE, QUEUE_ONLINE, QUEUES, TASK_EVALUATE
 
@@ -130,6 +130,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     app.conf.update(celery_settings(settings))
     task.register(app)
     lease.connect_signals()
+    fetch.install()  # a worker SIGKILLed mid-fetch must not lose the message (worker/fetch.py)
     alerts_task.register(app)
     app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **alerts_task.beat_entries(_user_config(settings))}
     return app
