@@ -93,7 +93,6 @@ def server_trace(tmp_path_factory):
     from tracejudge.testing.processes import MlflowServer
     from tracejudge.testing.workflows import record_article_trace
 
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as in a worker (set_worker_environment)
     uri, active = mlflow.get_tracking_uri(), fluent._active_experiment_id
     saved_env = {k: os.environ.get(k) for k in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_URI")}
     with MlflowServer(directory=tmp_path_factory.mktemp("reader-outage"), workers=1) as srv:
