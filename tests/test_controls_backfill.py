@@ -187,3 +187,20 @@ def test_budget_command_prints_the_spend_by_model_and_judge(pipeline_env, redis_
     assert main(["budget"]) == 0
     out = capsys.readouterr().out
     assert "by model" in out and "gpt-4o-mini" in out and "coherence" in out
+
+
+def test_check_mlflow_waits_for_a_slow_local_store_but_not_for_a_silent_server():
+    """A sqlite store's first open can take seconds on a busy machine: that is not "did not answer"."""
+    from tracejudge.backfill import BackfillError, check_mlflow
+
+    class SlowClient:
+        def search_experiments(self, max_results):
+            time.sleep(2.0)  # longer than the 1.5 s server probe
+            return []
+
+    class SlowStore:
+        client = SlowClient()
+
+    check_mlflow(SlowStore(), "sqlite:////tmp/nowhere/mlflow.db")  # waits, no error
+    with pytest.raises(BackfillError, match=r"MLflow at http://127\.0\.0\.1:5000 did not answer within 1\.5 s"):
+        check_mlflow(SlowStore(), "http://127.0.0.1:5000")

@@ -116,7 +116,7 @@ def test_api_needs_the_token_and_answers_bad_input_with_400(server, store):
     status, body = get(server + f"/api/summary?experiment={experiment_id}&since=7d", token=TOKEN)
     assert status == 200 and body["totals"]["traces"] == len(store[1]) and body["source"] == "mlflow"
     for query, message in [
-        ("since=7days", "--since: cannot read '7days'"),
+        ("since=7days", "since: cannot read '7days'"),
         ("bucket=week", "bucket: Input should be 'hour' or 'day'"),
         ("colour=red", "unknown query parameter 'colour'"),
         ("since=2d&until=3d", "--since (2d) must be before --until (3d)"),
@@ -125,6 +125,7 @@ def test_api_needs_the_token_and_answers_bad_input_with_400(server, store):
         status, body = get(server + f"/api/summary?experiment={experiment_id}&{query}", token=TOKEN)
         assert status == 400, query
         assert message in body["error"] and "Traceback" not in body["error"]
+        assert "since: --since" not in body["error"], body["error"]  # the parameter is named once
     status, body = get(server + "/api/summary?experiment=no-such-experiment", token=TOKEN)
     assert status == 404 and "experiment 'no-such-experiment' does not exist" in body["error"]
 
@@ -209,7 +210,7 @@ def test_page_in_headless_chromium_draws_every_chart_and_shows_the_api_numbers(s
         assert quality == f"http://mlflow.example:5000/#/experiments/{experiment_id}/overview/quality"
 
         page.open(f"{server}/?experiment={experiment_id}&since=someday", until="document.body.dataset.rendered")
-        assert "--since: cannot read 'someday'" in page.evaluate("document.getElementById('error').textContent")
+        assert "since: cannot read 'someday'" in page.evaluate("document.getElementById('error').textContent")
 
         # the self-contained HTML report draws the same charts offline (file://, no server)
         from tracejudge.monitor import QualitySummary

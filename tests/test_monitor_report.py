@@ -182,7 +182,8 @@ def test_report_llm_summary_is_off_by_default_and_uses_the_judges_client(seeded,
 )
 def test_report_bad_options_are_named(mlflow_store, capsys, argv, message):
     assert main(["report", "--experiment-id", "0", *argv]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"error: {message}" in err and "--since: --since" not in err, err
 
 
 def test_report_unknown_experiment(mlflow_store, capsys):

@@ -30,6 +30,9 @@ CHECKPOINT = "backfill:"
 CHECKPOINT_TTL_SECONDS = 30 * 24 * 3600
 DEFAULT_MAX_QUEUE = 1000
 PROBE_TIMEOUT_SECONDS = 1.5
+#: a local or database store (sqlite, file, postgresql...) is opened in-process: its first open creates
+#: the engine and checks the schema, seconds on a busy machine, so it gets longer than a server's probe.
+LOCAL_STORE_TIMEOUT_SECONDS = 60.0
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -120,9 +123,18 @@ def probe_tracking_server(uri: str | None, *, timeout: float = PROBE_TIMEOUT_SEC
         raise BackfillError(f"MLflow at {redact_url(uri)} is unreachable ({reason}); is the tracking server running?") from None
 
 
-def check_mlflow(store: Any, uri: str | None, *, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
-    """Fail in about ``timeout`` seconds, URI redacted, when the tracking store does not answer."""
+def check_mlflow(store: Any, uri: str | None, *, timeout: float | None = None) -> None:
+    """Fail in about ``timeout`` seconds, URI redacted, when the tracking store does not answer.
+
+    The default is ``PROBE_TIMEOUT_SECONDS`` for an ``http(s)://`` server and ``LOCAL_STORE_TIMEOUT_SECONDS``
+    for a store MLflow opens in this process (a sqlite file's first open alone can take longer than 1.5 s).
+    """
     import concurrent.futures
+    from urllib.parse import urlsplit
+
+    if timeout is None:
+        remote = bool(uri) and urlsplit(uri).scheme in ("http", "https")
+        timeout = PROBE_TIMEOUT_SECONDS if remote else LOCAL_STORE_TIMEOUT_SECONDS
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     future = pool.submit(lambda: store.client.search_experiments(max_results=1))

@@ -73,7 +73,10 @@ class MonitorQuery(BaseModel):
     @classmethod
     def _time(cls, value: str | None, info) -> str | None:  # type: ignore[no-untyped-def]
         if value is not None:
-            parse_time(value, option=f"--{info.field_name}")
+            try:
+                parse_time(value, option=info.field_name)
+            except BadQuery as exc:  # the error already names the field once ("since: ..."), not twice
+                raise ValueError(str(exc).removeprefix(f"{info.field_name}: ")) from None
         return value
 
     @field_validator("workflow", "environment")
