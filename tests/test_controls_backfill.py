@@ -187,6 +187,12 @@ def test_budget_command_prints_the_spend_by_model_and_judge(pipeline_env, redis_
     assert main(["budget"]) == 0
     out = capsys.readouterr().out
     assert "by model" in out and "gpt-4o-mini" in out and "coherence" in out
+    assert "workers count spend here only while judges.budget.daily_usd is set" in " ".join(out.split())  # no budget set
+
+
+def test_budget_command_refuses_a_day_it_cannot_read(pipeline_env, capsys):
+    assert main(["budget", "--day", "yesterday"]) == 2
+    assert "--day: cannot read 'yesterday'; give a UTC day as YYYY-MM-DD" in capsys.readouterr().err
 
 
 def test_check_mlflow_waits_for_a_slow_local_store_but_not_for_a_silent_server():

@@ -191,6 +191,18 @@ def test_rule_naming_an_unknown_judge_or_node_warns():
     assert warnings[1].startswith("quality_alerts.rules[1].node: no config has a node 'wrte'")
 
 
+def test_a_config_naming_no_judges_knows_the_default_plan_judges():
+    """Without judges in the config the default plan runs relevance, coherence, harmfulness: no false warning."""
+    from tracejudge.monitor.alerts import known_names
+
+    config = load_config({"quality_alerts": {"rules": [{"kind": "quality_drop", "judge": "relevance", "below": 0.9},
+                                                       {"kind": "quality_drop", "judge": "groundedness", "below": 0.9}]}})
+    judges, nodes = known_names(config)
+    warnings = rule_warnings(config.quality_alerts, known_judges=judges, known_nodes=nodes)
+    assert len(warnings) == 1 and "'groundedness'" in warnings[0], warnings
+    assert "known: coherence, harmfulness, relevance" in warnings[0]
+
+
 def test_beat_schedule_checks_every_quarter_window(tmp_path, monkeypatch):
     from tracejudge.worker import make_app
     from tracejudge.worker.alerts_task import BEAT_ENTRY, TASK_ALERTS

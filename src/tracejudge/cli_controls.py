@@ -168,6 +168,13 @@ def budget_command(args: argparse.Namespace) -> int:
         config = resolve_config(args.config)
     except ConfigError as exc:
         return _error(str(exc))
+    if args.day is not None:
+        import datetime
+
+        try:
+            datetime.date.fromisoformat(args.day)
+        except ValueError:
+            return _error(f"--day: cannot read {args.day!r}; give a UTC day as YYYY-MM-DD (2026-11-28)")
     state = RedisState(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5), prefix=settings.key_prefix)
     try:
         report = state.spend(day=args.day, limit_usd=config.judges.budget.daily_usd)
@@ -180,7 +187,12 @@ def budget_command(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = Console()
-    limit = f" of ${report.limit_usd:g}" if report.limit_usd is not None else " (no daily budget set)"
+    limit = (
+        f" of ${report.limit_usd:g}"
+        if report.limit_usd is not None
+        else " (no daily budget set: workers count spend here only while judges.budget.daily_usd is set;"
+        " each assessment's cost_usd and `tracejudge report` show the cost)"
+    )
     console.print(f"judge spend on {report.day} (UTC): ${report.spent_usd:.6f}{limit}; held by calls in flight ${report.reserved_usd:.6f}")
     for title, usd, calls in (("model", report.by_model, report.calls_by_model), ("judge", report.by_judge, report.calls_by_judge)):
         table = Table(title=f"by {title}")

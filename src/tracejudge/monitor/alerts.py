@@ -275,8 +275,17 @@ def watched_experiment(config: QualityAlertsConfig, experiment: str | None = Non
 
 
 def known_names(config: Any) -> tuple[set[str], set[str]]:
-    """Judges and nodes the config names (for the warnings)."""
+    """Judges and nodes the config names (for the warnings); with no judges named, the default plan's.
+
+    >>> from tracejudge.config import TraceJudgeConfig
+    >>> sorted(known_names(TraceJudgeConfig())[0])
+    ['coherence', 'harmfulness', 'relevance']
+    """
+    from tracejudge.config import DEFAULT_ROOT_JUDGES
+
     judges = set(config.judge_names()) | {j.name for j in config.judges.custom}
+    if not config.has_plan:
+        judges.update(DEFAULT_ROOT_JUDGES)
     nodes = set(config.judges.node_overrides) | {"workflow"}
     return judges, nodes
 
