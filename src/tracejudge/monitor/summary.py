@@ -96,16 +96,26 @@ class _Acc:
             self.hist[int(part[1:])] += value
 
     def stats(self) -> dict[str, Any]:
+        """Count, mean, variance, percentiles; when every score is the same, the percentiles are that score.
+
+        >>> acc = _Acc()
+        >>> for part, value in (("n", 2), ("sum", 1.7), ("sq", 1.445), ("h8", 2)):
+        ...     acc.add(0, part, value)
+        >>> s = acc.stats(); s["p10"], s["p50"], s["p90"], s["variance"]
+        (0.85, 0.85, 0.85, 0.0)
+        """
         n = int(self.n)
         mean = self.sum / self.n if self.n else None
         variance = max(0.0, self.sq / self.n - mean * mean) if mean is not None else None
+        # the histogram only knows the tenth a score fell in: without spread, the mean is exact
+        same = mean is not None and variance is not None and variance < 1e-12
         return dict(
             count=n,
             mean=_r(mean),
             variance=_r(variance),
-            p10=percentile(self.hist, 0.1),
-            p50=percentile(self.hist, 0.5),
-            p90=percentile(self.hist, 0.9),
+            p10=_r(mean) if same else percentile(self.hist, 0.1),
+            p50=_r(mean) if same else percentile(self.hist, 0.5),
+            p90=_r(mean) if same else percentile(self.hist, 0.9),
             below=int(self.below),
             failure_rate=_r(self.below / self.n) if self.n else None,
             errors=int(self.errors),
