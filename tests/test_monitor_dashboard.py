@@ -209,6 +209,11 @@ def test_page_in_headless_chromium_draws_every_chart_and_shows_the_api_numbers(s
         quality = page.evaluate("document.getElementById('quality-link').href")
         assert quality == f"http://mlflow.example:5000/#/experiments/{experiment_id}/overview/quality"
 
+        # without since/bucket in the URL the page draws the server's defaults, and its filters say so
+        page.open(f"{server}/?experiment={experiment_id}", until="document.body.dataset.rendered")
+        filters = page.evaluate("['experiment', 'since', 'bucket'].map(k => document.getElementById('filters').elements[k].value)")
+        assert filters == [experiment_id, "7d", "day"], filters
+
         page.open(f"{server}/?experiment={experiment_id}&since=someday", until="document.body.dataset.rendered")
         assert "since: cannot read 'someday'" in page.evaluate("document.getElementById('error').textContent")
 

@@ -230,6 +230,10 @@
                 (s.environment ? " \u00b7 " + s.environment : "") + " \u00b7 " + s.since.slice(0, 16).replace("T", " ") +
                 " \u2013 " + s.until.slice(0, 16).replace("T", " ") + " UTC";
     document.getElementById("scope").textContent = scope;
+    // the filters show what is drawn (the server's defaults: 7 days by day, its experiment)
+    var form = document.getElementById("filters");
+    if (form && form.elements.experiment && !form.elements.experiment.value) form.elements.experiment.value = s.experiment_id;
+    if (form && form.elements.bucket) form.elements.bucket.value = s.bucket;
     document.getElementById("footer").textContent = "source: " + s.source + " \u00b7 " + s.totals.results +
       " judge results \u00b7 computed in " + s.seconds + " s \u00b7 schema v" + s.schema_version;
   }
