@@ -353,3 +353,15 @@ def test_cli_main_runs_until_sigterm():
     assert proc.returncode == 0, stderr
     assert stdout.strip() == ""  # nothing but the banner
     assert "Warning" not in stderr
+
+
+def test_help_says_how_to_point_judges_at_it_and_steer_replies(capsys):
+    """A new user reads `tracejudge fake-llm --help`: every option explained, the markers and fault kinds listed."""
+    from tracejudge.testing.fake_llm import FAULT_KINDS, main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "TRACEJUDGE_LLM_BASE_URL=http://HOST:PORT/v1" in out and "[[tj:score=0.42]]" in out
+    assert all(kind in out for kind in FAULT_KINDS)
+    assert "score of a reply without a score marker" in out and "delay before each reply" in out

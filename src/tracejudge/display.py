@@ -6,7 +6,13 @@ from typing import Any
 
 
 def format_verdict(verdict: Any, *, rationale_width: int = 60) -> str:
-    """A plain-text table: node, judge, score, threshold, pass, rationale."""
+    """A plain-text table: node, judge, score, threshold, pass, rationale; then the verdict and its warnings.
+
+    >>> from tracejudge.verdict import QualityVerdict
+    >>> v = QualityVerdict(trace_id="tr-1", status="error", threshold=0.8, warnings=["node_overrides.research matches no node"])
+    >>> format_verdict(v).splitlines()[-1]
+    'warning: node_overrides.research matches no node'
+    """
     rows = [("node", "judge", "score", "threshold", "pass", "rationale / error")]
     for r in verdict.results():
         score = "-" if r.score is None else f"{r.score:.2f}"
@@ -25,6 +31,8 @@ def format_verdict(verdict: Any, *, rationale_width: int = 60) -> str:
     lines.append(f"verdict: {verdict.summary()}")
     if verdict.retry_nodes:
         lines.append(f"retry nodes: {', '.join(verdict.retry_nodes)}")
+    for warning in verdict.warnings or ():  # e.g. a node_overrides key that matched no node of the trace
+        lines.append(f"warning: {warning}")
     if verdict.artifact_uri:
         lines.append(f"report: {verdict.artifact_uri}")
     return "\n".join(lines)

@@ -889,14 +889,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tracejudge-fake-llm",
         description="Local OpenAI-compatible TEST server for tracejudge (not a real model).",
+        epilog=(
+            "Point the judges at it with TRACEJUDGE_LLM_BASE_URL=http://HOST:PORT/v1 (no API key needed on loopback). "
+            "Steer a reply from the judged text with markers: [[tj:score=0.42]], [[tj:score:relevance=0.3]], "
+            "[[tj:latency=500]], [[tj:fault=503x2]], [[tj:fault:relevance=429]]; fault kinds: "
+            + ", ".join(sorted(FAULT_KINDS)) + "."
+        ),
     )
-    parser.add_argument("--host", default=DEFAULT_HOST)
-    parser.add_argument("--port", type=int, default=DEFAULT_CLI_PORT)
-    parser.add_argument("--latency-ms", type=float, default=DEFAULT_LATENCY_MS)
-    parser.add_argument("--default-score", type=float, default=DEFAULT_SCORE)
-    parser.add_argument("--retry-after", type=_number, default=DEFAULT_RETRY_AFTER)
-    parser.add_argument("--hang-seconds", type=float, default=DEFAULT_HANG_SECONDS)
-    parser.add_argument("--reject-response-format", action="store_true")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_CLI_PORT, help=f"port (default {DEFAULT_CLI_PORT})")
+    parser.add_argument("--latency-ms", type=float, default=DEFAULT_LATENCY_MS, help=f"delay before each reply, ms (default {DEFAULT_LATENCY_MS:g})")
+    parser.add_argument("--default-score", type=float, default=DEFAULT_SCORE, help=f"score of a reply without a score marker (default {DEFAULT_SCORE:g})")
+    parser.add_argument("--retry-after", type=_number, default=DEFAULT_RETRY_AFTER, help="Retry-After header of a 429 fault, seconds")
+    parser.add_argument("--hang-seconds", type=float, default=DEFAULT_HANG_SECONDS, help="how long a 'hang' fault hangs, seconds")
+    parser.add_argument("--reject-response-format", action="store_true", help="answer 400 to a strict JSON-schema response_format (like some providers)")
     args = parser.parse_args(argv)
 
     server = FakeLLMServer(
