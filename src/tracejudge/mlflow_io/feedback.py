@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from tracejudge.mlflow_io.writer import KEY, call_mlflow
+from tracejudge.mlflow_io.query import trace_infos
+from tracejudge.mlflow_io.writer import KEY
 
 PAGE_SIZE = 500
 
@@ -36,22 +37,8 @@ class HumanPair:
 def judge_human_pairs(client: Any, experiment_id: str, start_ms: int, end_ms: int) -> Iterator[HumanPair]:
     """Every (judge score, human feedback) pair on traces started in ``[start_ms, end_ms)``, page by page."""
     filter_string = f"timestamp_ms >= {int(start_ms)} AND timestamp_ms < {int(end_ms)}"
-    token = None
-    while True:
-        page = call_mlflow(
-            client.search_traces,
-            locations=[experiment_id],
-            filter_string=filter_string,
-            max_results=PAGE_SIZE,
-            order_by=["timestamp_ms ASC"],
-            page_token=token,
-            include_spans=False,
-        )
-        for trace in page:
-            yield from _pairs(trace.info)
-        token = getattr(page, "token", None)
-        if not token:
-            return
+    for info in trace_infos(client, experiment_id, filter_string, page_size=PAGE_SIZE):
+        yield from _pairs(info)
 
 
 def _pairs(info: Any) -> Iterator[HumanPair]:

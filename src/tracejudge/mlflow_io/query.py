@@ -73,7 +73,14 @@ def judged_traces(
     filters = [f"timestamp_ms >= {int(start_ms)}", f"timestamp_ms < {int(end_ms)}"]
     if workflow:
         filters.append(f"tags.`mlflow.traceName` = '{_quote(workflow)}'")
-    filter_string = " AND ".join(filters)
+    for info in trace_infos(client, experiment_id, " AND ".join(filters), page_size=page_size):
+        row = _row(info)
+        if row is not None:
+            yield row
+
+
+def trace_infos(client: Any, experiment_id: str, filter_string: str, *, page_size: int = PAGE_SIZE) -> Iterator[Any]:
+    """The infos (assessments and tags, no spans) of every trace matching ``filter_string``, oldest first, page by page."""
     token = None
     while True:
         page = call_mlflow(
@@ -86,9 +93,7 @@ def judged_traces(
             include_spans=False,
         )
         for trace in page:
-            row = _row(trace.info)
-            if row is not None:
-                yield row
+            yield trace.info
         token = getattr(page, "token", None)
         if not token:
             return
