@@ -54,7 +54,7 @@ quality_gate:
 
 
 def minimal_config() -> str:
-    """The bench config with ``artifact_level: minimal`` (no ``quality_assessment.json``)."""
+    """The bench config with ``artifact_level: minimal`` (no ``quality_assessment.json``, no run metrics)."""
     return CONFIG_YAML.replace("    enable_judges: true\n", "    enable_judges: true\n    artifact_level: minimal\n", 1)
 
 

@@ -195,7 +195,7 @@ def run_store(results: dict, services: h.Services, kind: str, *, n: int, single_
         workers.stop()
 
     if minimal:
-        # Target 2's second half: MLflow calls per trace with artifact_level: minimal (no report).
+        # Target 2's second half: MLflow calls per trace with artifact_level: minimal (no report, no run metrics).
         h.say("MLflow calls per trace with artifact_level: minimal")
         workers = h.start_workers(services, store, processes=1, label=f"{kind}min", config_yaml=h.minimal_config(),
                                   **worker_opts)

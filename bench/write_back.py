@@ -3,8 +3,8 @@
 
     .venv/bin/python bench/write_back.py [--traces 30] [--concurrency 1,2,4,8] [--pause 0.3] [--wal]
 
-The worker's write-back of one trace, without the rest of the worker: 6 feedbacks, 3 trace tags, the
-report (``log_dict``) and the metrics (``log_batch``), 11 MLflow calls, through ``TraceStore.write_all``
+The worker's write-back of one trace, without the rest of the worker: 6 feedbacks, 2 trace tags, the
+report (``log_dict``) and the metrics (``log_batch``), 10 MLflow calls, through ``TraceStore.write_all``
 as the worker makes them, one trace every ``--pause`` s (an idle worker). Rows are interleaved round by
 round, so a noisy moment hits every setting alike. Prints p50 / p95 / mean of the write-back (ms).
 
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                                    rationale="bench", model="bench", key=uuid.uuid4().hex) for i in range(6)]
             run_id = ts.report_run(loaded)
             calls = ts.result_calls(trace_id, results, evaluation_id=uuid.uuid4().hex)
-            calls += ts.summary_calls(trace_id, run_id=run_id, tags={"tracejudge.status": "passed", "tracejudge.score": "0.85",
-                                                                     "tracejudge.plan": "bench"},
+            calls += ts.summary_calls(trace_id, run_id=run_id, tags={"tracejudge.status": "passed", "tracejudge.score": "0.85"},
                                       report={"trace_id": trace_id, "results": [r.model_dump(mode="json") for r in results]},
                                       metrics={"quality_score": 0.85, "quality_threshold_pass": 1.0}, step=loaded.timestamp_ms or 0)
             started = time.perf_counter()
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             for wc in settings:
                 time.sleep(args.pause)
                 times[wc].append(write(stores[wc], next(it)))
-    print(f"\nwrite-back of one trace (11 MLflow calls), sqlite{' WAL' if args.wal else ''}, {args.traces} traces per setting, "
+    print(f"\nwrite-back of one trace (10 MLflow calls), sqlite{' WAL' if args.wal else ''}, {args.traces} traces per setting, "
           f"{args.pause:g} s apart; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("| write concurrency | p50 ms | p95 ms | mean ms |")
     print("|---|---|---|---|")

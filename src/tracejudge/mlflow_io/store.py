@@ -14,7 +14,6 @@ to the URI it was given (``MLFLOW_TRACKING_URI`` through ``Settings``).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import os
 import threading
@@ -155,11 +154,6 @@ class TraceStore:
         """Fetch a trace once and extract its targets (``TraceNotReady``, ``MlflowUnavailable``...)."""
         return reader.load_trace(self.client, trace_id)
 
-    def refresh_assessments(self, loaded: LoadedTrace) -> LoadedTrace:
-        """``loaded`` with the assessments and tags on the trace now (its info only: no spans read again)."""
-        info = writer.call_mlflow(self.tracing.get_trace_info, loaded.trace_id)
-        return dataclasses.replace(loaded, assessments=list(info.assessments or []), tags=dict(info.tags or {}))
-
     def wait_for_trace(self, trace_id: str, *, wait_seconds: float) -> LoadedTrace:
         """Load the trace, polling with backoff (0.1 s doubling to 2 s) while it is not exported yet."""
         reader.check_trace_id(trace_id)
@@ -228,23 +222,27 @@ class TraceStore:
         *,
         evaluation_id: str,
         overrides: dict[str, str] | None = None,
+        plan: str | None = None,
     ) -> list[Callable[[], str]]:
         """One call per result, each writing it as a feedback assessment (for :meth:`write_all`).
 
-        ``overrides`` maps a result key to the assessment it supersedes (MLflow marks that one invalid).
+        ``overrides`` maps a result key to the assessment it supersedes (MLflow marks that one invalid);
+        ``plan`` (a full evaluation's plan fingerprint) goes into every feedback's metadata.
         """
         overrides = overrides or {}
         if self.rest is not None:
             return [
                 functools.partial(
-                    self.rest.log_feedback, trace_id, r, evaluation_id=evaluation_id, overrides=overrides.get(r.key or "")
+                    self.rest.log_feedback, trace_id, r, evaluation_id=evaluation_id, overrides=overrides.get(r.key or ""),
+                    plan=plan,
                 )
                 for r in results
             ]
         tracing = self.tracing
         return [
             functools.partial(
-                writer.log_result, tracing, trace_id, r, evaluation_id=evaluation_id, overrides=overrides.get(r.key or "")
+                writer.log_result, tracing, trace_id, r, evaluation_id=evaluation_id, overrides=overrides.get(r.key or ""),
+                plan=plan,
             )
             for r in results
         ]
@@ -272,7 +270,7 @@ class TraceStore:
         run_id: str | None,
         tags: dict[str, str],
         report: dict[str, Any] | None,
-        metrics: dict[str, float],
+        metrics: dict[str, float] | None,
         step: int = 0,
         experiment_id: str | None = None,
     ) -> list[Callable[[], Any]]:
