@@ -197,9 +197,9 @@ def _write(record: dict[str, Any]) -> None:
 
 
 WHATIFS = {
-    "tags2": "write only the tracejudge.status and tracejudge.score trace tags (2 set_trace_tag calls instead of 5)",
+    "tags2": "write only the tracejudge.status and tracejudge.score trace tags (no attempt/retry_of/plan tag where they apply)",
     "metricsonly": "write_report logs the metrics (log_batch) but not the quality_assessment.json artifact (log_dict)",
-    "noreport": "no write_report at all (no log_dict, no log_batch)",
+    "noreport": "no write_report at all (no log_dict, no log_batch; what artifact_level: minimal does since 2026-11-29)",
     "nocooldown": "no Redis PTTL cool-down check before each judge call when no rate limit is configured",
     "noevents": "Celery without task events and without the STARTED state (worker_send_task_events/task_track_started off)",
     "nowrites": "no MLflow writes at all (feedback and summary skipped; the trace is still read): the store taken out",

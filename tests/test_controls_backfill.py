@@ -39,9 +39,14 @@ def experiment(mlflow_store, tmp_path):
 
 
 def _judged_count(trace_ids):
+    """Traces whose feedbacks carry a plan fingerprint (what a full evaluation records)."""
     import mlflow
 
-    return sum(1 for t in trace_ids if (mlflow.get_trace(t).info.tags or {}).get("tracejudge.plan"))
+    def judged(trace_id):
+        info = mlflow.get_trace(trace_id).info
+        return any((a.metadata or {}).get("tracejudge.plan") for a in info.assessments if getattr(a, "feedback", None) is not None)
+
+    return sum(1 for t in trace_ids if judged(t))
 
 
 def test_backfill_counts_waits_and_skips_what_is_judged(worker, experiment, capsys):

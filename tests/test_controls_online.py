@@ -207,3 +207,64 @@ def test_unknown_experiment_and_bad_filter_name_the_key(pipeline_env, mlflow_sto
     with pytest.raises(BadFilter) as bad:
         store.search_traces(["0"], filter_string="tags.env = = 'prod'", max_results=1)
     assert "tags.env = = 'prod'" in str(bad.value) and "MLflow refused the filter" in str(bad.value)
+
+
+def test_judged_with_the_current_plan_is_read_from_the_feedbacks(pipeline_env, mlflow_store, redis_url):
+    """A full evaluation puts the plan's fingerprint in every feedback's metadata and writes no plan tag; a scan
+    (``search_traces``: tags and assessments) skips the trace on it. A partial run (``judges=``) records no
+    fingerprint, so its trace is still picked up. A full run that reuses every result under a changed plan
+    has no feedback to carry the new fingerprint: it tags the trace, and the scan skips it on the tag."""
+    import mlflow
+    import redis
+    from mlflow import MlflowClient
+
+    from tracejudge.config import JudgeRef, load_config
+    from tracejudge.mlflow_io.store import TraceStore
+    from tracejudge.tasks import EvaluationRequest, evaluate_request, get_runtime
+    from tracejudge.tasks.judged import plan_fingerprint
+    from tracejudge.tasks.online import scan
+    from tracejudge.tasks.state import RedisState
+
+    name = f"online-plan-{uuid.uuid4().hex[:8]}"
+    experiment_id = mlflow.create_experiment(name)
+    judges = {"workflow_defaults": ["coherence"], "execution": {"trace_wait_seconds": 20},
+              "online": {"experiments": [name], "delay_seconds": 0}}
+    config = load_config({"observability": {"mlflow": {"judges": judges}}})
+    runtime = get_runtime()
+    client = MlflowClient()
+
+    def fingerprint(cfg):
+        return plan_fingerprint(cfg, runtime.registry.with_config(cfg), default_model=runtime.settings.default_model)
+
+    def scanned(cfg):
+        """What a fresh scanner (its own Redis prefix: no watermark, no seen keys) enqueues."""
+        sent: list[str] = []
+        state = RedisState(redis.Redis.from_url(redis_url), prefix=f"tjplan-{uuid.uuid4().hex[:8]}:")
+        scan(store=TraceStore(mlflow_store), state=state, config=cfg, fingerprint=fingerprint(cfg),
+             enqueue=lambda t, w: sent.append(t))
+        return set(sent)
+
+    def ours(trace_id):
+        info = client.get_trace(trace_id).info
+        feedbacks = [a for a in info.assessments if getattr(a, "feedback", None) is not None and a.valid is not False]
+        return {k: v for k, v in info.tags.items() if k.startswith("tracejudge.")}, [a.metadata.get("tracejudge.plan") for a in feedbacks]
+
+    full, partial, fresh = _record(experiment_id, 3, "plan")
+    assert evaluate_request(EvaluationRequest(trace_id=full, config=config), runtime).judged == 1
+    partial_run = evaluate_request(EvaluationRequest(trace_id=partial, config=config, judges=[JudgeRef(name="harmfulness")]), runtime)
+    assert partial_run.partial and partial_run.judged == 1
+    tags, plans = ours(full)
+    assert "tracejudge.plan" not in tags and tags["tracejudge.status"] == "passed"
+    assert plans == [fingerprint(config)]
+    assert ours(partial) == ({}, [None])  # no tags, no fingerprint: not judged with the plan
+    assert scanned(config) == {partial, fresh}
+
+    # the same judges, but a per-judge sampling rate: a new fingerprint, and every result reused
+    changed = load_config({"observability": {"mlflow": {"judges": {**judges, "sampling": {"judges": {"coherence": 1.0}}}}}})
+    assert fingerprint(changed) != fingerprint(config)
+    assert scanned(changed) == {full, partial, fresh}
+    again = evaluate_request(EvaluationRequest(trace_id=full, config=changed), runtime)
+    assert again.judged == 0 and again.reused == 1
+    tags, plans = ours(full)
+    assert tags["tracejudge.plan"] == fingerprint(changed) and plans == [fingerprint(config)]  # no second feedback
+    assert scanned(changed) == {partial, fresh}

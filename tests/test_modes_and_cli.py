@@ -205,7 +205,7 @@ optimization: {enabled: true, strategy: BootstrapFewShot}
     assert not any("(coherence)" in w or "(technical_accuracy)" in w for w in warnings)
     for key in ("observability.mlflow.async_logging", "observability.mlflow.artifacts.inputs", "optimization"):
         assert f"warning: {key}: accepted, not used by tracejudge" in warnings
-    assert "quality_assessment.json: not written" in out
+    assert "quality_assessment.json and run metrics: not written" in out
     assert len(warnings) == 6
 
 

@@ -40,14 +40,15 @@ def test_the_body_is_what_mlflows_client_sends() -> None:
     from mlflow.utils.proto_json_utils import message_to_json
 
     for result in RESULTS:
-        for overrides in (None, "a-0123"):
+        for overrides, plan in ((None, None), ("a-0123", None), (None, "5f1c0e9a2b7d4c31")):
             result = result.model_copy(update={"span_id": "0123456789abcdef"})
-            feedback = writer.feedback("tr-1", result, evaluation_id="ev-1", overrides=overrides)
+            feedback = writer.feedback("tr-1", result, evaluation_id="ev-1", overrides=overrides, plan=plan)
             theirs = json.loads(message_to_json(CreateAssessment(assessment=feedback.to_proto())))["assessment"]
-            ours = feedback_json("tr-1", result, evaluation_id="ev-1", overrides=overrides)
+            ours = feedback_json("tr-1", result, evaluation_id="ev-1", overrides=overrides, plan=plan)
             for stamp in ("create_time", "last_update_time"):
                 assert theirs.pop(stamp)[:10] == ours.pop(stamp)[:10]
-            assert ours == theirs, (result.name, overrides)
+            assert ours == theirs, (result.name, overrides, plan)
+            assert ours["metadata"].get("tracejudge.plan") == plan
 
 
 def test_only_tracking_servers_get_a_rest_writer(monkeypatch) -> None:
@@ -143,7 +144,7 @@ def test_what_lands_is_identical_to_the_clients_writes(server) -> None:
     for result in RESULTS:
         span = "node_research" if result.target == "research" else ("node_write" if result.target == "write" else None)
         a = result.model_copy(update={"span_id": span_of[via_client].get(span)})
-        writer.log_result(tracing, via_client, a, evaluation_id="ev-1")
+        writer.log_result(tracing, via_client, a, evaluation_id="ev-1", plan="5f1c0e9a2b7d4c31")
     client.set_trace_tag(via_client, "tracejudge.status", "failed")
     client.set_trace_tag(via_client, "tracejudge.score", "0.6100")
     from mlflow.entities import Metric
@@ -156,7 +157,7 @@ def test_what_lands_is_identical_to_the_clients_writes(server) -> None:
         for result in RESULTS:
             span = "node_research" if result.target == "research" else ("node_write" if result.target == "write" else None)
             b = result.model_copy(update={"span_id": span_of[via_rest].get(span)})
-            assert await rest.log_feedback(via_rest, b, evaluation_id="ev-1")
+            assert await rest.log_feedback(via_rest, b, evaluation_id="ev-1", plan="5f1c0e9a2b7d4c31")
         await rest.set_trace_tag(via_rest, "tracejudge.status", "failed")
         await rest.set_trace_tag(via_rest, "tracejudge.score", "0.6100")
         await rest.log_metrics(run_of[via_rest], metrics, step=step)

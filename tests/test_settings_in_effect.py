@@ -67,17 +67,26 @@ def test_a_worker_answers_an_unknown_environment_with_invalid_payload(worker):
     assert "environment" in data["error"]["message"]
 
 
-def test_artifacts_quality_false_skips_the_report_but_not_the_metrics(worker):
+@pytest.mark.parametrize("setting", [{"artifacts": {"quality": False}}, {"artifact_level": "minimal"}])
+def test_minimal_artifacts_write_the_feedbacks_and_the_status_and_score_tags_only(worker, setting):
+    """Design section 3.3: the report and the run metrics are the standard level's; at ``minimal`` (or with
+    ``artifacts.quality: false``) an evaluation writes its feedbacks and the two tags users filter on."""
     trace_id = record_article_trace()
     config = judges()
-    config["observability"]["mlflow"]["artifacts"] = {"quality": False}
+    config["observability"]["mlflow"].update(setting)
     verdict = tracejudge.enqueue(trace_id, config=config).verdict(timeout=60)
-    assert verdict.artifact_uri is None
-    trace = MlflowClient().get_trace(trace_id)
+    assert verdict.status == "passed" and verdict.artifact_uri is None
+    client = MlflowClient()
+    trace = client.get_trace(trace_id)
     run_id = trace.info.request_metadata["mlflow.sourceRun"]
-    assert MlflowClient().list_artifacts(run_id, "tracejudge") == []
-    assert "tracejudge.artifact" not in trace.info.tags
-    assert MlflowClient().get_run(run_id).data.metrics["quality_threshold_pass"] == 1.0
+    assert client.list_artifacts(run_id, "tracejudge") == []
+    assert client.get_run(run_id).data.metrics == {}
+    ours = {k: v for k, v in trace.info.tags.items() if k.startswith("tracejudge.")}
+    assert ours == {"tracejudge.status": "passed", "tracejudge.score": f"{verdict.overall_score:.4f}"}
+    feedbacks = [a for a in trace.info.assessments if getattr(a, "feedback", None) is not None]
+    assert sorted(a.name for a in feedbacks) == sorted(r.name for r in verdict.results())
+    filtered = client.search_traces(locations=[trace.info.experiment_id], filter_string="tags.`tracejudge.status` = 'passed'")
+    assert trace_id in {t.info.trace_id for t in filtered}  # what users filter on is there
 
 
 def test_gating_judge_on_a_missing_node_is_an_error_and_unmatched_overrides_are_warned(worker):

@@ -84,7 +84,8 @@ def test_racing_deliveries_never_write_an_assessment_twice(pipeline_env, fake_ll
     rng = random.Random(7)
     rounds = 16
     duplicates = {}
-    # how long one delivery takes here: the second one starts in the last part of the first (its write-back)
+    # how long one delivery takes here: the second one starts anywhere in the first, from its read of the trace
+    # to its write-back (the one read happens under the lock, so the second must see all the first wrote)
     calibration = record_article_trace(article="Calibration article.")
     mlflow.flush_trace_async_logging()
     started = time.perf_counter()
@@ -102,7 +103,7 @@ def test_racing_deliveries_never_write_an_assessment_twice(pipeline_env, fake_ll
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=deliver, args=(0.0,)), threading.Thread(target=deliver, args=(max(0.0, took * rng.uniform(0.5, 1.0)),))]
+        threads = [threading.Thread(target=deliver, args=(0.0,)), threading.Thread(target=deliver, args=(took * rng.uniform(0.0, 1.0),))]
         for t in threads:
             t.start()
         for t in threads:
@@ -216,7 +217,8 @@ def test_a_lock_busy_past_the_last_retry_is_an_evaluation_busy_verdict_not_a_pas
     monkeypatch.setattr(evaluate_module, "LOCK_WAIT_MARGIN_SECONDS", 0.0)
     busy_config = {"observability": {"mlflow": {"judges": {
         **CONFIG["observability"]["mlflow"]["judges"],
-        "execution": {"timeout_seconds": 5, "trace_wait_seconds": 20, "overall_timeout_seconds": 0.5},
+        # the lock wait is trace_wait + overall timeout + margin: 1 s per attempt here (the trace is flushed)
+        "execution": {"timeout_seconds": 5, "trace_wait_seconds": 0.5, "overall_timeout_seconds": 0.5},
     }}}}
     config = load_config(busy_config)
     runtime = get_runtime()
@@ -241,3 +243,30 @@ def test_a_lock_busy_past_the_last_retry_is_an_evaluation_busy_verdict_not_a_pas
     assert len(assessments(trace_id)) == written_before == 0  # nothing written next to the holder
     assert client.get(lock_key) == b"another-delivery"
     client.delete(lock_key)
+
+
+def test_an_evaluation_that_returns_early_releases_the_trace_lock(pipeline_env):
+    """The lock is taken before the trace is read: a trace filtered out, a trace that never arrives and a plan
+    naming an unknown judge each end the evaluation early, and each must leave the lock free for the next one."""
+    import redis as redis_lib
+
+    from tracejudge.config import JudgeRef, load_config
+    from tracejudge.tasks import EvaluationRequest, evaluate_request, get_runtime
+
+    runtime = get_runtime()
+    client = redis_lib.Redis.from_url(pipeline_env["TRACEJUDGE_REDIS_URL"])
+    trace_id = record_plain_trace("Filtered?", "Yes.")
+    mlflow.flush_trace_async_logging()
+    missing = "tr-" + "3" * 32
+    judges = CONFIG["observability"]["mlflow"]["judges"]
+    filtered = load_config({"observability": {"mlflow": {"judges": {**judges, "filters": {"workflows": ["article_writer"]}}}}})
+    short_wait = load_config({"observability": {"mlflow": {"judges": {**judges, "execution": {"trace_wait_seconds": 0.2}}}}})
+    cases = [
+        (EvaluationRequest(trace_id=trace_id, config=filtered), trace_id, "skipped", None),
+        (EvaluationRequest(trace_id=missing, config=short_wait), missing, "error", "TRACE_NOT_FOUND"),
+        (EvaluationRequest(trace_id=trace_id, config=short_wait, judges=[JudgeRef(name="no_such_judge")]), trace_id, "error", "UNKNOWN_JUDGE"),
+    ]
+    for request, locked, status, code in cases:
+        verdict = evaluate_request(request, runtime)
+        assert verdict.status == status and (verdict.error.type if verdict.error else None) == code, verdict
+        assert not client.exists(runtime.state.key(f"lock:{locked}"))

@@ -2,8 +2,10 @@
 
 ``tracejudge backfill --experiment-id 1 --since 7d`` (see :func:`run_backfill`):
 
-* skips traces already judged with the current plan (their ``tracejudge.plan``
-  tag), unless ``force`` (then the new assessments supersede the old ones);
+* skips traces already judged with the current plan (the fingerprint in our
+  feedbacks' metadata, or the ``tracejudge.plan`` tag: see
+  :mod:`~tracejudge.tasks.judged`), unless ``force`` (then the new
+  assessments supersede the old ones);
 * applies sampling (``sample`` or ``judges.sampling.rate``) and the filters;
 * holds back while the background queue is deeper than ``max_queue``, so it
   never queues more than the workers (and the rate limit) can absorb;
@@ -225,7 +227,7 @@ def run_backfill(
             trace_state = str(getattr(info, "state", "") or "").rsplit(".", 1)[-1].upper()
             if trace_state == "IN_PROGRESS":
                 counts.unfinished += 1
-            elif not force and already_judged(tags, fingerprint):
+            elif not force and already_judged(info, fingerprint):
                 counts.skipped_judged += 1
             elif filter_reason(filters, workflow=tags.get("mlflow.traceName"), tags=tags, state=trace_state) is not None:
                 counts.skipped_filter += 1

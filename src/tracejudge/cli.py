@@ -340,7 +340,7 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
         print(f"  quality retry: below {retry.threshold:g}, up to {retry.max_retries} retries ({', '.join(retry.judges) or 'all judges'})")
     elif retry.enabled:
         print("  quality retry: off (quality_based_workflows: false)")
-    print(f"  quality_assessment.json: {'written' if config.write_report else 'not written (artifact settings)'}")
+    print(f"  quality_assessment.json and run metrics: {'written' if config.write_report else 'not written (artifact settings)'}")
     for warning in config_warnings(config):
         print(f"warning: {warning}")
     return EXIT_PASSED

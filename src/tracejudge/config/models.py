@@ -486,7 +486,8 @@ class TraceJudgeConfig(_Section):
     #: Design section 10.3: ``false`` turns the quality gate and quality retry off (absent: as configured).
     quality_based_workflows: bool | None = None
     #: Design section 3.3: ``log_artifacts: false`` or ``artifact_level: minimal`` (or
-    #: ``artifacts.quality: false``) skip ``quality_assessment.json``; ``artifacts.quality: true`` wins.
+    #: ``artifacts.quality: false``) skip ``quality_assessment.json`` and the run metrics (only the
+    #: feedbacks and the status/score tags are written); ``artifacts.quality: true`` wins.
     log_artifacts: bool | None = None
     artifact_level: Literal["minimal", "standard", "full"] | None = None
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
@@ -568,7 +569,8 @@ class TraceJudgeConfig(_Section):
 
     @property
     def write_report(self) -> bool:
-        """Whether ``quality_assessment.json`` is logged (design section 3.3; default yes).
+        """Whether ``quality_assessment.json`` and the run metrics (the same numbers) are logged (design
+        section 3.3, ``quality: true  # standard+``; default yes).
 
         >>> TraceJudgeConfig.model_validate({"artifact_level": "minimal"}).write_report
         False

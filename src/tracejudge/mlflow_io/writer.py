@@ -3,8 +3,10 @@
 One feedback assessment per (target, judge): value = score (a float, so
 ``feedback.relevance > 0.8`` filters work), rationale, source LLM_JUDGE with
 the model, ``span_id`` = the node's span, metadata (strings) with threshold,
-passed, duration, tokens, attempts, the evaluation id and an idempotency
-key. A failed judge is a feedback with an ``AssessmentError`` and no value.
+passed, duration, tokens, attempts, the evaluation id, an idempotency key
+and, for a full evaluation, the plan's fingerprint (``tracejudge.plan``: what
+pick-up and backfill read to skip a trace judged with the current plan). A
+failed judge is a feedback with an ``AssessmentError`` and no value.
 
 MLflow does not de-duplicate assessments, so every write carries a key
 derived from (trace, span, judge, judge version, model, threshold); before
@@ -29,6 +31,8 @@ from tracejudge.mlflow_io.reader import MlflowUnavailable
 log = logging.getLogger(__name__)
 
 KEY = "tracejudge.key"
+#: Metadata key of a full evaluation's feedbacks: the plan's fingerprint (``tasks.judged.plan_fingerprint``).
+PLAN = "tracejudge.plan"
 EVALUATION_ID = "evaluation_id"
 ARTIFACT_NAME = "quality_assessment.json"
 ONLINE_RUN_TAG = "tracejudge.role"
@@ -89,11 +93,11 @@ def existing_results(assessments: Iterable[Any]) -> dict[str, JudgeResult]:
     return found
 
 
-def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -> dict[str, Any]:
+def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str, plan: str | None = None) -> dict[str, Any]:
     """The ``mlflow.log_feedback`` (and ``Feedback``) arguments for one result."""
     from mlflow.entities import AssessmentError, AssessmentSource
 
-    metadata = feedback_metadata(result, evaluation_id=evaluation_id)
+    metadata = feedback_metadata(result, evaluation_id=evaluation_id, plan=plan)
     source_type, source_id = source_of(result)
     kwargs: dict[str, Any] = dict(
         trace_id=trace_id,
@@ -111,8 +115,11 @@ def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str) -
     return kwargs
 
 
-def feedback_metadata(result: JudgeResult, *, evaluation_id: str) -> dict[str, str]:
-    """The metadata (strings only) every assessment of ours carries; the key makes writes idempotent."""
+def feedback_metadata(result: JudgeResult, *, evaluation_id: str, plan: str | None = None) -> dict[str, str]:
+    """The metadata (strings only) every assessment of ours carries; the key makes writes idempotent.
+
+    ``plan`` (a full evaluation's plan fingerprint) is kept under :data:`PLAN`; partial runs pass none.
+    """
     metadata = {
         KEY: result.key or "",
         EVALUATION_ID: evaluation_id,
@@ -139,6 +146,8 @@ def feedback_metadata(result: JudgeResult, *, evaluation_id: str) -> dict[str, s
     if result.samples > 1:
         metadata["samples"] = str(result.samples)
         metadata["score_stdev"] = f"{result.score_stdev:.4f}" if result.score_stdev is not None else ""
+    if plan:
+        metadata[PLAN] = plan
     return metadata
 
 
@@ -147,24 +156,33 @@ def source_of(result: JudgeResult) -> tuple[str, str]:
     return ("CODE" if result.model == "code" else "LLM_JUDGE"), (result.model or "unknown")[:250]
 
 
-def feedback(trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None) -> Any:
+def feedback(
+    trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None, plan: str | None = None
+) -> Any:
     """The MLflow ``Feedback`` assessment for one result; ``overrides`` names the assessment it replaces."""
     from mlflow.entities import Feedback
 
-    return Feedback(**feedback_kwargs(trace_id, result, evaluation_id=evaluation_id), overrides=overrides)
+    return Feedback(**feedback_kwargs(trace_id, result, evaluation_id=evaluation_id, plan=plan), overrides=overrides)
 
 
 def log_result(
-    tracing_client: Any, trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None
+    tracing_client: Any,
+    trace_id: str,
+    result: JudgeResult,
+    *,
+    evaluation_id: str,
+    overrides: str | None = None,
+    plan: str | None = None,
 ) -> str:
     """Write one result as a feedback assessment through ``tracing_client``; returns its assessment id.
 
     With ``overrides`` (an assessment id) the new one supersedes it: MLflow marks the old one invalid.
+    ``plan``: the full evaluation's plan fingerprint, kept in the metadata (:data:`PLAN`).
     """
     assessment = call_mlflow(
         tracing_client.log_assessment,
         trace_id,
-        feedback(trace_id, result, evaluation_id=evaluation_id, overrides=overrides),
+        feedback(trace_id, result, evaluation_id=evaluation_id, overrides=overrides, plan=plan),
     )
     return assessment.assessment_id
 

@@ -1,17 +1,20 @@
 """Evaluate one trace: fetch, plan, judge, write back, verdict. Safe to run twice.
 
-The steps, for one :class:`EvaluationRequest`:
+The steps, for one :class:`EvaluationRequest`, all under a per-trace Redis
+lock (so the one read sees whatever another delivery wrote before):
 
-1. fetch the trace once, waiting up to ``trace_wait_seconds`` for one that
-   is not exported yet;
+1. fetch the trace once (spans, tags, assessments), waiting up to
+   ``trace_wait_seconds`` for one that is not exported yet;
 2. plan (target, judge) pairs and give each an idempotency key;
-3. under a per-trace Redis lock, take the results already on the trace
-   (our keys in assessment metadata) and those cached in Redis by an
-   earlier attempt that could not write them, and judge only the rest;
+3. take the results already on the trace (our keys in assessment metadata)
+   and those cached in Redis by an earlier attempt that could not write
+   them, and judge only the rest;
 4. cache new results in Redis at once, then write every result not yet on
-   the trace (concurrently, bounded);
-5. tag the trace, log ``quality_assessment.json`` and the quality metrics
-   on its run, and return the verdict.
+   the trace (concurrently, bounded; a full evaluation's carry the plan's
+   fingerprint in their metadata);
+5. tag the trace (status, score), log ``quality_assessment.json`` and the
+   quality metrics on its run as the artifact settings ask, and return the
+   verdict.
 
 So a redelivered task makes no LLM calls for work already judged and adds
 no second assessment; an MLflow outage (:class:`MlflowUnavailable`) is
@@ -31,9 +34,9 @@ from tracejudge.judges.plan import plan_for_target
 from tracejudge.judges.registry import UnknownJudgeError
 from tracejudge.judges.runner import JudgeJob, run_judges
 from tracejudge.mlflow_io import writer
-from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady
+from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady, check_trace_id
 from tracejudge.tasks import counters
-from tracejudge.tasks.judged import PLAN_TAG, plan_fingerprint
+from tracejudge.tasks.judged import PLAN_TAG, has_plan, plan_fingerprint
 from tracejudge.tasks.payload import EvaluationRequest
 from tracejudge.tasks.runtime import Runtime
 from tracejudge.tasks.sampling import filter_reason, judge_sampled
@@ -50,7 +53,7 @@ from tracejudge.verdict import (
 
 log = logging.getLogger(__name__)
 
-#: A delivery waits this much longer than the evaluation timeout for another holder of the trace's lock.
+#: A delivery waits this much longer than another holder of the trace's lock may need (see :func:`lock_wait_seconds`).
 LOCK_WAIT_MARGIN_SECONDS = 30.0
 
 # Error codes of evaluations that could not run at all (permanent: no retry).
@@ -89,44 +92,46 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
     execution = config.judges.execution
     fields = {"evaluation_id": request.evaluation_id, "environment": environment}
     try:
-        loaded = runtime.store.wait_for_trace(request.trace_id, wait_seconds=execution.trace_wait_seconds)
+        check_trace_id(request.trace_id)  # before a lock is named after it
     except InvalidTraceId as exc:
         return error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields)
-    except TraceNotReady as exc:
-        message = (
-            f"trace {request.trace_id} was not found in the tracking store "
-            f"({runtime.settings.mlflow_tracking_uri or 'default tracking URI'}) within "
-            f"{execution.trace_wait_seconds:g} s: {exc}"
-        )
-        return error_verdict(request.trace_id, TRACE_NOT_FOUND, message, config, **fields)
-    skip = filter_reason(config.judges.filters, workflow=loaded.workflow_name, tags=loaded.tags, state=loaded.state)
-    if skip is not None:
-        count(runtime, loaded.workflow_name, counters.SKIPPED_FILTER)
-        log.info("not judging %s: %s", request.trace_id, skip)
-        return skipped_verdict(
-            request.trace_id, f"filtered out: {skip}", config, evaluation_id=request.evaluation_id, workflow_name=loaded.workflow_name
-        )
-    try:
-        jobs = plan_jobs(loaded, config, runtime, request)
-    except UnknownJudgeError as exc:
-        return error_verdict(request.trace_id, UNKNOWN_JUDGE, exc.message, config, **fields)
-    if not jobs:
-        return error_verdict(
-            request.trace_id,
-            NO_TARGETS,
-            "the plan has no judges for this trace (no workflow_defaults, and no node_overrides matching its nodes)",
-            config,
-            **fields,
-            workflow_name=loaded.workflow_name,
-        )
-
     attempt = retry_attempt(runtime, request.retry_of)
     state = runtime.state
-    with state.trace_lock(request.trace_id, timeout=execution.overall_timeout_seconds + LOCK_WAIT_MARGIN_SECONDS) as held:
-        # Read again now that we hold the lock: what another delivery wrote before we got it is seen (also
-        # when we did not have to wait: it may have released the lock just before we asked). The spans do not
-        # change, so only the trace's info (assessments, tags) is read again.
-        loaded = runtime.store.refresh_assessments(loaded)
+    # The lock is taken before the trace is read, so the one read (spans, tags, assessments) sees what another
+    # delivery wrote before it released the lock. Its holder may be waiting for the trace's export first.
+    with state.trace_lock(request.trace_id, timeout=lock_wait_seconds(execution)) as held:
+        try:
+            loaded = runtime.store.wait_for_trace(request.trace_id, wait_seconds=execution.trace_wait_seconds)
+        except InvalidTraceId as exc:
+            return error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields)
+        except TraceNotReady as exc:
+            message = (
+                f"trace {request.trace_id} was not found in the tracking store "
+                f"({runtime.settings.mlflow_tracking_uri or 'default tracking URI'}) within "
+                f"{execution.trace_wait_seconds:g} s: {exc}"
+            )
+            return error_verdict(request.trace_id, TRACE_NOT_FOUND, message, config, **fields)
+        skip = filter_reason(config.judges.filters, workflow=loaded.workflow_name, tags=loaded.tags, state=loaded.state)
+        if skip is not None:
+            count(runtime, loaded.workflow_name, counters.SKIPPED_FILTER)
+            log.info("not judging %s: %s", request.trace_id, skip)
+            return skipped_verdict(
+                request.trace_id, f"filtered out: {skip}", config, evaluation_id=request.evaluation_id,
+                workflow_name=loaded.workflow_name,
+            )
+        try:
+            jobs = plan_jobs(loaded, config, runtime, request)
+        except UnknownJudgeError as exc:
+            return error_verdict(request.trace_id, UNKNOWN_JUDGE, exc.message, config, **fields)
+        if not jobs:
+            return error_verdict(
+                request.trace_id,
+                NO_TARGETS,
+                "the plan has no judges for this trace (no workflow_defaults, and no node_overrides matching its nodes)",
+                config,
+                **fields,
+                workflow_name=loaded.workflow_name,
+            )
         # Only final results are reused (a score, a permanent error of the input). A transient failure
         # (timeout, rate limit, provider error, deadline, budget...) is judged again, and the new result
         # supersedes the failed assessment, so a trace never shows two valid ones for one (target, judge).
@@ -188,17 +193,22 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                 "(judged results wait in Redis)"
             )
         # One concurrent batch: the assessments not yet on the trace, the tags, the report and metrics.
-        # A partial run (judges=...) writes its assessments only: the full evaluation's tags, report and
-        # run metrics stay as they are.
+        # A partial run (judges=...) writes its assessments only, without the plan's fingerprint: the full
+        # evaluation's tags, report and run metrics stay as they are, and pick-up does not count it as judged.
         partial = request.judges is not None
         unwritten = [r for r in results if r.key not in on_trace]
         overrides = {r.key: superseded[(r.span_id, r.name)] for r in unwritten if r.key and (r.span_id, r.name) in superseded}
-        calls = runtime.store.result_calls(request.trace_id, unwritten, evaluation_id=request.evaluation_id, overrides=overrides)
+        plan = None
         if not partial:
-            plan = plan_fingerprint(
-                config, runtime.registry.with_config(config), judges=request.judges, default_model=runtime.settings.default_model
-            )
-            calls += summary_calls(runtime, loaded, verdict, config, plan=plan)
+            plan = plan_fingerprint(config, runtime.registry.with_config(config), default_model=runtime.settings.default_model)
+        calls = runtime.store.result_calls(
+            request.trace_id, unwritten, evaluation_id=request.evaluation_id, overrides=overrides, plan=plan
+        )
+        if not partial:
+            # the fingerprint goes on the trace as a tag only when no feedback carries it there (rare: every
+            # result reused under a changed plan), so pick-up does not enqueue the trace again and again
+            plan_tag = plan if not unwritten and not has_plan(loaded.tags, loaded.assessments, plan) else None
+            calls += summary_calls(runtime, loaded, verdict, config, plan=plan_tag)
         runtime.store.write_all(calls)
         state.forget_results([r.key for r in unwritten if r.key])  # on the trace now: the cache has done its job
         if not partial:
@@ -206,6 +216,17 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
 
     log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
+
+
+def lock_wait_seconds(execution: Any) -> float:
+    """How long a delivery waits for another holder of the trace's lock: the holder may wait for the trace
+    (``trace_wait_seconds``), then judge (``overall_timeout_seconds``), then write back (the margin).
+
+    >>> from tracejudge.config.models import ExecutionConfig
+    >>> lock_wait_seconds(ExecutionConfig(trace_wait_seconds=30, overall_timeout_seconds=300))
+    360.0
+    """
+    return float(execution.trace_wait_seconds + execution.overall_timeout_seconds + LOCK_WAIT_MARGIN_SECONDS)
 
 
 def record_rollup(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, request: EvaluationRequest) -> None:
@@ -287,14 +308,16 @@ def summary_calls(
     """Trace tags, and the report and metrics on the trace's run (or the experiment's online run).
 
     Two tags: ``tracejudge.status`` and ``tracejudge.score`` (what users filter on; the band is the
-    score's, the report's URI follows from the run and is in the verdict), plus the attempt/plan tags
-    when they apply. The report only as the artifact settings ask (``config.write_report``: not with
-    ``artifact_level: minimal`` or ``artifacts.quality: false``); the run metrics either way. Sets
-    ``verdict.artifact_uri``; returns the MLflow calls to make (see ``TraceStore.write_all``).
+    score's, the report's URI follows from the run and is in the verdict), plus the attempt tags when
+    they apply and ``plan`` (the ``tracejudge.plan`` tag) when given. The report and the run metrics (the
+    same numbers) only as the artifact settings ask (``config.write_report``: neither with
+    ``artifact_level: minimal``, ``log_artifacts: false`` or ``artifacts.quality: false``; then no run is
+    looked up or linked either). Sets ``verdict.artifact_uri``; returns the MLflow calls to make (see
+    ``TraceStore.write_all``).
     """
     store = runtime.store
-    run_id = store.report_run(loaded)
-    if run_id is not None and config.write_report:
+    run_id = store.report_run(loaded) if config.write_report else None
+    if run_id is not None:
         verdict.artifact_uri = store.report_uri(run_id, loaded.trace_id)
     tags = {
         STATUS_TAG: verdict.status,
@@ -304,14 +327,14 @@ def summary_calls(
         tags[ATTEMPT_TAG] = str(verdict.attempt)
     if verdict.retry_of:
         tags[RETRY_OF_TAG] = verdict.retry_of
-    if plan:  # what it was judged with: pick-up and backfill skip it while the plan is unchanged
+    if plan:  # what it was judged with, when no feedback of this run carries it (see evaluate_request)
         tags[PLAN_TAG] = plan
     return store.summary_calls(
         loaded.trace_id,
         run_id=run_id,
         tags=tags,
-        report=quality_report(verdict) if verdict.artifact_uri else None,
-        metrics=quality_metrics(verdict),
+        report=quality_report(verdict) if run_id is not None else None,
+        metrics=quality_metrics(verdict) if run_id is not None else None,
         step=loaded.timestamp_ms or 0,
         experiment_id=loaded.experiment_id,
     )

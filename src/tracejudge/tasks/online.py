@@ -7,9 +7,11 @@ runs :func:`scan` on a worker. For each experiment in ``online.experiments``:
 2. search traces with ``trace.timestamp_ms`` from the watermark (minus an
    overlap, so a trace exported late is still seen) up to ``now - delay``,
    and-ed with ``online.filter_string``, oldest first, page by page;
-3. for each finished trace: skip it if its ``tracejudge.plan`` tag says it
-   was judged with the current plan; else claim its "seen" key (SET NX), and
-   only the claimer enqueues it (through sampling; workers apply filters);
+3. for each finished trace: skip it if it was judged with the current plan
+   (a feedback of ours carries the plan's fingerprint in its metadata, or the
+   trace its ``tracejudge.plan`` tag: see :mod:`~tracejudge.tasks.judged`);
+   else claim its "seen" key (SET NX), and only the claimer enqueues it
+   (through sampling; workers apply filters);
 4. when every page is done, move the watermark to the window's end (or to
    the last trace handled, when ``max_per_scan`` stopped it early).
 
@@ -126,7 +128,7 @@ def _scan_experiment(
             trace_id = info.trace_id
             tags = dict(getattr(info, "tags", None) or {})
             ts = int(getattr(info, "request_time", None) or getattr(info, "timestamp_ms", 0) or 0)
-            if already_judged(tags, fingerprint):
+            if already_judged(info, fingerprint):
                 result.already_judged[experiment_id] = result.already_judged.get(experiment_id, 0) + 1
             elif state.seen.add(trace_id, ttl_seconds=SEEN_TTL_SECONDS):
                 try:
