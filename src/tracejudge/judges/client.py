@@ -321,7 +321,7 @@ class LLMClient:
                     # The SDK's own request path (auth, headers, status errors as openai.APIStatusError
                     # subclasses) without ``chat.completions.create``'s per-call work that a plain JSON body
                     # does not need: walking the params' TypedDicts and building a pydantic ChatCompletion
-                    # (measured: ~half the client's CPU per call). The reply is read as plain JSON.
+                    # (measured: a third of the client's CPU per call, bench/client_cpu.py). The reply is read as plain JSON.
                     response = await self._openai.post(
                         "/chat/completions",
                         cast_to=_httpx.Response,
