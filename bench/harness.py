@@ -88,7 +88,7 @@ class Services:
     config_path: Path
     stores: dict[str, Store] = field(default_factory=dict)
 
-    def worker_env(self, store: Store, prefix: str, *, write_concurrency: int = 8, phases_dir: Path | None = None,
+    def worker_env(self, store: Store, prefix: str, *, write_concurrency: int | None = None, phases_dir: Path | None = None,
                    config_path: Path | None = None) -> dict[str, str]:
         env = {
             "TRACEJUDGE_REDIS_URL": self.redis.url,
@@ -97,10 +97,11 @@ class Services:
             "MLFLOW_TRACKING_URI": store.uri,
             "TRACEJUDGE_KEY_PREFIX": prefix,
             "TRACEJUDGE_CONFIG": str(config_path or self.config_path),
-            "TRACEJUDGE_WRITE_CONCURRENCY": str(write_concurrency),
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "MLFLOW_MODEL_CATALOG_URI": "",
         }
+        if write_concurrency is not None:  # else the package's default for the store
+            env["TRACEJUDGE_WRITE_CONCURRENCY"] = str(write_concurrency)
         if phases_dir is not None:
             env["TJBENCH_PHASES_DIR"] = str(phases_dir)
         return env
@@ -329,7 +330,9 @@ class WorkerSet:
 
 
 def start_workers(services: Services, store: Store, *, processes: int = 1, pool: str = "threads", concurrency: int = 16,
-                  write_concurrency: int = 8, label: str = "w", whatif: str = "", config_yaml: str | None = None) -> WorkerSet:
+                  write_concurrency: int | None = None, label: str = "w", whatif: str = "",
+                  config_yaml: str | None = None) -> WorkerSet:
+    """Start ``processes`` bench workers; ``write_concurrency`` None: the package's default for the store."""
     prefix = f"bench-{label}-{uuid.uuid4().hex[:6]}:"
     phases_dir = services.base / "phases" / prefix.rstrip(":")
     phases_dir.mkdir(parents=True, exist_ok=True)
@@ -348,15 +351,23 @@ def start_workers(services: Services, store: Store, *, processes: int = 1, pool:
     ]
     for w in workers:
         w.start(wait=False)
-    ws = WorkerSet(workers, prefix, phases_dir, pool, concurrency, write_concurrency, whatif)
+    ws = WorkerSet(workers, prefix, phases_dir, pool, concurrency, write_concurrency or store_write_concurrency(store), whatif)
     services.stack.callback(ws.stop)
     started = time.perf_counter()
     for w in workers:
         w.wait_ready()
-    say(f"{processes} worker process(es), --pool {pool} -c {concurrency}, write concurrency {write_concurrency}, "
+    say(f"{processes} worker process(es), --pool {pool} -c {concurrency}, write concurrency {ws.write_concurrency}"
+        f"{'' if write_concurrency else ' (default)'}, "
         f"{store.name} store{', what-if ' + whatif if whatif else ''}: ready in {time.perf_counter() - started:.1f} s")
     use_prefix(prefix)
     return ws
+
+
+def store_write_concurrency(store: Store) -> int:
+    """The write concurrency a worker uses on ``store`` when ``TRACEJUDGE_WRITE_CONCURRENCY`` is not set."""
+    from tracejudge.mlflow_io.store import default_write_concurrency
+
+    return default_write_concurrency(store.uri)
 
 
 def use_prefix(prefix: str) -> None:

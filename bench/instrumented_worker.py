@@ -201,7 +201,8 @@ WHATIFS = {
     "metricsonly": "write_report logs the metrics (log_batch) but not the quality_assessment.json artifact (log_dict)",
     "noreport": "no write_report at all (no log_dict, no log_batch; what artifact_level: minimal does since 2026-11-29)",
     "nocooldown": "no Redis PTTL cool-down check before each judge call when no rate limit is configured",
-    "noevents": "Celery without task events and without the STARTED state (worker_send_task_events/task_track_started off)",
+    "noevents": "Celery without task events and without the STARTED state (worker_send_task_events/task_track_started "
+    "off; events are off by default since 2026-11-29, so this now takes out the STARTED write only)",
     "nowrites": "no MLflow writes at all (feedback and summary skipped; the trace is still read): the store taken out",
 }
 

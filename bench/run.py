@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(mlflow server on a fresh PostgreSQL database; default sqlite,postgres)")
     p.add_argument("--pool", default="threads", help="worker pool (default threads)")
     p.add_argument("--concurrency", type=int, default=16, help="worker concurrency (default 16)")
-    p.add_argument("--write-concurrency", type=int, default=8, help="TRACEJUDGE_WRITE_CONCURRENCY (default 8)")
+    p.add_argument("--write-concurrency", type=int, default=None,
+                   help="TRACEJUDGE_WRITE_CONCURRENCY (default: unset, the package's default for the store: 2 on sqlite, 8 on a server)")
     p.add_argument("--mlflow-workers", type=int, default=4, help="gunicorn workers of the mlflow server (default 4)")
     p.add_argument("--skip-http", action="store_true", help="no mlflow server rows (same as --stores sqlite)")
     p.add_argument("--no-producer", action="store_true", help="skip the producer-cost rows (enqueue timings)")
@@ -144,6 +145,8 @@ def run_store(results: dict, services: h.Services, kind: str, *, n: int, single_
     r = results.setdefault(kind, {})
     if kind != "sqlite":
         r["mlflow_workers"] = mlflow_workers
+    writers = worker_opts["write_concurrency"] or h.store_write_concurrency(store)  # the ceiling's threads: our write concurrency
+    r["write_concurrency"] = writers
     ceiling_traces = h.make_traces(store, 6, "ceiling")
     warm = h.make_traces(store, 12, "warmup")
     ours1 = h.make_traces(store, n, "ours1")
@@ -153,11 +156,11 @@ def run_store(results: dict, services: h.Services, kind: str, *, n: int, single_
     peer_set = h.make_traces(store, n, "peer") if (kind == "sqlite" or not quick) else []
 
     h.say("the store's write ceiling (raw log_feedback)")
-    r["ceiling_1"] = h.ceiling(store, ceiling_traces, processes=1, threads=worker_opts["write_concurrency"], calls=ceiling_calls)
-    r["ceiling_2"] = h.ceiling(store, ceiling_traces, processes=2, threads=worker_opts["write_concurrency"], calls=ceiling_calls // 2)
+    r["ceiling_1"] = h.ceiling(store, ceiling_traces, processes=1, threads=writers, calls=ceiling_calls)
+    r["ceiling_2"] = h.ceiling(store, ceiling_traces, processes=2, threads=writers, calls=ceiling_calls // 2)
     if kind != "sqlite":  # the same writes through our REST writer: its CPU per call, and the server's own ceiling
         for procs in (1, 2):
-            r[f"ceiling_rest_{procs}"] = h.ceiling(store, ceiling_traces, processes=procs, threads=worker_opts["write_concurrency"],
+            r[f"ceiling_rest_{procs}"] = h.ceiling(store, ceiling_traces, processes=procs, threads=writers,
                                                    calls=ceiling_calls // procs, writer="rest")
 
     h.say("throughput, 1 worker process")
@@ -217,7 +220,7 @@ def run_store(results: dict, services: h.Services, kind: str, *, n: int, single_
     # of the two (the store's capacity), both are kept in the JSON.
     h.say("the store's write ceiling again (the better of the two measurements is used)")
     for procs in (1, 2):
-        again = h.ceiling(store, ceiling_traces, processes=procs, threads=worker_opts["write_concurrency"],
+        again = h.ceiling(store, ceiling_traces, processes=procs, threads=writers,
                           calls=ceiling_calls // procs)
         first = r[f"ceiling_{procs}"]
         r[f"ceiling_{procs}_measurements"] = [first["calls_per_s"], again["calls_per_s"]]
@@ -252,9 +255,11 @@ def render(results: dict) -> str:
     judges = cfg["judges_per_trace"]
     stores = [k for k in cfg.get("stores", ["sqlite", "http"]) if k in results]
     cols = {k: results[k] for k in stores}
+    writers = cfg["write_concurrency"] or "the store's default (" + ", ".join(
+        f"{cols[k].get('write_concurrency', '?')} on {k}" for k in stores) + ")"
     add(f"tracejudge benchmark, {results['started']}: {cfg['traces']} traces per run, {judges} judges per trace "
         f"(3 on each of 2 nodes), test LLM at {cfg['llm_latency_ms']:.0f} ms; workers --pool {cfg['pool']} "
-        f"-c {cfg['concurrency']}, write concurrency {cfg['write_concurrency']}; mlflow server gunicorn --workers "
+        f"-c {cfg['concurrency']}, write concurrency {writers}; mlflow server gunicorn --workers "
         f"{cfg['mlflow_workers']}{' (QUICK RUN)' if cfg['quick'] else ''}")
     if cfg.get("command"):
         add(f"Command: `.venv/bin/python {cfg['command']}`")

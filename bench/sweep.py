@@ -2,9 +2,10 @@
 """Try worker pool, concurrency and write-concurrency options on the same work; print one row each.
 
     .venv/bin/python bench/sweep.py [--traces 120] [--store sqlite|http] [--profile]
-        [--configs "threads:16:8,threads:32:8,prefork:2:8,..."] [--processes 1]
+        [--configs "threads:16:8,threads:32:8,prefork:2:8,threads:16:-,..."] [--processes 1] [--single 20]
 
-A config is ``POOL:CONCURRENCY:WRITE_CONCURRENCY[:WHATIF+WHATIF]`` (what-ifs:
+A config is ``POOL:CONCURRENCY:WRITE_CONCURRENCY[:WHATIF+WHATIF]`` (``-`` as the write
+concurrency: the package's default for the store; what-ifs:
 bench-only patches in ``instrumented_worker.py`` that show what a change in
 the package would gain, e.g. ``tags2+metricsonly``). Each row starts fresh
 workers, warms them, enqueues ``--traces`` fresh traces at once and times
@@ -41,12 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true")
     p.add_argument("--label", default="")
     p.add_argument("--sqlite-wal", action="store_true", help="put the store's sqlite file in WAL mode")
+    p.add_argument("--single", type=int, default=0,
+                   help="after each row's throughput run, N traces one at a time on the idle worker (run.py's row 6)")
     args = p.parse_args(argv)
 
     configs = []
     for item in args.configs.split(","):
         pool, conc, wc, *rest = item.split(":")
-        configs.append((pool, int(conc), int(wc), (rest[0].replace("+", ",") if rest else "")))
+        configs.append((pool, int(conc), None if wc == "-" else int(wc), (rest[0].replace("+", ",") if rest else "")))
     rows = []
     with ExitStack() as stack:
         services = h.start_services(stack)
@@ -61,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             out = services.base / f"pyspy-sweep{i}.txt" if args.profile else None
             seconds = max(5.0, min(20.0, args.traces / 10))
             row = h.throughput(services, store, workers, traces, profile_seconds=seconds if out else 0, profile_out=out)
+            if args.single:
+                h.say("  latency: one trace at a time on the idle worker")
+                row["latency_single"] = h.latency_single(workers, h.make_traces(store, args.single, f"single{i}"))
             row["rss_max_mb"] = max(row["rss_mb"].values())
             if out is not None:
                 from profile_worker import summarize
@@ -72,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     print()
     print(f"| store | procs | pool | -c | write conc | what-if | traces/s | judge calls/s | feedback/s | store calls/s | worker CPU % | "
-          f"p50 write-back ms | p50 get_trace ms | RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"p50 write-back ms | p50 get_trace ms | RSS MB | idle overhead p50 / p95 ms | idle write-back p50 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         cpu = sum(v for k, v in r["cpu_percent"].items() if k.startswith("worker"))
         ph = r["phases"]
@@ -83,13 +89,22 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['store_calls_per_s']:.0f} | {cpu:.0f} | "
               f"{(ph.get('write_back') or {}).get('p50_ms', (ph.get('write_feedback') or {}).get('p50_ms', 0) + (ph.get('write_summary') or {}).get('p50_ms', 0)):.0f} | "
               f"{ph.get('get_trace', {}).get('p50_ms', 0):.0f} | "
-              f"{r['rss_max_mb']:.0f} |")
+              f"{r['rss_max_mb']:.0f} | {_single(r)} |")
     out = BENCH_DIR / "results"
     out.mkdir(exist_ok=True)
     path = out / f"sweep-{args.store}{('-' + args.label) if args.label else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(rows, indent=2, default=str))
     print(f"\nsaved: {path}")
     return 0
+
+
+def _single(row: dict) -> str:
+    single = row.get("latency_single")
+    if not single:
+        return "- | -"
+    write_back = (single["phases"].get("write_back") or {}).get("p50_ms")
+    return (f"{single['overhead_p50_ms']:.0f} / {single['overhead_p95_ms']:.0f} | "
+            f"{'-' if write_back is None else f'{write_back:.0f}'}")
 
 
 if __name__ == "__main__":

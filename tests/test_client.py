@@ -463,3 +463,36 @@ def test_per_call_timeout_overrides_client_default_and_is_reported(server):
     assert isinstance(err, JudgeError) and err.code == errors.TIMEOUT
     assert err.attempts == 1 and len(chat_requests(server)) == 1
     assert "within 0.2 s" in err.message
+
+
+def test_a_200_that_is_not_a_chat_completion_is_a_clear_provider_error(server):
+    """The reply is read as plain JSON: a proxy's HTML page with a 200 fails as the provider's fault, named."""
+    import openai
+
+    from tracejudge.judges.client import _httpx, completion_from_json
+
+    request = _httpx.Request("POST", server.base_url + "/chat/completions")
+    response = _httpx.Response(200, content=b"<html>gateway login</html>", request=request)
+    with pytest.raises(openai.APIResponseValidationError) as caught:
+        completion_from_json(response)
+    client = make_client(server)
+    try:
+        error = client._translate(caught.value)
+    finally:
+        asyncio.run(client.aclose())
+    assert error.code == errors.PROVIDER_ERROR
+    assert "not a chat completion" in error.message and "gateway login" in error.message
+
+
+def test_usage_and_logprobs_are_read_from_the_json_body():
+    from tracejudge.judges.client import _httpx, completion_from_json
+
+    body = {
+        "choices": [{"message": {"content": '{"rationale": "r", "level": 2}'},
+                     "logprobs": {"content": [{"token": "2", "logprob": -0.1, "top_logprobs": []}]}}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 3},
+    }
+    completion = completion_from_json(_httpx.Response(200, json=body, request=_httpx.Request("POST", "http://x/")))
+    assert completion.content == '{"rationale": "r", "level": 2}'
+    assert (completion.usage.prompt, completion.usage.completion) == (11, 3)
+    assert completion.logprobs == [{"token": "2", "logprob": -0.1, "top_logprobs": []}]

@@ -51,8 +51,9 @@ class Settings(BaseModel):
     key_prefix: str = ""
     #: Modules to import at worker start so their judges register (``TRACEJUDGE_JUDGE_MODULES``, comma-separated).
     judge_modules: tuple[str, ...] = ()
-    #: MLflow writes in flight at once per process (``TRACEJUDGE_WRITE_CONCURRENCY``).
-    write_concurrency: int = Field(default=8, ge=1, le=256)
+    #: MLflow writes in flight at once per process (``TRACEJUDGE_WRITE_CONCURRENCY``); None: the store's default,
+    #: 2 on a local store (sqlite file, file store), 8 on a tracking server (``TraceStore.write_concurrency``).
+    write_concurrency: int | None = Field(default=None, ge=1, le=256)
     #: Write results to an http(s) tracking server through its REST API on the worker's event loop (``TRACEJUDGE_REST_WRITER``;
     #: false: through MLflow's client, as for local stores).
     rest_writer: bool = True

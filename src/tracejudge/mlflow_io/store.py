@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from tracejudge.judges.model import JudgeResult
 from tracejudge.mlflow_io import reader, writer
@@ -29,6 +30,16 @@ from tracejudge.mlflow_io.reader import LoadedTrace, TraceNotReady
 from tracejudge.mlflow_io.rest import RestWriter, rest_writer_for
 
 T = TypeVar("T")
+
+#: MLflow writes in flight per process on a store that takes many writers (an http(s) tracking server, a database
+#: server): they overlap the round trips.
+SERVER_WRITE_CONCURRENCY = writer.DEFAULT_WRITE_CONCURRENCY
+#: ... and on a local store (a sqlite file, a file store), where every write takes the file's one write lock: more
+#: writers only wait on it (sqlite's busy handler sleeps 1, 2, 5, 10... ms per retry), while two still overlap one
+#: write's commit (fsync) with the next one's Python work. Measured in bench/README.md ("Write concurrency").
+LOCAL_WRITE_CONCURRENCY = 2
+#: URI schemes of local stores: a sqlite file, a file store (``file:`` or a bare path; MLflow's default is local too).
+LOCAL_SCHEMES = frozenset({"", "file", "sqlite"})
 
 POLL_INITIAL_SECONDS = 0.02  # a gate's trace is usually written within tens of ms of the enqueue
 POLL_MAX_SECONDS = 2.0
@@ -56,6 +67,24 @@ def import_mlflow() -> None:
     import mlflow  # noqa: F401
 
 
+def default_write_concurrency(tracking_uri: str | None) -> int:
+    """The write concurrency for a store when ``TRACEJUDGE_WRITE_CONCURRENCY`` sets none.
+
+    >>> default_write_concurrency("sqlite:///mlflow.db"), default_write_concurrency("https://mlflow.example.com")
+    (2, 8)
+    >>> default_write_concurrency(None)  # MLflow's default store is local (sqlite:///mlflow.db or ./mlruns)
+    2
+    """
+    if not tracking_uri:
+        return LOCAL_WRITE_CONCURRENCY
+    if tracking_uri.lower().startswith("databricks"):  # "databricks", "databricks://profile", "databricks-uc"
+        return SERVER_WRITE_CONCURRENCY
+    scheme = urlsplit(tracking_uri).scheme.lower()
+    if scheme in LOCAL_SCHEMES or len(scheme) == 1:  # a one-letter scheme is a Windows drive: a file store
+        return LOCAL_WRITE_CONCURRENCY
+    return SERVER_WRITE_CONCURRENCY
+
+
 class UnknownExperiment(LookupError):
     """No experiment has this id or name."""
 
@@ -79,11 +108,14 @@ class TraceStore:
         self,
         tracking_uri: str | None = None,
         *,
-        write_concurrency: int = writer.DEFAULT_WRITE_CONCURRENCY,
+        write_concurrency: int | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         rest_writer: bool = True,
     ) -> None:
         self.tracking_uri = tracking_uri
+        #: MLflow writes in flight at once: as given, else :func:`default_write_concurrency` for the store.
+        self.write_concurrency = write_concurrency or default_write_concurrency(tracking_uri)
+        write_concurrency = self.write_concurrency
         self.write_pool = ThreadPoolExecutor(max_workers=write_concurrency, thread_name_prefix="tracejudge-write")
         #: Given an event loop and a tracking server (http/https), the write-back goes straight to MLflow's REST
         #: API on that loop (:mod:`~tracejudge.mlflow_io.rest`); reads, local stores and the rest use the client.

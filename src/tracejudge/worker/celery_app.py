@@ -10,6 +10,8 @@ Settings and why (measured, see docs/architecture.md):
   and a live worker's never; duplicates are still possible, and evaluations
   are idempotent; RabbitMQ redelivers on a dropped connection by itself;
 * JSON only (``accept_content=["json"]``): a pickled message is refused;
+* the STARTED state is stored (``handle.status``), task events are not sent
+  unless a monitor asks (Flower does; or ``-E``): they cost CPU per task;
 * two queues: ``tracejudge.gate`` (someone waits) and ``tracejudge.online``
   (background); workers read them in ``sorted`` order, so the gate queue is
   always asked first and a backlog never delays a gate.
@@ -109,7 +111,10 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         task_routes={TASK_EVALUATE: {"queue": QUEUE_ONLINE}},
         task_publish_retry=True,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
-        worker_send_task_events=True,
+        # Task events (3 broker publishes per task) only for a monitor: off they saved ~6 ms of worker CPU per
+        # trace (bench/README.md). Flower turns them on in running workers itself (its enable_events, on by
+        # default); `tracejudge worker -E` sends them from the start.
+        worker_send_task_events=False,
         task_send_sent_event=False,
         worker_soft_shutdown_timeout=30,
         worker_hijack_root_logger=False,
