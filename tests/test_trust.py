@@ -270,3 +270,40 @@ def test_an_evaluation_that_returns_early_releases_the_trace_lock(pipeline_env):
         verdict = evaluate_request(request, runtime)
         assert verdict.status == status and (verdict.error.type if verdict.error else None) == code, verdict
         assert not client.exists(runtime.state.key(f"lock:{locked}"))
+
+
+def test_a_second_delivery_of_a_missing_trace_does_not_wait_for_it_twice(pipeline_env, monkeypatch):
+    """The lock is taken before the trace is read, so a second delivery of a trace that never arrives first
+    waits for the lock while the first one waits for the trace. Its own wait for the trace counts from its
+    start, not from getting the lock (a new user saw 44 s for a missing trace with the 30 s setting)."""
+    import redis as redis_lib
+
+    from tracejudge.config import load_config
+    from tracejudge.tasks import EvaluationRequest, evaluate_request, get_runtime
+
+    runtime = get_runtime()
+    client = redis_lib.Redis.from_url(pipeline_env["TRACEJUDGE_REDIS_URL"])
+    judges = CONFIG["observability"]["mlflow"]["judges"]
+    config = load_config({"observability": {"mlflow": {"judges": {**judges, "execution": {"trace_wait_seconds": 3}}}}})
+    missing = "tr-" + "5" * 32
+    asked: dict[str, float] = {}
+    plain_wait = runtime.store.wait_for_trace
+
+    def recording_wait(trace_id: str, *, wait_seconds: float):
+        asked[threading.current_thread().name] = wait_seconds
+        return plain_wait(trace_id, wait_seconds=wait_seconds)
+
+    monkeypatch.setattr(runtime.store, "wait_for_trace", recording_wait)
+    outcome: dict[str, object] = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(first=evaluate_request(EvaluationRequest(trace_id=missing, config=config), runtime)),
+        name="first",
+    )
+    thread.start()
+    assert wait_for(lambda: client.exists(runtime.state.key(f"lock:{missing}")), timeout=30)
+    second = evaluate_request(EvaluationRequest(trace_id=missing, config=config), runtime)
+    thread.join(60)
+    for verdict in (outcome["first"], second):
+        assert verdict.status == "error" and verdict.error.type == "TRACE_NOT_FOUND", verdict
+    # the second waited for the lock while the first waited for the trace: less than the full wait is left
+    assert asked["first"] > asked[threading.current_thread().name], asked
