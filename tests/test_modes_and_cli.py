@@ -216,3 +216,18 @@ def test_cli_validate_config_shows_the_default_plan(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "workflow root: relevance >= 0.8, coherence >= 0.8, harmfulness >= 0.8" in out
     assert "warning" not in out
+
+
+def test_cli_worker_with_a_malformed_setting_says_so_in_one_line():
+    """A bad environment value stops `tracejudge worker` (and `beat`) with the one-line `error:` the other
+    commands print, naming the variable, not a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRACEJUDGE_WRITE_CONCURRENCY": "abc"}
+    for command in ("worker", "beat"):
+        done = subprocess.run([sys.executable, "-m", "tracejudge", command], capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 2, (command, done.stderr[-500:])
+        assert done.stderr.startswith("error: ") and "TRACEJUDGE_WRITE_CONCURRENCY" in done.stderr, done.stderr[-500:]
+        assert "Traceback" not in done.stderr

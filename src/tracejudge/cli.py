@@ -232,7 +232,10 @@ def run_worker(extra: list[str]) -> int:
         argv += ["--queues", ",".join(QUEUES)]
     if not _has(extra, "-l", "--loglevel"):
         argv += ["--loglevel", "INFO"]
-    get_app().worker_main(argv + extra)
+    app = _app_or_error(get_app)
+    if app is None:
+        return EXIT_ERROR
+    app.worker_main(argv + extra)
     return 0
 
 
@@ -248,8 +251,23 @@ def run_beat(extra: list[str]) -> int:
         argv += ["--schedule", str(Path(".tracejudge") / "celerybeat-schedule")]
     if not _has(extra, "-l", "--loglevel"):
         argv += ["--loglevel", "INFO"]
-    get_app().start(argv + extra)
+    app = _app_or_error(get_app)
+    if app is None:
+        return EXIT_ERROR
+    app.start(argv + extra)
     return 0
+
+
+def _app_or_error(get_app: Any) -> Any:
+    """The Celery app, or None after a one-line ``error:`` when the environment's settings are malformed
+    (e.g. ``TRACEJUDGE_WRITE_CONCURRENCY=abc``), as the other commands report them, not a traceback."""
+    from tracejudge.config import ConfigError
+
+    try:
+        return get_app()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def _has(args: list[str], short: str, long: str) -> bool:
