@@ -72,6 +72,9 @@ def test_tracking_uri_password_is_redacted_in_verdict_result_backend_cli_and_log
         )
         worker_log = worker.log.read_text(errors="replace")
     assert done.returncode == 2, done.stderr[-2000:]
+    # the worker says once what it runs with, the store's password redacted there too
+    runtime_line = next((line for line in worker_log.splitlines() if "tracejudge runtime:" in line), "")
+    assert f"postgres:***@{PG_HOST}:{PG_PORT}" in runtime_line and "write concurrency 8" in runtime_line, worker_log[-3000:]
     verdict = json.loads(done.stdout)
     # the error's message says why if it is not TRACE_NOT_FOUND (an INVALID_PAYLOAD was seen once in a full run)
     assert verdict["status"] == "error" and verdict["error"]["type"] == "TRACE_NOT_FOUND", (verdict["error"], done.stderr[-2000:])

@@ -82,5 +82,28 @@ def prepare_worker_process() -> None:
 
 
 def warm_runtime() -> None:
-    """Build the process's runtime (event loop, LLM client, Redis, MLflow client) before its first task."""
-    get_runtime()
+    """Build the process's runtime (event loop, LLM client, Redis, MLflow client) before its first task,
+    and say once what it runs with (so a user can see that a setting took effect)."""
+    log.info("%s", describe_runtime(get_runtime()))
+
+
+def describe_runtime(runtime: Any) -> str:
+    """One line: the config file, the tracking store, the write concurrency, what is written, the LLM (URLs redacted).
+
+    >>> from types import SimpleNamespace as NS
+    >>> from tracejudge.config import Settings, load_config
+    >>> rt = NS(settings=Settings.from_env({}), config=load_config({"observability": {"mlflow": {"artifact_level": "minimal"}}}),
+    ...         store=NS(write_concurrency=2))
+    >>> print(describe_runtime(rt))  # doctest: +ELLIPSIS
+    tracejudge runtime: config defaults (no TRACEJUDGE_CONFIG); tracking store default ...; write concurrency 2; report and run metrics: not written (artifact settings); LLM ... model gpt-4o-mini
+    """
+    from tracejudge.config import redact_url
+
+    settings, config = runtime.settings, runtime.config
+    written = "written" if config.write_report else "not written (artifact settings)"
+    return (
+        f"tracejudge runtime: config {settings.config_path or 'defaults (no TRACEJUDGE_CONFIG)'}; "
+        f"tracking store {redact_url(settings.mlflow_tracking_uri) if settings.mlflow_tracking_uri else 'default (MLFLOW_TRACKING_URI unset)'}; "
+        f"write concurrency {runtime.store.write_concurrency}; report and run metrics: {written}; "
+        f"LLM {redact_url(settings.llm_endpoint)} model {settings.default_model}"
+    )
