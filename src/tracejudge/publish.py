@@ -151,9 +151,20 @@ def send_request(request: Any, config: TraceJudgeConfig) -> EvaluationHandle:
     except (OperationalError, RedisError, ConnectionError, OSError, RuntimeError) as exc:
         # RuntimeError: Celery's result consumer gave up reconnecting to Redis.
         raise EnqueueError(
-            f"could not enqueue trace {request.trace_id}: the broker at {_redacted_broker(app)} is unreachable ({exc})"
+            f"could not enqueue trace {request.trace_id}: the broker at {_redacted_broker(app)} is unreachable "
+            f"({_reason(exc)})"
         ) from None
     return EvaluationHandle(result, trace_id=request.trace_id, config=config)
+
+
+def _reason(exc: BaseException) -> str:
+    """The error's text on one line, without Celery's advice for long-running apps ("must be restarted").
+
+    >>> _reason(RuntimeError("\\nRetry limit exceeded while trying to reconnect to the Celery result store\\nbackend. The Celery application must be restarted.\\n"))
+    'Retry limit exceeded while trying to reconnect to the Celery result store backend'
+    """
+    text = " ".join(str(exc).split())
+    return text.replace(". The Celery application must be restarted.", "").rstrip(".") or type(exc).__name__
 
 
 def _redacted_broker(app: Any) -> str:
