@@ -22,10 +22,12 @@ LAYERS = {
     "verdict": 2,
     "monitor": 2.5,  # reads back through mlflow_io; tasks records rollups, the worker's beat task checks alerts
     "tasks": 3,
+    "sessions": 3,  # judging conversations: beside tasks, reusing its runtime
     "worker": 4,
     "publish": 5,
     "sender": 5,
     "enqueue": 5,
+    "session_enqueue": 5,  # enqueue_session
     "backfill": 5,  # judges traces already in MLflow through enqueue
     "cli_controls": 6,
     "judge_quality": 6,  # tracejudge calibrate / agreement
