@@ -32,6 +32,7 @@ LAYERS = {
     "display": 6,
     "cli": 6,
     "demo": 6,
+    "reference": 7,  # the docs' generated references: reads the CLI's parsers
     "__main__": 6,
     "__init__": 6,
     "testing": 6,
