@@ -84,7 +84,7 @@ def enqueue_session(
     except ValidationError as exc:
         from tracejudge.sessions.evaluate import session_error
         from tracejudge.tasks.evaluate import INVALID_PAYLOAD
-        from tracejudge.tasks.payload import describe_payload_error
+        from tracejudge.payload import describe_payload_error
 
         message = describe_payload_error(exc)
         log.error("tracejudge: not judging session %s: %s", session_id, message)

@@ -11,7 +11,7 @@ from tracejudge.sessions.evaluate import evaluate_session, session_error
 from tracejudge.sessions.payload import SessionRequest
 from tracejudge.tasks.entry import DEFAULT_POLICY, TaskOutcome
 from tracejudge.tasks.evaluate import INVALID_PAYLOAD
-from tracejudge.tasks.payload import describe_payload_error
+from tracejudge.payload import describe_payload_error
 from tracejudge.tasks.retry import RetryPolicy
 from tracejudge.tasks.runtime import get_runtime
 
