@@ -393,7 +393,7 @@ class JudgesConfig(_Section):
     pricing: dict[str, "PriceEntry"] = Field(default_factory=dict)
     budget: "BudgetConfig" = Field(default_factory=lambda: BudgetConfig())
     cache: "CacheConfig" = Field(default_factory=lambda: CacheConfig())
-    #: Conversations (config/sessions.py): judges of whole sessions, and when a session is idle.
+    #: Conversations (traces sharing `mlflow.trace.session`): their judges, and when a session counts as idle.
     sessions: "SessionsConfig" = Field(default_factory=lambda: SessionsConfig())
 
     @field_validator("pricing", mode="before")

@@ -34,8 +34,10 @@ class SessionsConfig(_Section):
     False
     """
 
-    #: ``JudgeRef`` is resolved by models.py (which imports this module) when it rebuilds this model.
+    # (``JudgeRef`` is resolved by models.py, which imports this module, when it rebuilds this model.)
+    #: The judges of whole conversations: built-in (conversation_completeness, user_frustration, knowledge_retention) or `custom` judges whose prompt uses `{conversation}`.
     judges: list["JudgeRef"] = Field(default_factory=list)  # noqa: F821
+    #: Pick-up judges a session once no new turn has arrived for this long (and again when it grows).
     idle_seconds: _Number = 600.0
     #: Most sessions one pick-up scan enqueues per experiment (the rest wait for the next scan).
     max_per_scan: _Count = 200
