@@ -39,15 +39,23 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: The OpenAI-compatible endpoint judges call (default OpenAI's).
     llm_base_url: str | None = None
+    #: The endpoint's API key (not needed on loopback); never logged.
     llm_api_key: SecretStr | None = None
+    #: The judge model when a judge names none.
     default_model: str = "gpt-4o-mini"
+    #: Redis for coordination, caches and (by default) the task queue and results; `rediss://` and passwords work.
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: the task queue; the Redis URL unless ``TRACEJUDGE_BROKER_URL`` names another (``amqp://`` for RabbitMQ)
     broker_url: str | None = None
+    #: Where verdicts are kept for callers waiting on them (default: the Redis URL).
     result_backend_url: str | None = None
+    #: The MLflow tracking store judged traces are read from and written to.
     mlflow_tracking_uri: str | None = None
+    #: The environment whose default threshold applies (production, development, experimental).
     environment: Literal["production", "development", "experimental"] | None = None
+    #: The YAML config workers and commands use by default.
     config_path: str | None = None
     #: A prefix for every Redis key tracejudge and Celery write, to share one Redis (``TRACEJUDGE_KEY_PREFIX``).
     key_prefix: str = ""
@@ -204,6 +212,12 @@ ENVIRONMENT_VARIABLES = {
     "mlflow_ui_url": "MLFLOW_UI_URL",
     "experiment": "MLFLOW_EXPERIMENT_ID",
     "dashboard_token": "TRACEJUDGE_DASHBOARD_TOKEN",
+}
+#: Variables read when the one above is unset (``Settings.from_env``), shown by the docs' reference.
+FALLBACK_VARIABLES = {
+    "llm_base_url": ("OPENAI_BASE_URL", "OPENAI_API_BASE"),
+    "llm_api_key": ("OPENAI_API_KEY",),
+    "experiment": ("MLFLOW_EXPERIMENT_NAME",),
 }
 
 

@@ -37,7 +37,7 @@ def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:
     outcome = run_task(payload, attempt=task.request.retries, task_id=task.request.id)
     if outcome.retry is not None:
         raise task.retry(countdown=outcome.retry.countdown)
-    if outcome.deferred:  # put aside in Redis, sent again later (tasks.deferred): no result now
+    if outcome.deferred:  # put aside in Redis, sent again later (controls.deferred): no result now
         raise Ignore()
     assert outcome.verdict is not None
     return outcome.verdict
