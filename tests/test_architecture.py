@@ -1,6 +1,6 @@
 """The dependency direction, read from the source's imports (every import, also those inside functions).
 
-config <- judges <- mlflow_io / verdict <- tasks <- worker <- enqueue <- cli; testing on top.
+config <- judges / payload <- mlflow_io / verdict <- monitor <- controls <- tasks <- worker <- enqueue <- cli; testing on top.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ LAYERS = {
     "mlflow_io": 2,
     "verdict": 2,
     "monitor": 2.5,  # reads back through mlflow_io; tasks records rollups, the worker's beat task checks alerts
+    "payload": 1.5,  # the queue's message: built by the producer and the controls, read by the evaluation
+    "controls": 2.7,  # sampling, filters, budget, cache, counters, judged record, pick-up, deferred release
     "tasks": 3,
     "worker": 4,
     "publish": 5,
@@ -33,6 +35,7 @@ LAYERS = {
     "display": 6,
     "cli": 6,
     "demo": 6,
+    "reference": 7,  # the docs' generated references: reads the CLI's parsers
     "__main__": 6,
     "__init__": 6,
     "testing": 6,

@@ -125,3 +125,108 @@ def test_every_result_carries_its_judge_version():
     results = asyncio.run(run_judges(jobs, client=None, execution=ExecutionConfig()))
     assert results[0].ok and results[0].judge_version == "v3"
     assert results[1].error is not None and results[1].judge_version == llm.version
+
+
+# --- the same version in every process (issue 17, point 5) ---------------------------------------------------
+
+JUDGE_MODULE = '''
+import logging
+
+log = logging.getLogger(__name__)
+LIMIT = {limit}
+STOP_WORDS = frozenset({{"lorem", "ipsum", "dolor", "sit", "amet"}})
+WEIGHTS = {{"length": 0.5, "stop": [0.25, 0.25]}}
+
+
+class Client:
+    def __init__(self):
+        self.calls = 0
+
+
+client = Client()
+
+
+def judge(x):
+    log.info("judging %s", x)
+    client.calls += 1
+    words = set(x.output_text.split())
+    return WEIGHTS["length"] * (len(x.output_text) < LIMIT) + sum(WEIGHTS["stop"]) * (not words & STOP_WORDS)
+'''
+
+VERSION_SCRIPT = '''
+import logging, sys
+sys.path.insert(0, sys.argv[1])
+busy = sys.argv[2] == "busy"
+if busy:  # another library configures logging, makes loggers, logs: runtime state, not the judge's logic
+    logging.basicConfig(level=logging.DEBUG)
+    for name in ("urllib3", "judgemod.child", "celery.worker"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+import judgemod
+if busy:
+    judgemod.log.info("warming up")
+    judgemod.log.isEnabledFor(logging.INFO)
+    judgemod.client.calls = 41
+from tracejudge.judges.model import CodeJudge
+print(CodeJudge(name="stop_words", fn=judgemod.judge).version)
+'''
+
+
+def _version_in_subprocess(module_dir, mode: str, *, hash_seed: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    done = subprocess.run(
+        [sys.executable, "-c", VERSION_SCRIPT, str(module_dir), mode], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_a_code_judges_version_is_the_same_in_every_process(tmp_path):
+    """Two processes with different logging state, string hash seeds and client state compute one version;
+    a changed constant changes it. (The old fingerprint hashed the logger's manager and level cache.)"""
+    (tmp_path / "judgemod.py").write_text(JUDGE_MODULE.format(limit=2000))
+    quiet = _version_in_subprocess(tmp_path, "quiet", hash_seed="1")
+    busy = _version_in_subprocess(tmp_path, "busy", hash_seed="2")
+    assert quiet == busy
+
+    (tmp_path / "judgemod.py").write_text(JUDGE_MODULE.format(limit=5))
+    assert _version_in_subprocess(tmp_path, "quiet", hash_seed="3") != quiet
+
+
+def test_code_and_plain_data_change_the_version_and_runtime_objects_do_not():
+    import logging
+
+    class Cache:
+        def __init__(self):
+            self.hits = 0
+
+    cache = Cache()
+    log = logging.getLogger("tj.test.versions")
+    table = {"a": [1, 2], "b": (3, None)}
+
+    def judge(x):
+        cache.hits += 1
+        log.debug("scoring")
+        return 1.0 if table["a"][0] == 1 else 0.0
+
+    same_code = judge
+
+    def judge(x):  # noqa: F811 - same name, another comparison
+        cache.hits += 1
+        log.debug("scoring")
+        return 1.0 if table["a"][0] == 2 else 0.0
+
+    other_code, judge = judge, same_code
+    first = CodeJudge(name="t", fn=judge).version
+    cache.hits = 99
+    log.setLevel(logging.DEBUG)
+    logging.getLogger("tj.test.versions.child").info("x")
+    assert CodeJudge(name="t", fn=judge).version == first  # runtime state: not the logic
+    table["b"] = (3, 4)
+    assert CodeJudge(name="t", fn=judge).version != first  # plain data it reads: the logic
+    table["b"] = (3, None)
+    assert CodeJudge(name="t", fn=judge).version == first
+    assert CodeJudge(name="t", fn=other_code).version != first

@@ -6,6 +6,7 @@
     tracejudge demo                          the end-to-end demo on this machine
     tracejudge fake-llm --port 8089          the local OpenAI-compatible test server
     tracejudge validate-config FILE          check a config file
+    tracejudge config-schema > schema.json   the config's JSON Schema, for editors
     tracejudge beat [CELERY BEAT OPTIONS...] run the scheduler (online pick-up, deferred evaluations)
     tracejudge backfill --experiment-id 1    judge traces already in MLflow (--since 7d --dry-run --wait ...)
     tracejudge budget                        today's judge spend, by model and by judge
@@ -129,6 +130,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate-config", help="check a config file and print the judge plan")
     p.add_argument("file", help="YAML config file")
     p.set_defaults(func=cmd_validate_config)
+
+    p = sub.add_parser(
+        "config-schema",
+        help="print the config's JSON Schema (for editors: yaml-language-server)",
+        description="Print the JSON Schema of a tracejudge YAML config (the design's layout). Save it and put "
+        "'# yaml-language-server: $schema=PATH' on the first line of the YAML so editors complete and check it.",
+    )
+    p.set_defaults(func=cmd_config_schema)
 
     p = sub.add_parser("report", help="judged quality over a time window: table, json, html or md")
     _monitor_options(p)
@@ -323,6 +332,13 @@ def _wait_and_print(handle: Any, timeout: float, *, as_json: bool) -> int:
 
 def exit_code(verdict: Any) -> int:
     return {"passed": EXIT_PASSED, "failed": EXIT_FAILED}.get(verdict.status, EXIT_ERROR)
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from tracejudge.config.schema import config_schema
+
+    print(json.dumps(config_schema(), indent=2, sort_keys=True))
+    return 0
 
 
 def cmd_validate_config(args: argparse.Namespace) -> int:

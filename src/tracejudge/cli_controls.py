@@ -50,7 +50,7 @@ def backfill_command(args: argparse.Namespace) -> int:
     from tracejudge.judges.registry import UnknownJudgeError, default_registry
     from tracejudge.mlflow_io.reader import MlflowUnavailable
     from tracejudge.mlflow_io.store import BadFilter, TraceStore, UnknownExperiment
-    from tracejudge.tasks.judged import plan_fingerprint
+    from tracejudge.controls.judged import plan_fingerprint
     from tracejudge.tasks.runtime import import_judge_modules
     from tracejudge.tasks.state import RedisState
 

@@ -25,6 +25,8 @@ NO_KEY_PLACEHOLDER = "sk-no-key-needed"
 _ENVIRONMENTS = ("production", "development", "experimental")
 _URL_FIELDS = ("llm_base_url", "redis_url", "broker_url", "result_backend_url", "mlflow_tracking_uri", "mlflow_ui_url")
 _BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+#: Schemes of the Redis URLs (``TRACEJUDGE_REDIS_URL``, ``TRACEJUDGE_RESULT_BACKEND``): TCP, TLS and a Unix socket.
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
 
 
 class Settings(BaseModel):
@@ -37,15 +39,23 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: The OpenAI-compatible endpoint judges call (default OpenAI's).
     llm_base_url: str | None = None
+    #: The endpoint's API key (not needed on loopback); never logged.
     llm_api_key: SecretStr | None = None
+    #: The judge model when a judge names none.
     default_model: str = "gpt-4o-mini"
+    #: Redis for coordination, caches and (by default) the task queue and results; `rediss://` and passwords work.
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: the task queue; the Redis URL unless ``TRACEJUDGE_BROKER_URL`` names another (``amqp://`` for RabbitMQ)
     broker_url: str | None = None
+    #: Where verdicts are kept for callers waiting on them (default: the Redis URL).
     result_backend_url: str | None = None
+    #: The MLflow tracking store judged traces are read from and written to.
     mlflow_tracking_uri: str | None = None
+    #: The environment whose default threshold applies (production, development, experimental).
     environment: Literal["production", "development", "experimental"] | None = None
+    #: The YAML config workers and commands use by default.
     config_path: str | None = None
     #: A prefix for every Redis key tracejudge and Celery write, to share one Redis (``TRACEJUDGE_KEY_PREFIX``).
     key_prefix: str = ""
@@ -124,9 +134,9 @@ class Settings(BaseModel):
             "llm_base_url": first("TRACEJUDGE_LLM_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE"),
             "llm_api_key": first("TRACEJUDGE_LLM_API_KEY", "OPENAI_API_KEY"),
             "default_model": first("TRACEJUDGE_JUDGE_MODEL"),
-            "redis_url": first("TRACEJUDGE_REDIS_URL"),
-            "broker_url": _broker_url(first("TRACEJUDGE_BROKER_URL")),
-            "result_backend_url": first("TRACEJUDGE_RESULT_BACKEND"),
+            "redis_url": _url(first("TRACEJUDGE_REDIS_URL"), "TRACEJUDGE_REDIS_URL", _REDIS_SCHEMES),
+            "broker_url": _url(first("TRACEJUDGE_BROKER_URL"), "TRACEJUDGE_BROKER_URL", _BROKER_SCHEMES),
+            "result_backend_url": _url(first("TRACEJUDGE_RESULT_BACKEND"), "TRACEJUDGE_RESULT_BACKEND", _REDIS_SCHEMES),
             "mlflow_tracking_uri": first("MLFLOW_TRACKING_URI"),
             "environment": environment,
             "config_path": first("TRACEJUDGE_CONFIG"),
@@ -221,6 +231,12 @@ ENVIRONMENT_VARIABLES = {
     "loop_block_seconds": "TRACEJUDGE_LOOP_BLOCK_SECONDS",
     "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
 }
+#: Variables read when the one above is unset (``Settings.from_env``), shown by the docs' reference.
+FALLBACK_VARIABLES = {
+    "llm_base_url": ("OPENAI_BASE_URL", "OPENAI_API_BASE"),
+    "llm_api_key": ("OPENAI_API_KEY",),
+    "experiment": ("MLFLOW_EXPERIMENT_NAME",),
+}
 
 
 def _names(value: str | None) -> tuple[str, ...] | None:
@@ -229,12 +245,41 @@ def _names(value: str | None) -> tuple[str, ...] | None:
     return tuple(n.strip() for n in value.split(",") if n.strip())
 
 
-def _broker_url(url: str | None) -> str | None:
-    if url is not None and urlsplit(url).scheme.lower() not in _BROKER_SCHEMES:
+def _url(url: str | None, variable: str, schemes: tuple[str, ...]) -> str | None:
+    """``url`` when Celery and redis-py can use it, else a one-line :class:`ConfigError` naming ``variable``
+    (a misspelt scheme or a port that is not a number otherwise ends in a traceback deep in kombu).
+
+    >>> _url("redis://:pw@cache:6380/1", "TRACEJUDGE_REDIS_URL", _REDIS_SCHEMES)
+    'redis://:pw@cache:6380/1'
+    >>> _url("redis://:pw@cache:63a0/1", "TRACEJUDGE_REDIS_URL", _REDIS_SCHEMES)
+    Traceback (most recent call last):
+    ...
+    tracejudge.config.errors.ConfigError: environment: TRACEJUDGE_REDIS_URL: the port must be a number from 1 to 65535 (got 'redis://:***@cache:63a0/1')
+    """
+    if url is None:
+        return None
+    shown = show(redact_url(url))
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        allowed = ", ".join(f"{s}://" for s in schemes)
+        raise ConfigError(f"must be a {allowed} URL (got {shown})", source="environment", path=variable)
+    if scheme in ("unix", "redis+socket"):
+        if not parts.path:
+            raise ConfigError(f"a {scheme}:// URL needs the socket's path (got {shown})", source="environment", path=variable)
+        return url
+    host_port = parts.netloc.rsplit("@", 1)[-1]
+    try:
+        port_ok = parts.port != 0 and (parts.port is not None or ":" not in host_port.rsplit("]", 1)[-1])
+    except ValueError:  # not a number, or out of range
+        port_ok = False
+    if not port_ok:
+        raise ConfigError(f"the port must be a number from 1 to 65535 (got {shown})", source="environment", path=variable)
+    if not parts.hostname:
+        raise ConfigError(f"names no host (got {shown}); e.g. {schemes[0]}://127.0.0.1", source="environment", path=variable)
+    if scheme.startswith("redis") and parts.path.strip("/") and not parts.path.strip("/").isdigit():
         raise ConfigError(
-            f"must be a redis://, rediss://, amqp:// or amqps:// URL (got {show(redact_url(url))})",
-            source="environment",
-            path="TRACEJUDGE_BROKER_URL",
+            f"the database after the host must be a number, e.g. /0 (got {shown})", source="environment", path=variable
         )
     return url
 

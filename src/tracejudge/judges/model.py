@@ -205,7 +205,7 @@ class CodeJudge(BaseModel):
         if self.pinned_version is not None:
             return self.pinned_version
         if self._version_cache is None:
-            self._version_cache = fingerprint([self.fn, self.depends_on, self.greater_is_better])
+            self._version_cache = fingerprint([self.fn, self.greater_is_better], declared=self.depends_on)
         return self._version_cache
 
 

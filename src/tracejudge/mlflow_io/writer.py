@@ -32,7 +32,7 @@ from tracejudge.ops import metrics
 log = logging.getLogger(__name__)
 
 KEY = "tracejudge.key"
-#: Metadata key of a full evaluation's feedbacks: the plan's fingerprint (``tasks.judged.plan_fingerprint``).
+#: Metadata key of a full evaluation's feedbacks: the plan's fingerprint (``controls.judged.plan_fingerprint``).
 PLAN = "tracejudge.plan"
 EVALUATION_ID = "evaluation_id"
 ARTIFACT_NAME = "quality_assessment.json"

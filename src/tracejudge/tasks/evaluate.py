@@ -35,12 +35,12 @@ from tracejudge.judges.registry import UnknownJudgeError
 from tracejudge.judges.runner import JudgeJob, run_judges
 from tracejudge.mlflow_io import writer
 from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady, check_trace_id
+from tracejudge.controls import counters
+from tracejudge.controls.judged import PLAN_TAG, has_plan, plan_fingerprint
+from tracejudge.payload import EvaluationRequest
 from tracejudge.ops import metrics
-from tracejudge.tasks import counters
-from tracejudge.tasks.judged import PLAN_TAG, has_plan, plan_fingerprint
-from tracejudge.tasks.payload import EvaluationRequest
 from tracejudge.tasks.runtime import Runtime
-from tracejudge.tasks.sampling import filter_reason, judge_sampled
+from tracejudge.controls.sampling import filter_reason, judge_sampled
 from tracejudge.tasks.state import EvaluationBusy, RedisState
 from tracejudge.verdict import (
     QualityVerdict,

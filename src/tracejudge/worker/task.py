@@ -47,7 +47,7 @@ def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:
     if outcome.retry is not None:
         metrics.count_evaluation(queue=queue, status="retried")
         raise task.retry(countdown=outcome.retry.countdown)
-    if outcome.deferred:  # put aside in Redis, sent again later (tasks.deferred): no result now
+    if outcome.deferred:  # put aside in Redis, sent again later (controls.deferred): no result now
         metrics.count_evaluation(queue=queue, status="deferred")
         raise Ignore()
     assert outcome.verdict is not None

@@ -14,7 +14,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from tracejudge.tasks.payload import EvaluationRequest
+from tracejudge.payload import EvaluationRequest
 
 DEFERRED_KEY = "tracejudge:deferred"
 

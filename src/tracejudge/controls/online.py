@@ -9,7 +9,7 @@ runs :func:`scan` on a worker. For each experiment in ``online.experiments``:
    and-ed with ``online.filter_string``, oldest first, page by page;
 3. for each finished trace: skip it if it was judged with the current plan
    (a feedback of ours carries the plan's fingerprint in its metadata, or the
-   trace its ``tracejudge.plan`` tag: see :mod:`~tracejudge.tasks.judged`);
+   trace its ``tracejudge.plan`` tag: see :mod:`~tracejudge.controls.judged`);
    else claim its "seen" key (SET NX), and only the claimer enqueues it
    (through sampling; workers apply filters);
 4. when every page is done, move the watermark to the window's end (or to
@@ -30,8 +30,8 @@ from typing import Any
 
 from tracejudge.config import TraceJudgeConfig
 from tracejudge.mlflow_io.search import time_filter
+from tracejudge.controls.judged import already_judged
 from tracejudge.ops import metrics
-from tracejudge.tasks.judged import already_judged
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +163,13 @@ def _scan_experiment(
 def run_scan(runtime: Any, send: Callable[[Any], Any]) -> dict[str, Any]:
     """The beat task's body: one scan with the worker's own config, through sampling, ``send`` per trace.
 
-    ``send(request)`` puts an :class:`~tracejudge.tasks.payload.EvaluationRequest` on the queue (the
+    ``send(request)`` puts an :class:`~tracejudge.payload.EvaluationRequest` on the queue (the
     worker's Celery app). Sampled and sampled-out traces are counted per workflow and day.
     """
-    from tracejudge.tasks import counters
-    from tracejudge.tasks.judged import plan_fingerprint
-    from tracejudge.tasks.payload import EvaluationRequest
-    from tracejudge.tasks.sampling import sampling_decision
+    from tracejudge.controls import counters
+    from tracejudge.controls.judged import plan_fingerprint
+    from tracejudge.payload import EvaluationRequest
+    from tracejudge.controls.sampling import sampling_decision
 
     config = runtime.config
     fingerprint = plan_fingerprint(config, runtime.registry.with_config(config), default_model=runtime.settings.default_model)
