@@ -289,7 +289,9 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         return handle  # an exit code: error, or judging is off
     print(f"enqueued trace {args.trace_id} as evaluation {handle.id}")
     if args.wait:
-        return _wait_and_print(handle, args.wait, as_json=args.json)
+        from tracejudge.worker import QUEUE_GATE, QUEUE_ONLINE
+
+        return _wait_and_print(handle, args.wait, as_json=args.json, queue=QUEUE_GATE if args.gate else QUEUE_ONLINE)
     return EXIT_PASSED
 
 
@@ -297,7 +299,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
     handle = _enqueue(args, gate=True)
     if not hasattr(handle, "verdict"):
         return handle
-    return _wait_and_print(handle, args.timeout, as_json=args.json)
+    from tracejudge.worker import QUEUE_GATE
+
+    return _wait_and_print(handle, args.timeout, as_json=args.json, queue=QUEUE_GATE)
 
 
 def _enqueue(args: argparse.Namespace, *, gate: bool) -> Any:
@@ -315,19 +319,45 @@ def _enqueue(args: argparse.Namespace, *, gate: bool) -> Any:
     return handle
 
 
-def _wait_and_print(handle: Any, timeout: float, *, as_json: bool) -> int:
+#: A gate whose verdict is not there after this long asks whether any worker reads its queue.
+CONSUMER_CHECK_AFTER_SECONDS = 2.0
+
+
+def _wait_and_print(handle: Any, timeout: float, *, as_json: bool, queue: str | None = None) -> int:
+    """Wait for the verdict and print it; with ``queue``, say early when no worker reads that queue."""
+    import time
+
     import tracejudge
 
+    deadline = time.monotonic() + timeout
+    hint = None
     try:
-        verdict = handle.verdict(timeout=timeout, raise_on_block=False)
+        if queue is not None and timeout > CONSUMER_CHECK_AFTER_SECONDS:
+            try:
+                verdict = handle.verdict(timeout=CONSUMER_CHECK_AFTER_SECONDS, raise_on_block=False)
+            except tracejudge.EvaluationTimeout:
+                hint = _no_consumer(queue)
+                if hint:
+                    print(f"warning: {hint}; waiting up to {timeout:g} s", file=sys.stderr, flush=True)
+                verdict = handle.verdict(timeout=max(0.0, deadline - time.monotonic()), raise_on_block=False)
+        else:
+            verdict = handle.verdict(timeout=timeout, raise_on_block=False)
     except tracejudge.EvaluationTimeout as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = hint or (_no_consumer(queue) if queue is not None else None)
+        print(f"error: {exc}" + (f": {hint}" if hint else ""), file=sys.stderr)
         return EXIT_ERROR
     except tracejudge.EvaluationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(verdict.model_dump_json(indent=2) if as_json else format_verdict(verdict))
     return exit_code(verdict)
+
+
+def _no_consumer(queue: str) -> str | None:
+    from tracejudge.worker import get_app
+    from tracejudge.worker.consumers import no_consumer_message
+
+    return no_consumer_message(get_app(), queue)
 
 
 def exit_code(verdict: Any) -> int:
