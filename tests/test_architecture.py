@@ -17,6 +17,7 @@ PACKAGE = SRC / "tracejudge"
 #: Each module's layer: a module may import only its own layer or lower ones.
 LAYERS = {
     "config": 0,
+    "ops": 0.5,  # metrics, broker readings, loop health, the metrics server: recorded from every layer above
     "judges": 1,
     "mlflow_io": 2,
     "verdict": 2,

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from tracejudge.judges.model import ErrorInfo, JudgeResult, TokenUsage
 from tracejudge.mlflow_io.reader import MlflowUnavailable
+from tracejudge.ops import metrics
 
 log = logging.getLogger(__name__)
 
@@ -320,14 +321,20 @@ def call_mlflow(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call MLflow; a server that does not answer becomes :class:`MlflowUnavailable` (retryable)."""
     from mlflow.exceptions import MlflowException
 
+    op = getattr(fn, "__name__", "call")
     try:
-        return fn(*args, **kwargs)
+        found = fn(*args, **kwargs)
     except MlflowException as exc:
         if _UNAVAILABLE.search(str(exc)):
+            metrics.count_mlflow_call(op, "unavailable")
             raise MlflowUnavailable(f"MLflow tracking server unavailable: {str(exc)[:300]}") from None
+        metrics.count_mlflow_call(op, "error")
         raise
     except (ConnectionError, OSError) as exc:
+        metrics.count_mlflow_call(op, "unavailable")
         raise MlflowUnavailable(f"MLflow tracking server unavailable: {exc}") from None
+    metrics.count_mlflow_call(op, "ok")
+    return found
 
 
 def _result_from_assessment(assessment: Any, metadata: dict[str, str], key: str) -> JudgeResult:
