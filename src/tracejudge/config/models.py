@@ -544,6 +544,8 @@ class TraceJudgeConfig(_Section):
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
     #: Paths of keys the design defines that we accept but do not act on (set by the loader).
     unused_keys: list[str] = Field(default_factory=list)
+    #: Keys that look like a misspelt section of ours (``quality_gates:``), as warnings (set by the loader).
+    misspelt_keys: list[str] = Field(default_factory=list)
     source: str | None = None
 
     # Where each section sits in the user's document, for messages
