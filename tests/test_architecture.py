@@ -25,10 +25,12 @@ LAYERS = {
     "payload": 1.5,  # the queue's message: built by the producer and the controls, read by the evaluation
     "controls": 2.7,  # sampling, filters, budget, cache, counters, judged record, pick-up, deferred release
     "tasks": 3,
+    "sessions": 3,  # judging conversations: beside tasks, reusing its runtime
     "worker": 4,
     "publish": 5,
     "sender": 5,
     "enqueue": 5,
+    "session_enqueue": 5,  # enqueue_session
     "backfill": 5,  # judges traces already in MLflow through enqueue
     "cli_controls": 6,
     "judge_quality": 6,  # tracejudge calibrate / agreement

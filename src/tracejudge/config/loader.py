@@ -227,6 +227,8 @@ def validate_judge_names(config: TraceJudgeConfig, known: Iterable[str]) -> None
     for node, refs in config.judges.node_overrides.items():
         for index, ref in enumerate(refs):
             references.append((ref.name, f"{judges}.node_overrides.{node}{format_path([index])}.name"))
+    for index, ref in enumerate(config.judges.sessions.judges):
+        references.append((ref.name, f"{judges}.sessions.judges{format_path([index])}.name"))
     for section, names in (
         ("quality_gate", config.quality_gate.judges),
         ("quality_retry", config.quality_retry.judges),
@@ -262,8 +264,9 @@ def config_warnings(config: TraceJudgeConfig) -> list[str]:
         from .models import DEFAULT_ROOT_JUDGES
 
         planned.update(DEFAULT_ROOT_JUDGES)
+    in_sessions = {ref.name for ref in config.judges.sessions.judges}
     for index, judge in enumerate(config.judges.custom):
-        if judge.name not in planned:
+        if judge.name not in planned and judge.name not in in_sessions:
             warnings.append(
                 f"{judges}.custom[{index}] ({judge.name}): no target uses this judge; "
                 f"add it to {judges}.workflow_defaults or a node under {judges}.node_overrides"
