@@ -17,6 +17,7 @@ PACKAGE = SRC / "tracejudge"
 #: Each module's layer: a module may import only its own layer or lower ones.
 LAYERS = {
     "config": 0,
+    "ops": 0.5,  # metrics, broker readings, loop health, the metrics server: recorded from every layer above
     "judges": 1,
     "mlflow_io": 2,
     "verdict": 2,
@@ -24,10 +25,12 @@ LAYERS = {
     "payload": 1.5,  # the queue's message: built by the producer and the controls, read by the evaluation
     "controls": 2.7,  # sampling, filters, budget, cache, counters, judged record, pick-up, deferred release
     "tasks": 3,
+    "sessions": 3,  # judging conversations: beside tasks, reusing its runtime
     "worker": 4,
     "publish": 5,
     "sender": 5,
     "enqueue": 5,
+    "session_enqueue": 5,  # enqueue_session
     "backfill": 5,  # judges traces already in MLflow through enqueue
     "cli_controls": 6,
     "judge_quality": 6,  # tracejudge calibrate / agreement

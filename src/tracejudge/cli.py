@@ -56,7 +56,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_ERROR
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # `tracejudge report | head`: the reader left; stop quietly, as cat does
+        _silence_stdout()
+        return EXIT_PASSED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's flush at exit does not fail on the closed pipe again."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -410,9 +424,51 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     elif retry.enabled:
         print("  quality retry: off (quality_based_workflows: false)")
     print(f"  quality_assessment.json and run metrics: {'written' if config.write_report else 'not written (artifact settings)'}")
+    for line in _controls_lines(config):
+        print(f"  {line}")
     for warning in config_warnings(config):
         print(f"warning: {warning}")
     return EXIT_PASSED
+
+
+def _controls_lines(config: Any) -> list[str]:
+    """The production controls and alert rules in effect, one line each, for ``validate-config``."""
+    judges = config.judges
+    sampling = judges.sampling
+    lines = []
+    if sampling.rate < 1 or sampling.judges:
+        per_judge = ", ".join(f"{name} {rate:.0%}" for name, rate in sampling.judges.items())
+        lines.append(
+            f"sampling: {sampling.rate:.0%} of traces" + (f"; within them {per_judge}" if per_judge else "")
+            + ("; gate traces always judged" if sampling.gates_always else "")
+        )
+    else:
+        lines.append("sampling: every trace")
+    filters = judges.filters
+    kept = [f"workflows {', '.join(filters.workflows)}" if filters.workflows else "",
+            f"tags {', '.join(f'{k}={v}' for k, v in filters.tags.items())}" if filters.tags else "",
+            f"states {', '.join(filters.status)}" if filters.status else ""]
+    lines.append("filters: only " + "; ".join(k for k in kept if k) if any(kept) else "filters: none")
+    budget = judges.budget
+    lines.append(
+        f"budget: ${budget.daily_usd:g} a day (UTC), then {budget.on_exceed}" if budget.daily_usd is not None else "budget: none"
+    )
+    cache = judges.cache
+    lines.append(f"result cache: on, {cache.ttl_hours:g} h" if cache.enabled else "result cache: off")
+    online = judges.online
+    lines.append(
+        f"online pick-up: experiments {', '.join(online.experiments)} every {online.interval_seconds:g} s, "
+        f"{online.delay_seconds:g} s after a trace ends (run `tracejudge beat`)"
+        if online.experiments else "online pick-up: off"
+    )
+    alerts = config.quality_alerts
+    if alerts.active:
+        sinks = ", ".join(sink.type for sink in alerts.sinks) or "none"
+        lines.append(f"alerts: every {alerts.check_every_seconds / 60:g} min over {alerts.window_minutes} min, to {sinks}:")
+        lines += [f"  - {rule.label}" for rule in alerts.rules]
+    else:
+        lines.append("alerts: " + ("off" if not alerts.enabled else "no rules"))
+    return lines
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -499,12 +555,30 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     env_token = Settings.from_env().dashboard_token
     token = args.token or (env_token.get_secret_value() if env_token is not None else None)
+    problem = _cannot_listen(args.host, args.port)
+    if problem:
+        print(f"error: --port {args.port}: cannot listen on {args.host}:{args.port} ({problem}); choose another --port", file=sys.stderr)
+        return EXIT_ERROR
     where = f"http://{args.host}:{args.port}/"
     print(f"tracejudge dashboard on {where}" + (" (bearer token required; open /?token=... once)" if token else ""), flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print("warning: listening beyond this machine without --token; the page shows trace outputs", file=sys.stderr)
     serve(host=args.host, port=args.port, token=token, default_experiment=args.experiment)
     return EXIT_PASSED
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, not an address of this machine), or None."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def cmd_alerts_check(args: argparse.Namespace) -> int:

@@ -77,6 +77,16 @@ class Settings(BaseModel):
     experiment: str | None = None
     #: Bearer token the dashboard requires (``TRACEJUDGE_DASHBOARD_TOKEN``); never shown.
     dashboard_token: SecretStr | None = None
+    #: Port of each worker's ``/metrics``, ``/healthz`` and ``/readyz`` (``TRACEJUDGE_METRICS_PORT``); None: no server.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Address that server listens on (``TRACEJUDGE_METRICS_HOST``; all interfaces, for Prometheus on another machine).
+    metrics_host: str = "0.0.0.0"
+    #: A worker whose event loop is blocked this long turns ``/healthz`` 503, stops renewing its messages'
+    #: lease and exits, so its supervisor restarts it and its messages are delivered again (``TRACEJUDGE_LOOP_BLOCK_SECONDS``).
+    loop_block_seconds: float = Field(default=30.0, gt=0)
+    #: Where worker processes keep their metrics for the one server (``PROMETHEUS_MULTIPROC_DIR``, prometheus_client's
+    #: own variable); ``tracejudge worker`` makes and removes a temporary one when it runs several processes.
+    metrics_dir: str | None = None
 
     @model_validator(mode="after")
     def _backend_defaults_to_redis(self) -> Settings:
@@ -139,6 +149,10 @@ class Settings(BaseModel):
             "mlflow_ui_url": first("MLFLOW_UI_URL"),
             "experiment": first("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"),
             "dashboard_token": first("TRACEJUDGE_DASHBOARD_TOKEN"),
+            "metrics_port": first("TRACEJUDGE_METRICS_PORT"),
+            "metrics_host": first("TRACEJUDGE_METRICS_HOST"),
+            "loop_block_seconds": first("TRACEJUDGE_LOOP_BLOCK_SECONDS"),
+            "metrics_dir": first("PROMETHEUS_MULTIPROC_DIR"),
         }
         try:
             return cls(**{key: value for key, value in values.items() if value is not None})
@@ -212,6 +226,10 @@ ENVIRONMENT_VARIABLES = {
     "mlflow_ui_url": "MLFLOW_UI_URL",
     "experiment": "MLFLOW_EXPERIMENT_ID",
     "dashboard_token": "TRACEJUDGE_DASHBOARD_TOKEN",
+    "metrics_port": "TRACEJUDGE_METRICS_PORT",
+    "metrics_host": "TRACEJUDGE_METRICS_HOST",
+    "loop_block_seconds": "TRACEJUDGE_LOOP_BLOCK_SECONDS",
+    "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
 }
 #: Variables read when the one above is unset (``Settings.from_env``), shown by the docs' reference.
 FALLBACK_VARIABLES = {

@@ -27,6 +27,7 @@ from typing import Any
 from tracejudge.judges.model import JudgeInput
 from tracejudge.judges.plan import WORKFLOW_TARGET
 from tracejudge.mlflow_io.trajectory import SpanTree, is_tool_span, node_id
+from tracejudge.ops import metrics
 
 EXPECTATION_NAMES = ("expected_response", "expected_answer", "expected_output", "expected", "ground_truth")
 #: MLflow trace ids are ``tr-<32 hex>``; other stores use other forms, so only obvious garbage is refused.
@@ -67,6 +68,8 @@ class LoadedTrace:
     tags: dict[str, str] = field(default_factory=dict)
     state: str = ""
     timestamp_ms: int = 0
+    #: how long the traced workflow ran (its end is ``timestamp_ms + duration_ms``)
+    duration_ms: int = 0
 
 
 def check_trace_id(trace_id: Any) -> str:
@@ -82,9 +85,32 @@ def check_trace_id(trace_id: Any) -> str:
 
 def fetch_trace(client: Any, trace_id: str) -> Any:
     """``client.get_trace`` with MLflow's failures sorted into not-ready, unavailable and the rest."""
+    check_trace_id(trace_id)
+    try:
+        trace = _get_trace(client, trace_id)
+    except TraceNotReady:
+        metrics.count_mlflow_call("get_trace", "not_ready")
+        raise
+    except MlflowUnavailable:
+        metrics.count_mlflow_call("get_trace", "unavailable")
+        raise
+    except Exception:
+        metrics.count_mlflow_call("get_trace", "error")
+        raise
+    metrics.count_mlflow_call("get_trace", "ok")
+    if trace is None:
+        raise TraceNotReady(f"trace {trace_id} is not in the tracking store (yet)")
+    if not trace.data.spans:
+        raise TraceNotReady(f"trace {trace_id} has no spans in the store yet")
+    status = str(getattr(trace.info, "state", getattr(trace.info, "status", "")))
+    if "IN_PROGRESS" in status:
+        raise TraceNotReady(f"trace {trace_id} is still in progress")
+    return trace
+
+
+def _get_trace(client: Any, trace_id: str) -> Any:
     from mlflow.exceptions import MlflowException
 
-    check_trace_id(trace_id)
     try:
         trace = client.get_trace(trace_id)
     except MlflowException as exc:
@@ -100,13 +126,6 @@ def fetch_trace(client: Any, trace_id: str) -> Any:
         raise
     except (ConnectionError, OSError) as exc:
         raise MlflowUnavailable(f"MLflow tracking server unavailable: {exc}") from None
-    if trace is None:
-        raise TraceNotReady(f"trace {trace_id} is not in the tracking store (yet)")
-    if not trace.data.spans:
-        raise TraceNotReady(f"trace {trace_id} has no spans in the store yet")
-    status = str(getattr(trace.info, "state", getattr(trace.info, "status", "")))
-    if "IN_PROGRESS" in status:
-        raise TraceNotReady(f"trace {trace_id} is still in progress")
     return trace
 
 
@@ -127,6 +146,7 @@ def load_trace(client: Any, trace_id: str) -> LoadedTrace:
         tags=tags,
         state=str(getattr(info, "state", None) or getattr(info, "status", None) or ""),
         timestamp_ms=int(getattr(info, "request_time", 0) or 0),
+        duration_ms=int(getattr(info, "execution_duration", 0) or 0),
     )
 
 

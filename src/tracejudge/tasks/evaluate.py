@@ -38,6 +38,7 @@ from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotRea
 from tracejudge.controls import counters
 from tracejudge.controls.judged import PLAN_TAG, has_plan, plan_fingerprint
 from tracejudge.payload import EvaluationRequest
+from tracejudge.ops import metrics
 from tracejudge.tasks.runtime import Runtime
 from tracejudge.controls.sampling import filter_reason, judge_sampled
 from tracejudge.tasks.state import EvaluationBusy, RedisState
@@ -176,6 +177,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                     )
         by_key = {**known, **{r.key: r for r in fresh}}
         results = [by_key[job.key] for job in jobs]
+        metrics.count_judge_results(fresh, reused=[known[job.key] for job in jobs if job.key in known])
         verdict = build_verdict(
             request.trace_id,
             results,
@@ -213,6 +215,8 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             plan_tag = plan if not unwritten and not has_plan(loaded.tags, loaded.assessments, plan) else None
             calls += summary_calls(runtime, loaded, verdict, config, plan=plan_tag)
         runtime.store.write_all(calls)
+        if loaded.timestamp_ms:  # the trace's end to its verdict on the trace
+            metrics.observe_trace_lag(time.time() - (loaded.timestamp_ms + loaded.duration_ms) / 1000)
         state.forget_results([r.key for r in unwritten if r.key])  # on the trace now: the cache has done its job
         if not partial:
             record_rollup(runtime, loaded, verdict, request)
