@@ -35,6 +35,7 @@ LAYERS = {
     "offline": 5,  # our judges as MLflow scorers, regression datasets, the offline gate
     "cli_controls": 6,
     "cli_offline": 6,
+    "status": 6,  # tracejudge status
     "judge_quality": 6,  # tracejudge calibrate / agreement
     "display": 6,
     "cli": 6,
