@@ -12,7 +12,8 @@ import random
 from typing import Any, Iterable
 
 from tracejudge.judges.model import ErrorInfo, JudgeResult, quality_band
-from tracejudge.monitor.rollup import ResultRecord, TraceRecord, record_verdict
+from tracejudge.monitor.rollup import ResultRecord, TraceRecord
+from tracejudge.monitor.rollup_store import record_verdict
 
 THRESHOLDS = {("research", "relevance"): 0.8, ("research", "groundedness"): 0.75, ("write", "coherence"): 0.75,
               ("write", "completeness"): 0.7, ("workflow", "harmfulness"): 0.8}
