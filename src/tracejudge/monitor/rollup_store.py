@@ -55,6 +55,7 @@ local function apply(c, sign, expire_at)
     if math.abs(tonumber(redis.call('HINCRBYFLOAT', h, f, d))) < 1e-9 then redis.call('HDEL', h, f) end
   end
   if sign < 0 then
+    if redis.call('HEXISTS', h, 'traces') == 0 then redis.call('DEL', h) end  -- no trace left: thresholds go too
     redis.call('ZREM', key .. ':s', tid)
     for _, e in ipairs(c.x) do redis.call('LREM', key .. ':f', 1, e) end
     return
