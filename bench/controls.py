@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 
 def sampling_figure(n: int) -> None:
-    from tracejudge.tasks.sampling import sampled
+    from tracejudge.controls.sampling import sampled
 
     rounds = 20
     ours, chance = [], []
@@ -95,7 +95,7 @@ def budget_figure(traces: int, store: str, redis_url: str, llm, workdir: Path) -
     import redis
 
     import tracejudge
-    from tracejudge.tasks.budget import read_spend
+    from tracejudge.controls.budget import read_spend
     from tracejudge.testing.processes import WorkerProcess
     from tracejudge.testing.workflows import record_article_trace
     from tracejudge.worker import reset_app

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         from tracejudge.config import Settings, load_config
         from tracejudge.judges.runner import run_judges
         from tracejudge.tasks.evaluate import plan_jobs
-        from tracejudge.tasks.payload import EvaluationRequest
+        from tracejudge.payload import EvaluationRequest
         from tracejudge.tasks.runtime import Runtime
 
         settings = Settings.from_env()

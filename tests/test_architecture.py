@@ -1,6 +1,6 @@
 """The dependency direction, read from the source's imports (every import, also those inside functions).
 
-config <- judges <- mlflow_io / verdict <- tasks <- worker <- enqueue <- cli; testing on top.
+config <- judges / payload <- mlflow_io / verdict <- monitor <- controls <- tasks <- worker <- enqueue <- cli; testing on top.
 """
 
 from __future__ import annotations
@@ -17,21 +17,27 @@ PACKAGE = SRC / "tracejudge"
 #: Each module's layer: a module may import only its own layer or lower ones.
 LAYERS = {
     "config": 0,
+    "ops": 0.5,  # metrics, broker readings, loop health, the metrics server: recorded from every layer above
     "judges": 1,
     "mlflow_io": 2,
     "verdict": 2,
     "monitor": 2.5,  # reads back through mlflow_io; tasks records rollups, the worker's beat task checks alerts
+    "payload": 1.5,  # the queue's message: built by the producer and the controls, read by the evaluation
+    "controls": 2.7,  # sampling, filters, budget, cache, counters, judged record, pick-up, deferred release
     "tasks": 3,
+    "sessions": 3,  # judging conversations: beside tasks, reusing its runtime
     "worker": 4,
     "publish": 5,
     "sender": 5,
     "enqueue": 5,
+    "session_enqueue": 5,  # enqueue_session
     "backfill": 5,  # judges traces already in MLflow through enqueue
     "cli_controls": 6,
     "judge_quality": 6,  # tracejudge calibrate / agreement
     "display": 6,
     "cli": 6,
     "demo": 6,
+    "reference": 7,  # the docs' generated references: reads the CLI's parsers
     "__main__": 6,
     "__init__": 6,
     "testing": 6,

@@ -171,7 +171,7 @@ def test_budget_command_prints_the_spend_by_model_and_judge(pipeline_env, redis_
 
     import redis.asyncio
 
-    from tracejudge.tasks.budget import RedisBudget
+    from tracejudge.controls.budget import RedisBudget
 
     prefix = f"tjbudgetcli-{uuid.uuid4().hex[:6]}:"
     monkeypatch.setenv("TRACEJUDGE_KEY_PREFIX", prefix)

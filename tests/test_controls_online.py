@@ -156,7 +156,7 @@ def test_a_failed_scan_resumes_from_the_watermark(pipeline_env, mlflow_store, re
     from tracejudge.config import load_config
     from tracejudge.mlflow_io.reader import MlflowUnavailable
     from tracejudge.mlflow_io.store import TraceStore
-    from tracejudge.tasks.online import WATERMARK, scan
+    from tracejudge.controls.online import WATERMARK, scan
     from tracejudge.tasks.state import RedisState
 
     name = f"online-fail-{uuid.uuid4().hex[:8]}"
@@ -194,7 +194,7 @@ def test_unknown_experiment_and_bad_filter_name_the_key(pipeline_env, mlflow_sto
 
     from tracejudge.config import load_config
     from tracejudge.mlflow_io.store import BadFilter, TraceStore, UnknownExperiment
-    from tracejudge.tasks.online import scan
+    from tracejudge.controls.online import scan
     from tracejudge.tasks.state import RedisState
 
     store = TraceStore(mlflow_store)
@@ -221,8 +221,8 @@ def test_judged_with_the_current_plan_is_read_from_the_feedbacks(pipeline_env, m
     from tracejudge.config import JudgeRef, load_config
     from tracejudge.mlflow_io.store import TraceStore
     from tracejudge.tasks import EvaluationRequest, evaluate_request, get_runtime
-    from tracejudge.tasks.judged import plan_fingerprint
-    from tracejudge.tasks.online import scan
+    from tracejudge.controls.judged import plan_fingerprint
+    from tracejudge.controls.online import scan
     from tracejudge.tasks.state import RedisState
 
     name = f"online-plan-{uuid.uuid4().hex[:8]}"

@@ -29,12 +29,12 @@ def _queue_length(redis_url: str, prefix: str) -> int:
 
 def test_sampled_out_trace_sends_no_message_and_says_skipped(worker, pipeline_env, redis_url):
     from tracejudge.enqueue import _skip_counter
-    from tracejudge.tasks import counters
+    from tracejudge.controls import counters
 
     prefix = pipeline_env["TRACEJUDGE_KEY_PREFIX"]
     config = cfg(sampling={"rate": 0.25})
     ids = [f"tr-{uuid.uuid4().hex}" for _ in range(200)]
-    from tracejudge.tasks.sampling import sampled
+    from tracejudge.controls.sampling import sampled
 
     out = [t for t in ids if not sampled(t, 0.25)][:20]
     before = _queue_length(redis_url, prefix)
@@ -100,7 +100,7 @@ def test_filters_are_applied_by_the_worker(worker, fake_llm, mlflow_store):
 
 
 def test_judge_rate_runs_a_judge_on_its_share_only(worker, mlflow_store):
-    from tracejudge.tasks.sampling import judge_sampled
+    from tracejudge.controls.sampling import judge_sampled
     from tracejudge.testing.workflows import record_plain_trace
 
     ids = [record_plain_trace(f"rate {i}?", f"answer {i}") for i in range(6)]
@@ -178,7 +178,7 @@ def test_spent_budget_is_an_explicit_error_and_never_reused(worker, fake_llm, ml
 def test_defer_keeps_the_evaluation_for_the_next_day(worker, pipeline_env, redis_url, mlflow_store):
     import redis
 
-    from tracejudge.tasks.deferred import DEFERRED_KEY, release_due
+    from tracejudge.controls.deferred import DEFERRED_KEY, release_due
     from tracejudge.testing.workflows import record_plain_trace
 
     prefix = pipeline_env["TRACEJUDGE_KEY_PREFIX"]
@@ -189,12 +189,15 @@ def test_defer_keeps_the_evaluation_for_the_next_day(worker, pipeline_env, redis
     while not r.zcard(f"{prefix}{DEFERRED_KEY}") and time.monotonic() < give_up:
         time.sleep(0.2)
     [(raw, due)] = r.zrange(f"{prefix}{DEFERRED_KEY}", 0, -1, withscores=True)
-    assert due > time.time() and due % 86400 == 0  # the start of the next UTC day
+    from tracejudge.controls.deferred import SPREAD_SECONDS, next_utc_day
+
+    day = next_utc_day()
+    assert day <= due < day + SPREAD_SECONDS  # within the first hour of the next UTC day (spread, not all at 00:00)
     assert not handle.ready()  # no verdict yet: the caller keeps waiting
     # The day turns (with a budget again): the same evaluation is sent and its verdict arrives.
     import json
 
-    from tracejudge.tasks.payload import EvaluationRequest
+    from tracejudge.payload import EvaluationRequest
     from tracejudge.worker import get_app
     from tracejudge.worker.scheduled import send_request
 

@@ -39,7 +39,7 @@ def test_two_worker_processes_stay_within_the_budget(pipeline_env, fake_llm, red
     import mlflow
     import redis
 
-    from tracejudge.tasks.budget import read_spend
+    from tracejudge.controls.budget import read_spend
     from tracejudge.testing.workflows import record_article_trace
 
     prefix = f"tjbudget-{uuid.uuid4().hex[:8]}:"  # a fresh day's budget, and queues of its own

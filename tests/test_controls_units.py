@@ -17,7 +17,7 @@ from tracejudge.judges.controls import CallControls
 from tracejudge.judges.errors import JudgeError
 from tracejudge.judges.model import JudgeReply, TokenUsage
 from tracejudge.judges.pricing import BUILTIN_PRICES_DATE, PriceTable
-from tracejudge.tasks.sampling import filter_reason, judge_sampled, sample_point, sampled, sampling_decision
+from tracejudge.controls.sampling import filter_reason, judge_sampled, sample_point, sampled, sampling_decision
 
 
 def _judges(section: dict) -> dict:
@@ -139,7 +139,7 @@ def test_budget_reserves_settles_and_refuses_past_the_limit(redis_url, prefix):
     import redis as redis_lib
     import redis.asyncio
 
-    from tracejudge.tasks.budget import RedisBudget, read_spend
+    from tracejudge.controls.budget import RedisBudget, read_spend
 
     async def scenario():
         client = redis.asyncio.Redis.from_url(redis_url)
@@ -170,7 +170,7 @@ def test_budget_reserves_settles_and_refuses_past_the_limit(redis_url, prefix):
 def test_budget_drops_a_dead_holders_reservation_after_its_lease(redis_url, prefix):
     import redis.asyncio
 
-    from tracejudge.tasks.budget import RedisBudget
+    from tracejudge.controls.budget import RedisBudget
 
     async def scenario():
         client = redis.asyncio.Redis.from_url(redis_url)

@@ -79,7 +79,7 @@ def test_an_evaluation_longer_than_the_visibility_timeout_is_not_redelivered_whi
 
 def test_duplicate_delivery_one_after_the_other_and_at_the_same_time():
     from tracejudge.config import load_config
-    from tracejudge.tasks.payload import EvaluationRequest
+    from tracejudge.payload import EvaluationRequest
     from tracejudge.worker import QUEUE_ONLINE, TASK_EVALUATE, get_app
 
     slow = "[[tj:latency=1500]]"

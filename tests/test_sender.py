@@ -23,7 +23,7 @@ import redis
 
 import tracejudge
 from tracejudge.sender import BufferFull, QueuedHandle, Sender, SendFailure, configure_sender, get_sender
-from tracejudge.tasks.payload import EvaluationRequest
+from tracejudge.payload import EvaluationRequest
 from tracejudge.testing.processes import RedisServer, free_port
 
 QUEUE = "tracejudge.online"

@@ -30,6 +30,8 @@ from tracejudge.judges import (
     code_judge,
     register_judge,
 )
+from tracejudge.session_enqueue import SessionHandle, enqueue_session
+from tracejudge.sessions.verdict import SessionVerdict
 from tracejudge.verdict import QualityGateBlocked, QualityVerdict
 
 __version__ = "0.1.0"
@@ -66,6 +68,9 @@ __all__ = [
     "TraceJudgeConfig",
     "code_judge",
     "enqueue",
+    "enqueue_session",
+    "SessionHandle",
+    "SessionVerdict",
     "judged",
     "last_handle",
     "load_config",

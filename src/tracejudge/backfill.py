@@ -4,7 +4,7 @@
 
 * skips traces already judged with the current plan (the fingerprint in our
   feedbacks' metadata, or the ``tracejudge.plan`` tag: see
-  :mod:`~tracejudge.tasks.judged`), unless ``force`` (then the new
+  :mod:`~tracejudge.controls.judged`), unless ``force`` (then the new
   assessments supersede the old ones);
 * applies sampling (``sample`` or ``judges.sampling.rate``) and the filters;
 * holds back while the background queue is deeper than ``max_queue``, so it
@@ -186,8 +186,8 @@ def run_backfill(
     ``enqueue(trace_id)`` returns a handle (``status == 'skipped'`` when sampling left it out).
     """
     from tracejudge.mlflow_io.search import time_filter
-    from tracejudge.tasks.judged import already_judged
-    from tracejudge.tasks.sampling import filter_reason, sampling_decision
+    from tracejudge.controls.judged import already_judged
+    from tracejudge.controls.sampling import filter_reason, sampling_decision
 
     name = f"{CHECKPOINT}{checkpoint}"
     counts = BackfillCounts()

@@ -6,6 +6,7 @@
     tracejudge demo                          the end-to-end demo on this machine
     tracejudge fake-llm --port 8089          the local OpenAI-compatible test server
     tracejudge validate-config FILE          check a config file
+    tracejudge config-schema > schema.json   the config's JSON Schema, for editors
     tracejudge beat [CELERY BEAT OPTIONS...] run the scheduler (online pick-up, deferred evaluations)
     tracejudge backfill --experiment-id 1    judge traces already in MLflow (--since 7d --dry-run --wait ...)
     tracejudge budget                        today's judge spend, by model and by judge
@@ -54,7 +55,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_ERROR
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # `tracejudge report | head`: the reader left; stop quietly, as cat does
+        _silence_stdout()
+        return EXIT_PASSED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's flush at exit does not fail on the closed pipe again."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,6 +144,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate-config", help="check a config file and print the judge plan")
     p.add_argument("file", help="YAML config file")
     p.set_defaults(func=cmd_validate_config)
+
+    p = sub.add_parser(
+        "config-schema",
+        help="print the config's JSON Schema (for editors: yaml-language-server)",
+        description="Print the JSON Schema of a tracejudge YAML config (the design's layout). Save it and put "
+        "'# yaml-language-server: $schema=PATH' on the first line of the YAML so editors complete and check it.",
+    )
+    p.set_defaults(func=cmd_config_schema)
 
     p = sub.add_parser("report", help="judged quality over a time window: table, json, html or md")
     _monitor_options(p)
@@ -280,7 +303,9 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         return handle  # an exit code: error, or judging is off
     print(f"enqueued trace {args.trace_id} as evaluation {handle.id}")
     if args.wait:
-        return _wait_and_print(handle, args.wait, as_json=args.json)
+        from tracejudge.worker import QUEUE_GATE, QUEUE_ONLINE
+
+        return _wait_and_print(handle, args.wait, as_json=args.json, queue=QUEUE_GATE if args.gate else QUEUE_ONLINE)
     return EXIT_PASSED
 
 
@@ -288,7 +313,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
     handle = _enqueue(args, gate=True)
     if not hasattr(handle, "verdict"):
         return handle
-    return _wait_and_print(handle, args.timeout, as_json=args.json)
+    from tracejudge.worker import QUEUE_GATE
+
+    return _wait_and_print(handle, args.timeout, as_json=args.json, queue=QUEUE_GATE)
 
 
 def _enqueue(args: argparse.Namespace, *, gate: bool) -> Any:
@@ -306,13 +333,32 @@ def _enqueue(args: argparse.Namespace, *, gate: bool) -> Any:
     return handle
 
 
-def _wait_and_print(handle: Any, timeout: float, *, as_json: bool) -> int:
+#: A gate whose verdict is not there after this long asks whether any worker reads its queue.
+CONSUMER_CHECK_AFTER_SECONDS = 2.0
+
+
+def _wait_and_print(handle: Any, timeout: float, *, as_json: bool, queue: str | None = None) -> int:
+    """Wait for the verdict and print it; with ``queue``, say early when no worker reads that queue."""
+    import time
+
     import tracejudge
 
+    deadline = time.monotonic() + timeout
+    hint = None
     try:
-        verdict = handle.verdict(timeout=timeout, raise_on_block=False)
+        if queue is not None and timeout > CONSUMER_CHECK_AFTER_SECONDS:
+            try:
+                verdict = handle.verdict(timeout=CONSUMER_CHECK_AFTER_SECONDS, raise_on_block=False)
+            except tracejudge.EvaluationTimeout:
+                hint = _no_consumer(queue)
+                if hint:
+                    print(f"warning: {hint}; waiting up to {timeout:g} s", file=sys.stderr, flush=True)
+                verdict = handle.verdict(timeout=max(0.0, deadline - time.monotonic()), raise_on_block=False)
+        else:
+            verdict = handle.verdict(timeout=timeout, raise_on_block=False)
     except tracejudge.EvaluationTimeout as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = hint or (_no_consumer(queue) if queue is not None else None)
+        print(f"error: {exc}" + (f": {hint}" if hint else ""), file=sys.stderr)
         return EXIT_ERROR
     except tracejudge.EvaluationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -321,8 +367,22 @@ def _wait_and_print(handle: Any, timeout: float, *, as_json: bool) -> int:
     return exit_code(verdict)
 
 
+def _no_consumer(queue: str) -> str | None:
+    from tracejudge.worker import get_app
+    from tracejudge.worker.consumers import no_consumer_message
+
+    return no_consumer_message(get_app(), queue)
+
+
 def exit_code(verdict: Any) -> int:
     return {"passed": EXIT_PASSED, "failed": EXIT_FAILED}.get(verdict.status, EXIT_ERROR)
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from tracejudge.config.schema import config_schema
+
+    print(json.dumps(config_schema(), indent=2, sort_keys=True))
+    return 0
 
 
 def cmd_validate_config(args: argparse.Namespace) -> int:
@@ -359,9 +419,51 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     elif retry.enabled:
         print("  quality retry: off (quality_based_workflows: false)")
     print(f"  quality_assessment.json and run metrics: {'written' if config.write_report else 'not written (artifact settings)'}")
+    for line in _controls_lines(config):
+        print(f"  {line}")
     for warning in config_warnings(config):
         print(f"warning: {warning}")
     return EXIT_PASSED
+
+
+def _controls_lines(config: Any) -> list[str]:
+    """The production controls and alert rules in effect, one line each, for ``validate-config``."""
+    judges = config.judges
+    sampling = judges.sampling
+    lines = []
+    if sampling.rate < 1 or sampling.judges:
+        per_judge = ", ".join(f"{name} {rate:.0%}" for name, rate in sampling.judges.items())
+        lines.append(
+            f"sampling: {sampling.rate:.0%} of traces" + (f"; within them {per_judge}" if per_judge else "")
+            + ("; gate traces always judged" if sampling.gates_always else "")
+        )
+    else:
+        lines.append("sampling: every trace")
+    filters = judges.filters
+    kept = [f"workflows {', '.join(filters.workflows)}" if filters.workflows else "",
+            f"tags {', '.join(f'{k}={v}' for k, v in filters.tags.items())}" if filters.tags else "",
+            f"states {', '.join(filters.status)}" if filters.status else ""]
+    lines.append("filters: only " + "; ".join(k for k in kept if k) if any(kept) else "filters: none")
+    budget = judges.budget
+    lines.append(
+        f"budget: ${budget.daily_usd:g} a day (UTC), then {budget.on_exceed}" if budget.daily_usd is not None else "budget: none"
+    )
+    cache = judges.cache
+    lines.append(f"result cache: on, {cache.ttl_hours:g} h" if cache.enabled else "result cache: off")
+    online = judges.online
+    lines.append(
+        f"online pick-up: experiments {', '.join(online.experiments)} every {online.interval_seconds:g} s, "
+        f"{online.delay_seconds:g} s after a trace ends (run `tracejudge beat`)"
+        if online.experiments else "online pick-up: off"
+    )
+    alerts = config.quality_alerts
+    if alerts.active:
+        sinks = ", ".join(sink.type for sink in alerts.sinks) or "none"
+        lines.append(f"alerts: every {alerts.check_every_seconds / 60:g} min over {alerts.window_minutes} min, to {sinks}:")
+        lines += [f"  - {rule.label}" for rule in alerts.rules]
+    else:
+        lines.append("alerts: " + ("off" if not alerts.enabled else "no rules"))
+    return lines
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -448,12 +550,30 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     env_token = Settings.from_env().dashboard_token
     token = args.token or (env_token.get_secret_value() if env_token is not None else None)
+    problem = _cannot_listen(args.host, args.port)
+    if problem:
+        print(f"error: --port {args.port}: cannot listen on {args.host}:{args.port} ({problem}); choose another --port", file=sys.stderr)
+        return EXIT_ERROR
     where = f"http://{args.host}:{args.port}/"
     print(f"tracejudge dashboard on {where}" + (" (bearer token required; open /?token=... once)" if token else ""), flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print("warning: listening beyond this machine without --token; the page shows trace outputs", file=sys.stderr)
     serve(host=args.host, port=args.port, token=token, default_experiment=args.experiment)
     return EXIT_PASSED
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, not an address of this machine), or None."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def cmd_alerts_check(args: argparse.Namespace) -> int:

@@ -50,7 +50,7 @@ def backfill_command(args: argparse.Namespace) -> int:
     from tracejudge.judges.registry import UnknownJudgeError, default_registry
     from tracejudge.mlflow_io.reader import MlflowUnavailable
     from tracejudge.mlflow_io.store import BadFilter, TraceStore, UnknownExperiment
-    from tracejudge.tasks.judged import plan_fingerprint
+    from tracejudge.controls.judged import plan_fingerprint
     from tracejudge.tasks.runtime import import_judge_modules
     from tracejudge.tasks.state import RedisState
 
@@ -99,7 +99,8 @@ def backfill_command(args: argparse.Namespace) -> int:
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     verb = "would enqueue" if args.dry_run else "enqueued"
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
+        # not a terminal (a log, a pipe): no bar, whose redraws leave fragments there; the summary lines follow
+        with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
             task = progress.add_task("backfill", total=args.max_traces)
 
             def show(counts: Any, note: str) -> None:
@@ -138,7 +139,7 @@ def backfill_command(args: argparse.Namespace) -> int:
     if result.sample_ids:
         print(("sample of trace ids: " if args.dry_run else "first trace ids: ") + ", ".join(result.sample_ids))
     if args.wait is not None and result.handles:
-        with Progress(*columns, console=console) as progress:
+        with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
             task = progress.add_task("verdicts", total=len(result.handles))
 
             def tick(done: int, tally: dict[str, int]) -> None:

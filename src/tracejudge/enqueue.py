@@ -94,7 +94,7 @@ def enqueue(
     >>> handle = enqueue("tr-5f1c...", gate=True)  # doctest: +SKIP
     >>> handle.verdict(timeout=60)  # doctest: +SKIP
     """
-    from tracejudge.tasks.payload import EvaluationRequest
+    from tracejudge.payload import EvaluationRequest
 
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, (int, float)) or not 0.0 <= sample <= 1.0):
         raise ValueError(f"enqueue(sample=...): must be a number from 0 to 1, the share of traces judged (got {sample!r})")
@@ -206,7 +206,7 @@ def resolve_config(config: ConfigSource) -> TraceJudgeConfig:
 
 def _invalid(trace_id: str, exc: ValidationError, config: TraceJudgeConfig) -> CompletedHandle:
     from tracejudge.tasks.evaluate import INVALID_PAYLOAD
-    from tracejudge.tasks.payload import describe_payload_error
+    from tracejudge.payload import describe_payload_error
     from tracejudge.verdict import error_verdict
 
     message = describe_payload_error(exc)
@@ -223,7 +223,7 @@ def _sampled_out(
     sampling = config.judges.sampling
     if (sampling.rate if sample is None else sample) >= 1.0 or (gate and sampling.gates_always):
         return None
-    from tracejudge.tasks.sampling import sampling_decision
+    from tracejudge.controls.sampling import sampling_decision
 
     reason = sampling_decision(trace_id, config, gate=gate, sample=sample)
     if reason is None:
@@ -241,7 +241,7 @@ def _skip_counter() -> Any:
     """The process's batched sampling counter (flushed to Redis at most once a second)."""
     global _counter
     if _counter is None:
-        from tracejudge.tasks.counters import BatchedCounter
+        from tracejudge.controls.counters import BatchedCounter
 
         def client() -> Any:
             from tracejudge.worker import get_app

@@ -37,13 +37,21 @@ _Positive = Annotated[float, BeforeValidator(_no_bool), Field(gt=0)]
 class AlertRule(_Section):
     """One rule; ``judge`` / ``node`` narrow it (default: every judge on every node)."""
 
+    #: The rule: quality_drop, failure_rate, variance_increase, new_failure_type or gate_pass_rate.
     kind: str
+    #: A name for the alert (default: made from the rule).
     name: str | None = None
+    #: Only this judge's results.
     judge: str | None = None
+    #: Only this node's results.
     node: str | None = None
+    #: Fires when the figure is below this (quality_drop, gate_pass_rate).
     below: Score | None = None
+    #: Fires when the figure is above this (failure_rate).
     above: Score | None = None
+    #: Fires when the mean drops by this much against the baseline (quality_drop).
     drop_by: Score | None = None
+    #: Fires when the variance grows by this factor against the baseline (variance_increase).
     factor: _Positive | None = None
     min_count: int = Field(5, ge=1, description="fewer scored results in the window than this: the rule stays quiet")
 
@@ -95,9 +103,13 @@ class AlertRule(_Section):
 class AlertSink(_Section):
     """Where alerts go: a JSON webhook, a Slack-compatible webhook, or the log."""
 
+    #: Where alerts go: `webhook` (JSON POST), `slack` (incoming webhook) or `log`.
     type: Literal["webhook", "slack", "log"]
+    #: The webhook or Slack URL (a secret: prefer `url_env`).
     url: str | None = None
+    #: Seconds one delivery attempt may take.
     timeout_seconds: _Positive = 10.0
+    #: Delivery attempts per check before the next check tries again.
     max_attempts: int = Field(4, ge=1, le=10)
 
     @model_validator(mode="after")
@@ -115,12 +127,19 @@ class AlertSink(_Section):
 class QualityAlertsConfig(_Section):
     """``quality_alerts`` (see the module docstring)."""
 
+    #: Check the rules (on the beat's schedule and with `tracejudge alerts check`).
     enabled: bool = True
+    #: The experiment watched (id or name; default `$MLFLOW_EXPERIMENT_ID`).
     experiment: str | None = None
+    #: Only traces of this workflow.
     workflow: str | None = None
+    #: The window each check looks at.
     window_minutes: Annotated[int, BeforeValidator(_no_bool), Field(ge=4)] = 60
+    #: The baseline a window is compared with, in days before it.
     baseline_days: _Positive = 7.0
+    #: The alert rules.
     rules: list[AlertRule] = Field(default_factory=list)
+    #: Where firing alerts are delivered (default: the log).
     sinks: list[AlertSink] = Field(default_factory=lambda: [AlertSink(type="log")])
 
     @property

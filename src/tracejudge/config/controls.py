@@ -51,8 +51,11 @@ class SamplingConfig(_Section):
     {'groundedness': 0.1}
     """
 
+    #: Share of traces judged, 0..1, chosen deterministically from the trace id.
     rate: float = 1.0
+    #: Traces someone waits on (the gate queue) are always judged, whatever the rate.
     gates_always: bool = True
+    #: Per-judge share, 0..1, within the sampled traces (e.g. an expensive judge on 10%).
     judges: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("rate", mode="before")
@@ -86,8 +89,11 @@ class FiltersConfig(_Section):
     ['OK']
     """
 
+    #: Judge only traces of these workflows (the trace name).
     workflows: list[str] = Field(default_factory=list)
+    #: Judge only traces with these tag values.
     tags: dict[str, str] = Field(default_factory=dict)
+    #: Judge only traces in these states (OK, ERROR, IN_PROGRESS).
     status: list[str] = Field(default_factory=list)
 
     @field_validator("tags", mode="before")
@@ -121,10 +127,15 @@ class OnlineConfig(_Section):
     30.0
     """
 
+    #: Experiments (ids or names) the beat scans for new traces to judge (online pick-up).
     experiments: list[str] = Field(default_factory=list)
+    #: Seconds between two scans.
     interval_seconds: _Number = 30.0
+    #: How long after a trace ends it is picked up, so its spans are all written.
     delay_seconds: _Number = 30.0
+    #: An MLflow search_traces filter that picked-up traces must also match.
     filter_string: str | None = None
+    #: Most traces enqueued by one scan; the rest wait for the next.
     max_per_scan: _Count = 1000
 
     @field_validator("experiments", mode="before")
@@ -167,7 +178,9 @@ class OnlineConfig(_Section):
 class PriceEntry(_Section):
     """One model's price, USD per 1M tokens: ``{input: 0.15, output: 0.60}``."""
 
+    #: USD per 1M prompt tokens.
     input: _Number
+    #: USD per 1M completion tokens.
     output: _Number
 
     @field_validator("input", "output")
@@ -185,7 +198,9 @@ class BudgetConfig(_Section):
     'skip'
     """
 
+    #: Daily (UTC) spend limit for judge calls, shared by all workers (none: no limit).
     daily_usd: _Number | None = None
+    #: Over budget: `skip` the judge (a budget error result) or `defer` the evaluation to the next day.
     on_exceed: Literal["skip", "defer"] = "skip"
     #: Output tokens reserved for a call whose judge sets no ``max_tokens``.
     reserve_output_tokens: _Count = 512
@@ -212,7 +227,9 @@ class CacheConfig(_Section):
     False
     """
 
+    #: Reuse a judge result for identical input, judge version, model and parameters.
     enabled: bool = False
+    #: How long a cached result is reused.
     ttl_hours: _Number = 24.0
 
     @field_validator("ttl_hours")

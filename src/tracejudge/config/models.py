@@ -106,8 +106,11 @@ class JudgeRef(_Section):
     'relevance'
     """
 
+    #: The judge: a built-in (relevance, coherence, ...), a `custom` judge of this file, or a registered one.
     name: str
+    #: Minimum passing score, 0..1 (default: the judge's own, else the environment's threshold).
     threshold: Score | None = None
+    #: The judge's LLM, e.g. `gpt-4o-mini` or `openai:/gpt-4o-mini` (default: the judge's, else `$TRACEJUDGE_JUDGE_MODEL`).
     model: str | None = None
 
     @classmethod
@@ -140,14 +143,23 @@ class ExecutionConfig(_Section):
     1
     """
 
+    #: `async`: judge in workers, off the workflow's path; `sync`: judge in the calling process; `disabled`: judge nothing.
     mode: Literal["async", "sync", "disabled"] = "async"
+    #: Seconds one judge call (one LLM round trip) may take before it fails as `TIMEOUT`.
     timeout_seconds: _Number = 30.0
+    #: Retry a judge call that failed transiently (timeouts, 429, 5xx), up to `max_attempts`.
     retry_on_failure: bool = True
+    #: Write each judge's rationale into its MLflow feedback.
     log_rationale: bool = True
+    #: LLM attempts per judge call when `retry_on_failure` is on.
     max_attempts: _Count = 3
+    #: Judge calls in flight at once for one evaluation.
     concurrency: _Count = 32
+    #: Longest text handed to a judge per variable; longer values are cut (the cut is recorded).
     max_input_chars: _Count = 20000
+    #: How long a worker waits for a trace that is not yet (fully) written to MLflow before giving up.
     trace_wait_seconds: _Number = 30.0
+    #: Seconds one whole evaluation (all judges of a trace) may take.
     overall_timeout_seconds: _Number = 300.0
     #: Judge calls per second to one model of the endpoint, shared by all workers (through Redis).
     rate_limit_per_second: _Number | None = None
@@ -215,7 +227,9 @@ def _check_samples(value: int) -> int:
 class RubricLevelConfig(_Section):
     """One anchored level of a custom judge's ``rubric:``: ``{score: 0.75, description: "..."}``."""
 
+    #: The level's score, 0..1.
     score: Score
+    #: What earns this score, in one line.
     description: str
 
     @field_validator("description")
@@ -233,20 +247,31 @@ class CustomJudgeConfig(_Section):
     ['output', 'audience']
     """
 
+    #: The judge's name, as plans, gates and MLflow feedback refer to it.
     name: str
+    #: What the judge measures, in a sentence (shown to the judge LLM).
     definition: str = ""
+    #: The prompt template; `{output}`, `{input}`, `{context}` or any declared variable are filled from the target span.
     grading_prompt: str
+    #: The variables the prompt uses; a variable the trace lacks is an error naming it (default: those found in the prompt).
     variables: list[str] | None = None
+    #: The judge's LLM (default: `$TRACEJUDGE_JUDGE_MODEL`).
     model: str | None = None
+    #: Extra request parameters for the LLM call (temperature, max_tokens, ...).
     parameters: dict[str, Any] = Field(default_factory=dict)
+    #: Figures to report over many results (as in MLflow's make_genai_metric).
     aggregations: list[Literal["mean", "variance", "min", "max", "median", "p90"]] = Field(default_factory=list)
+    #: Whether a higher score is better (false: the score is inverted before thresholds apply).
     greater_is_better: bool = True
+    #: Minimum passing score, 0..1 (default: the environment's threshold).
     threshold: Score | None = None
     #: What to check, what to ignore, how to treat empty or off-topic output (shown before the rubric).
     criteria: str = ""
     #: Anchored levels, e.g. five: 1.0, 0.75, 0.5, 0.25, 0.0, each with a one-line description.
     rubric: list[RubricLevelConfig] = Field(default_factory=list)
+    #: `direct` or `logprobs` for this judge (default: `judges.execution.scoring`).
     scoring: Literal["direct", "logprobs"] | None = None
+    #: Replies per call for this judge, averaged (default: `judges.execution.samples`).
     samples: _Count | None = None
 
     @field_validator("samples")
@@ -351,18 +376,25 @@ def _no_repeats(refs: list[JudgeRef]) -> None:
 class JudgesConfig(_Section):
     """``observability.mlflow.judges``: which judges run where, and how."""
 
+    #: Which environment's default threshold applies (production 0.8, development 0.7, experimental 0.6).
     environment: Environment | None = None
+    #: Judges run on every target: each node span and the workflow root.
     workflow_defaults: list[JudgeRef] = Field(default_factory=list)
+    #: Judges for named nodes (by node id), replacing the defaults there.
     node_overrides: dict[str, list[JudgeRef]] = Field(default_factory=dict)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    #: Judges defined in this file (prompt templates with declared variables, rubric and threshold).
     custom: list[CustomJudgeConfig] = Field(default_factory=list)
     # Production controls (config/controls.py): which traces, pick-up, cost, budget, cache.
     sampling: "SamplingConfig" = Field(default_factory=lambda: SamplingConfig())
     filters: "FiltersConfig" = Field(default_factory=lambda: FiltersConfig())
     online: "OnlineConfig" = Field(default_factory=lambda: OnlineConfig())
+    #: Prices per model, USD per 1M tokens (`{input: ..., output: ...}`), over the built-in price table.
     pricing: dict[str, "PriceEntry"] = Field(default_factory=dict)
     budget: "BudgetConfig" = Field(default_factory=lambda: BudgetConfig())
     cache: "CacheConfig" = Field(default_factory=lambda: CacheConfig())
+    #: Conversations (traces sharing `mlflow.trace.session`): their judges, and when a session counts as idle.
+    sessions: "SessionsConfig" = Field(default_factory=lambda: SessionsConfig())
 
     @field_validator("pricing", mode="before")
     @classmethod
@@ -407,10 +439,15 @@ class JudgesConfig(_Section):
 class QualityGateConfig(_Section):
     """``quality_gate``: block (or warn) when quality is below a threshold."""
 
+    #: Turn the gate on: a caller waiting on the verdict is blocked (or warned) below the threshold.
     enabled: bool = False
+    #: Minimum score the gating judges must reach, 0..1.
     threshold: Score = 0.80
+    #: What a failing gate does to the caller: `block` raises QualityGateBlocked, `warn` logs, `ignore` nothing.
     action: Literal["block", "warn", "ignore"] = "block"
+    #: The judges the gate looks at (default: every judge of the plan).
     judges: list[str] = Field(default_factory=list)
+    #: A gating judge that failed (error): `error` makes the verdict an error, `ignore` leaves it out.
     on_error: Literal["error", "ignore"] = "error"
 
     @field_validator("judges")
@@ -422,9 +459,13 @@ class QualityGateConfig(_Section):
 class QualityRetryConfig(_Section):
     """``quality_retry``: re-run a node whose quality is too low."""
 
+    #: Re-run a node whose quality is below the threshold.
     enabled: bool = False
+    #: Score below which a node is re-run, 0..1.
     threshold: Score = 0.70
+    #: How many times a node may be re-run.
     max_retries: _Count = 2
+    #: The judges whose scores decide a retry.
     judges: list[str] = Field(default_factory=list)
 
     @field_validator("max_retries")
@@ -450,14 +491,23 @@ class ArtifactsConfig(_Section):
     False
     """
 
+    #: The workflow tracker's switch; accepted, not used by tracejudge.
     inputs: bool | None = None
+    #: The workflow tracker's switch; accepted, not used by tracejudge.
     outputs: bool | None = None
+    #: The workflow tracker's switch; accepted, not used by tracejudge.
     prompts: bool | None = None
+    #: The workflow tracker's switch; accepted, not used by tracejudge.
     responses: bool | None = None
+    #: The workflow tracker's switch; accepted, not used by tracejudge.
     tool_calls: bool | None = None
+    #: Write `quality_assessment.json` and the run metrics (true wins over `artifact_level: minimal`).
     quality: bool | None = None
+    #: The workflow tracker's switch; accepted, not used by tracejudge.
     state_snapshots: bool | None = None
+    #: The workflow tracker's switch; accepted, not used by tracejudge.
     performance: bool | None = None
+    #: The workflow tracker's switch; accepted, not used by tracejudge.
     visualizations: bool | None = None
 
 
@@ -477,7 +527,9 @@ class TraceJudgeConfig(_Section):
     0.7
     """
 
+    #: Observability on; `false` turns tracejudge off for this config.
     enabled: bool = True
+    #: Run judges at all (`false`: traces are recorded but not judged).
     enable_judges: bool = True
     judges: JudgesConfig = Field(default_factory=JudgesConfig)
     quality_gate: QualityGateConfig = Field(default_factory=QualityGateConfig)
@@ -489,10 +541,13 @@ class TraceJudgeConfig(_Section):
     #: ``artifacts.quality: false``) skip ``quality_assessment.json`` and the run metrics (only the
     #: feedbacks and the status/score tags are written); ``artifacts.quality: true`` wins.
     log_artifacts: bool | None = None
+    #: `minimal` writes only the feedbacks and the status/score tags; `standard` and `full` add the report and run metrics.
     artifact_level: Literal["minimal", "standard", "full"] | None = None
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
     #: Paths of keys the design defines that we accept but do not act on (set by the loader).
     unused_keys: list[str] = Field(default_factory=list)
+    #: Keys that look like a misspelt section of ours (``quality_gates:``), as warnings (set by the loader).
+    misspelt_keys: list[str] = Field(default_factory=list)
     source: str | None = None
 
     # Where each section sits in the user's document, for messages
@@ -610,6 +665,7 @@ class TraceJudgeConfig(_Section):
             names.update(ref.name for ref in refs)
         names.update(self.quality_gate.judges)
         names.update(self.quality_retry.judges)
+        names.update(ref.name for ref in self.judges.sessions.judges)
         return names
 
     def location(self, section: str) -> str:
@@ -619,6 +675,9 @@ class TraceJudgeConfig(_Section):
 
 from .controls import BudgetConfig, CacheConfig, FiltersConfig, OnlineConfig, PriceEntry, SamplingConfig  # noqa: E402
 
+from .sessions import SessionsConfig  # noqa: E402
+
+SessionsConfig.model_rebuild(_types_namespace={"JudgeRef": JudgeRef})
 JudgesConfig.model_rebuild()
 
 

@@ -39,15 +39,23 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: The OpenAI-compatible endpoint judges call (default OpenAI's).
     llm_base_url: str | None = None
+    #: The endpoint's API key (not needed on loopback); never logged.
     llm_api_key: SecretStr | None = None
+    #: The judge model when a judge names none.
     default_model: str = "gpt-4o-mini"
+    #: Redis for coordination, caches and (by default) the task queue and results; `rediss://` and passwords work.
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: the task queue; the Redis URL unless ``TRACEJUDGE_BROKER_URL`` names another (``amqp://`` for RabbitMQ)
     broker_url: str | None = None
+    #: Where verdicts are kept for callers waiting on them (default: the Redis URL).
     result_backend_url: str | None = None
+    #: The MLflow tracking store judged traces are read from and written to.
     mlflow_tracking_uri: str | None = None
+    #: The environment whose default threshold applies (production, development, experimental).
     environment: Literal["production", "development", "experimental"] | None = None
+    #: The YAML config workers and commands use by default.
     config_path: str | None = None
     #: A prefix for every Redis key tracejudge and Celery write, to share one Redis (``TRACEJUDGE_KEY_PREFIX``).
     key_prefix: str = ""
@@ -69,6 +77,16 @@ class Settings(BaseModel):
     experiment: str | None = None
     #: Bearer token the dashboard requires (``TRACEJUDGE_DASHBOARD_TOKEN``); never shown.
     dashboard_token: SecretStr | None = None
+    #: Port of each worker's ``/metrics``, ``/healthz`` and ``/readyz`` (``TRACEJUDGE_METRICS_PORT``); None: no server.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Address that server listens on (``TRACEJUDGE_METRICS_HOST``; all interfaces, for Prometheus on another machine).
+    metrics_host: str = "0.0.0.0"
+    #: A worker whose event loop is blocked this long turns ``/healthz`` 503, stops renewing its messages'
+    #: lease and exits, so its supervisor restarts it and its messages are delivered again (``TRACEJUDGE_LOOP_BLOCK_SECONDS``).
+    loop_block_seconds: float = Field(default=30.0, gt=0)
+    #: Where worker processes keep their metrics for the one server (``PROMETHEUS_MULTIPROC_DIR``, prometheus_client's
+    #: own variable); ``tracejudge worker`` makes and removes a temporary one when it runs several processes.
+    metrics_dir: str | None = None
 
     @model_validator(mode="after")
     def _backend_defaults_to_redis(self) -> Settings:
@@ -131,6 +149,10 @@ class Settings(BaseModel):
             "mlflow_ui_url": first("MLFLOW_UI_URL"),
             "experiment": first("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"),
             "dashboard_token": first("TRACEJUDGE_DASHBOARD_TOKEN"),
+            "metrics_port": first("TRACEJUDGE_METRICS_PORT"),
+            "metrics_host": first("TRACEJUDGE_METRICS_HOST"),
+            "loop_block_seconds": first("TRACEJUDGE_LOOP_BLOCK_SECONDS"),
+            "metrics_dir": first("PROMETHEUS_MULTIPROC_DIR"),
         }
         try:
             return cls(**{key: value for key, value in values.items() if value is not None})
@@ -204,6 +226,16 @@ ENVIRONMENT_VARIABLES = {
     "mlflow_ui_url": "MLFLOW_UI_URL",
     "experiment": "MLFLOW_EXPERIMENT_ID",
     "dashboard_token": "TRACEJUDGE_DASHBOARD_TOKEN",
+    "metrics_port": "TRACEJUDGE_METRICS_PORT",
+    "metrics_host": "TRACEJUDGE_METRICS_HOST",
+    "loop_block_seconds": "TRACEJUDGE_LOOP_BLOCK_SECONDS",
+    "metrics_dir": "PROMETHEUS_MULTIPROC_DIR",
+}
+#: Variables read when the one above is unset (``Settings.from_env``), shown by the docs' reference.
+FALLBACK_VARIABLES = {
+    "llm_base_url": ("OPENAI_BASE_URL", "OPENAI_API_BASE"),
+    "llm_api_key": ("OPENAI_API_KEY",),
+    "experiment": ("MLFLOW_EXPERIMENT_NAME",),
 }
 
 

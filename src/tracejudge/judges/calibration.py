@@ -42,7 +42,7 @@ from tracejudge.judges.registry import default_registry
 from tracejudge.judges.runner import JudgeJob, run_one
 
 DATASET_PACKAGE = "tracejudge.judges.datasets"
-INPUT_FIELDS = ("output", "input", "context", "expected", "inputs", "metadata")
+INPUT_FIELDS = ("output", "input", "context", "expected", "inputs", "metadata", "tool_calls", "trajectory")
 
 
 class CalibrationError(ValueError):

@@ -36,6 +36,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tracejudge.judges import errors
 from tracejudge.judges.errors import JudgeError, JudgeReplyError
 from tracejudge.judges.model import JudgeReply, RubricLevel, TokenUsage
+from tracejudge.ops import metrics
 
 try:  # openai >= 3 ships on httpx2; older releases on httpx
     import httpx2 as _httpx  # type: ignore[import-not-found]
@@ -236,10 +237,12 @@ class LLMClient:
                     # meanwhile); ``attempts`` counts only requests actually sent.
                     self._fail_fast_if_refused()
                     if self.rate_limiter is not None or limiter is not None:
+                        waited = time.monotonic()
                         if self.rate_limiter is not None:
                             await self.rate_limiter(model)
                         if limiter is not None:
                             await limiter.acquire(model)
+                        metrics.observe_rate_limit_wait(model=model, seconds=time.monotonic() - waited)
                         self._fail_fast_if_refused()  # refused while we waited for a slot
                     attempts += 1
                     try:
@@ -316,6 +319,7 @@ class LLMClient:
             options["headers"] = {JUDGE_HEADER: judge}
         for fallbacks_left in range(3, -1, -1):  # each fallback applies once: the loop ends
             kwargs = self._call_parameters(model, parameters, levels)
+            sent = time.monotonic()
             try:
                 async with asyncio.timeout(timeout):
                     # The SDK's own request path (auth, headers, status errors as openai.APIStatusError
@@ -332,6 +336,8 @@ class LLMClient:
             except openai.BadRequestError as exc:
                 if not fallbacks_left or not self._learn_from_400(model, str(exc), kwargs):
                     raise
+            finally:
+                metrics.observe_llm_call(model=model, seconds=time.monotonic() - sent)
         return completion_from_json(response)
 
     def _call_parameters(self, model: str, parameters: dict[str, Any], levels: int) -> dict[str, Any]:

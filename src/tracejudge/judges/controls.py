@@ -47,7 +47,7 @@ class Reservation:
 
 
 class Budget(Protocol):
-    """A spend limit shared by every caller (see ``tracejudge.tasks.budget.RedisBudget``)."""
+    """A spend limit shared by every caller (see ``tracejudge.controls.budget.RedisBudget``)."""
 
     async def reserve(self, *, model: str, judge: str, usd: float) -> Reservation | None:
         """Hold ``usd`` for a call; None when that would go over the limit."""

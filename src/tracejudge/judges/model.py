@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from tracejudge.config.models import TEMPLATE_TOKEN, template_variables
 from tracejudge.judges.errors import JudgeError
 from tracejudge.judges.fingerprint import fingerprint
+from tracejudge.judges.trajectory import Step, ToolCall
 
 #: Template placeholders (``{output}``, ``{inputs.topic}``; ``{{``/``}}`` are literal braces):
 #: one definition, shared with the YAML config, so a prompt that loads also renders.
@@ -216,7 +217,9 @@ class JudgeInput(BaseModel):
     """What one target offers its judges: output, input, context, expected answer, metadata.
 
     ``inputs`` holds the raw input fields so templates can name any of them,
-    by name (``{topic}``) or by path (``{inputs.request.topic}``).
+    by name (``{topic}``) or by path (``{inputs.request.topic}``). ``tool_calls``
+    and ``trajectory`` are what an agent did under the target (``{tool_calls}``,
+    ``{trajectory}``; see :mod:`tracejudge.judges.trajectory`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -229,6 +232,8 @@ class JudgeInput(BaseModel):
     expected: Any = None
     inputs: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    trajectory: list[Step] = Field(default_factory=list)
 
     @property
     def output_text(self) -> str:
@@ -301,6 +306,8 @@ class JudgeResult(BaseModel):
     #: The reply came from the judge result cache (``cache_key``), not from a new LLM call.
     cached: bool = False
     cache_key: str | None = None
+    #: More assessment metadata (strings) to write with the result, e.g. a session's id and turns judged.
+    metadata: dict[str, str] = Field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 
 from tracejudge.judges.errors import JudgeInputError
 from tracejudge.judges.model import DEFAULT_LEVELS, PLACEHOLDER, Judge, JudgeInput, RubricLevel, to_text
+from tracejudge.judges.trajectory import render_tool_calls, render_trajectory
 
 #: Names a template may use for the well-known parts of a judge input.
 ALIASES: dict[str, str] = {
@@ -36,6 +37,10 @@ ALIASES: dict[str, str] = {
     "expected_response": "expected",
     "ground_truth": "expected",
 }
+
+#: What an agent did under the target (:mod:`tracejudge.judges.trajectory`): shown even when empty,
+#: since "no tool was called" is what a tool-selection judge must see.
+AGENT_VARIABLES = {"tool_calls": render_tool_calls, "trajectory": render_trajectory}
 
 DEFAULT_MAX_INPUT_CHARS = 20_000
 CONTEXT_SEPARATOR = "\n\n---\n\n"
@@ -70,6 +75,8 @@ def resolve_variable(judge_name: str, variable: str, judge_input: JudgeInput) ->
     """The value a template variable names, or a clear error saying what the input had."""
     value: Any = _MISSING
     canonical = ALIASES.get(variable)
+    if variable in AGENT_VARIABLES:
+        return getattr(judge_input, variable)
     if canonical is not None:
         value = getattr(judge_input, canonical)
         if canonical == "context" and not value:
@@ -122,10 +129,16 @@ def render(
     values: dict[str, str] = {}
     for variable in judge.variables:
         raw = resolve_variable(judge.name, variable, judge_input)
-        text = _context_text(raw) if ALIASES.get(variable) == "context" else to_text(raw)
+        cut_inside: int | None = None
+        if variable in AGENT_VARIABLES:
+            # each call's long values are cut on their own, so every call stays in view
+            text, cut_inside = AGENT_VARIABLES[variable](raw, budget=max_input_chars)
+        else:
+            text = _context_text(raw) if ALIASES.get(variable) == "context" else to_text(raw)
         # Cut first, then clean: the cleaning's cost stays bounded by the budget,
         # however large the judged value is (it runs on the shared event loop).
         text, original = _cut(text, max_input_chars)
+        original = original if cut_inside is None else max(cut_inside, original or 0)
         text = _clean(text)
         if original is not None:
             truncated[variable] = original
@@ -218,6 +231,7 @@ def is_large(judge_input: JudgeInput, budget: int) -> bool:
     (False, True)
     """
     parts = [judge_input.output, judge_input.input, judge_input.expected, judge_input.context, judge_input.inputs]
+    parts += [[(c.arguments, c.result) for c in judge_input.tool_calls], [(s.input, s.output) for s in judge_input.trajectory]]
     remaining = budget
     for part in parts:
         if isinstance(part, str) or part is None:

@@ -3,6 +3,8 @@
 A target is one node span (named ``node_<id>``, or carrying a ``node.id``
 attribute) with its inputs, outputs and context (outputs of TOOL and
 RETRIEVER spans under it), plus the root span as the ``workflow`` target.
+Each target also carries its ordered tool calls and steps (``{tool_calls}``,
+``{trajectory}``; :mod:`tracejudge.mlflow_io.trajectory`).
 A plain trace without node spans has just the root.
 
 MLflow exports traces asynchronously, so "not found" (or a half-written
@@ -24,11 +26,9 @@ from typing import Any
 
 from tracejudge.judges.model import JudgeInput
 from tracejudge.judges.plan import WORKFLOW_TARGET
+from tracejudge.mlflow_io.trajectory import SpanTree, is_tool_span, node_id
+from tracejudge.ops import metrics
 
-NODE_PREFIX = "node_"
-NODE_ID_ATTRIBUTE = "node.id"
-CONTEXT_SPAN_TYPES = frozenset({"TOOL", "RETRIEVER"})
-TOOL_PREFIX = "tool_"
 EXPECTATION_NAMES = ("expected_response", "expected_answer", "expected_output", "expected", "ground_truth")
 #: MLflow trace ids are ``tr-<32 hex>``; other stores use other forms, so only obvious garbage is refused.
 TRACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:/.\-]{2,255}$")
@@ -68,6 +68,8 @@ class LoadedTrace:
     tags: dict[str, str] = field(default_factory=dict)
     state: str = ""
     timestamp_ms: int = 0
+    #: how long the traced workflow ran (its end is ``timestamp_ms + duration_ms``)
+    duration_ms: int = 0
 
 
 def check_trace_id(trace_id: Any) -> str:
@@ -83,9 +85,32 @@ def check_trace_id(trace_id: Any) -> str:
 
 def fetch_trace(client: Any, trace_id: str) -> Any:
     """``client.get_trace`` with MLflow's failures sorted into not-ready, unavailable and the rest."""
+    check_trace_id(trace_id)
+    try:
+        trace = _get_trace(client, trace_id)
+    except TraceNotReady:
+        metrics.count_mlflow_call("get_trace", "not_ready")
+        raise
+    except MlflowUnavailable:
+        metrics.count_mlflow_call("get_trace", "unavailable")
+        raise
+    except Exception:
+        metrics.count_mlflow_call("get_trace", "error")
+        raise
+    metrics.count_mlflow_call("get_trace", "ok")
+    if trace is None:
+        raise TraceNotReady(f"trace {trace_id} is not in the tracking store (yet)")
+    if not trace.data.spans:
+        raise TraceNotReady(f"trace {trace_id} has no spans in the store yet")
+    status = str(getattr(trace.info, "state", getattr(trace.info, "status", "")))
+    if "IN_PROGRESS" in status:
+        raise TraceNotReady(f"trace {trace_id} is still in progress")
+    return trace
+
+
+def _get_trace(client: Any, trace_id: str) -> Any:
     from mlflow.exceptions import MlflowException
 
-    check_trace_id(trace_id)
     try:
         trace = client.get_trace(trace_id)
     except MlflowException as exc:
@@ -101,13 +126,6 @@ def fetch_trace(client: Any, trace_id: str) -> Any:
         raise
     except (ConnectionError, OSError) as exc:
         raise MlflowUnavailable(f"MLflow tracking server unavailable: {exc}") from None
-    if trace is None:
-        raise TraceNotReady(f"trace {trace_id} is not in the tracking store (yet)")
-    if not trace.data.spans:
-        raise TraceNotReady(f"trace {trace_id} has no spans in the store yet")
-    status = str(getattr(trace.info, "state", getattr(trace.info, "status", "")))
-    if "IN_PROGRESS" in status:
-        raise TraceNotReady(f"trace {trace_id} is still in progress")
     return trace
 
 
@@ -128,31 +146,32 @@ def load_trace(client: Any, trace_id: str) -> LoadedTrace:
         tags=tags,
         state=str(getattr(info, "state", None) or getattr(info, "status", None) or ""),
         timestamp_ms=int(getattr(info, "request_time", 0) or 0),
+        duration_ms=int(getattr(info, "execution_duration", 0) or 0),
     )
 
 
 def extract_targets(trace: Any) -> list[Target]:
     """Node spans in start order, then the workflow root."""
     spans = list(trace.data.spans)
-    children: dict[str | None, list[Any]] = {}
-    for span in spans:
-        children.setdefault(span.parent_id, []).append(span)
+    tree = SpanTree(spans)
     root = _root_span(spans)
     expectations = _expectations(trace)
     root_inputs = _as_dict(root.inputs) if root is not None else {}
     targets: list[Target] = []
     for span in sorted(spans, key=lambda s: (s.start_time_ns or 0)):
-        node_id = _node_id(span)
-        if node_id is None:
+        node = node_id(span)
+        if node is None:
             continue
-        targets.append(_target(node_id, span, _context(span, children), root_inputs, expectations))
+        targets.append(_target(node, span, _context(span, tree.children), root_inputs, expectations, tree))
     if root is not None:
-        all_context = [s.outputs for s in spans if _is_context_span(s) and s.outputs is not None]
-        targets.append(_target(WORKFLOW_TARGET, root, all_context, {}, expectations))
+        all_context = [s.outputs for s in spans if is_tool_span(s) and s.outputs is not None]
+        targets.append(_target(WORKFLOW_TARGET, root, all_context, {}, expectations, tree))
     return targets
 
 
-def _target(node_id: str, span: Any, context: list[Any], root_inputs: dict[str, Any], expectations: dict[str, Any]) -> Target:
+def _target(
+    node: str, span: Any, context: list[Any], root_inputs: dict[str, Any], expectations: dict[str, Any], tree: SpanTree
+) -> Target:
     inputs = _as_dict(span.inputs)
     merged = {**root_inputs, **inputs}
     metadata = _nest({k: v for k, v in (span.attributes or {}).items() if not k.startswith("mlflow.")})
@@ -160,11 +179,11 @@ def _target(node_id: str, span: Any, context: list[Any], root_inputs: dict[str, 
     if expected is None:
         expected = metadata.get("node", {}).get("expected") if isinstance(metadata.get("node"), dict) else None
     return Target(
-        node_id=node_id,
+        node_id=node,
         span_id=span.span_id,
         span_name=span.name,
         judge_input=JudgeInput(
-            target=node_id,
+            target=node,
             span_id=span.span_id,
             output=_unwrap(span.outputs),
             input=span.inputs,
@@ -172,22 +191,10 @@ def _target(node_id: str, span: Any, context: list[Any], root_inputs: dict[str, 
             expected=expected,
             inputs=merged,
             metadata=metadata,
+            tool_calls=tree.tool_calls(span.span_id),
+            trajectory=tree.trajectory(span.span_id),
         ),
     )
-
-
-def _node_id(span: Any) -> str | None:
-    attributes = span.attributes or {}
-    if attributes.get(NODE_ID_ATTRIBUTE):
-        return str(attributes[NODE_ID_ATTRIBUTE])
-    if span.name and span.name.startswith(NODE_PREFIX) and len(span.name) > len(NODE_PREFIX):
-        return span.name[len(NODE_PREFIX):]
-    return None
-
-
-def _is_context_span(span: Any) -> bool:
-    kind = str(span.span_type or "").upper()
-    return kind in CONTEXT_SPAN_TYPES or (span.name or "").startswith(TOOL_PREFIX)
 
 
 def _context(span: Any, children: dict[str | None, list[Any]]) -> list[Any]:
@@ -195,9 +202,9 @@ def _context(span: Any, children: dict[str | None, list[Any]]) -> list[Any]:
     stack = list(children.get(span.span_id, []))
     while stack:
         child = stack.pop(0)
-        if _node_id(child) is not None:
+        if node_id(child) is not None:
             continue  # a nested node owns its own tools
-        if _is_context_span(child) and child.outputs is not None:
+        if is_tool_span(child) and child.outputs is not None:
             found.append(child.outputs)
         stack.extend(children.get(child.span_id, []))
     return found

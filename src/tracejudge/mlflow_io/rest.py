@@ -34,6 +34,7 @@ from urllib.parse import quote, urlsplit
 
 from tracejudge.judges.model import JudgeResult
 from tracejudge.mlflow_io.reader import MlflowUnavailable
+from tracejudge.ops import metrics
 
 try:  # openai >= 3 ships on httpx2; older releases on httpx (the judges' client does the same)
     import httpx2 as _httpx  # type: ignore[import-not-found]
@@ -207,9 +208,12 @@ class RestWriter:
         try:
             response = await self.client.request(method, path, **kwargs)
         except (_httpx.TransportError, OSError) as exc:  # connect/read errors and timeouts
+            metrics.count_mlflow_call(op, "unavailable")
             raise MlflowUnavailable(f"MLflow tracking server unavailable ({op}): {type(exc).__name__}: {exc}") from None
         if response.status_code in _UNAVAILABLE_STATUS:
+            metrics.count_mlflow_call(op, "unavailable")
             raise MlflowUnavailable(f"MLflow tracking server unavailable ({op}): status code {response.status_code}")
+        metrics.count_mlflow_call(op, "ok" if response.status_code < 400 else "error")
         if response.status_code >= 400:
             code, message = _error_of(response)
             raise MlflowWriteError(

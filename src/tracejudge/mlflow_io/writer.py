@@ -27,11 +27,12 @@ from typing import Any, TypeVar
 
 from tracejudge.judges.model import ErrorInfo, JudgeResult, TokenUsage
 from tracejudge.mlflow_io.reader import MlflowUnavailable
+from tracejudge.ops import metrics
 
 log = logging.getLogger(__name__)
 
 KEY = "tracejudge.key"
-#: Metadata key of a full evaluation's feedbacks: the plan's fingerprint (``tasks.judged.plan_fingerprint``).
+#: Metadata key of a full evaluation's feedbacks: the plan's fingerprint (``controls.judged.plan_fingerprint``).
 PLAN = "tracejudge.plan"
 EVALUATION_ID = "evaluation_id"
 ARTIFACT_NAME = "quality_assessment.json"
@@ -148,6 +149,8 @@ def feedback_metadata(result: JudgeResult, *, evaluation_id: str, plan: str | No
         metadata["score_stdev"] = f"{result.score_stdev:.4f}" if result.score_stdev is not None else ""
     if plan:
         metadata[PLAN] = plan
+    for key, value in result.metadata.items():  # e.g. a session's id and turns; never replaces ours
+        metadata.setdefault(key, value)
     return metadata
 
 
@@ -320,14 +323,20 @@ def call_mlflow(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call MLflow; a server that does not answer becomes :class:`MlflowUnavailable` (retryable)."""
     from mlflow.exceptions import MlflowException
 
+    op = getattr(fn, "__name__", "call")
     try:
-        return fn(*args, **kwargs)
+        found = fn(*args, **kwargs)
     except MlflowException as exc:
         if _UNAVAILABLE.search(str(exc)):
+            metrics.count_mlflow_call(op, "unavailable")
             raise MlflowUnavailable(f"MLflow tracking server unavailable: {str(exc)[:300]}") from None
+        metrics.count_mlflow_call(op, "error")
         raise
     except (ConnectionError, OSError) as exc:
+        metrics.count_mlflow_call(op, "unavailable")
         raise MlflowUnavailable(f"MLflow tracking server unavailable: {exc}") from None
+    metrics.count_mlflow_call(op, "ok")
+    return found
 
 
 def _result_from_assessment(assessment: Any, metadata: dict[str, str], key: str) -> JudgeResult:

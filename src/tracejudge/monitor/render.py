@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from importlib import resources
 
 from tracejudge.monitor.models import QualitySummary
@@ -154,9 +155,24 @@ def static_text(name: str) -> str:
     return resources.files("tracejudge.monitor").joinpath("static", name).read_text(encoding="utf-8")
 
 
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_json(text: str) -> str:
+    """JSON text made safe to inline in a ``<script>``: ``<``, ``>``, ``&``, U+2028/2029 as ``\\uXXXX`` escapes.
+
+    The same value to a JSON parser, but no ``</script>``, ``<!--`` or ``<script`` can appear (judged text is
+    inlined: node names, rationales, the LLM summary), and the line separators old JavaScript refuses are gone.
+
+    >>> script_json('{"n": "<!--<script>&"}')
+    '{"n": "\\\\u003c!--\\\\u003cscript\\\\u003e\\\\u0026"}'
+    """
+    return re.sub("[<>&\u2028\u2029]", lambda m: _SCRIPT_ESCAPES[m.group()], text)
+
+
 def to_html(s: QualitySummary) -> str:
     """One self-contained page: the dashboard's layout with the summary inlined (no server, no network)."""
-    data = s.model_dump_json().replace("</", "<\\/")
+    data = script_json(s.model_dump_json())
     page = static_text("index.html")
     inline = (
         f"<style>{static_text('dashboard.css')}</style>\n"

@@ -7,7 +7,7 @@
 from tracejudge.mlflow_io.store import set_worker_environment
 from tracejudge.tasks.entry import TaskOutcome, prepare_worker_process, run_task, warm_runtime
 from tracejudge.tasks.evaluate import evaluate_request
-from tracejudge.tasks.payload import EvaluationRequest
+from tracejudge.payload import EvaluationRequest
 from tracejudge.tasks.retry import Retry, RetryPolicy
 from tracejudge.tasks.runtime import get_runtime, reset_runtime
 

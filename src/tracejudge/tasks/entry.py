@@ -22,9 +22,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from tracejudge.mlflow_io.store import import_mlflow, set_worker_environment
-from tracejudge.tasks.deferred import defer
+from tracejudge.controls.deferred import defer
 from tracejudge.tasks.evaluate import INVALID_PAYLOAD, EvaluationDeferred, evaluate_request, verdict_json
-from tracejudge.tasks.payload import EvaluationRequest, describe_payload_error, payload_trace_id
+from tracejudge.payload import EvaluationRequest, describe_payload_error, payload_trace_id
 from tracejudge.tasks.retry import Retry, RetryPolicy
 from tracejudge.tasks.runtime import get_runtime, import_judge_modules
 from tracejudge.verdict import error_verdict

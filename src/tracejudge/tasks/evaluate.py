@@ -35,11 +35,13 @@ from tracejudge.judges.registry import UnknownJudgeError
 from tracejudge.judges.runner import JudgeJob, run_judges
 from tracejudge.mlflow_io import writer
 from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady, check_trace_id
-from tracejudge.tasks import counters, rollup_step
-from tracejudge.tasks.judged import PLAN_TAG, has_plan, plan_fingerprint
-from tracejudge.tasks.payload import EvaluationRequest
+from tracejudge.controls import counters
+from tracejudge.controls.judged import PLAN_TAG, has_plan, plan_fingerprint
+from tracejudge.payload import EvaluationRequest
+from tracejudge.ops import metrics
+from tracejudge.tasks import rollup_step
 from tracejudge.tasks.runtime import Runtime
-from tracejudge.tasks.sampling import filter_reason, judge_sampled
+from tracejudge.controls.sampling import filter_reason, judge_sampled
 from tracejudge.tasks.state import EvaluationBusy, RedisState
 from tracejudge.verdict import (
     QualityVerdict,
@@ -177,6 +179,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                     )
         by_key = {**known, **{r.key: r for r in fresh}}
         results = [by_key[job.key] for job in jobs]
+        metrics.count_judge_results(fresh, reused=[known[job.key] for job in jobs if job.key in known])
         verdict = build_verdict(
             request.trace_id,
             results,
@@ -215,6 +218,8 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             calls += summary_calls(runtime, loaded, verdict, config, plan=plan_tag)
         rollup_step.before_writeback(runtime, loaded)
         runtime.store.write_all(calls)
+        if loaded.timestamp_ms:  # the trace's end to its verdict on the trace
+            metrics.observe_trace_lag(time.time() - (loaded.timestamp_ms + loaded.duration_ms) / 1000)
         state.forget_results([r.key for r in unwritten if r.key])  # on the trace now: the cache has done its job
         record_rollup(runtime, loaded, verdict, request, written=unwritten, overrides=overrides, plan=plan)
 

@@ -190,31 +190,31 @@ class RedisState:
 
     def budget(self, daily_usd: float, *, lease_seconds: float) -> Any:
         """The daily judge budget shared by all workers (``tracejudge:budget:<day>:*``)."""
-        from tracejudge.tasks.budget import RedisBudget
+        from tracejudge.controls.budget import RedisBudget
 
         return RedisBudget(self.async_redis(), daily_usd=daily_usd, prefix=self.prefix, lease_seconds=lease_seconds)
 
     def spend(self, *, day: str | None = None, limit_usd: float | None = None) -> Any:
         """One UTC day's judge spend, by model and by judge (``tracejudge budget``)."""
-        from tracejudge.tasks.budget import read_spend
+        from tracejudge.controls.budget import read_spend
 
         return read_spend(self.redis, prefix=self.prefix, day=day, limit_usd=limit_usd)
 
     def judge_cache(self, ttl_seconds: float) -> Any:
         """The judge result cache (``tracejudge:judgecache:<key>``), hits and misses counted."""
-        from tracejudge.tasks.result_cache import RedisResultCache
+        from tracejudge.controls.result_cache import RedisResultCache
 
         return RedisResultCache(self.async_redis(), ttl_seconds=ttl_seconds, prefix=self.prefix)
 
     def add_counts(self, counts: dict[tuple[str | None, str], int]) -> None:
         """Add to today's control counters (``tracejudge:counts:<day>``, ``<workflow>|<event>``)."""
-        from tracejudge.tasks import counters
+        from tracejudge.controls import counters
 
         counters.add(self.redis, self.prefix, counts)
 
     def read_counts(self, day: str | None = None) -> dict[str, dict[str, int]]:
         """A day's control counters as ``{workflow: {event: n}}`` (for monitoring)."""
-        from tracejudge.tasks import counters
+        from tracejudge.controls import counters
 
         return counters.read(self.redis, self.prefix, day)
 

@@ -884,8 +884,8 @@ def _number(text: str) -> float:
     return int(value) if value.is_integer() and "." not in text else value
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the test server in the foreground until SIGINT/SIGTERM; return 0."""
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``tracejudge fake-llm`` (also read by the CLI reference)."""
     parser = argparse.ArgumentParser(
         prog="tracejudge-fake-llm",
         description="Local OpenAI-compatible TEST server for tracejudge (not a real model).",
@@ -903,7 +903,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-after", type=_number, default=DEFAULT_RETRY_AFTER, help="Retry-After header of a 429 fault, seconds")
     parser.add_argument("--hang-seconds", type=float, default=DEFAULT_HANG_SECONDS, help="how long a 'hang' fault hangs, seconds")
     parser.add_argument("--reject-response-format", action="store_true", help="answer 400 to a strict JSON-schema response_format (like some providers)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the test server in the foreground until SIGINT/SIGTERM; return 0."""
+    args = build_parser().parse_args(argv)
 
     server = FakeLLMServer(
         host=args.host,

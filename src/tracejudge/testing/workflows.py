@@ -9,6 +9,7 @@ what a judge will read.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -86,6 +87,93 @@ def record_plain_trace(question: str, answer: str) -> str:
         return answer
 
     qa(question)
+    trace_id = mlflow.get_last_active_trace_id(thread_local=True) or mlflow.get_last_active_trace_id()
+    assert trace_id, "MLflow recorded no trace"
+    return trace_id
+
+
+AGENT_REQUEST = "Book the cheapest flight from SFO to JFK on 2026-12-24."
+AGENT_FLIGHTS = {"flights": [{"id": "UA12", "price_usd": 310}, {"id": "DL7", "price_usd": 285}]}
+AGENT_BOOKING = {"confirmation": "XK4F2Q", "flight_id": "DL7", "status": "booked"}
+AGENT_ANSWER = "Booked DL7, the cheapest flight (285 USD) from SFO to JFK on 2026-12-24. Confirmation XK4F2Q."
+
+
+class ToolFailed(RuntimeError):
+    """What a sample tool raises when a test asks it to fail."""
+
+
+def record_agent_trace(
+    *,
+    request: str = AGENT_REQUEST,
+    flights: dict[str, Any] | None = None,
+    booking: dict[str, Any] | None = None,
+    answer: str = AGENT_ANSWER,
+    booking_failures: int = 0,
+    session_id: str | None = None,
+) -> str:
+    """Run the sample ``travel_agent`` under MLflow tracing; returns its trace id.
+
+    The shape of an agent: a root span, a node ``agent`` (AGENT span, ``node.id``)
+    whose chat model asks for tools and then answers: ``chat`` -> ``search_flights``
+    -> ``chat`` -> ``book_flight`` (failing ``booking_failures`` times first, each
+    failure retried) -> ``chat``. Model calls are CHAT_MODEL spans with OpenAI-style
+    messages and completions; tools are TOOL spans with their arguments and results.
+    ``session_id`` puts the trace in a conversation (trace metadata ``mlflow.trace.session``).
+    """
+    import mlflow
+    from mlflow.entities import SpanType
+
+    flights = AGENT_FLIGHTS if flights is None else flights
+    booking = AGENT_BOOKING if booking is None else booking
+    failures = {"left": booking_failures}
+
+    @mlflow.trace(name="search_flights", span_type=SpanType.TOOL)
+    def search_flights(origin: str, destination: str, date: str) -> dict[str, Any]:
+        return flights
+
+    @mlflow.trace(name="book_flight", span_type=SpanType.TOOL)
+    def book_flight(flight_id: str) -> dict[str, Any]:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise ToolFailed("payment service timed out")
+        return booking
+
+    def chat(messages: list[dict[str, Any]], content: str | None, calls: list[tuple[str, dict[str, Any]]]) -> None:
+        with mlflow.start_span(name="chat", span_type=SpanType.CHAT_MODEL) as span:
+            span.set_inputs({"model": "gpt-4o-mini", "messages": messages})
+            tool_calls = [
+                {"id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": json.dumps(a)}}
+                for i, (n, a) in enumerate(calls)
+            ]
+            message = {"role": "assistant", "content": content, **({"tool_calls": tool_calls} if tool_calls else {})}
+            span.set_outputs({"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}]})
+
+    @mlflow.trace(name="node_agent", span_type=SpanType.AGENT, attributes={"node.id": "agent", "node.type": "agent"})
+    def agent(request: str) -> dict[str, Any]:
+        messages: list[dict[str, Any]] = [{"role": "user", "content": request}]
+        search = {"origin": "SFO", "destination": "JFK", "date": "2026-12-24"}
+        chat(messages, None, [("search_flights", search)])
+        found = search_flights(**search)
+        messages.append({"role": "tool", "content": json.dumps(found)})
+        cheapest = min(found["flights"], key=lambda f: f["price_usd"])["id"] if found.get("flights") else ""
+        result: dict[str, Any] | None = None
+        while result is None:
+            chat(messages, None, [("book_flight", {"flight_id": cheapest})])
+            try:
+                result = book_flight(cheapest)
+            except ToolFailed as exc:
+                messages.append({"role": "tool", "content": f"error: {exc}"})
+        messages.append({"role": "tool", "content": json.dumps(result)})
+        chat(messages, answer, [])
+        return {"answer": answer}
+
+    @mlflow.trace(name="travel_agent", span_type=SpanType.CHAIN)
+    def travel_agent(request: str) -> dict[str, Any]:
+        if session_id is not None:
+            mlflow.update_current_trace(session_id=session_id)
+        return agent(request)
+
+    travel_agent(request)
     trace_id = mlflow.get_last_active_trace_id(thread_local=True) or mlflow.get_last_active_trace_id()
     assert trace_id, "MLflow recorded no trace"
     return trace_id

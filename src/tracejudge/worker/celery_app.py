@@ -87,8 +87,15 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         # and never a live one's (up to its consumer_timeout, 30 min by default): no lease, no visibility
         # timeout. Queues are durable; a shared RabbitMQ is split by virtual host, not by key prefix.
         transport = {"confirm_publish": True, "connect_timeout": 5}
+    broker_url = with_tls_defaults(settings.broker_url or settings.redis_url)
+    extra: dict[str, Any] = {}
+    if settings.broker_is_redis and fetch.transport_for(broker_url):
+        # our Redis transport, for this app's connections only: a worker SIGKILLed mid-fetch must not lose the
+        # message (worker/fetch.py); other apps and kombu connections in the process keep kombu's own fetch
+        extra["broker_transport"] = fetch.transport_for(broker_url)
     return dict(
-        broker_url=with_tls_defaults(settings.broker_url or settings.redis_url),
+        **extra,
+        broker_url=broker_url,
         result_backend=with_tls_defaults(settings.result_backend_url or settings.redis_url),
         task_serializer="json",
         result_serializer="json",
@@ -135,7 +142,6 @@ def make_app(settings: Settings | None = None) -> Celery:
     app.conf.update(celery_settings(settings))
     task.register(app)
     lease.connect_signals()
-    fetch.install()  # a worker SIGKILLed mid-fetch must not lose the message (worker/fetch.py)
     alerts_task.register(app)
     app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **alerts_task.beat_entries(_user_config(settings))}
     return app

@@ -20,6 +20,21 @@ message that arrives during that wait still goes through kombu's plain path,
 so the window remains only for a worker idle at that moment that dies in the
 few milliseconds before it reads the reply.
 
+Only our own objects: the fetch lives in a kombu Redis transport of our own
+(:class:`AtomicFetchTransport`, its channel :class:`AtomicFetchChannel`),
+which ``make_app()`` names as the app's ``broker_transport`` for a
+``redis://`` or ``rediss://`` broker. Nothing of kombu is patched: another
+Celery app or kombu connection in the same process keeps kombu's own fetch.
+And within our app, a fetch from any queue consumed without acknowledgements
+(``no_ack``: Celery's control replies, ``inspect``) is kombu's plain
+``BRPOP``, since nothing would ever acknowledge an unacked entry written for
+it and kombu's sweep would deliver it again. Producers never fetch.
+
+The channel reaches into kombu's Redis channel (``_brpop_start`` /
+``_brpop_read``, its queue cycle and unacked keys, ``QoS.append``'s entry
+format): ``tests/test_fetch.py`` checks those against the kombu this was
+written for and fails when they change.
+
 If the script fails (a server without Lua), the worker logs it once and
 fetches with ``BRPOP`` only, as kombu does.
 """
@@ -29,6 +44,9 @@ from __future__ import annotations
 import logging
 from time import monotonic, time
 from typing import Any
+from urllib.parse import urlsplit
+
+from kombu.transport import redis as kredis
 
 log = logging.getLogger(__name__)
 
@@ -56,30 +74,49 @@ end
 return false
 """
 
-_installed = False
+#: The app's ``broker_transport`` on a ``redis://``/``rediss://`` broker (see ``worker/celery_app.py``).
+TRANSPORT = "tracejudge.worker.fetch:AtomicFetchTransport"
 
 
-def install() -> None:
-    """Patch kombu's Redis channel to fetch atomically (idempotent; producers never call the patched methods).
+class AtomicFetchChannel(kredis.Channel):
+    """Kombu's Redis channel, fetching atomically for queues consumed with acknowledgements (see the module)."""
 
-    >>> install(); install()
-    >>> from kombu.transport.redis import Channel
-    >>> Channel._brpop_start.__module__
-    'tracejudge.worker.fetch'
-    """
-    global _installed
-    if _installed:
-        return
-    from kombu.transport import redis as kredis
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: queues consumed with ``no_ack``: fetched with kombu's plain BRPOP, never given an unacked entry
+        self.tj_no_ack_queues: set[str] = set()
+        #: the next fetch waits in BRPOP (every queue was empty), or the script failed once (no Lua)
+        self.tj_blocking = False
+        self.tj_disabled = False
+        #: what the last ``_brpop_start`` sent: "EVAL" (ours) or "BRPOP" (kombu's)
+        self.tj_pending: str | None = None
+        super().__init__(*args, **kwargs)
 
-    channel_class = kredis.Channel
-    plain_start = channel_class._brpop_start
-    plain_read = channel_class._brpop_read
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self.tj_no_ack_queues.add(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
 
-    def _brpop_start(self: Any, timeout: Any = None) -> None:
-        if getattr(self, "_tj_fetch_blocking", False) or getattr(self, "_tj_fetch_disabled", False):
-            self._tj_fetch_pending = "BRPOP"
-            return plain_start(self, timeout)
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        result = super().basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._active_queues:
+            self.tj_no_ack_queues.discard(queue)
+        return result
+
+    def atomic_fetch_applies(self) -> bool:
+        """Whether the next fetch is our script: every queue fetched is acknowledged, and no wait is due.
+
+        >>> AtomicFetchChannel.atomic_fetch_applies.__qualname__
+        'AtomicFetchChannel.atomic_fetch_applies'
+        """
+        if self.tj_blocking or self.tj_disabled:
+            return False
+        return not (self.tj_no_ack_queues & set(self.active_queues))
+
+    def _brpop_start(self, timeout: Any = None) -> None:
+        if not self.atomic_fetch_applies():
+            self.tj_pending = "BRPOP"
+            return super()._brpop_start(timeout)
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return None
@@ -88,15 +125,15 @@ def install() -> None:
         keys += [prefix + self.unacked_key, prefix + self.unacked_index_key]
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
-        self._tj_fetch_pending = "EVAL"
+        self.tj_pending = "EVAL"
         self.client.connection.send_command("EVAL", FETCH_SCRIPT, len(keys), *keys, f"{time():.6f}")
         return None
 
-    def _brpop_read(self: Any, **options: Any) -> Any:
-        if getattr(self, "_tj_fetch_pending", None) != "EVAL":
-            self._tj_fetch_blocking = False  # after a blocking wait (a message or its timeout): atomic again
-            return plain_read(self, **options)
-        self._tj_fetch_pending = None
+    def _brpop_read(self, **options: Any) -> Any:
+        if self.tj_pending != "EVAL":
+            self.tj_blocking = False  # after a blocking wait (a message or its timeout): atomic again
+            return super()._brpop_read(**options)
+        self.tj_pending = None
         try:
             try:
                 reply = self.client.parse_response(self.client.connection, "EVAL", **options)
@@ -105,10 +142,10 @@ def install() -> None:
                 raise
             except kredis.redis.ResponseError as exc:
                 log.error("atomic fetch disabled (%s); fetching with BRPOP as kombu does", exc)
-                self._tj_fetch_disabled = True
+                self.tj_disabled = True
                 raise kredis.Empty() from exc
             if not reply:
-                self._tj_fetch_blocking = True  # every queue empty: wait in BRPOP next
+                self.tj_blocking = True  # every queue empty: wait in BRPOP next
                 raise kredis.Empty()
             dest, item = reply
             dest = kredis.bytes_to_str(dest)[len(self.global_keyprefix or ""):].rsplit(self.sep, 1)[0]
@@ -121,6 +158,17 @@ def install() -> None:
             if flush is not None:
                 flush()
 
-    channel_class._brpop_start = _brpop_start
-    channel_class._brpop_read = _brpop_read
-    _installed = True
+
+class AtomicFetchTransport(kredis.Transport):
+    """Kombu's Redis transport with :class:`AtomicFetchChannel`: the broker transport of our app only."""
+
+    Channel = AtomicFetchChannel
+
+
+def transport_for(broker_url: str) -> str | None:
+    """Our transport for a ``redis://`` or ``rediss://`` broker URL; None for others (RabbitMQ, Sentinel...).
+
+    >>> transport_for("rediss://:pw@redis:6380/0"), transport_for("amqp://rabbit//"), transport_for("sentinel://h:26379")
+    ('tracejudge.worker.fetch:AtomicFetchTransport', None, None)
+    """
+    return TRANSPORT if urlsplit(broker_url).scheme in ("redis", "rediss") else None

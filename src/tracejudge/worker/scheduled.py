@@ -2,7 +2,7 @@
 
 ``celery -A tracejudge.worker beat`` (or ``tracejudge beat``) sends them on
 the schedule in :func:`beat_schedule`; any worker runs them. The work itself
-is in ``tracejudge.tasks.online`` and ``tracejudge.tasks.deferred``.
+is in ``tracejudge.controls.online`` and ``tracejudge.controls.deferred``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def register_scheduled(app: Celery) -> None:
 
     @app.task(name=TASK_RELEASE_DEFERRED, acks_late=True)
     def release_deferred() -> int:
-        from tracejudge.tasks.deferred import release
+        from tracejudge.controls.deferred import release
         from tracejudge.tasks.runtime import get_runtime
 
         return release(get_runtime(), lambda request: send_request(app, request))
@@ -78,8 +78,8 @@ def send_request(app: Celery, request: Any) -> Any:
 
 
 def run_online_scan(app: Celery) -> dict[str, Any]:
-    """One scan (``tracejudge.tasks.online.run_scan``) whose traces go on this app's queue."""
-    from tracejudge.tasks.online import run_scan
+    """One scan (``tracejudge.controls.online.run_scan``) whose traces go on this app's queue."""
+    from tracejudge.controls.online import run_scan
     from tracejudge.tasks.runtime import get_runtime
 
     return run_scan(get_runtime(), lambda request: send_request(app, request))

@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-from tracejudge.tasks.budget import KEY_TTL_SECONDS, utc_day
+from tracejudge.controls.budget import KEY_TTL_SECONDS, utc_day
 
 SAMPLED = "sampled"
 SKIPPED_SAMPLING = "skipped_sampling"

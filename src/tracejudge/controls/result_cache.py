@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tracejudge.tasks import counters
+from tracejudge.controls import counters
 
 CACHE_PREFIX = "tracejudge:judgecache:"
 

@@ -9,7 +9,7 @@ runs :func:`scan` on a worker. For each experiment in ``online.experiments``:
    and-ed with ``online.filter_string``, oldest first, page by page;
 3. for each finished trace: skip it if it was judged with the current plan
    (a feedback of ours carries the plan's fingerprint in its metadata, or the
-   trace its ``tracejudge.plan`` tag: see :mod:`~tracejudge.tasks.judged`);
+   trace its ``tracejudge.plan`` tag: see :mod:`~tracejudge.controls.judged`);
    else claim its "seen" key (SET NX), and only the claimer enqueues it
    (through sampling; workers apply filters);
 4. when every page is done, move the watermark to the window's end (or to
@@ -30,7 +30,8 @@ from typing import Any
 
 from tracejudge.config import TraceJudgeConfig
 from tracejudge.mlflow_io.search import time_filter
-from tracejudge.tasks.judged import already_judged
+from tracejudge.controls.judged import already_judged
+from tracejudge.ops import metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 WATERMARK = "online:"
 SCAN_LOCK = "scanlock:"
 PAGE_SIZE = 200
+#: The experiments pick-up has scanned (a Redis set): what ``pickup_watermarks`` reports on.
+PICKUP_EXPERIMENTS = "pickup:experiments"
 SEEN_TTL_SECONDS = 14 * 24 * 3600
 #: A trace that appears in the store up to this long after its start time is still picked up.
 MIN_OVERLAP_MS = 60_000
@@ -81,6 +84,7 @@ def scan(
     cutoff = now_ms - int(online.delay_seconds * 1000)
     for index, ref in enumerate(online.experiments):
         experiment_id = store.experiment_id(ref, where=f"{config.location('judges')}.online.experiments[{index}]")
+        state.redis.sadd(state.key(PICKUP_EXPERIMENTS), experiment_id)  # whose lag the metrics report (pickup_watermarks)
         lock = state.redis.lock(state.key(f"{SCAN_LOCK}{experiment_id}"), timeout=lock_seconds, blocking=False)
         if not lock.acquire(blocking=False):
             result.skipped_locked.append(experiment_id)
@@ -159,13 +163,13 @@ def _scan_experiment(
 def run_scan(runtime: Any, send: Callable[[Any], Any]) -> dict[str, Any]:
     """The beat task's body: one scan with the worker's own config, through sampling, ``send`` per trace.
 
-    ``send(request)`` puts an :class:`~tracejudge.tasks.payload.EvaluationRequest` on the queue (the
+    ``send(request)`` puts an :class:`~tracejudge.payload.EvaluationRequest` on the queue (the
     worker's Celery app). Sampled and sampled-out traces are counted per workflow and day.
     """
-    from tracejudge.tasks import counters
-    from tracejudge.tasks.judged import plan_fingerprint
-    from tracejudge.tasks.payload import EvaluationRequest
-    from tracejudge.tasks.sampling import sampling_decision
+    from tracejudge.controls import counters
+    from tracejudge.controls.judged import plan_fingerprint
+    from tracejudge.payload import EvaluationRequest
+    from tracejudge.controls.sampling import sampling_decision
 
     config = runtime.config
     fingerprint = plan_fingerprint(config, runtime.registry.with_config(config), default_model=runtime.settings.default_model)
@@ -177,9 +181,31 @@ def run_scan(runtime: Any, send: Callable[[Any], Any]) -> dict[str, Any]:
             send(EvaluationRequest(trace_id=trace_id))
 
     result = scan(store=runtime.store, state=runtime.state, config=config, fingerprint=fingerprint, enqueue=enqueue)
+    for outcome, counts in (("enqueued", result.enqueued), ("already_seen", result.already_seen), ("already_judged", result.already_judged)):
+        for experiment_id, n in counts.items():
+            metrics.count_pickup(experiment_id, outcome, n)
     return {
         "enqueued": result.enqueued,
         "already_seen": result.already_seen,
         "already_judged": result.already_judged,
         "skipped_locked": result.skipped_locked,
     }
+
+
+def pickup_watermarks(state: Any) -> dict[str, int | None]:
+    """Each scanned experiment's watermark (ms since the epoch; None before its first full scan), in two round trips.
+
+    The pick-up lag is now minus the watermark (``tracejudge_pickup_lag_seconds``, ``tracejudge status``).
+
+    >>> import fakeredis
+    >>> from tracejudge.tasks.state import RedisState
+    >>> state = RedisState(fakeredis.FakeRedis())
+    >>> _ = state.redis.sadd(state.key(PICKUP_EXPERIMENTS), "7"); state.watermarks.advance(f"{WATERMARK}7", 1000)
+    >>> pickup_watermarks(state)
+    {'7': 1000}
+    """
+    members = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in state.redis.smembers(state.key(PICKUP_EXPERIMENTS)))
+    if not members:
+        return {}
+    values = state.redis.mget([f"{state.watermarks.prefix}{WATERMARK}{m}" for m in members])
+    return {m: int(v) if v is not None else None for m, v in zip(members, values)}

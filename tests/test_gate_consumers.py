@@ -1,0 +1,64 @@
+"""`tracejudge gate` says when no worker reads the gate queue, instead of timing out silently as PENDING
+(issue 21: the README's plain-Celery command started a worker that read only tracejudge.online)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tracejudge.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _started(app, queues):
+    from celery.contrib.testing.worker import start_worker
+
+    return start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, queues=queues,
+                        shutdown_timeout=30, loglevel="WARNING")
+
+
+def test_a_gate_with_only_an_online_worker_says_no_worker_reads_its_queue(pipeline_env, article_trace, capsys):
+    from tracejudge.worker import QUEUE_ONLINE, get_app
+    from tracejudge.worker.consumers import inspect_workers
+
+    app = get_app()
+    with _started(app, [QUEUE_ONLINE]):
+        workers = inspect_workers(app)
+        assert [w.queues for w in workers] == [[QUEUE_ONLINE]] and workers[0].processes == 1
+        assert cli_main(["gate", article_trace, "--timeout", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("warning: no worker reads the queue tracejudge.gate (")
+    assert "reads tracejudge.online" in err and "-Q tracejudge.gate,tracejudge.online" in err
+    assert "state PENDING: no worker reads the queue tracejudge.gate" in err  # and the timeout error repeats why
+
+
+def test_a_gate_with_no_worker_at_all_says_none_answers(pipeline_env, article_trace, capsys):
+    # a short timeout (below the early check): the timeout's error says it
+    assert cli_main(["gate", article_trace, "--timeout", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no worker answers on this broker, so nothing reads the queue tracejudge.gate" in err
+
+
+def test_a_gate_with_a_worker_on_both_queues_is_judged_without_warning(pipeline_env, article_trace, capsys):
+    from tracejudge.worker import QUEUES, QUEUE_GATE, get_app
+    from tracejudge.worker.consumers import no_consumer_message
+
+    app = get_app()
+    with _started(app, list(QUEUES)):
+        assert no_consumer_message(app, QUEUE_GATE) is None
+        code = cli_main(["gate", article_trace, "--timeout", "60"])
+    captured = capsys.readouterr()
+    assert code in (0, 1), captured.err
+    assert "warning" not in captured.err and "trace" in captured.out
+
+
+@pytest.mark.parametrize("path", [p for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))] if p.exists()])
+def test_documented_plain_celery_workers_read_the_gate_queue(path):
+    """Every plain `celery ... worker` command in the docs names the gate queue (-Q)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if re.search(r"celery -A tracejudge\.worker worker\b", line) and not line.lstrip().startswith("tracejudge worker"):
+            command = line.split("#", 1)[0]
+            assert re.search(r"(-Q|--queues)[ =]\S*tracejudge\.gate", command), f"{path.name}: {line.strip()}"
