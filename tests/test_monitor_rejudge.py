@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 
 import mlflow
 import pytest
@@ -70,8 +71,9 @@ def verdict(trace_id: str, **options):
 def summaries(experiment_id: str, redis) -> tuple[QualitySummary, QualitySummary]:
     prefix = os.environ["TRACEJUDGE_KEY_PREFIX"]
     query = dict(experiment=experiment_id, since="1h", bucket="hour")
-    from_redis = summarise_quality(MonitorQuery(**query, source="redis"), redis=redis, prefix=prefix)
-    from_mlflow = summarise_quality(MonitorQuery(**query, source="mlflow"), redis=redis, prefix=prefix)
+    now_ms = int(time.time() * 1000)  # one window for both
+    from_redis = summarise_quality(MonitorQuery(**query, source="redis"), redis=redis, prefix=prefix, now_ms=now_ms)
+    from_mlflow = summarise_quality(MonitorQuery(**query, source="mlflow"), redis=redis, prefix=prefix, now_ms=now_ms)
     return from_redis, from_mlflow
 
 
