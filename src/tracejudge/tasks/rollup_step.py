@@ -52,11 +52,14 @@ def record(
     superseded: Iterable[str],
     tags: Mapping[str, str],
     environment: str | None,
+    verdict: Any = None,
+    lag_seconds: float | None = None,
 ) -> None:
     """Replace the trace's contribution in the rollups with what its record now says (see the module docstring).
 
     ``written``: the feedbacks just written (``writer.feedback`` entities), ``superseded``: the assessment ids they
-    override, ``tags``: the trace tags written (none for a partial run).
+    override, ``tags``: the trace tags written (none for a partial run); ``verdict`` (a full run's): also counted
+    in the pipeline's counts by verdict time (``ops.pipeline``), in the same round trip, by workers.
     """
     redis = _redis(runtime)
     if redis is None or loaded.experiment_id is None:
@@ -66,9 +69,15 @@ def record(
 
     try:
         trace = record_after_writeback(loaded, written, superseded=superseded, tags=tags, environment=environment)
+        pipe = redis.pipeline(transaction=False)
         record_verdict(
-            redis, trace, experiment_id=loaded.experiment_id, prefix=runtime.settings.key_prefix, trace_id=loaded.trace_id
+            pipe, trace, experiment_id=loaded.experiment_id, prefix=runtime.settings.key_prefix, trace_id=loaded.trace_id
         )
+        if verdict is not None and runtime.redis is not None:
+            from tracejudge.ops import pipeline
+
+            pipeline.record_from_verdict(pipe, verdict, lag_seconds=lag_seconds, prefix=runtime.settings.key_prefix)
+        pipe.execute()
     except Exception as exc:  # the pending mark stays: Redis says it does not cover this trace's window
         _failed(runtime, exc, loaded.trace_id)
 
