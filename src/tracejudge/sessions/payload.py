@@ -7,7 +7,8 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tracejudge.config import Environment, JudgeRef, TraceJudgeConfig
+from tracejudge.config import Environment, JudgeRef
+from tracejudge.config.task_config import TaskConfig
 
 PAYLOAD_VERSION = 1
 
@@ -27,7 +28,7 @@ class SessionRequest(BaseModel):
     #: The experiment holding the session's traces; None: ``online.experiments``, else every experiment.
     experiment_id: str | None = Field(default=None, min_length=1, max_length=128)
     evaluation_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
-    config: TraceJudgeConfig | None = None  # None: the worker's own config
+    config: TaskConfig | None = None  # None: the worker's own config; never quality_alerts (its sinks are secrets)
     judges: list[JudgeRef] | None = None  # replaces judges.sessions.judges for this call
     gate: bool = False
     environment: Environment | None = None
