@@ -33,6 +33,7 @@ LAYERS = {
     "session_enqueue": 5,  # enqueue_session
     "backfill": 5,  # judges traces already in MLflow through enqueue
     "cli_controls": 6,
+    "status": 6,  # tracejudge status
     "judge_quality": 6,  # tracejudge calibrate / agreement
     "display": 6,
     "cli": 6,

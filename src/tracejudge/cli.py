@@ -10,6 +10,7 @@
     tracejudge beat [CELERY BEAT OPTIONS...] run the scheduler (online pick-up, deferred evaluations)
     tracejudge backfill --experiment-id 1    judge traces already in MLflow (--since 7d --dry-run --wait ...)
     tracejudge budget                        today's judge spend, by model and by judge
+    tracejudge status [--format json]        workers, queues, recent verdicts, pick-up; exit 0 healthy, 1 problem, 2 unknown
     tracejudge report --experiment-id 1      judged quality over a window (table, json, html, md)
     tracejudge dashboard [--port 8050]       the quality dashboard (loopback by default)
     tracejudge alerts check --once           check the quality alert rules; exit 1 when one fires
@@ -140,6 +141,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config file (for the limit; default: $TRACEJUDGE_CONFIG)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_budget)
+
+    from tracejudge.status import add_parser as add_status_parser
+
+    add_status_parser(sub)
 
     p = sub.add_parser("validate-config", help="check a config file and print the judge plan")
     p.add_argument("file", help="YAML config file")

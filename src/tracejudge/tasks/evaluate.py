@@ -265,7 +265,9 @@ def record_rollup(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict
     environment = request.environment or runtime.settings.environment or config.judges.environment or "production"
     try:
         record = record_from_verdict(verdict, timestamp_ms=loaded.timestamp_ms or int(time.time() * 1000), environment=environment)
-        runtime.state.record_rollup(record, experiment_id=loaded.experiment_id)
+        end_ms = loaded.timestamp_ms + loaded.duration_ms if loaded.timestamp_ms else None
+        lag = time.time() - end_ms / 1000 if end_ms else None  # the trace's end to its verdict on the trace
+        runtime.state.record_rollup(record, experiment_id=loaded.experiment_id, verdict=verdict, lag_seconds=lag)
     except Exception as exc:  # the verdict is in MLflow (the source of truth); the rollup is a fast copy
         log.warning("could not update the monitor rollups for %s: %s", loaded.trace_id, exc)
 
