@@ -81,7 +81,7 @@ def evaluate_session(request: SessionRequest, runtime: Runtime) -> SessionVerdic
             )
         except (TraceNotReady, session_io.SessionNotFound) as exc:
             return error(SESSION_NOT_FOUND, f"{exc} (waited {execution.trace_wait_seconds:g} s)")
-        jobs = session_jobs(session, planned, runtime.settings.default_model)
+        jobs = session_jobs(session, planned, runtime.settings.default_model, max_chars=execution.max_input_chars)
         ours = session_io.session_assessments(session.first_assessments, sid)
         previous = {a.name: a.assessment_id for a in ours}  # what a new result of each judge supersedes
         if request.force:
@@ -120,8 +120,10 @@ def evaluate_session(request: SessionRequest, runtime: Runtime) -> SessionVerdic
     return verdict
 
 
-def session_jobs(session: session_io.LoadedSession, planned: list[PlannedJudge], default_model: str) -> list[JudgeJob]:
-    judge_input = conversation_input(session.session_id, session.turns)
+def session_jobs(
+    session: session_io.LoadedSession, planned: list[PlannedJudge], default_model: str, *, max_chars: int
+) -> list[JudgeJob]:
+    judge_input = conversation_input(session.session_id, session.turns, max_chars=max_chars)
     jobs = []
     for p in planned:
         model = judge_model(p, default_model)
