@@ -16,6 +16,8 @@
     tracejudge alerts check --once           check the quality alert rules; exit 1 when one fires
     tracejudge calibrate --judge relevance   run a judge over a labelled set; agreement figures
     tracejudge agreement --experiment-id 1   judge-vs-human agreement from people's feedback in MLflow
+    tracejudge dataset --experiment-id 1 --name regressions   production failures into an MLflow evaluation dataset
+    tracejudge evaluate --dataset regressions --predict app:answer   the offline release gate (exit 0/1/2)
 """
 
 from __future__ import annotations
@@ -149,6 +151,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate-config", help="check a config file and print the judge plan")
     p.add_argument("file", help="YAML config file")
     p.set_defaults(func=cmd_validate_config)
+
+    from tracejudge.cli_offline import add_commands as add_offline_commands
+
+    add_offline_commands(sub)  # dataset, evaluate
 
     p = sub.add_parser(
         "config-schema",

@@ -34,7 +34,7 @@ from tracejudge.judges.plan import JudgePlan, build_plan
 from tracejudge.judges.registry import UnknownJudgeError
 from tracejudge.judges.runner import JudgeJob, run_judges
 from tracejudge.mlflow_io import writer
-from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady, check_trace_id
+from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady, check_trace_id, trace_tool_usage
 from tracejudge.controls import counters
 from tracejudge.controls.judged import PLAN_TAG, fingerprint, has_plan
 from tracejudge.payload import EvaluationRequest
@@ -198,6 +198,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             retry_of=request.retry_of,
             partial=request.judges is not None,
             sampled_out=sampled_out,
+            tool_usage=trace_tool_usage(loaded),
         )
         if held.lost.is_set():  # another delivery may hold the lock now: let it write, and come back later
             raise EvaluationBusy(
