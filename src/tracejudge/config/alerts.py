@@ -109,7 +109,7 @@ class AlertSink(_Section):
     #: Where alerts go: `webhook` (JSON POST), `slack` (incoming webhook) or `log`.
     type: Literal["webhook", "slack", "log"]
     #: The webhook or Slack URL (a secret: prefer `url_env`).
-    url: str | None = None
+    url: str | None = Field(None, repr=False)
     #: The environment variable holding the URL, read when an alert is sent (so the YAML holds no secret).
     url_env: str | None = None
     #: Seconds one delivery attempt may take.

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from tracejudge.config import TraceJudgeConfig, log_unused_keys_once
+from tracejudge.controls.review import route_for_review
 from tracejudge.judges import errors
 from tracejudge.judges.model import JudgeResult
 from tracejudge.judges.plan import JudgePlan, build_plan
@@ -228,6 +229,9 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             metrics.observe_trace_lag(time.time() - (loaded.timestamp_ms + loaded.duration_ms) / 1000)
         state.forget_results([r.key for r in unwritten if r.key])  # on the trace now: the cache has done its job
         record_rollup(runtime, loaded, verdict, request, written=unwritten, overrides=overrides, plan=planned)
+        if not partial:
+            route_for_review(trace_id=request.trace_id, experiment_id=loaded.experiment_id, verdict=verdict, config=config,
+                             redis=getattr(state, "redis", None), key_prefix=getattr(state, "prefix", ""))
 
     log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
