@@ -98,13 +98,13 @@ def server(tmp_path_factory):
                 os.environ["MLFLOW_EXPERIMENT_ID"] = experiment
 
 
-def _two_traces(server) -> tuple[str, str, str]:
+def _two_traces(server, *, suffix: str = "") -> tuple[str, str, str]:
     import mlflow
 
     from tracejudge.testing.workflows import record_article_trace
 
     mlflow.set_tracking_uri(server.url)
-    experiment_id = mlflow.create_experiment(f"rest-writer-{os.getpid()}-{id(server)}")
+    experiment_id = mlflow.create_experiment(f"rest-writer-{os.getpid()}-{id(server)}{suffix}")
     mlflow.set_experiment(experiment_id=experiment_id)
     a = record_article_trace(run_name="client")
     b = record_article_trace(run_name="rest")
@@ -221,7 +221,7 @@ def test_a_rejudged_result_supersedes_ours_the_same_way_through_both_writers(ser
     from mlflow.entities import AssessmentSource, Feedback
     from mlflow.tracing.client import TracingClient
 
-    _, via_client, via_rest = _two_traces(server)
+    _, via_client, via_rest = _two_traces(server, suffix="-rejudged")
     client, tracing = MlflowClient(server.url), TracingClient(server.url)
     span_of = {t: {s.name: s.span_id for s in client.get_trace(t).data.spans} for t in (via_client, via_rest)}
 
@@ -234,6 +234,7 @@ def test_a_rejudged_result_supersedes_ours_the_same_way_through_both_writers(ser
                              "judge_version": "v2", "score": 0.5 if r.error is None else None})
         for r in RESULTS
     ]
+
     async def write_rest(results: list[JudgeResult], overrides: dict[str, str]) -> None:
         rest = RestWriter(server.url)
         for r in placed(via_rest, results):
