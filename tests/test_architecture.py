@@ -25,12 +25,17 @@ LAYERS = {
     "payload": 1.5,  # the queue's message: built by the producer and the controls, read by the evaluation
     "controls": 2.7,  # sampling, filters, budget, cache, counters, judged record, pick-up, deferred release
     "tasks": 3,
+    "sessions": 3,  # judging conversations: beside tasks, reusing its runtime
     "worker": 4,
     "publish": 5,
     "sender": 5,
     "enqueue": 5,
+    "session_enqueue": 5,  # enqueue_session
     "backfill": 5,  # judges traces already in MLflow through enqueue
+    "offline": 5,  # our judges as MLflow scorers, regression datasets, the offline gate
     "cli_controls": 6,
+    "cli_offline": 6,
+    "status": 6,  # tracejudge status
     "judge_quality": 6,  # tracejudge calibrate / agreement
     "display": 6,
     "cli": 6,

@@ -168,6 +168,13 @@ Array.from(document.querySelectorAll('canvas[data-chart]')).filter(c => c.offset
 """
 
 
+LINE_OPTIONS = """
+Array.from(document.querySelectorAll('canvas[data-chart]')).map(c => Chart.getChart(c)).filter(ch => ch && ch.config.type === 'line')
+  .map(ch => ({name: ch.canvas.dataset.chart, tension: ch.options.elements.line.tension,
+               interpolation: ch.options.elements.line.cubicInterpolationMode, offset: ch.options.scales.x.offset}))
+"""
+
+
 @pytest.mark.skipif(find_chromium() is None, reason="no chromium: scripts/ensure-chromium.sh installs Debian's package (needs root and apt-get)")
 def test_page_in_headless_chromium_draws_every_chart_and_shows_the_api_numbers(server, store, tmp_path):
     from tracejudge.testing.browser import Chromium
@@ -190,6 +197,10 @@ def test_page_in_headless_chromium_draws_every_chart_and_shows_the_api_numbers(s
         for c in charts:
             assert c["chart"] and c["points"] > 0 and c["painted"] > 200, c["name"]
         by_name = {c["name"]: c["data"] for c in charts}
+        # time series are drawn straight (no smoothing that invents values) on an offset axis (one bucket is not
+        # squeezed against the axis)
+        lines = page.evaluate(LINE_OPTIONS)
+        assert lines and all(l["tension"] == 0 and l["offset"] is True and l["interpolation"] != "monotone" for l in lines), lines
         assert by_name["gate"][0] == [b["gate_pass_rate"] for b in api["buckets"]]
         assert by_name["worst"][0] == [w["failure_rate"] for w in api["worst_nodes"]]
         assert by_name["bands"][0] == [api["bands"][b] for b in ["Excellent", "Good", "Acceptable", "Needs improvement", "Unacceptable"] if b in api["bands"]]

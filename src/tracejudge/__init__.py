@@ -30,6 +30,8 @@ from tracejudge.judges import (
     code_judge,
     register_judge,
 )
+from tracejudge.session_enqueue import SessionHandle, enqueue_session
+from tracejudge.sessions.verdict import SessionVerdict
 from tracejudge.verdict import QualityGateBlocked, QualityVerdict
 
 __version__ = "0.1.0"
@@ -37,14 +39,23 @@ __version__ = "0.1.0"
 _SENDER_NAMES = ("BufferFull", "QueuedHandle", "configure_sender", "get_sender")
 
 
-def __getattr__(name: str):  # the non-blocking sender, loaded on first use
+_OFFLINE_NAMES = ("as_scorer", "scorers")
+
+
+def __getattr__(name: str):  # the non-blocking sender and the MLflow scorers, loaded on first use
     if name in _SENDER_NAMES:
         from tracejudge import sender
 
         return getattr(sender, name)
+    if name in _OFFLINE_NAMES:
+        from tracejudge.offline import scorers
+
+        return getattr(scorers, name)
     raise AttributeError(f"module 'tracejudge' has no attribute {name!r}")
 
 __all__ = [
+    "as_scorer",
+    "scorers",
     "BufferFull",
     "QueuedHandle",
     "configure_sender",
@@ -66,6 +77,9 @@ __all__ = [
     "TraceJudgeConfig",
     "code_judge",
     "enqueue",
+    "enqueue_session",
+    "SessionHandle",
+    "SessionVerdict",
     "judged",
     "last_handle",
     "load_config",

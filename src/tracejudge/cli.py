@@ -10,11 +10,14 @@
     tracejudge beat [CELERY BEAT OPTIONS...] run the scheduler (online pick-up, deferred evaluations)
     tracejudge backfill --experiment-id 1    judge traces already in MLflow (--since 7d --dry-run --wait ...)
     tracejudge budget                        today's judge spend, by model and by judge
+    tracejudge status [--format json]        workers, queues, recent verdicts, pick-up; exit 0 healthy, 1 problem, 2 unknown
     tracejudge report --experiment-id 1      judged quality over a window (table, json, html, md)
     tracejudge dashboard [--port 8050]       the quality dashboard (loopback by default)
     tracejudge alerts check --once           check the quality alert rules; exit 1 when one fires
     tracejudge calibrate --judge relevance   run a judge over a labelled set; agreement figures
     tracejudge agreement --experiment-id 1   judge-vs-human agreement from people's feedback in MLflow
+    tracejudge dataset --experiment-id 1 --name regressions   production failures into an MLflow evaluation dataset
+    tracejudge evaluate --dataset regressions --predict app:answer   the offline release gate (exit 0/1/2)
 """
 
 from __future__ import annotations
@@ -55,7 +58,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_ERROR
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # `tracejudge report | head`: the reader left; stop quietly, as cat does
+        _silence_stdout()
+        return EXIT_PASSED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's flush at exit does not fail on the closed pipe again."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,9 +144,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_budget)
 
+    from tracejudge.status import add_parser as add_status_parser
+
+    add_status_parser(sub)
+
     p = sub.add_parser("validate-config", help="check a config file and print the judge plan")
     p.add_argument("file", help="YAML config file")
     p.set_defaults(func=cmd_validate_config)
+
+    from tracejudge.cli_offline import add_commands as add_offline_commands
+
+    add_offline_commands(sub)  # dataset, evaluate
 
     p = sub.add_parser(
         "config-schema",
@@ -399,15 +424,76 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
         print(f"  quality gate: {gate.action} below {gate.threshold:g} ({', '.join(gate.judges) or 'all judges'})")
     elif gate.enabled:
         print("  quality gate: off (quality_based_workflows: false)")
+    for line in gate_sampling_notes(config):
+        print(f"  {line}")
     retry = config.quality_retry
     if config.retry_enabled:
         print(f"  quality retry: below {retry.threshold:g}, up to {retry.max_retries} retries ({', '.join(retry.judges) or 'all judges'})")
     elif retry.enabled:
         print("  quality retry: off (quality_based_workflows: false)")
     print(f"  quality_assessment.json and run metrics: {'written' if config.write_report else 'not written (artifact settings)'}")
+    for line in _controls_lines(config):
+        print(f"  {line}")
     for warning in config_warnings(config):
         print(f"warning: {warning}")
     return EXIT_PASSED
+
+
+def gate_sampling_notes(config: Any) -> list[str]:
+    """What per-judge sampling (``judges.sampling.judges``) of a gating judge does to background verdicts."""
+    rates = config.judges.sampling.judges
+    if not config.gate_enabled or not rates:
+        return []
+    gating = set(config.quality_gate.judges) or set(rates)
+    sampled = sorted(name for name in rates if name in gating)
+    if not sampled:
+        return []
+    share = ", ".join(f"{name} on {rates[name]:.0%} of traces" for name in sampled)
+    return [
+        f"sampled gating judges: {share} in the background (gate requests always run them); on the other traces "
+        "the status is decided on the gating judges that ran, and the verdict names the sampled-out ones "
+        "(gate_judges_sampled_out); a trace whose gating judges were all sampled out is 'skipped', never 'error'"
+    ]
+
+
+def _controls_lines(config: Any) -> list[str]:
+    """The production controls and alert rules in effect, one line each, for ``validate-config``."""
+    judges = config.judges
+    sampling = judges.sampling
+    lines = []
+    if sampling.rate < 1 or sampling.judges:
+        per_judge = ", ".join(f"{name} {rate:.0%}" for name, rate in sampling.judges.items())
+        lines.append(
+            f"sampling: {sampling.rate:.0%} of traces" + (f"; within them {per_judge}" if per_judge else "")
+            + ("; gate traces always judged" if sampling.gates_always else "")
+        )
+    else:
+        lines.append("sampling: every trace")
+    filters = judges.filters
+    kept = [f"workflows {', '.join(filters.workflows)}" if filters.workflows else "",
+            f"tags {', '.join(f'{k}={v}' for k, v in filters.tags.items())}" if filters.tags else "",
+            f"states {', '.join(filters.status)}" if filters.status else ""]
+    lines.append("filters: only " + "; ".join(k for k in kept if k) if any(kept) else "filters: none")
+    budget = judges.budget
+    lines.append(
+        f"budget: ${budget.daily_usd:g} a day (UTC), then {budget.on_exceed}" if budget.daily_usd is not None else "budget: none"
+    )
+    cache = judges.cache
+    lines.append(f"result cache: on, {cache.ttl_hours:g} h" if cache.enabled else "result cache: off")
+    online = judges.online
+    lines.append(
+        f"online pick-up: experiments {', '.join(online.experiments)} every {online.interval_seconds:g} s, "
+        f"{online.delay_seconds:g} s after a trace ends (run `tracejudge beat`)"
+        if online.experiments else "online pick-up: off"
+    )
+    alerts = config.quality_alerts
+    if alerts.active:
+        sinks = ", ".join(sink.type for sink in alerts.sinks) or "none"
+        lines.append(f"alerts: every {alerts.check_every_seconds / 60:g} min over {alerts.window_minutes} min, to {sinks}:")
+        lines += [f"  - {rule.label}" for rule in alerts.rules]
+    else:
+        lines.append("alerts: " + ("off" if not alerts.enabled else "no rules"))
+    return lines
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -494,12 +580,30 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     env_token = Settings.from_env().dashboard_token
     token = args.token or (env_token.get_secret_value() if env_token is not None else None)
+    problem = _cannot_listen(args.host, args.port)
+    if problem:
+        print(f"error: --port {args.port}: cannot listen on {args.host}:{args.port} ({problem}); choose another --port", file=sys.stderr)
+        return EXIT_ERROR
     where = f"http://{args.host}:{args.port}/"
     print(f"tracejudge dashboard on {where}" + (" (bearer token required; open /?token=... once)" if token else ""), flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print("warning: listening beyond this machine without --token; the page shows trace outputs", file=sys.stderr)
     serve(host=args.host, port=args.port, token=token, default_experiment=args.experiment)
     return EXIT_PASSED
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, not an address of this machine), or None."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def cmd_alerts_check(args: argparse.Namespace) -> int:

@@ -79,7 +79,7 @@ def backfill_command(args: argparse.Namespace) -> int:
 
     refs = [JudgeRef(name=n) for n in judges] if judges else None
     try:
-        fingerprint = plan_fingerprint(config, default_registry().with_config(config), judges=refs, default_model=settings.default_model)
+        fingerprint = plan_fingerprint(config, default_registry().with_config(config), judges=refs, default_model=settings.default_model, environment=settings.environment)
     except UnknownJudgeError as exc:
         return _error(f"--judges: {exc}")
     checkpoint = checkpoint_id(
@@ -99,7 +99,8 @@ def backfill_command(args: argparse.Namespace) -> int:
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     verb = "would enqueue" if args.dry_run else "enqueued"
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
+        # not a terminal (a log, a pipe): no bar, whose redraws leave fragments there; the summary lines follow
+        with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
             task = progress.add_task("backfill", total=args.max_traces)
 
             def show(counts: Any, note: str) -> None:
@@ -138,7 +139,7 @@ def backfill_command(args: argparse.Namespace) -> int:
     if result.sample_ids:
         print(("sample of trace ids: " if args.dry_run else "first trace ids: ") + ", ".join(result.sample_ids))
     if args.wait is not None and result.handles:
-        with Progress(*columns, console=console) as progress:
+        with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
             task = progress.add_task("verdicts", total=len(result.handles))
 
             def tick(done: int, tally: dict[str, int]) -> None:

@@ -23,14 +23,22 @@ def format_verdict(verdict: Any, *, rationale_width: int = 60) -> str:
         rows.append((r.target, r.name, score, f"{r.threshold:g}", "yes" if r.passed else ("ERROR" if r.error else "no"), note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows if len(rows) > 1 else ()):  # no results (an error before judging): no empty table
         lines.append("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row[:-1])) + "  " + row[-1])
         if i == 0:
             lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 17)
-    lines.append("")
+    if lines:
+        lines.append("")
     lines.append(f"verdict: {verdict.summary()}")
     if verdict.retry_nodes:
         lines.append(f"retry nodes: {', '.join(verdict.retry_nodes)}")
+    usage = getattr(verdict, "tool_usage", None)
+    if usage is not None:  # counted from the trace's spans, no LLM call
+        per_tool = ", ".join(
+            f"{name} {s.calls}" + (f" ({s.failed} failed)" if s.failed else "") + (f" {s.avg_duration_ms:g} ms avg" if s.avg_duration_ms is not None else "")
+            for name, s in usage.tools.items()
+        )
+        lines.append(f"tool calls: {usage.total.calls}, failed {usage.total.failed}, retries {usage.total.retries}: {per_tool}")
     for warning in verdict.warnings or ():  # e.g. a node_overrides key that matched no node of the trace
         lines.append(f"warning: {warning}")
     if verdict.artifact_uri:

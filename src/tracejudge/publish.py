@@ -37,6 +37,9 @@ class EvaluationHandle:
     'passed'
     """
 
+    #: What the task's result is read as (a conversation's handle reads a ``SessionVerdict``).
+    verdict_model: type[QualityVerdict] = QualityVerdict
+
     def __init__(self, result: Any, *, trace_id: str, config: TraceJudgeConfig) -> None:
         self._result = result
         self.id: str = result.id
@@ -65,7 +68,7 @@ class EvaluationHandle:
             ) from None
         if self._result.failed() or not isinstance(data, dict):
             raise EvaluationFailed(f"evaluation {self.id} of trace {self.trace_id} failed: {data!r}")
-        return apply_gate(QualityVerdict.model_validate(data), self.config, raise_on_block=raise_on_block)
+        return apply_gate(self.verdict_model.model_validate(data), self.config, raise_on_block=raise_on_block)
 
 
 class CompletedHandle:
@@ -129,32 +132,36 @@ class SkippedHandle:
         return skipped_verdict(self.trace_id, self.reason, self.config)
 
 
-def send_request(request: Any, config: TraceJudgeConfig) -> EvaluationHandle:
+def send_request(
+    request: Any, config: TraceJudgeConfig, *, task: str | None = None, handle: type[EvaluationHandle] = EvaluationHandle
+) -> EvaluationHandle:
+    """Send ``request`` (an ``EvaluationRequest``; with ``task``/``handle``, another task's request) to its queue;
+    :class:`EnqueueError` if the broker is unreachable."""
     from kombu.exceptions import OperationalError
     from redis.exceptions import RedisError
 
-    """Send ``request`` (an ``EvaluationRequest``) to its queue; :class:`EnqueueError` if the broker is unreachable."""
     from tracejudge.worker import QUEUE_GATE, QUEUE_ONLINE, TASK_EVALUATE, get_app
 
     app = get_app()
     payload = request.model_dump(mode="json", exclude_none=True)
+    label = getattr(request, "trace_id", None) or request.session_id
     try:
         result = app.send_task(
-            TASK_EVALUATE,
+            task or TASK_EVALUATE,
             args=[payload],
             task_id=request.evaluation_id,
             queue=QUEUE_GATE if request.gate else QUEUE_ONLINE,
             # Celery would otherwise saferepr the whole payload into the headers (measured: p50 1034 -> 650 us)
-            argsrepr=request.trace_id,
+            argsrepr=label,
             kwargsrepr="{}",
         )
     except (OperationalError, RedisError, ConnectionError, OSError, RuntimeError) as exc:
         # RuntimeError: Celery's result consumer gave up reconnecting to Redis.
         raise EnqueueError(
-            f"could not enqueue trace {request.trace_id}: the broker at {_redacted_broker(app)} is unreachable "
+            f"could not enqueue {'trace' if task is None else 'session'} {label}: the broker at {_redacted_broker(app)} is unreachable "
             f"({_reason(exc)})"
         ) from None
-    return EvaluationHandle(result, trace_id=request.trace_id, config=config)
+    return handle(result, trace_id=label, config=config)
 
 
 def _reason(exc: BaseException) -> str:

@@ -11,7 +11,11 @@ listed in ``quality_gate.judges``, else all):
 
 A gating judge (named in ``quality_gate.judges``) that ran on no target of
 the trace makes the verdict ``error`` (``GATE_JUDGE_NOT_RUN``): a gate on a
-judge that never ran must not pass.
+judge that never ran must not pass. A gating judge that per-judge sampling
+(``judges.sampling.judges``) left out of this trace is not "not run": the
+user chose it; the status is decided on the gating judges that ran, and the
+verdict names the sampled-out ones (``gate_judges_sampled_out``). When every
+gating judge was sampled out, the verdict is ``skipped`` (nothing to gate on).
 
 The threshold is ``quality_gate.threshold`` when the gate is enabled, else
 the environment threshold. :func:`apply_gate` acts on ``quality_gate.action``.
@@ -26,7 +30,13 @@ The numbers (design sections 2.1, 2.2, 3.2), the same in the report and the run 
 * ``quality_threshold_pass``: 1.0 when every node met its threshold (each of its
   judges scored and passed), else 0.0;
 * a judge's ``aggregations`` (``<judge>/mean``, ``<judge>/variance``...): over
-  that judge's scores on all the targets it ran on.
+  that judge's scores on all the targets it ran on;
+* the tool metrics, when the trace made tool calls (design sections 2.3 and 6.2, counted from its spans
+  without an LLM call; :class:`tracejudge.judges.trajectory.ToolUsage`): ``total_tool_calls``,
+  ``tool_failed_calls``, ``tool_retries``, ``unique_tools_used``, ``tool_success_rate``,
+  ``tool_total_duration_ms``, ``tool_avg_duration_ms``, per tool ``tool_calls/<tool>``,
+  ``tool_failed_calls/<tool>``, ``tool_avg_duration_ms/<tool>``, per node ``node_tool_calls/<node>``,
+  ``node_tool_failed_calls/<node>``.
 
 Scores are on the "higher is better" scale (a lower-is-better judge counts as ``1 - score``).
 """
@@ -44,6 +54,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from tracejudge.config import TraceJudgeConfig, redact_url
 from tracejudge.judges.model import Aggregate, ErrorInfo, JudgeResult, aggregate, quality_band, utc_now
+from tracejudge.judges.trajectory import ToolUsage
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +104,9 @@ class QualityVerdict(BaseModel):
     error: ErrorInfo | None = None
     retry_nodes: list[str] = Field(default_factory=list)
     gate_judges: list[str] = Field(default_factory=list)
+    #: Gating judges that per-judge sampling (``judges.sampling.judges``) left out of this trace: not
+    #: held against it; the status is decided on the gating judges that ran.
+    gate_judges_sampled_out: list[str] = Field(default_factory=list)
     #: Per judge that asked for ``aggregations``: each over its scores on all its targets.
     judge_aggregates: dict[str, dict[str, float]] = Field(default_factory=dict)
     #: Things the caller should know that do not change the status (a node_overrides key matching no node...).
@@ -110,6 +124,8 @@ class QualityVerdict(BaseModel):
     reused: int = 0
     #: Why a ``skipped`` trace was left out (sampling, a filter).
     skipped_reason: str | None = None
+    #: The trace's tool calls counted (None: it made none, or was not read).
+    tool_usage: ToolUsage | None = None
     evaluated_at: str = Field(default_factory=utc_now)
 
     @model_validator(mode="before")
@@ -210,6 +226,8 @@ def build_verdict(
     retry_of: str | None = None,
     partial: bool = False,
     variance: bool = False,
+    sampled_out: Sequence[str] = (),
+    tool_usage: ToolUsage | None = None,
 ) -> QualityVerdict:
     """Aggregate results per target and decide the status (see the module docstring).
 
@@ -225,6 +243,9 @@ def build_verdict(
     >>> v = build_verdict("tr-1", r, cfg)
     >>> v.status, v.error.type
     ('error', 'GATE_JUDGE_NOT_RUN')
+    >>> v = build_verdict("tr-1", r, cfg, sampled_out=["harmfulness"])
+    >>> v.status, v.gate_judges_sampled_out
+    ('passed', ['harmfulness'])
     """
     gate = config.quality_gate
     gate_on = config.gate_enabled
@@ -237,9 +258,12 @@ def build_verdict(
     scored = [r.quality for r in gating if r.quality is not None]
     overall = round(statistics.fmean(scored), 6) if scored else None
     ran = {r.name for r in results}
-    not_run = sorted(gate_names - ran) if gate_names is not None and not partial else []
+    sampled = set(sampled_out) - ran
+    gate_sampled_out = sorted(sampled if gate_names is None else sampled & gate_names)
+    not_run = sorted(gate_names - ran - sampled) if gate_names is not None and not partial else []
 
     error: ErrorInfo | None = None
+    skipped_reason: str | None = None
     if not_run:
         status: Status = "error"
         nodes = ", ".join(sorted({r.target for r in results})) or "none"
@@ -252,6 +276,11 @@ def build_verdict(
         )
     elif gating_errors and not ignore_errors:
         status = "error"
+    elif not gating and gate_sampled_out:
+        status = "skipped"
+        skipped_reason = (
+            f"every gating judge was sampled out on this trace ({', '.join(gate_sampled_out)}; judges.sampling.judges)"
+        )
     elif overall is None:
         status = "error"
         if not gating_errors or ignore_errors:
@@ -307,6 +336,9 @@ def build_verdict(
         partial=partial,
         reused=reused,
         judged=len(results) - reused,
+        gate_judges_sampled_out=gate_sampled_out,
+        skipped_reason=skipped_reason,
+        tool_usage=tool_usage,
     )
 
 
@@ -492,6 +524,8 @@ def quality_report(verdict: QualityVerdict) -> dict[str, Any]:
         "warnings": verdict.warnings,
         "cost": cost_summary(verdict.results()),
     }
+    if verdict.tool_usage is not None:
+        report["tool_usage"] = verdict.tool_usage.report()
     if verdict.error is not None:
         report["error"] = verdict.error.model_dump()
     if verdict.retry_of:
@@ -545,4 +579,7 @@ def quality_metrics(verdict: QualityVerdict) -> dict[str, float]:
         metrics["judge_cost_usd"] = cost["judge_cost_usd"]
     metrics["judge_prompt_tokens"] = float(cost["prompt_tokens"])
     metrics["judge_completion_tokens"] = float(cost["completion_tokens"])
+    if verdict.tool_usage is not None:
+        for name, value in verdict.tool_usage.metrics().items():
+            metrics[metric_name(*name.split("/", 1))] = value
     return metrics

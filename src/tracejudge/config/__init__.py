@@ -33,9 +33,11 @@ from .models import (
     template_variables,
 )
 from .controls import BudgetConfig, CacheConfig, FiltersConfig, OnlineConfig, PriceEntry, SamplingConfig
+from .sessions import SessionsConfig
 from .settings import Settings, normalize_model, redact_url
 
 __all__ = [
+    "SessionsConfig",
     "BudgetConfig",
     "CacheConfig",
     "FiltersConfig",

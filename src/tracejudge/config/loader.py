@@ -164,6 +164,9 @@ def _extract(document: Any, label: str) -> tuple[dict[str, Any], dict[str, str]]
         ]
     if unused:
         data["unused_keys"] = unused
+    misspelt = _near_misses(document, observability)
+    if misspelt:
+        data["misspelt_keys"] = misspelt
     for key in _MOVABLE:
         places = [
             (path, container[key])
@@ -179,6 +182,23 @@ def _extract(document: Any, label: str) -> tuple[dict[str, Any], dict[str, str]]
         if places:
             locations[key], data[key] = places[0]
     return data, locations
+
+
+def _near_misses(document: Mapping[Any, Any], observability: Mapping[Any, Any]) -> list[str]:
+    """Keys that look like a misspelt section of ours (``quality_gates:``): ignored as the workflow's own, which
+    silently turns the gate or the alerts off, so they are warned about (other keys of a workflow config stay allowed)."""
+    found = []
+    for prefix, container, ours in (
+        ("", document, ("observability", *_MOVABLE)),
+        ("observability.", observability, ("mlflow", *_MOVABLE)),
+    ):  # (under observability.mlflow a near miss is an error: _check_mlflow_typos)
+        for key in container:
+            if not isinstance(key, str) or key in ours or key in _UNUSED_MOVABLE or key in _OUR_MLFLOW_KEYS:
+                continue
+            close = suggest(key, ours, cutoff=0.8)
+            if close is not None:
+                found.append(f"{prefix}{key}: not a tracejudge section, so it is ignored; did you mean {prefix}{close}?")
+    return found
 
 
 def _check_mlflow_typos(mlflow: Mapping[Any, Any], label: str) -> None:
@@ -207,6 +227,8 @@ def validate_judge_names(config: TraceJudgeConfig, known: Iterable[str]) -> None
     for node, refs in config.judges.node_overrides.items():
         for index, ref in enumerate(refs):
             references.append((ref.name, f"{judges}.node_overrides.{node}{format_path([index])}.name"))
+    for index, ref in enumerate(config.judges.sessions.judges):
+        references.append((ref.name, f"{judges}.sessions.judges{format_path([index])}.name"))
     for section, names in (
         ("quality_gate", config.quality_gate.judges),
         ("quality_retry", config.quality_retry.judges),
@@ -233,7 +255,7 @@ def config_warnings(config: TraceJudgeConfig) -> list[str]:
     >>> config_warnings(load_config({"optimization": {"enabled": True}}))
     ['optimization: accepted, not used by tracejudge']
     """
-    warnings = [f"{path}: {NOT_USED}" for path in config.unused_keys]
+    warnings = [*config.misspelt_keys, *(f"{path}: {NOT_USED}" for path in config.unused_keys)]
     judges = config.location("judges")
     planned = {ref.name for ref in config.judges.workflow_defaults}
     for refs in config.judges.node_overrides.values():
@@ -242,8 +264,9 @@ def config_warnings(config: TraceJudgeConfig) -> list[str]:
         from .models import DEFAULT_ROOT_JUDGES
 
         planned.update(DEFAULT_ROOT_JUDGES)
+    in_sessions = {ref.name for ref in config.judges.sessions.judges}
     for index, judge in enumerate(config.judges.custom):
-        if judge.name not in planned:
+        if judge.name not in planned and judge.name not in in_sessions:
             warnings.append(
                 f"{judges}.custom[{index}] ({judge.name}): no target uses this judge; "
                 f"add it to {judges}.workflow_defaults or a node under {judges}.node_overrides"
@@ -277,10 +300,10 @@ _reported_unused: set[tuple[str | None, str]] = set()
 
 
 def log_unused_keys_once(config: TraceJudgeConfig, logger: Any) -> None:
-    """Log each accepted-but-unused key of ``config`` once per process (workers call this per task)."""
-    for path in config.unused_keys:
-        marker = (config.source, path)
+    """Log each accepted-but-unused or misspelt key of ``config`` once per process (workers call this per task)."""
+    for message in [*config.misspelt_keys, *(f"{path}: {NOT_USED}" for path in config.unused_keys)]:
+        marker = (config.source, message)
         if marker in _reported_unused:
             continue
         _reported_unused.add(marker)
-        logger.warning("config %s: %s: %s", config.source or "<payload>", path, NOT_USED)
+        logger.warning("config %s: %s", config.source or "<payload>", message)

@@ -393,6 +393,8 @@ class JudgesConfig(_Section):
     pricing: dict[str, "PriceEntry"] = Field(default_factory=dict)
     budget: "BudgetConfig" = Field(default_factory=lambda: BudgetConfig())
     cache: "CacheConfig" = Field(default_factory=lambda: CacheConfig())
+    #: Conversations (traces sharing `mlflow.trace.session`): their judges, and when a session counts as idle.
+    sessions: "SessionsConfig" = Field(default_factory=lambda: SessionsConfig())
 
     @field_validator("pricing", mode="before")
     @classmethod
@@ -544,6 +546,8 @@ class TraceJudgeConfig(_Section):
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
     #: Paths of keys the design defines that we accept but do not act on (set by the loader).
     unused_keys: list[str] = Field(default_factory=list)
+    #: Keys that look like a misspelt section of ours (``quality_gates:``), as warnings (set by the loader).
+    misspelt_keys: list[str] = Field(default_factory=list)
     source: str | None = None
 
     # Where each section sits in the user's document, for messages
@@ -661,6 +665,7 @@ class TraceJudgeConfig(_Section):
             names.update(ref.name for ref in refs)
         names.update(self.quality_gate.judges)
         names.update(self.quality_retry.judges)
+        names.update(ref.name for ref in self.judges.sessions.judges)
         return names
 
     def location(self, section: str) -> str:
@@ -670,6 +675,9 @@ class TraceJudgeConfig(_Section):
 
 from .controls import BudgetConfig, CacheConfig, FiltersConfig, OnlineConfig, PriceEntry, SamplingConfig  # noqa: E402
 
+from .sessions import SessionsConfig  # noqa: E402
+
+SessionsConfig.model_rebuild(_types_namespace={"JudgeRef": JudgeRef})
 JudgesConfig.model_rebuild()
 
 

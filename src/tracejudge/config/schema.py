@@ -22,7 +22,7 @@ from pydantic import BaseModel
 __all__ = ["INTERNAL_FIELDS", "SCHEMA_ID", "config_schema", "describe_field", "field_comments", "iter_config_keys"]
 
 #: Fields the loader sets; not something a user writes.
-INTERNAL_FIELDS = frozenset({"unused_keys", "source"})
+INTERNAL_FIELDS = frozenset({"unused_keys", "misspelt_keys", "source"})
 SCHEMA_ID = "https://tracejudge.dev/tracejudge.schema.json"
 
 

@@ -30,9 +30,13 @@ from tracejudge.judges.registry import (
     register_judge,
 )
 from tracejudge.judges.runner import JudgeJob, run_judges
+from tracejudge.judges.session_judges import SESSION_JUDGES, Turn, conversation_input
 
 __all__ = [
     "BUILTIN_JUDGES",
+    "SESSION_JUDGES",
+    "Turn",
+    "conversation_input",
     "WORKFLOW_TARGET",
     "Aggregate",
     "AnyJudge",

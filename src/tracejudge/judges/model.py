@@ -306,6 +306,8 @@ class JudgeResult(BaseModel):
     #: The reply came from the judge result cache (``cache_key``), not from a new LLM call.
     cached: bool = False
     cache_key: str | None = None
+    #: More assessment metadata (strings) to write with the result, e.g. a session's id and turns judged.
+    metadata: dict[str, str] = Field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

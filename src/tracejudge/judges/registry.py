@@ -19,6 +19,7 @@ from tracejudge.judges import errors
 from tracejudge.judges.builtin import BUILTIN_JUDGES
 from tracejudge.judges.errors import JudgeError
 from tracejudge.judges.model import AnyJudge, CodeJudge, Judge, RubricLevel
+from tracejudge.judges.session_judges import SESSION_JUDGES
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class JudgeRegistry:
     """
 
     def __init__(self, judges: Iterable[AnyJudge] | None = None, *, builtins: bool = True) -> None:
-        self._judges: dict[str, AnyJudge] = dict(BUILTIN_JUDGES) if builtins else {}
+        self._judges: dict[str, AnyJudge] = {**BUILTIN_JUDGES, **SESSION_JUDGES} if builtins else {}
         for judge in judges or ():
             self.register(judge, replace=True)
 
@@ -56,7 +57,8 @@ class JudgeRegistry:
         if not isinstance(judge, (Judge, CodeJudge)):
             raise TypeError(f"expected a Judge or CodeJudge, got {type(judge).__name__}")
         existing = self._judges.get(judge.name)
-        if existing is not None and not replace and existing is not BUILTIN_JUDGES.get(judge.name):
+        builtin = BUILTIN_JUDGES.get(judge.name) or SESSION_JUDGES.get(judge.name)
+        if existing is not None and not replace and existing is not builtin:
             raise ValueError(f"a judge named {judge.name!r} is already registered (pass replace=True)")
         self._judges[judge.name] = judge
         return judge

@@ -173,6 +173,8 @@ def feedback_metadata(result: JudgeResult, *, evaluation_id: str, plan: str | No
         metadata["score_stdev"] = f"{result.score_stdev:.4f}" if result.score_stdev is not None else ""
     if plan:
         metadata[PLAN] = plan
+    for key, value in result.metadata.items():  # e.g. a session's id and turns; never replaces ours
+        metadata.setdefault(key, value)
     return metadata
 
 

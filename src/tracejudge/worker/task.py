@@ -30,8 +30,10 @@ def register(app: Celery) -> None:
         return run_evaluation(self, payload)
 
     from tracejudge.worker.scheduled import register_scheduled
+    from tracejudge.worker.session_task import register_session_task
 
     register_scheduled(app)
+    register_session_task(app)
 
 
 def run_evaluation(task: Task, payload: Any) -> dict[str, Any]:

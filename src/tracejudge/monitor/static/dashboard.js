@@ -81,8 +81,10 @@
     var labels = starts.map(function (x) { return label(x, s.bucket); });
     var line = function (datasets, yAxis) {
       return { type: "line", data: { labels: labels, datasets: datasets },
-               options: { spanGaps: true, elements: { point: { radius: 2.5 }, line: { cubicInterpolationMode: "monotone", borderWidth: 2 } },
-                          scales: { y: yAxis }, plugins: { legend: { position: "bottom" } } } };
+               // straight segments (a smoothed curve suggests values the data never had); the x axis is offset so
+               // that one bucket is drawn in the middle, not squeezed against the axis
+               options: { spanGaps: true, elements: { point: { radius: labels.length < 3 ? 4 : 2.5 }, line: { tension: 0, borderWidth: 2 } },
+                          scales: { x: { offset: true }, y: yAxis }, plugins: { legend: { position: "bottom" } } } };
     };
     draw("failure-judge", line(s.judges.map(function (j, i) {
       return { label: j.judge, data: series(j.series, starts), borderColor: color(i), backgroundColor: color(i) };

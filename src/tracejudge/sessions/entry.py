@@ -1,0 +1,49 @@
+"""The session task's body: a payload in, a verdict or a retry decision out (like ``tasks.run_task``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from tracejudge.sessions.evaluate import evaluate_session, session_error
+from tracejudge.payload import SessionRequest
+from tracejudge.tasks.entry import DEFAULT_POLICY, TaskOutcome
+from tracejudge.tasks.evaluate import INVALID_PAYLOAD
+from tracejudge.payload import describe_payload_error
+from tracejudge.tasks.retry import RetryPolicy
+from tracejudge.tasks.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+
+
+def run_session_task(
+    payload: Any, *, attempt: int = 0, task_id: str | None = None, policy: RetryPolicy = DEFAULT_POLICY
+) -> TaskOutcome:
+    """Judge one session payload; ``attempt`` is the number of retries so far (0 on first delivery).
+
+    >>> run_session_task({"session_id": 5}).verdict["error"]["code"]  # doctest: +SKIP
+    'INVALID_PAYLOAD'
+    """
+    runtime = get_runtime()
+    try:
+        request = SessionRequest.model_validate(payload)
+    except ValidationError as exc:
+        message = describe_payload_error(exc)
+        log.error("refused session task %s: %s", task_id, message)
+        sid = payload.get("session_id") if isinstance(payload, dict) and isinstance(payload.get("session_id"), str) else "<unknown>"
+        return TaskOutcome(verdict=session_error(sid, INVALID_PAYLOAD, message, runtime.config).to_result())
+    try:
+        return TaskOutcome(verdict=evaluate_session(request, runtime).to_result())
+    except Exception as exc:
+        code = policy.code_of(exc)
+        if code is None:
+            raise  # a bug: the task fails with its traceback
+        retry = policy.decide(exc, attempt=attempt)
+        if retry is not None:
+            log.warning("%s for session %s (retry %d in %g s): %s", retry.reason, request.session_id, attempt + 1, retry.countdown, exc)
+            return TaskOutcome(retry=retry)
+        log.error("giving up on session %s after %d retries: %s", request.session_id, attempt, exc)
+        config = request.config or runtime.config
+        return TaskOutcome(verdict=session_error(request.session_id, code, str(exc), config, evaluation_id=request.evaluation_id).to_result())

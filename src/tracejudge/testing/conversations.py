@@ -1,0 +1,43 @@
+"""Sample conversations for the demo, the tests and the docs: one MLflow trace per turn, one session id.
+
+``record_turn`` records one turn of a chat assistant under MLflow tracing, with the session id in
+the trace metadata (``mlflow.trace.session``, through ``mlflow.update_current_trace(session_id=...)``)
+and, optionally, TOOL spans for the tools it called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def record_turn(session_id: str, message: str, answer: str, *, tool_calls: Sequence[tuple[str, dict[str, Any], Any]] = ()) -> str:
+    """Record one turn ``chat(message) -> answer`` of session ``session_id``; returns its trace id.
+
+    ``tool_calls``: ``(name, arguments, result)`` per tool the turn called, in order.
+    """
+    import mlflow
+    from mlflow.entities import SpanType
+
+    @mlflow.trace(name="chat", span_type=SpanType.CHAT_MODEL)
+    def chat(message: str) -> str:
+        mlflow.update_current_trace(session_id=session_id)
+        for name, arguments, result in tool_calls:
+            with mlflow.start_span(name=name, span_type=SpanType.TOOL) as span:
+                span.set_inputs(arguments)
+                span.set_outputs(result)
+        return answer
+
+    chat(message)
+    trace_id = mlflow.get_last_active_trace_id(thread_local=True) or mlflow.get_last_active_trace_id()
+    assert trace_id, "MLflow recorded no trace"
+    return trace_id
+
+
+def record_conversation(session_id: str, turns: Sequence[tuple[str, str]]) -> list[str]:
+    """Record several turns of one session, oldest first; returns their trace ids (exports flushed)."""
+    import mlflow
+
+    ids = [record_turn(session_id, message, answer) for message, answer in turns]
+    mlflow.flush_trace_async_logging()
+    return ids

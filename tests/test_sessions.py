@@ -1,0 +1,137 @@
+"""Conversations (MLflow sessions) judged as a whole: on request, through a real Celery worker,
+a real Redis, the sqlite MLflow store and the fake LLM over HTTP.
+
+The session's results land on its chronologically first trace, trace-level, with
+``mlflow.trace.session`` in their metadata (MLflow's convention), and the prompt the LLM sees
+carries the turns in order. Asking again without new turns reuses the results; a new turn
+makes a new result that supersedes the old one (``overrides``): one valid result per (session, judge).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+import tracejudge
+from tracejudge.mlflow_io.sessions import LAST_TRACE, SESSION, TURNS
+
+TURNS_TEXT = [
+    ("My name is Ada and I am vegetarian. Plan me a dinner.", "Hi Ada! A vegetarian dinner: lentil soup, then mushroom risotto."),
+    ("Add a dessert, please.", "For dessert: poached pears with vanilla."),
+    ("What was my name again?", "Your name is Ada."),
+]
+
+
+@pytest.fixture()
+def experiment(mlflow_store, tmp_path):
+    import mlflow
+
+    experiment_id = mlflow.create_experiment(f"sessions-{uuid.uuid4().hex[:8]}", artifact_location=(tmp_path / "a").as_uri())
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _session_feedbacks(trace_id: str, session_id: str, *, valid_only: bool = True) -> list:
+    from mlflow import MlflowClient
+
+    info = MlflowClient().get_trace(trace_id).info
+    return [
+        a for a in info.assessments
+        if (a.metadata or {}).get(SESSION) == session_id and (a.valid is not False or not valid_only)
+    ]
+
+
+def test_a_conversation_is_judged_on_request_on_its_first_trace(worker, fake_llm, experiment):
+    from tracejudge.testing.conversations import record_conversation, record_turn
+
+    session_id = f"chat-{uuid.uuid4().hex[:8]}"
+    trace_ids = record_conversation(session_id, TURNS_TEXT)
+    config = {"observability": {"mlflow": {"judges": {"sessions": {"judges": ["conversation_completeness", "knowledge_retention"]}}}}}
+    fake_llm.reset()
+
+    verdict = tracejudge.enqueue_session(session_id, experiment_id=experiment, config=config, gate=True).verdict(timeout=60)
+
+    assert isinstance(verdict, tracejudge.SessionVerdict)
+    assert verdict.status == "passed", verdict.summary()
+    assert (verdict.session_id, verdict.turns, verdict.trace_id, verdict.last_trace_id) == (session_id, 3, trace_ids[0], trace_ids[-1])
+    assert sorted(r.name for r in verdict.results()) == ["conversation_completeness", "knowledge_retention"]
+    # the prompt the LLM saw holds the three turns, in order
+    prompts = fake_llm.prompts_for()
+    assert len(prompts) == 2
+    for messages in prompts:
+        text = messages[-1]["content"]
+        positions = [text.index(t) for pair in TURNS_TEXT for t in pair]
+        assert positions == sorted(positions), text
+        assert "[turn 3]" in text and "[turn 4]" not in text
+    # on the first trace, trace-level, with the session and the turns judged in the metadata
+    feedbacks = _session_feedbacks(trace_ids[0], session_id)
+    assert sorted(f.name for f in feedbacks) == ["conversation_completeness", "knowledge_retention"]
+    for f in feedbacks:
+        assert f.span_id is None and f.value == pytest.approx(0.85)
+        assert f.metadata[TURNS] == "3" and f.metadata[LAST_TRACE] == trace_ids[-1]
+    for later in trace_ids[1:]:
+        assert _session_feedbacks(later, session_id) == []
+
+    # asked again with no new turn: the record says it is judged, no LLM call, no second assessment
+    fake_llm.reset()
+    again = tracejudge.enqueue_session(session_id, experiment_id=experiment, config=config).verdict(timeout=60)
+    assert again.status == "passed" and again.reused == 2 and fake_llm.prompts_for() == []
+    assert len(_session_feedbacks(trace_ids[0], session_id, valid_only=False)) == 2
+
+    # a fourth turn: judged again over four turns, and the new results supersede the old
+    record_turn(session_id, "And a wine? [[tj:score=0.4]]", "A dry white goes well with risotto.")
+    fourth = tracejudge.enqueue_session(session_id, experiment_id=experiment, config=config, gate=True).verdict(timeout=60, raise_on_block=False)
+    assert fourth.turns == 4 and fourth.judged == 2
+    assert fourth.status == "failed"
+    valid = _session_feedbacks(trace_ids[0], session_id)
+    everything = _session_feedbacks(trace_ids[0], session_id, valid_only=False)
+    assert len(valid) == 2 and len(everything) == 4
+    old_ids = {f.assessment_id for f in everything if f.valid is False}
+    assert {f.overrides for f in valid} == old_ids
+    assert {f.metadata[TURNS] for f in valid} == {"4"}
+    assert all(f.value == pytest.approx(0.4) for f in valid)
+
+
+def test_bad_session_requests_get_clear_error_verdicts(worker, experiment):
+    config = {"observability": {"mlflow": {"judges": {"sessions": {"judges": ["user_frustration"]}}}}}
+    missing = tracejudge.enqueue_session("no-such-session", experiment_id=experiment, config={
+        **config, "observability": {"mlflow": {"judges": {"sessions": {"judges": ["user_frustration"]}, "execution": {"trace_wait_seconds": 0.2}}}}
+    }).verdict(timeout=60, raise_on_block=False)
+    assert missing.status == "error" and missing.error.type == "SESSION_NOT_FOUND"
+    assert "no-such-session" in missing.error.message
+    quoted = tracejudge.enqueue_session("it's", experiment_id=experiment, config=config).verdict(timeout=60, raise_on_block=False)
+    assert quoted.error.type == "INVALID_SESSION_ID"
+    none = tracejudge.enqueue_session("x", experiment_id=experiment, config={}).verdict(timeout=60, raise_on_block=False)
+    assert none.error.type == "NO_SESSION_JUDGES"
+
+
+def test_a_custom_session_judge_reads_each_turns_tool_calls(worker, fake_llm, experiment):
+    import mlflow
+
+    from tracejudge.testing.conversations import record_turn
+
+    session_id = f"travel-{uuid.uuid4().hex[:8]}"
+    first = record_turn(session_id, "Find me a flight to Oslo on May 3.", "Two flights: 08:10 and 17:45.",
+                        tool_calls=[("search_flights", {"to": "OSL", "date": "2026-05-03"}, {"flights": ["08:10", "17:45"]})])
+    record_turn(session_id, "Book the evening one.", "Booked the 17:45 flight; confirmation K7Q2.",
+                tool_calls=[("book_flight", {"flight": "17:45"}, {"confirmation": "K7Q2"}),
+                            ("send_email", {"subject": "Your booking K7Q2"}, {"sent": True})])
+    record_turn(session_id, "Thanks!", "Have a good trip.")
+    mlflow.flush_trace_async_logging()
+    config = {"observability": {"mlflow": {"judges": {
+        "custom": [{
+            "name": "tool_use_over_conversation",
+            "definition": "Were the right tools used, in each turn, for what the user asked?",
+            "grading_prompt": "Conversation:\n{conversation}\n\nTool calls per turn:\n{conversation_tool_calls}",
+        }],
+        "sessions": {"judges": ["tool_use_over_conversation"]},
+    }}}}
+    fake_llm.reset()
+    verdict = tracejudge.enqueue_session(session_id, experiment_id=experiment, config=config).verdict(timeout=60)
+    assert verdict.status == "passed" and verdict.trace_id == first
+    (messages,) = fake_llm.prompts_for("tool_use_over_conversation")
+    text = messages[-1]["content"]
+    calls = text[text.index('name="conversation_tool_calls"'):]
+    order = [calls.index(s) for s in ("[turn 1]", '"search_flights"', '"OSL"', "[turn 2]", '"book_flight"', '"K7Q2"', '"send_email"', "[turn 3]", "(no tool calls)")]
+    assert order == sorted(order), calls
