@@ -617,7 +617,9 @@ def _cannot_listen(host: str, port: int) -> str | None:
 def cmd_alerts_check(args: argparse.Namespace) -> int:
     from tracejudge.monitor.alerts import run_check_cli
 
-    return run_check_cli(config=args.config, experiment=args.experiment, as_json=args.json)
+    from tracejudge.worker import QUEUES
+
+    return run_check_cli(config=args.config, experiment=args.experiment, as_json=args.json, queues=QUEUES)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
