@@ -369,8 +369,13 @@ def _wait_and_print(handle: Any, timeout: float, *, as_json: bool, queue: str | 
         else:
             verdict = handle.verdict(timeout=timeout, raise_on_block=False)
     except tracejudge.EvaluationTimeout as exc:
-        hint = hint or (_no_consumer(queue) if queue is not None else None)
-        print(f"error: {exc}" + (f": {hint}" if hint else ""), file=sys.stderr)
+        if queue is None:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        hint = hint or _no_consumer(queue)
+        # (the whole wait, not what was left of it after the early check)
+        print(f"error: no verdict for trace {handle.trace_id} (evaluation {handle.id}) within {timeout:g} s; state {handle.status}"
+              + (f": {hint}" if hint else ""), file=sys.stderr)
         return EXIT_ERROR
     except tracejudge.EvaluationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -618,7 +623,9 @@ def _cannot_listen(host: str, port: int) -> str | None:
 def cmd_alerts_check(args: argparse.Namespace) -> int:
     from tracejudge.monitor.alerts import run_check_cli
 
-    return run_check_cli(config=args.config, experiment=args.experiment, as_json=args.json)
+    from tracejudge.worker import QUEUES
+
+    return run_check_cli(config=args.config, experiment=args.experiment, as_json=args.json, queues=QUEUES)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
