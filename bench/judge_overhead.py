@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from tracejudge.config import Settings, load_config
         from tracejudge.judges.runner import run_judges
-        from tracejudge.tasks.evaluate import plan_jobs
+        from tracejudge.tasks.evaluate import plan_jobs, runtime_plan
         from tracejudge.payload import EvaluationRequest
         from tracejudge.tasks.runtime import Runtime
 
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         runtime = Runtime(settings=settings, config=config)
         stack.callback(runtime.close)
         loaded = runtime.store.load_trace(trace_id)
-        jobs = plan_jobs(loaded, config, runtime, EvaluationRequest(trace_id=trace_id))
+        request = EvaluationRequest(trace_id=trace_id)
+        jobs, _ = plan_jobs(loaded, runtime_plan(config, runtime, request), runtime, request)
         assert len(jobs) == CALLS, len(jobs)
         execution = config.judges.execution
         messages = [{"role": "user", "content": "Rate this answer. " * 40}]

@@ -10,11 +10,14 @@
     tracejudge beat [CELERY BEAT OPTIONS...] run the scheduler (online pick-up, deferred evaluations)
     tracejudge backfill --experiment-id 1    judge traces already in MLflow (--since 7d --dry-run --wait ...)
     tracejudge budget                        today's judge spend, by model and by judge
+    tracejudge status [--format json]        workers, queues, recent verdicts, pick-up; exit 0 healthy, 1 problem, 2 unknown
     tracejudge report --experiment-id 1      judged quality over a window (table, json, html, md)
     tracejudge dashboard [--port 8050]       the quality dashboard (loopback by default)
     tracejudge alerts check --once           check the quality alert rules; exit 1 when one fires
     tracejudge calibrate --judge relevance   run a judge over a labelled set; agreement figures
     tracejudge agreement --experiment-id 1   judge-vs-human agreement from people's feedback in MLflow
+    tracejudge dataset --experiment-id 1 --name regressions   production failures into an MLflow evaluation dataset
+    tracejudge evaluate --dataset regressions --predict app:answer   the offline release gate (exit 0/1/2)
 """
 
 from __future__ import annotations
@@ -139,9 +142,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_budget)
 
+    from tracejudge.status import add_parser as add_status_parser
+
+    add_status_parser(sub)
+
     p = sub.add_parser("validate-config", help="check a config file and print the judge plan")
     p.add_argument("file", help="YAML config file")
     p.set_defaults(func=cmd_validate_config)
+
+    from tracejudge.cli_offline import add_commands as add_offline_commands
+
+    add_offline_commands(sub)  # dataset, evaluate
 
     p = sub.add_parser(
         "config-schema",
@@ -408,6 +419,8 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
         print(f"  quality gate: {gate.action} below {gate.threshold:g} ({', '.join(gate.judges) or 'all judges'})")
     elif gate.enabled:
         print("  quality gate: off (quality_based_workflows: false)")
+    for line in gate_sampling_notes(config):
+        print(f"  {line}")
     retry = config.quality_retry
     if config.retry_enabled:
         print(f"  quality retry: below {retry.threshold:g}, up to {retry.max_retries} retries ({', '.join(retry.judges) or 'all judges'})")
@@ -419,6 +432,23 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     for warning in config_warnings(config):
         print(f"warning: {warning}")
     return EXIT_PASSED
+
+
+def gate_sampling_notes(config: Any) -> list[str]:
+    """What per-judge sampling (``judges.sampling.judges``) of a gating judge does to background verdicts."""
+    rates = config.judges.sampling.judges
+    if not config.gate_enabled or not rates:
+        return []
+    gating = set(config.quality_gate.judges) or set(rates)
+    sampled = sorted(name for name in rates if name in gating)
+    if not sampled:
+        return []
+    share = ", ".join(f"{name} on {rates[name]:.0%} of traces" for name in sampled)
+    return [
+        f"sampled gating judges: {share} in the background (gate requests always run them); on the other traces "
+        "the status is decided on the gating judges that ran, and the verdict names the sampled-out ones "
+        "(gate_judges_sampled_out); a trace whose gating judges were all sampled out is 'skipped', never 'error'"
+    ]
 
 
 def _controls_lines(config: Any) -> list[str]:

@@ -79,7 +79,7 @@ def backfill_command(args: argparse.Namespace) -> int:
 
     refs = [JudgeRef(name=n) for n in judges] if judges else None
     try:
-        fingerprint = plan_fingerprint(config, default_registry().with_config(config), judges=refs, default_model=settings.default_model)
+        fingerprint = plan_fingerprint(config, default_registry().with_config(config), judges=refs, default_model=settings.default_model, environment=settings.environment)
     except UnknownJudgeError as exc:
         return _error(f"--judges: {exc}")
     checkpoint = checkpoint_id(

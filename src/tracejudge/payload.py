@@ -39,6 +39,30 @@ class EvaluationRequest(BaseModel):
     enqueued_at: float = Field(default_factory=time.time)
 
 
+
+class SessionRequest(BaseModel):
+    """What ``enqueue_session``, pick-up and backfill send, and the worker judges.
+
+    >>> SessionRequest(session_id="chat-42").gate
+    False
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = PAYLOAD_VERSION
+    kind: str = Field(default="session", pattern="^session$")
+    session_id: str = Field(min_length=1, max_length=250)
+    #: The experiment holding the session's traces; None: ``online.experiments``, else every experiment.
+    experiment_id: str | None = Field(default=None, min_length=1, max_length=128)
+    evaluation_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
+    config: TraceJudgeConfig | None = None  # None: the worker's own config
+    judges: list[JudgeRef] | None = None  # replaces judges.sessions.judges for this call
+    gate: bool = False
+    environment: Environment | None = None
+    force: bool = False  # judge again even what the record says is judged (the new results supersede)
+    enqueued_at: float = Field(default_factory=time.time)
+
+
 def describe_payload_error(exc: ValidationError) -> str:
     """One line per problem, naming the field: ``trace_id: Field required``."""
     parts = []

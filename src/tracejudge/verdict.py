@@ -11,7 +11,11 @@ listed in ``quality_gate.judges``, else all):
 
 A gating judge (named in ``quality_gate.judges``) that ran on no target of
 the trace makes the verdict ``error`` (``GATE_JUDGE_NOT_RUN``): a gate on a
-judge that never ran must not pass.
+judge that never ran must not pass. A gating judge that per-judge sampling
+(``judges.sampling.judges``) left out of this trace is not "not run": the
+user chose it; the status is decided on the gating judges that ran, and the
+verdict names the sampled-out ones (``gate_judges_sampled_out``). When every
+gating judge was sampled out, the verdict is ``skipped`` (nothing to gate on).
 
 The threshold is ``quality_gate.threshold`` when the gate is enabled, else
 the environment threshold. :func:`apply_gate` acts on ``quality_gate.action``.
@@ -93,6 +97,9 @@ class QualityVerdict(BaseModel):
     error: ErrorInfo | None = None
     retry_nodes: list[str] = Field(default_factory=list)
     gate_judges: list[str] = Field(default_factory=list)
+    #: Gating judges that per-judge sampling (``judges.sampling.judges``) left out of this trace: not
+    #: held against it; the status is decided on the gating judges that ran.
+    gate_judges_sampled_out: list[str] = Field(default_factory=list)
     #: Per judge that asked for ``aggregations``: each over its scores on all its targets.
     judge_aggregates: dict[str, dict[str, float]] = Field(default_factory=dict)
     #: Things the caller should know that do not change the status (a node_overrides key matching no node...).
@@ -210,6 +217,7 @@ def build_verdict(
     retry_of: str | None = None,
     partial: bool = False,
     variance: bool = False,
+    sampled_out: Sequence[str] = (),
 ) -> QualityVerdict:
     """Aggregate results per target and decide the status (see the module docstring).
 
@@ -225,6 +233,9 @@ def build_verdict(
     >>> v = build_verdict("tr-1", r, cfg)
     >>> v.status, v.error.type
     ('error', 'GATE_JUDGE_NOT_RUN')
+    >>> v = build_verdict("tr-1", r, cfg, sampled_out=["harmfulness"])
+    >>> v.status, v.gate_judges_sampled_out
+    ('passed', ['harmfulness'])
     """
     gate = config.quality_gate
     gate_on = config.gate_enabled
@@ -237,9 +248,12 @@ def build_verdict(
     scored = [r.quality for r in gating if r.quality is not None]
     overall = round(statistics.fmean(scored), 6) if scored else None
     ran = {r.name for r in results}
-    not_run = sorted(gate_names - ran) if gate_names is not None and not partial else []
+    sampled = set(sampled_out) - ran
+    gate_sampled_out = sorted(sampled if gate_names is None else sampled & gate_names)
+    not_run = sorted(gate_names - ran - sampled) if gate_names is not None and not partial else []
 
     error: ErrorInfo | None = None
+    skipped_reason: str | None = None
     if not_run:
         status: Status = "error"
         nodes = ", ".join(sorted({r.target for r in results})) or "none"
@@ -252,6 +266,11 @@ def build_verdict(
         )
     elif gating_errors and not ignore_errors:
         status = "error"
+    elif not gating and gate_sampled_out:
+        status = "skipped"
+        skipped_reason = (
+            f"every gating judge was sampled out on this trace ({', '.join(gate_sampled_out)}; judges.sampling.judges)"
+        )
     elif overall is None:
         status = "error"
         if not gating_errors or ignore_errors:
@@ -307,6 +326,8 @@ def build_verdict(
         partial=partial,
         reused=reused,
         judged=len(results) - reused,
+        gate_judges_sampled_out=gate_sampled_out,
+        skipped_reason=skipped_reason,
     )
 
 

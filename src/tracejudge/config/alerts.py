@@ -15,12 +15,13 @@
         - {kind: gate_pass_rate, below: 0.9}
       sinks:
         - {type: webhook, url: "https://hooks.example/abc"}
-        - {type: slack, url: "https://hooks.slack.com/..."}
+        - {type: slack, url_env: SLACK_WEBHOOK_URL}   # the address from the environment: no secret in YAML
         - {type: log}
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -29,8 +30,16 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from .errors import show
 from .base import Score, _no_bool, _Section
 
-RuleKind = Literal["quality_drop", "failure_rate", "variance_increase", "new_failure_type", "gate_pass_rate"]
-RULE_KINDS = ("quality_drop", "failure_rate", "variance_increase", "new_failure_type", "gate_pass_rate")
+# every rule kind and the fields it needs (one of them set); its evaluator is registered in
+# tracejudge.monitor.alert_rules under the same name (a test checks the two agree)
+RULE_NEEDS: dict[str, tuple[str, ...]] = {
+    "quality_drop": ("below", "drop_by"),
+    "failure_rate": ("above",),
+    "variance_increase": ("factor",),
+    "new_failure_type": (),
+    "gate_pass_rate": ("below",),
+}
+RULE_KINDS = tuple(RULE_NEEDS)
 _Positive = Annotated[float, BeforeValidator(_no_bool), Field(gt=0)]
 
 
@@ -68,13 +77,7 @@ class AlertRule(_Section):
 
     @model_validator(mode="after")
     def _needs(self) -> AlertRule:
-        need = {
-            "quality_drop": ("below", "drop_by"),
-            "failure_rate": ("above",),
-            "variance_increase": ("factor",),
-            "gate_pass_rate": ("below",),
-            "new_failure_type": (),
-        }[self.kind]
+        need = RULE_NEEDS[self.kind]
         if need and all(getattr(self, k) is None for k in need):
             raise ValueError(f"a {self.kind} rule needs {' or '.join(need)}")
         return self
@@ -107,6 +110,8 @@ class AlertSink(_Section):
     type: Literal["webhook", "slack", "log"]
     #: The webhook or Slack URL (a secret: prefer `url_env`).
     url: str | None = None
+    #: The environment variable holding the URL, read when an alert is sent (so the YAML holds no secret).
+    url_env: str | None = None
     #: Seconds one delivery attempt may take.
     timeout_seconds: _Positive = 10.0
     #: Delivery attempts per check before the next check tries again.
@@ -116,12 +121,44 @@ class AlertSink(_Section):
     def _url(self) -> AlertSink:
         if self.type == "log":
             return self
+        if self.url and self.url_env:
+            raise ValueError(f"a {self.type} sink takes url or url_env, not both")
+        if self.url_env:
+            if not _ENV_NAME.fullmatch(self.url_env):
+                raise ValueError(f"url_env must name an environment variable (got {show(self.url_env)})")
+            return self
         if not self.url:
-            raise ValueError(f"a {self.type} sink needs a url (http:// or https://)")
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"url must be an http:// or https:// address (got {show(self.url)})")
+            raise ValueError(f"a {self.type} sink needs a url (http:// or https://) or url_env (the variable holding it)")
+        check_url(self.url)
         return self
+
+    def resolved_url(self) -> str:
+        """The address to post to: ``url``, or the value of ``url_env`` now; ``ValueError`` saying what is missing.
+
+        >>> import os; os.environ["TJ_DOCTEST_HOOK"] = "https://hooks.example/x"
+        >>> AlertSink(type="slack", url_env="TJ_DOCTEST_HOOK").resolved_url()
+        'https://hooks.example/x'
+        """
+        if not self.url_env:
+            return self.url or ""
+        import os
+
+        value = os.environ.get(self.url_env, "").strip()
+        if not value:
+            raise ValueError(f"environment variable {self.url_env} is not set (the {self.type} sink's url_env)")
+        check_url(value, where=f"environment variable {self.url_env}")
+        return value
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_url(url: str, *, where: str = "url") -> None:
+    """An http(s) address with a host, or ``ValueError`` (a value read from the environment is never echoed)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = show(url) if where == "url" else f"a {parts.scheme or 'schemeless'} value"
+        raise ValueError(f"{where} must be an http:// or https:// address (got {shown})")
 
 
 class QualityAlertsConfig(_Section):

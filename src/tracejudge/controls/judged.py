@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tracejudge.config import JudgeRef, TraceJudgeConfig
-from tracejudge.judges.plan import WORKFLOW_TARGET, plan_for_target
+from tracejudge.judges.plan import WORKFLOW_TARGET, JudgePlan, build_plan
 from tracejudge.judges.registry import JudgeRegistry
 from tracejudge.mlflow_io.writer import PLAN
 
@@ -35,6 +35,7 @@ def plan_fingerprint(
     *,
     judges: Sequence[JudgeRef] | None = None,
     default_model: str = "gpt-4o-mini",
+    environment: str | None = None,
 ) -> str:
     """A short hash of what the plan judges with.
 
@@ -43,9 +44,15 @@ def plan_fingerprint(
     >>> len(plan_fingerprint(cfg, default_registry().with_config(cfg)))
     16
     """
+    plan = build_plan(config, registry, judges=judges, environment=environment)
+    return fingerprint(plan, config, default_model=default_model)
+
+
+def fingerprint(plan: JudgePlan, config: TraceJudgeConfig, *, default_model: str) -> str:
+    """:func:`plan_fingerprint` of a plan already built (the evaluation builds it once, for its jobs and this)."""
     rows = []
     for target in [WORKFLOW_TARGET, *sorted(config.judges.node_overrides)]:
-        for planned in plan_for_target(target, config, registry, judges=judges):
+        for planned in plan.for_target(target):
             model = "code" if planned.judge.kind == "code" else (planned.model or default_model)
             rows.append([target, planned.judge.name, planned.judge.version, model, round(planned.threshold, 6)])
     rows.sort()

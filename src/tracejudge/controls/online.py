@@ -172,7 +172,10 @@ def run_scan(runtime: Any, send: Callable[[Any], Any]) -> dict[str, Any]:
     from tracejudge.controls.sampling import sampling_decision
 
     config = runtime.config
-    fingerprint = plan_fingerprint(config, runtime.registry.with_config(config), default_model=runtime.settings.default_model)
+    fingerprint = plan_fingerprint(
+        config, runtime.registry.with_config(config), default_model=runtime.settings.default_model,
+        environment=runtime.settings.environment,
+    )
 
     def enqueue(trace_id: str, workflow: str) -> None:
         skip = sampling_decision(trace_id, config)

@@ -15,7 +15,7 @@ the environment threshold.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tracejudge.config import DEFAULT_ROOT_JUDGES, JudgeRef, TraceJudgeConfig
 from tracejudge.judges.model import AnyJudge
@@ -73,3 +73,38 @@ def plan_for_target(
             )
         )
     return planned
+
+
+@dataclass(frozen=True)
+class JudgePlan:
+    """The plan of every target at once, built once per evaluation (and per scan): the workflow root and each
+    ``node_overrides`` node by name, every other node ``others``.
+
+    >>> from tracejudge.config import load_config
+    >>> cfg = load_config({"observability": {"mlflow": {"judges": {"workflow_defaults": ["coherence"],
+    ...     "node_overrides": {"write": [{"name": "relevance", "threshold": 0.9}]}}}}})
+    >>> plan = build_plan(cfg, JudgeRegistry())
+    >>> [p.judge.name for p in plan.for_target("write")], [p.judge.name for p in plan.for_target("other")]
+    (['coherence', 'relevance'], ['coherence'])
+    """
+
+    targets: dict[str, list[PlannedJudge]] = field(default_factory=dict)
+    others: list[PlannedJudge] = field(default_factory=list)
+
+    def for_target(self, target: str) -> list[PlannedJudge]:
+        return self.targets.get(target, self.others)
+
+
+def build_plan(
+    config: TraceJudgeConfig,
+    registry: JudgeRegistry,
+    *,
+    judges: Sequence[JudgeRef] | None = None,
+    environment: str | None = None,
+) -> JudgePlan:
+    """:func:`plan_for_target` for the workflow root and each ``node_overrides`` key, and what every other node gets."""
+    names = [WORKFLOW_TARGET, *([] if judges is not None else config.judges.node_overrides)]
+    targets = {name: plan_for_target(name, config, registry, judges=judges, environment=environment) for name in names}
+    # every other node: the call's judges, else workflow_defaults; with no plan at all, only the root is judged
+    others = targets[WORKFLOW_TARGET] if judges is not None or config.has_plan else []
+    return JudgePlan(targets=targets, others=others)

@@ -30,13 +30,13 @@ from typing import Any
 from tracejudge.config import TraceJudgeConfig, log_unused_keys_once
 from tracejudge.judges import errors
 from tracejudge.judges.model import JudgeResult
-from tracejudge.judges.plan import plan_for_target
+from tracejudge.judges.plan import JudgePlan, build_plan
 from tracejudge.judges.registry import UnknownJudgeError
 from tracejudge.judges.runner import JudgeJob, run_judges
 from tracejudge.mlflow_io import writer
 from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady, check_trace_id
 from tracejudge.controls import counters
-from tracejudge.controls.judged import PLAN_TAG, has_plan, plan_fingerprint
+from tracejudge.controls.judged import PLAN_TAG, fingerprint, has_plan
 from tracejudge.payload import EvaluationRequest
 from tracejudge.ops import metrics
 from tracejudge.tasks.runtime import Runtime
@@ -127,9 +127,15 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                 workflow_name=loaded.workflow_name,
             )
         try:
-            jobs = plan_jobs(loaded, config, runtime, request)
+            plan = runtime_plan(config, runtime, request)  # built once: the jobs and the fingerprint come from it
+            jobs, sampled_out = plan_jobs(loaded, plan, runtime, request)
         except UnknownJudgeError as exc:
             return error_verdict(request.trace_id, UNKNOWN_JUDGE, exc.message, config, **fields)
+        if not jobs and sampled_out:  # the user's per-judge sampling left every judge out: not an error
+            return skipped_verdict(
+                request.trace_id, f"every judge was sampled out on this trace ({', '.join(sampled_out)}; judges.sampling.judges)",
+                config, evaluation_id=request.evaluation_id, workflow_name=loaded.workflow_name,
+            )
         if not jobs:
             return error_verdict(
                 request.trace_id,
@@ -195,6 +201,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             attempt=attempt,
             retry_of=request.retry_of,
             partial=request.judges is not None,
+            sampled_out=sampled_out,
         )
         if held.lost.is_set():  # another delivery may hold the lock now: let it write, and come back later
             raise EvaluationBusy(
@@ -207,16 +214,14 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         partial = request.judges is not None
         unwritten = [r for r in results if r.key not in on_trace]
         overrides = {r.key: superseded[(r.span_id, r.name)] for r in unwritten if r.key and (r.span_id, r.name) in superseded}
-        plan = None
-        if not partial:
-            plan = plan_fingerprint(config, runtime.registry.with_config(config), default_model=runtime.settings.default_model)
+        planned = None if partial else fingerprint(plan, config, default_model=runtime.settings.default_model)
         calls = runtime.store.result_calls(
-            request.trace_id, unwritten, evaluation_id=request.evaluation_id, overrides=overrides, plan=plan
+            request.trace_id, unwritten, evaluation_id=request.evaluation_id, overrides=overrides, plan=planned
         )
         if not partial:
             # the fingerprint goes on the trace as a tag only when no feedback carries it there (rare: every
             # result reused under a changed plan), so pick-up does not enqueue the trace again and again
-            plan_tag = plan if not unwritten and not has_plan(loaded.tags, loaded.assessments, plan) else None
+            plan_tag = planned if not unwritten and not has_plan(loaded.tags, loaded.assessments, planned) else None
             calls += summary_calls(runtime, loaded, verdict, config, plan=plan_tag)
         runtime.store.write_all(calls)
         if loaded.timestamp_ms:  # the trace's end to its verdict on the trace
@@ -264,7 +269,9 @@ def record_rollup(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict
     environment = request.environment or runtime.settings.environment or config.judges.environment or "production"
     try:
         record = record_from_verdict(verdict, timestamp_ms=loaded.timestamp_ms or int(time.time() * 1000), environment=environment)
-        runtime.state.record_rollup(record, experiment_id=loaded.experiment_id)
+        end_ms = loaded.timestamp_ms + loaded.duration_ms if loaded.timestamp_ms else None
+        lag = time.time() - end_ms / 1000 if end_ms else None  # the trace's end to its verdict on the trace
+        runtime.state.record_rollup(record, experiment_id=loaded.experiment_id, verdict=verdict, lag_seconds=lag)
     except Exception as exc:  # the verdict is in MLflow (the source of truth); the rollup is a fast copy
         log.warning("could not update the monitor rollups for %s: %s", loaded.trace_id, exc)
 
@@ -284,22 +291,31 @@ def retry_attempt(runtime: Runtime, retry_of: str | None) -> int:
         return 2
 
 
-def plan_jobs(loaded: LoadedTrace, config: TraceJudgeConfig, runtime: Runtime, request: EvaluationRequest) -> list[JudgeJob]:
-    """Every (target, judge) pair of the plan, each with its idempotency key.
+def runtime_plan(config: TraceJudgeConfig, runtime: Runtime, request: EvaluationRequest) -> JudgePlan:
+    """The request's plan of every target (its ``judges=``, its environment's thresholds)."""
+    return build_plan(config, runtime.registry.with_config(config), judges=request.judges, environment=request.environment)
 
-    A judge with its own rate (``sampling.judges``) runs only on the traces its rate samples.
+
+def plan_jobs(
+    loaded: LoadedTrace, plan: JudgePlan, runtime: Runtime, request: EvaluationRequest
+) -> tuple[list[JudgeJob], list[str]]:
+    """Every (target, judge) pair of the plan, each with its idempotency key, and the judges sampled out.
+
+    A judge with its own rate (``sampling.judges``) runs only on the traces its rate samples; the
+    names of those it left out of this trace come back second (the verdict says which gating judges
+    they were, and does not hold them against the trace).
     """
-    registry = runtime.registry.with_config(config)
+    config = request.config or runtime.config
     judge_rates = config.judges.sampling.judges
     jobs = []
     left_out = 0
+    sampled_out: set[str] = set()
     for target in loaded.targets:
-        for planned in plan_for_target(
-            target.node_id, config, registry, judges=request.judges, environment=request.environment
-        ):
+        for planned in plan.for_target(target.node_id):
             rate = judge_rates.get(planned.judge.name)
             if rate is not None and not request.gate and not judge_sampled(loaded.trace_id, planned.judge.name, rate):
                 left_out += 1
+                sampled_out.add(planned.judge.name)
                 continue
             model = planned.model or runtime.settings.default_model
             if planned.judge.kind == "code":
@@ -312,7 +328,7 @@ def plan_jobs(loaded: LoadedTrace, config: TraceJudgeConfig, runtime: Runtime, r
             )
     if left_out:
         count(runtime, loaded.workflow_name, counters.SKIPPED_JUDGE_SAMPLING, left_out)
-    return jobs
+    return jobs, sorted(sampled_out)
 
 
 def count(runtime: Runtime, workflow: str | None, event: str, n: int = 1) -> None:

@@ -223,12 +223,16 @@ class RedisState:
 
     # ------------------------------------------------------------------ monitoring rollups
 
-    def record_rollup(self, record: Any, *, experiment_id: str) -> None:
-        """Count one judged trace (a ``monitor.rollup.TraceRecord``) in the monitor's rollups: one round trip."""
+    def record_rollup(self, record: Any, *, experiment_id: str, verdict: Any = None, lag_seconds: float | None = None) -> None:
+        """Count one judged trace (a ``monitor.rollup.TraceRecord``) in the monitor's rollups, and with ``verdict``
+        in the pipeline's counts by verdict time (``ops.pipeline``: status, pipeline alerts): one round trip."""
         from tracejudge.monitor.rollup import record_verdict
+        from tracejudge.ops import pipeline
 
         pipe = self.redis.pipeline(transaction=False)
         record_verdict(pipe, record, experiment_id=experiment_id, prefix=self.prefix)
+        if verdict is not None:
+            pipeline.record_from_verdict(pipe, verdict, lag_seconds=lag_seconds, prefix=self.prefix)
         pipe.execute()
 
     # ------------------------------------------------------------------ per-trace lock
@@ -348,7 +352,7 @@ class NoRedisState:
     def async_redis(self) -> None:
         return None
 
-    def record_rollup(self, record: Any, *, experiment_id: str) -> None:
+    def record_rollup(self, record: Any, *, experiment_id: str, verdict: Any = None, lag_seconds: float | None = None) -> None:
         return None  # no Redis: the monitor reads MLflow
 
 
