@@ -159,8 +159,8 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        path = environ.get("PATH_INFO", "/")
+    def _app(self, request: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path = request.get("PATH_INFO", "/")  # the WSGI environ
         if path in ("/metrics", "/metrics/"):
             body = generate_latest(self.source)
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
