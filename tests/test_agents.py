@@ -241,3 +241,49 @@ def test_a_worker_judges_an_agent_and_the_prompt_carries_both_tool_calls_in_orde
     node_span = next(s.span_id for s in trace.data.spans if s.name == "node_agent")
     got = {(a.name, a.span_id) for a in trace.info.assessments if getattr(a, "feedback", None) is not None}
     assert got == {("tool_selection", node_span), ("task_completion", node_span)}
+
+
+# ----------------------------------------------------------------------------- tool metrics, no LLM call
+
+
+def test_tool_usage_per_trace_tool_and_node_in_the_verdict_report_and_run_metrics(worker, fake_llm):
+    import mlflow
+
+    import tracejudge
+    from tracejudge.display import format_verdict
+
+    config = {**AGENT_CONFIG, "observability": {"mlflow": {**AGENT_CONFIG["observability"]["mlflow"], "judges": {
+        **AGENT_CONFIG["observability"]["mlflow"]["judges"], "node_overrides": {"agent": [{"name": "tool_selection"}]}}}}}
+    with mlflow.start_run(run_name="agent-tools") as run:
+        trace_id = record_agent_trace(booking_failures=2)
+    before = fake_llm.stats()["requests"]
+    verdict = tracejudge.enqueue(trace_id, config=config, gate=True).verdict(timeout=60, raise_on_block=False)
+    assert fake_llm.stats()["requests"] - before == 1  # one judge; the tool figures cost no LLM call
+
+    usage = verdict.tool_usage
+    assert (usage.total.calls, usage.total.failed, usage.total.retries) == (4, 2, 2)
+    assert {k: (v.calls, v.failed, v.retries) for k, v in usage.tools.items()} == {"search_flights": (1, 0, 0), "book_flight": (3, 2, 2)}
+    assert {k: v.calls for k, v in usage.nodes.items()} == {"agent": 4}
+    spans = {s.span_id: s for s in MlflowClient().get_trace(trace_id).data.spans}
+    book_ms = [(s.end_time_ns - s.start_time_ns) / 1e6 for s in spans.values() if s.name == "book_flight"]
+    assert usage.tools["book_flight"].avg_duration_ms == pytest.approx(sum(book_ms) / 3, abs=0.01)
+
+    report = mlflow.artifacts.load_dict(verdict.artifact_uri)
+    assert report["tool_usage"]["calls"] == 4 and report["tool_usage"]["success_rate"] == 0.5
+    assert report["tool_usage"]["tools"]["book_flight"]["failed"] == 2
+    metrics = MlflowClient().get_run(run.info.run_id).data.metrics
+    assert metrics["total_tool_calls"] == 4 and metrics["tool_failed_calls"] == 2 and metrics["tool_retries"] == 2
+    assert metrics["tool_success_rate"] == 0.5 and metrics["unique_tools_used"] == 2
+    assert metrics["tool_calls/book_flight"] == 3 and metrics["tool_failed_calls/book_flight"] == 2
+    assert metrics["node_tool_calls/agent"] == 4
+    assert report["metrics"]["total_tool_calls"] == 4  # the report's metrics are the run's
+
+    assert "tool calls: 4, failed 2, retries 2: search_flights 1" in format_verdict(verdict)
+
+
+def test_a_trace_without_tools_has_no_tool_figures():
+    from tracejudge.verdict import QualityVerdict, quality_metrics, quality_report
+
+    verdict = QualityVerdict(trace_id="tr-1", status="passed", threshold=0.8)
+    assert "tool_usage" not in quality_report(verdict)
+    assert not any(k.startswith("tool") for k in quality_metrics(verdict))
