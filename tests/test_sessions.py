@@ -135,3 +135,43 @@ def test_a_custom_session_judge_reads_each_turns_tool_calls(worker, fake_llm, ex
     calls = text[text.index('name="conversation_tool_calls"'):]
     order = [calls.index(s) for s in ("[turn 1]", '"search_flights"', '"OSL"', "[turn 2]", '"book_flight"', '"K7Q2"', '"send_email"', "[turn 3]", "(no tool calls)")]
     assert order == sorted(order), calls
+
+
+def test_backfill_sessions_judges_past_conversations_the_record_does_not_show_judged(worker, fake_llm, experiment, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tracejudge.testing.conversations import record_conversation
+
+    judged_before = f"past-a-{uuid.uuid4().hex[:6]}"
+    never_judged = f"past-b-{uuid.uuid4().hex[:6]}"
+    a = record_conversation(judged_before, TURNS_TEXT[:2])
+    b = record_conversation(never_judged, TURNS_TEXT)
+    config_path = tmp_path / "tracejudge.yaml"
+    config_path.write_text(yaml.safe_dump({"observability": {"mlflow": {"judges": {
+        "sessions": {"judges": ["user_frustration"], "idle_seconds": 0.001},
+    }}}}))
+    assert tracejudge.enqueue_session(judged_before, experiment_id=experiment, config=str(config_path)).verdict(timeout=60).status == "passed"
+    fake_llm.reset()
+
+    dry = subprocess.run(
+        [sys.executable, "-m", "tracejudge", "backfill", "--experiment-id", experiment, "--sessions", "--dry-run", "--config", str(config_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: looked at 2 sessions: would enqueue 1, skipped as already judged 1" in dry.stdout
+    assert never_judged in dry.stdout and fake_llm.prompts_for() == []
+
+    run = subprocess.run(
+        [sys.executable, "-m", "tracejudge", "backfill", "--experiment-id", experiment, "--sessions", "--wait", "60", "--config", str(config_path)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "looked at 2 sessions: enqueued 1, skipped as already judged 1" in run.stdout
+    assert "(1 of 1 sessions judged)" in run.stdout
+    (messages,) = fake_llm.prompts_for("user_frustration")
+    assert "[turn 3]" in messages[-1]["content"]
+    assert [f.name for f in _session_feedbacks(b[0], never_judged)] == ["user_frustration"]
+    assert len(_session_feedbacks(a[0], judged_before, valid_only=False)) == 1  # not judged twice
