@@ -488,6 +488,14 @@ def _controls_lines(config: Any) -> list[str]:
         f"{online.delay_seconds:g} s after a trace ends (run `tracejudge beat`)"
         if online.experiments else "online pick-up: off"
     )
+    review = judges.review
+    if review.queue:
+        when = review.when
+        rules = [f"status {', '.join(when.status)}" if when.status else "",
+                 f"a score within {when.near_threshold:g} of its threshold" if when.near_threshold is not None else "",
+                 f"replies spread over {when.score_stdev_above:g}" if when.score_stdev_above is not None else ""]
+        lines.append(f"human review: to MLflow review queue {review.queue!r} on {' or '.join(r for r in rules if r) or 'nothing'}; "
+                     f"{review.rate:.0%} of them, at most {review.daily_max} a day")
     alerts = config.quality_alerts
     if alerts.active:
         sinks = ", ".join(sink.type for sink in alerts.sinks) or "none"
@@ -611,7 +619,9 @@ def _cannot_listen(host: str, port: int) -> str | None:
 def cmd_alerts_check(args: argparse.Namespace) -> int:
     from tracejudge.monitor.alerts import run_check_cli
 
-    return run_check_cli(config=args.config, experiment=args.experiment, as_json=args.json)
+    from tracejudge.worker import QUEUES
+
+    return run_check_cli(config=args.config, experiment=args.experiment, as_json=args.json, queues=QUEUES)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from tracejudge.config import TraceJudgeConfig, log_unused_keys_once
+from tracejudge.controls.review import route_for_review
 from tracejudge.judges import errors
 from tracejudge.judges.model import JudgeResult
 from tracejudge.judges.plan import JudgePlan, build_plan
@@ -39,6 +40,7 @@ from tracejudge.controls import counters
 from tracejudge.controls.judged import PLAN_TAG, fingerprint, has_plan
 from tracejudge.payload import EvaluationRequest
 from tracejudge.ops import metrics
+from tracejudge.tasks import rollup_step
 from tracejudge.tasks.runtime import Runtime
 from tracejudge.controls.sampling import filter_reason, judge_sampled
 from tracejudge.tasks.state import EvaluationBusy, RedisState
@@ -175,6 +177,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                 count(runtime, loaded.workflow_name, counters.BUDGET_EXCEEDED, len(over_budget))
                 if config.judges.budget.on_exceed == "defer":
                     done = [r for r in fresh if not _never_reused(r)]
+                    rollup_step.before_writeback(runtime, loaded)  # recorded when the deferred run writes its verdict
                     runtime.store.write_all(runtime.store.result_calls(request.trace_id, done, evaluation_id=request.evaluation_id))
                     raise EvaluationDeferred(
                         f"{len(over_budget)} judge call(s) of {request.trace_id} deferred to the next UTC day: "
@@ -220,12 +223,15 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             # result reused under a changed plan), so pick-up does not enqueue the trace again and again
             plan_tag = planned if not unwritten and not has_plan(loaded.tags, loaded.assessments, planned) else None
             calls += summary_calls(runtime, loaded, verdict, config, plan=plan_tag)
+        rollup_step.before_writeback(runtime, loaded)
         runtime.store.write_all(calls)
         if loaded.timestamp_ms:  # the trace's end to its verdict on the trace
             metrics.observe_trace_lag(time.time() - (loaded.timestamp_ms + loaded.duration_ms) / 1000)
         state.forget_results([r.key for r in unwritten if r.key])  # on the trace now: the cache has done its job
+        record_rollup(runtime, loaded, verdict, request, written=unwritten, overrides=overrides, plan=planned)
         if not partial:
-            record_rollup(runtime, loaded, verdict, request)
+            route_for_review(trace_id=request.trace_id, experiment_id=loaded.experiment_id, verdict=verdict, config=config,
+                             redis=getattr(state, "redis", None), key_prefix=getattr(state, "prefix", ""))
 
     log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
@@ -256,21 +262,29 @@ def lock_wait_seconds(execution: Any) -> float:
     return float(execution.trace_wait_seconds + execution.overall_timeout_seconds + LOCK_WAIT_MARGIN_SECONDS)
 
 
-def record_rollup(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, request: EvaluationRequest) -> None:
-    """Count the verdict in the monitor's Redis rollups (one pipelined round trip; never fails the evaluation)."""
-    if loaded.experiment_id is None:
-        return
-    from tracejudge.monitor.rollup import record_from_verdict
-
+def record_rollup(
+    runtime: Runtime,
+    loaded: LoadedTrace,
+    verdict: QualityVerdict,
+    request: EvaluationRequest,
+    *,
+    written: list[JudgeResult],
+    overrides: dict[str, str],
+    plan: str | None,
+) -> None:
+    """Replace the trace's contribution to the monitor's Redis rollups with what its record now says
+    (``tasks/rollup_step.py``: one script call; never fails the evaluation). A partial run writes no tags."""
     config = request.config or runtime.config
     environment = request.environment or runtime.settings.environment or config.judges.environment or "production"
-    try:
-        record = record_from_verdict(verdict, timestamp_ms=loaded.timestamp_ms or int(time.time() * 1000), environment=environment)
-        end_ms = loaded.timestamp_ms + loaded.duration_ms if loaded.timestamp_ms else None
-        lag = time.time() - end_ms / 1000 if end_ms else None  # the trace's end to its verdict on the trace
-        runtime.state.record_rollup(record, experiment_id=loaded.experiment_id, verdict=verdict, lag_seconds=lag)
-    except Exception as exc:  # the verdict is in MLflow (the source of truth); the rollup is a fast copy
-        log.warning("could not update the monitor rollups for %s: %s", loaded.trace_id, exc)
+    feedbacks = [writer.feedback(loaded.trace_id, r, evaluation_id=request.evaluation_id, plan=plan) for r in written]
+    partial = request.judges is not None
+    end_ms = loaded.timestamp_ms + loaded.duration_ms if loaded.timestamp_ms else None
+    rollup_step.record(
+        runtime, loaded, written=feedbacks, superseded=overrides.values(), tags={} if partial else verdict_tags(verdict),
+        environment=environment,
+        verdict=None if partial else verdict,  # the pipeline's counts by verdict time (ops.pipeline), same round trip
+        lag_seconds=time.time() - end_ms / 1000 if end_ms else None,  # the trace's end to its verdict on the trace
+    )
 
 
 def retry_attempt(runtime: Runtime, retry_of: str | None) -> int:
@@ -357,10 +371,7 @@ def summary_calls(
     run_id = store.report_run(loaded) if config.write_report else None
     if run_id is not None:
         verdict.artifact_uri = store.report_uri(run_id, loaded.trace_id)
-    tags = {
-        STATUS_TAG: verdict.status,
-        SCORE_TAG: "" if verdict.overall_score is None else f"{verdict.overall_score:.4f}",
-    }
+    tags = verdict_tags(verdict)
     if verdict.attempt > 1 or verdict.retry_of:
         tags[ATTEMPT_TAG] = str(verdict.attempt)
     if verdict.retry_of:
@@ -376,6 +387,11 @@ def summary_calls(
         step=loaded.timestamp_ms or 0,
         experiment_id=loaded.experiment_id,
     )
+
+
+def verdict_tags(verdict: QualityVerdict) -> dict[str, str]:
+    """The two tags every full evaluation writes: ``tracejudge.status`` and ``tracejudge.score``."""
+    return {STATUS_TAG: verdict.status, SCORE_TAG: "" if verdict.overall_score is None else f"{verdict.overall_score:.4f}"}
 
 
 def verdict_json(verdict: QualityVerdict) -> dict[str, Any]:

@@ -11,9 +11,6 @@ one Redis):
   makes no LLM calls again;
 * ``limiter``: the shared rate limit per LLM endpoint and model
   (``tracejudge:rate:...``, see :mod:`tracejudge.tasks.ratelimit`);
-* ``record_rollup``: the monitor's counters of judged traces
-  (``tracejudge:monitor:...``, see :mod:`tracejudge.monitor.rollup`), one
-  pipelined round trip per evaluated trace;
 * ``counters`` (``tracejudge:count:<name>``), ``watermarks``
   (``tracejudge:mark:<name>``) and ``seen`` (``tracejudge:seen:<trace>``):
   the home of budgets, sampling, cache-hit and monitoring counts, and of
@@ -221,20 +218,6 @@ class RedisState:
 
         return counters.read(self.redis, self.prefix, day)
 
-    # ------------------------------------------------------------------ monitoring rollups
-
-    def record_rollup(self, record: Any, *, experiment_id: str, verdict: Any = None, lag_seconds: float | None = None) -> None:
-        """Count one judged trace (a ``monitor.rollup.TraceRecord``) in the monitor's rollups, and with ``verdict``
-        in the pipeline's counts by verdict time (``ops.pipeline``: status, pipeline alerts): one round trip."""
-        from tracejudge.monitor.rollup import record_verdict
-        from tracejudge.ops import pipeline
-
-        pipe = self.redis.pipeline(transaction=False)
-        record_verdict(pipe, record, experiment_id=experiment_id, prefix=self.prefix)
-        if verdict is not None:
-            pipeline.record_from_verdict(pipe, verdict, lag_seconds=lag_seconds, prefix=self.prefix)
-        pipe.execute()
-
     # ------------------------------------------------------------------ per-trace lock
 
     @contextmanager
@@ -351,9 +334,6 @@ class NoRedisState:
 
     def async_redis(self) -> None:
         return None
-
-    def record_rollup(self, record: Any, *, experiment_id: str, verdict: Any = None, lag_seconds: float | None = None) -> None:
-        return None  # no Redis: the monitor reads MLflow
 
 
 def _renew_lock(lock: Any, stop: threading.Event, held: HeldLock, trace_id: str) -> None:
