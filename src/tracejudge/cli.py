@@ -370,8 +370,13 @@ def _wait_and_print(handle: Any, timeout: float, *, as_json: bool, queue: str | 
         else:
             verdict = handle.verdict(timeout=timeout, raise_on_block=False)
     except tracejudge.EvaluationTimeout as exc:
-        hint = hint or (_no_consumer(queue) if queue is not None else None)
-        print(f"error: {exc}" + (f": {hint}" if hint else ""), file=sys.stderr)
+        if queue is None:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        hint = hint or _no_consumer(queue)
+        # (the whole wait, not what was left of it after the early check)
+        print(f"error: no verdict for trace {handle.trace_id} (evaluation {handle.id}) within {timeout:g} s; state {handle.status}"
+              + (f": {hint}" if hint else ""), file=sys.stderr)
         return EXIT_ERROR
     except tracejudge.EvaluationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -49,6 +49,9 @@ class NodeStats(Stats):
     judge: str
     threshold: float | None = None
     histogram: list[int] = Field(default_factory=list, description="counts of scores in [0,0.1), ..., [0.9,1.0]")
+    histogram_below: list[int] = Field(
+        default_factory=list, description="of each bin's count, the results below their threshold (failed)"
+    )
     series: list[BucketPoint] = Field(default_factory=list)
 
 
