@@ -180,12 +180,7 @@ def session_assessments(assessments: Iterable[Any], session_id: str) -> list[Any
     found = []
     for assessment in assessments:
         metadata = getattr(assessment, "metadata", None) or {}
-        if (
-            metadata.get(SESSION) == session_id
-            and metadata.get(writer.KEY)
-            and getattr(assessment, "feedback", None) is not None
-            and getattr(assessment, "valid", True) is not False
-        ):
+        if metadata.get(SESSION) == session_id and writer.is_ours(assessment):  # valid, ours, not a person's
             found.append(assessment)
     return found
 
