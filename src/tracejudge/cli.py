@@ -133,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="wait for the verdicts (default up to 3600 s), then print the pass rate and error counts")
     p.add_argument("--resume", action="store_true", help="continue the same backfill after an interruption (Ctrl-C)")
     p.add_argument("--max-queue", type=int, default=1000, help="hold back while the queue has more messages than this (default 1000)")
+    p.add_argument("--sessions", action="store_true",
+                   help="judge past conversations (traces sharing mlflow.trace.session) with judges.sessions' judges instead of traces")
     p.add_argument("--config", help="YAML config file (default: $TRACEJUDGE_CONFIG)")
     p.set_defaults(func=cmd_backfill)
 
