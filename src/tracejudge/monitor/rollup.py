@@ -11,8 +11,9 @@ Per bucket (bucket start, ms) a flat mapping of counters:
 * ``traces``, ``status|passed``/``failed``/``error`` (the verdict; the gate's pass rate), ``band|<band>``,
   ``cost`` (USD, where the assessment metadata carries ``cost_usd``), ``err|<code>`` (judge and evaluation errors);
 * per (judge, node): ``j|<judge>|<node>|n`` (scored), ``|sum``, ``|sq`` (sum of squares), ``|below``
-  (below threshold), ``|e`` (errors), ``|v<score>`` (how many scored exactly that, to 0.001: the exact
-  percentiles, minimum, maximum and histogram of both sources, and a count, so it can be taken back).
+  (below threshold), ``|e`` (errors), ``|v<score>`` / ``|f<score>`` (how many passed / failed with exactly that
+  score, to 0.001: the exact percentiles, minimum, maximum and the histogram split at the threshold, for both
+  sources; counts, so they can be taken back).
 
 Beside the counters, per bucket: every trace's overall score (the lowest and highest traces) and up to 20 failing
 results (trace, judge, node, score, rationale or error) for themes and alert examples.
@@ -172,19 +173,19 @@ def trace_fields(trace: TraceRecord) -> dict[str, float]:
         out[base + "n"] += 1
         out[base + "sum"] += r.score
         out[base + "sq"] += r.score * r.score
-        out[base + value_field(r.score)] += 1
+        out[base + value_field(r.score, passed=r.passed)] += 1
         if not r.passed:
             out[base + "below"] += 1
     return out
 
 
-def value_field(score: float) -> str:
-    """The counter of one exact score (to 0.001).
+def value_field(score: float, *, passed: bool = True) -> str:
+    """The counter of one exact score (to 0.001): ``v`` when it passed, ``f`` when it failed its threshold.
 
-    >>> value_field(0.85), value_field(1.0)
-    ('v0.850', 'v1.000')
+    >>> value_field(0.85), value_field(1.0), value_field(0.72, passed=False)
+    ('v0.850', 'v1.000', 'f0.720')
     """
-    return f"v{score:.3f}"
+    return f"{'v' if passed else 'f'}{score:.3f}"
 
 
 def failure_examples(trace: TraceRecord) -> list[dict[str, Any]]:

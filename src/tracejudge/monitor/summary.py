@@ -87,6 +87,7 @@ class _Acc:
     def __init__(self) -> None:
         self.n = self.sum = self.sq = self.below = self.errors = 0.0
         self.values: dict[float, float] = defaultdict(float)  # score (to 0.001) -> how many
+        self.failing: dict[float, float] = defaultdict(float)  # the same, of results that failed their threshold
         self.series: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # n, sum, below
 
     def add(self, bucket: int, part: str, value: float) -> None:
@@ -105,14 +106,19 @@ class _Acc:
             self.errors += value
         elif part.startswith("v"):
             self.values[float(part[1:])] += value
+        elif part.startswith("f"):
+            self.values[float(part[1:])] += value
+            self.failing[float(part[1:])] += value
 
     @property
     def hist(self) -> list[float]:
         """Counts in tenths ([0, 0.1), ..., [0.9, 1.0]), from the exact scores."""
-        out = [0.0] * HIST_BINS
-        for score, count in self.values.items():
-            out[hist_bin(score)] += count
-        return out
+        return _tenths(self.values)
+
+    @property
+    def hist_failing(self) -> list[float]:
+        """Of those, the results below their threshold (a bin the threshold splits has both)."""
+        return _tenths(self.failing)
 
     def stats(self) -> dict[str, Any]:
         """Count, mean, variance, percentiles, lowest and highest score.
@@ -152,6 +158,13 @@ class _Acc:
             BucketPoint(start=iso(start), count=int(n), mean=_r(s / n) if n else None, failure_rate=_r(b / n) if n else None)
             for start, (n, s, b) in sorted(merged.items())
         ]
+
+
+def _tenths(values: dict[float, float]) -> list[float]:
+    out = [0.0] * HIST_BINS
+    for score, count in values.items():
+        out[hist_bin(score)] += count
+    return out
 
 
 def _r(value: float | None) -> float | None:
@@ -229,6 +242,7 @@ def summarise(
             node=node,
             threshold=rollup.thresholds.get((judge, node)),
             histogram=[int(h) for h in acc.hist],
+            histogram_below=[int(h) for h in acc.hist_failing],
             series=acc.points(width),
             **acc.stats(),
         )

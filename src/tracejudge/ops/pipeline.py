@@ -28,13 +28,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 __all__ = [
     "MAX_WINDOW_MINUTES", "PickupState", "PipelineBounds", "PipelineState", "Problem", "QueueState", "WindowCounts",
-    "WorkerInfo", "evaluate_pipeline_rule", "pipeline_problems", "read_window", "record_verdict", "track_held",
+    "WorkerInfo", "evaluate_pipeline_rule", "pipeline_problems", "read_state", "read_window", "record_verdict", "track_held",
 ]
 
 KEY = "tracejudge:pipeline:"
@@ -225,6 +226,41 @@ class Problem(BaseModel):
     message: str
     observed: Any = None
     bound: Any = None
+
+
+def read_state(
+    redis: Any,
+    *,
+    broker: Any,
+    queues: Sequence[str],
+    minutes: int,
+    prefix: str = "",
+    now: float | None = None,
+    workers: list[WorkerInfo] | None = None,
+) -> PipelineState:
+    """The pipeline's state from Redis (our counts) and a Redis broker (``broker``; None for RabbitMQ: no
+    queue readings): what the pipeline alert rules read, and ``tracejudge status`` with ``workers`` added."""
+    from tracejudge.ops.broker import read_queues
+
+    now = time.time() if now is None else now
+    readings = read_queues(broker, list(queues), prefix=prefix, now=now) if broker is not None and queues else {}
+    held = read_held(broker, prefix=prefix) if broker is not None else None
+    held_since = track_held(redis, held, now=now, prefix=prefix) if held is not None else None
+    return PipelineState(
+        now=now,
+        workers=workers,
+        queues={
+            name: QueueState(
+                depth=r.depth,
+                oldest_age_seconds=r.oldest_age_seconds,
+                consumers=None if workers is None else [w.name for w in workers if name in w.queues],
+            )
+            for name, r in readings.items()
+        },
+        held=held,
+        held_since=held_since,
+        window=read_window(redis, minutes=minutes, now=now, prefix=prefix),
+    )
 
 
 def pipeline_problems(state: PipelineState, bounds: PipelineBounds) -> list[Problem]:

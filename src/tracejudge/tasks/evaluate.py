@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 #: A delivery waits this much longer than another holder of the trace's lock may need (see :func:`lock_wait_seconds`).
 LOCK_WAIT_MARGIN_SECONDS = 30.0
+#: The judging's wait on the event loop ends this long after its overall deadline (``tasks.loop.LoopStalled``):
+#: the deadline itself is a callback of the loop, and a judge that blocks the loop stops it.
+LOOP_WAIT_MARGIN_SECONDS = 30.0
 
 # Error codes of evaluations that could not run at all (permanent: no retry).
 TRACE_NOT_FOUND = "TRACE_NOT_FOUND"
@@ -145,12 +148,11 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                 workflow_name=loaded.workflow_name,
             )
         # Only final results are reused (a score, a permanent error of the input). A transient failure
-        # (timeout, rate limit, provider error, deadline, budget...) is judged again, and the new result
-        # supersedes the failed assessment, so a trace never shows two valid ones for one (target, judge).
+        # (timeout, rate limit, provider error, deadline, budget...) is judged again. Every new result
+        # supersedes our valid assessment at its (span, judge), whatever changed (threshold, model, rubric,
+        # version: a new key), so a trace never shows two valid ones of ours for one (span, judge).
         on_trace = writer.existing_results(loaded.assessments)
-        superseded = writer.superseded_ids(loaded.assessments, transient=True)
         if request.force:  # re-judge everything; the new assessments supersede ours already there
-            superseded = writer.superseded_ids(loaded.assessments)
             on_trace = {}
             known: dict[str, JudgeResult] = {}
         else:
@@ -169,7 +171,8 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                     deadline=deadline,
                     limiter=runtime.limiter(execution.rate_limit_per_second),
                     controls=runtime.controls(config, use_cache=not request.force),
-                )
+                ),
+                timeout=execution.overall_timeout_seconds + LOOP_WAIT_MARGIN_SECONDS,
             )
             state.cache_results([r for r in fresh if writer.is_final(r)])  # transient failures are judged again
             over_budget = [r for r in fresh if r.error is not None and r.error.type == errors.BUDGET_EXCEEDED]
@@ -177,8 +180,14 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                 count(runtime, loaded.workflow_name, counters.BUDGET_EXCEEDED, len(over_budget))
                 if config.judges.budget.on_exceed == "defer":
                     done = [r for r in fresh if not _never_reused(r)]
+                    check_lock(held, request.trace_id)
                     rollup_step.before_writeback(runtime, loaded)  # recorded when the deferred run writes its verdict
-                    runtime.store.write_all(runtime.store.result_calls(request.trace_id, done, evaluation_id=request.evaluation_id))
+                    runtime.store.write_all(
+                        runtime.store.result_calls(
+                            request.trace_id, done, evaluation_id=request.evaluation_id,
+                            overrides=writer.supersedes(loaded.assessments, done),
+                        )
+                    )
                     raise EvaluationDeferred(
                         f"{len(over_budget)} judge call(s) of {request.trace_id} deferred to the next UTC day: "
                         f"{over_budget[0].error.message}",
@@ -203,17 +212,12 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             sampled_out=sampled_out,
             tool_usage=trace_tool_usage(loaded),
         )
-        if held.lost.is_set():  # another delivery may hold the lock now: let it write, and come back later
-            raise EvaluationBusy(
-                f"the evaluation lock of {request.trace_id} was lost before the write-back; retrying later "
-                "(judged results wait in Redis)"
-            )
         # One concurrent batch: the assessments not yet on the trace, the tags, the report and metrics.
         # A partial run (judges=...) writes its assessments only, without the plan's fingerprint: the full
         # evaluation's tags, report and run metrics stay as they are, and pick-up does not count it as judged.
         partial = request.judges is not None
         unwritten = [r for r in results if r.key not in on_trace]
-        overrides = {r.key: superseded[(r.span_id, r.name)] for r in unwritten if r.key and (r.span_id, r.name) in superseded}
+        overrides = writer.supersedes(loaded.assessments, unwritten)
         planned = None if partial else fingerprint(plan, config, default_model=runtime.settings.default_model)
         calls = runtime.store.result_calls(
             request.trace_id, unwritten, evaluation_id=request.evaluation_id, overrides=overrides, plan=planned
@@ -223,6 +227,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             # result reused under a changed plan), so pick-up does not enqueue the trace again and again
             plan_tag = planned if not unwritten and not has_plan(loaded.tags, loaded.assessments, planned) else None
             calls += summary_calls(runtime, loaded, verdict, config, plan=plan_tag)
+        check_lock(held, request.trace_id)  # right before the write-back: still ours, asked of Redis
         rollup_step.before_writeback(runtime, loaded)
         runtime.store.write_all(calls)
         if loaded.timestamp_ms:  # the trace's end to its verdict on the trace
@@ -235,6 +240,20 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
 
     log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
+
+
+def check_lock(held: Any, trace_id: str) -> None:
+    """Right before a write-back: the trace's lock must still be ours (asked of Redis, not only the renewer).
+
+    Lost (expired while this process was paused, say), another delivery may hold it and write now: writing
+    too would put two results of ours on one (span, judge). So nothing is written: :class:`EvaluationBusy`,
+    the task retries later, and the judged results wait in Redis.
+    """
+    if not held.still_held():
+        raise EvaluationBusy(
+            f"the evaluation lock of {trace_id} was lost before the write-back; retrying later "
+            "(judged results wait in Redis)"
+        )
 
 
 def trace_wait_left(trace_wait_seconds: float, *, started: float, now: float | None = None) -> float:
