@@ -83,7 +83,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def to_table(s: QualitySummary) -> str:
     """Fits an 100-column terminal."""
-    lines = _header_lines(s) + [""]
+    lines = _header_lines(s) + ([f"source: {s.source_note}"] if s.source_note else []) + [""]
     lines += _table(NODE_HEADER, _node_rows(s))
     if s.buckets:
         lines += ["", f"per {s.bucket}:"]
@@ -121,7 +121,7 @@ def to_table(s: QualitySummary) -> str:
 def to_markdown(s: QualitySummary) -> str:
     """For a CI job summary (``>> $GITHUB_STEP_SUMMARY``)."""
     head, totals = _header_lines(s)
-    out = [f"### {head}", "", totals, "", "| " + " | ".join(NODE_HEADER) + " |", "|" + "---|" * len(NODE_HEADER)]
+    out = [f"### {head}", "", totals, *(["", f"_Source: {s.source_note}_"] if s.source_note else []), "", "| " + " | ".join(NODE_HEADER) + " |", "|" + "---|" * len(NODE_HEADER)]
     out += ["| " + " | ".join(r) + " |" for r in _node_rows(s)]
     if s.error_codes:
         out += ["", "**Errors:** " + ", ".join(f"`{k}` {v}" for k, v in s.error_codes.items())]
