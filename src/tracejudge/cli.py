@@ -499,7 +499,7 @@ def _controls_lines(config: Any) -> list[str]:
                      f"{review.rate:.0%} of them, at most {review.daily_max} a day")
     alerts = config.quality_alerts
     if alerts.active:
-        sinks = ", ".join(sink.type for sink in alerts.sinks) or "none"
+        sinks = ", ".join(sink.type + (f" (url from ${sink.url_env})" if sink.url_env else "") for sink in alerts.sinks) or "none"
         lines.append(f"alerts: every {alerts.check_every_seconds / 60:g} min over {alerts.window_minutes} min, to {sinks}:")
         lines += [f"  - {rule.label}" for rule in alerts.rules]
     else:
