@@ -129,3 +129,114 @@ def test_the_offline_gate_exits_by_the_online_rule(judged_experiment, tmp_path, 
     assert main(["evaluate", "--dataset", "no-such-dataset", "--config", str(config)]) == 2
     assert "no evaluation dataset named 'no-such-dataset'" in capsys.readouterr().err
     sys.modules.pop("candidate_app", None)
+
+
+def _queue_items(experiment_id: str, queue: str) -> list[str]:
+    from mlflow.genai.review_queues import get_review_queue, list_review_queue_items
+
+    queue_id = get_review_queue(name=queue, experiment_id=experiment_id).queue_id
+    return sorted(item.item_id for item in list_review_queue_items(queue_id))
+
+
+def test_workers_route_matching_traces_to_an_mlflow_review_queue(worker, pipeline_env, redis_url):
+    import redis
+
+    from tracejudge.controls import review
+
+    queue = f"judge-review-{time.time_ns()}"
+    config = {"observability": {"mlflow": {"judges": {
+        "workflow_defaults": [{"name": "relevance", "threshold": 0.7}],
+        "review": {"queue": queue, "when": {"status": ["failed"], "near_threshold": 0.05}, "daily_max": 2},
+    }}}}
+    experiment_id = mlflow.create_experiment(f"review-{time.time_ns()}")
+    mlflow.set_experiment(experiment_id=experiment_id)
+    try:
+        ids = {
+            "far": record_plain_trace("q1", "fine [[tj:score=0.95]]"),      # passed, far from the threshold: not sent
+            "near": record_plain_trace("q2", "close [[tj:score=0.73]]"),    # passed, within 0.05: sent
+            "failed": record_plain_trace("q3", "bad [[tj:score=0.2]]"),     # failed: sent
+            "capped": record_plain_trace("q4", "bad too [[tj:score=0.1]]"),  # failed, but today's 2 slots are taken
+        }
+    finally:
+        mlflow.set_experiment("tracejudge-tests")
+    for key in ("far", "near", "failed", "capped"):
+        tracejudge.enqueue(ids[key], config=config, gate=True).verdict(timeout=60)
+    assert _queue_items(experiment_id, queue) == sorted([ids["near"], ids["failed"]])
+    # the queue's label schemas are the judges', numeric 0..1: a reviewer's answer is HUMAN feedback under that name
+    from mlflow.genai.label_schemas import get_label_schema
+
+    schema = get_label_schema("relevance", experiment_id=experiment_id)
+    assert schema.input.min_value == 0.0 and schema.input.max_value == 1.0
+    client = redis.Redis.from_url(redis_url)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert int(client.get(f"{pipeline_env['TRACEJUDGE_KEY_PREFIX']}tracejudge:review:{day}")) == 2
+    assert review.review_reason  # the module the worker used
+
+
+def test_a_store_without_review_queues_is_said_once_and_left_alone(monkeypatch, caplog, redis_url):
+    import fakeredis
+    from mlflow.exceptions import MlflowException
+
+    from tracejudge.config.review import ReviewConfig
+    from tracejudge.controls.review import ReviewRouter
+    from tracejudge.verdict import QualityVerdict
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(1)
+        raise MlflowException("review queues are not supported by this server", error_code="ENDPOINT_NOT_FOUND")
+
+    monkeypatch.setattr("mlflow.genai.review_queues.get_review_queue", refuse)
+    monkeypatch.setattr("mlflow.genai.label_schemas.get_label_schema", refuse)
+    router = ReviewRouter()
+    failed = QualityVerdict(trace_id="tr-1", status="failed", threshold=0.8)
+    with caplog.at_level("WARNING", logger="tracejudge.controls.review"):
+        for n in range(3):
+            assert router.route(trace_id=f"tr-{n}", experiment_id="1", verdict=failed, review=ReviewConfig(queue="q"),
+                                redis=fakeredis.FakeRedis(), key_prefix="") is None
+    assert len(calls) == 1  # asked once, then left alone
+    said = [r.getMessage() for r in caplog.records if "review routing is off" in r.getMessage()]
+    assert len(said) == 1 and "no review queues" in said[0]
+
+
+def test_optimize_registers_an_improved_prompt_with_our_judges_as_the_objective(pipeline_env, tmp_path, monkeypatch, capsys):
+    """The fake LLM shows plumbing, not better prompts: it appends a sentence, and the app scores higher with it."""
+    from tracejudge.testing.fake_llm import REWRITE_SUFFIX
+
+    name = f"qa_{time.time_ns()}"
+    prompt = mlflow.genai.register_prompt(name=name, template="Answer the question: {{question}}")
+    rows = f"opt-rows-{time.time_ns()}"
+    mlflow.genai.datasets.create_dataset(name=rows).merge_records(
+        [{"inputs": {"question": q}} for q in ("What is MLflow?", "What is Redis?", "What is Celery?")]
+    )
+    app = tmp_path / "prompted_app.py"
+    app.write_text(textwrap.dedent(f'''
+        import mlflow
+
+        PROMPT = "prompts:/{name}/1"
+        CURRENT = {{"uri": PROMPT}}
+
+        def answer(question):
+            template = mlflow.genai.load_prompt(CURRENT["uri"]).template
+            good = {REWRITE_SUFFIX!r} in template  # the test server's rewrite: its marker says how good
+            return f"An answer to {{question}}. " + ("[[tj:score=0.9]]" if good else "[[tj:score=0.4]]")
+    '''))
+    config = tmp_path / "tracejudge.yaml"
+    config.write_text(json.dumps({**CONFIG, "optimization": {"enabled": True, "metric": "quality_score",
+                                                             "target": "maximize", "strategy": "BootstrapFewShot"}}))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    code = main(["optimize", "--prompt", prompt.uri, "--dataset", rows, "--predict", "prompted_app:answer", "--config", str(config)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    improved = mlflow.genai.load_prompt(f"prompts:/{name}/2")
+    assert improved.template == "Answer the question: {{question}}" + REWRITE_SUFFIX
+    assert f"registered prompts:/{name}/2" in out and "MetaPrompt" in out
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({"optimization": {"strategy": "simulated_annealing"}}))
+    assert main(["optimize", "--prompt", prompt.uri, "--dataset", rows, "--predict", "prompted_app:answer", "--config", str(bad)]) == 2
+    assert "unknown strategy 'simulated_annealing'" in capsys.readouterr().err
+    sys.modules.pop("prompted_app", None)

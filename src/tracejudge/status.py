@@ -87,50 +87,49 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def gather(settings: Any, config: Any, redis: Any, *, inspect_timeout: float = 1.0) -> tuple[Any, Any]:
-    """The pipeline's state now, and today's spend report."""
-    from tracejudge.ops.pipeline import PipelineState, QueueState, read_window, track_held
+    """The pipeline's state now (``ops.pipeline.read_state`` with the live workers), and today's spend report."""
+    from tracejudge.ops.pipeline import QueueState, read_state
     from tracejudge.tasks.state import RedisState
     from tracejudge.worker import QUEUES, get_app
-    from tracejudge.worker.consumers import consumers_of, inspect_workers
+    from tracejudge.worker.consumers import inspect_workers
 
     now = time.time()
     prefix = settings.key_prefix
     app = get_app()
     workers = inspect_workers(app, timeout=inspect_timeout)
-    readings, held = read_broker(settings, app, list(QUEUES))
-    queues = {
-        name: QueueState(depth=r.depth, oldest_age_seconds=r.oldest_age_seconds, consumers=consumers_of(name, workers))
-        for name, r in readings.items()
-    }
-    held_since = track_held(redis, held, now=now, prefix=prefix) if held is not None and settings.broker_is_redis else None
-    window = read_window(redis, minutes=WINDOW_MINUTES, now=now, prefix=prefix)
+    broker = broker_client(settings)
+    pipeline = read_state(redis, broker=broker, queues=QUEUES, minutes=WINDOW_MINUTES, prefix=prefix, now=now, workers=workers)
+    if broker is None:  # RabbitMQ: depth from a passive declare, no age
+        pipeline.queues = {
+            name: QueueState(depth=depth, consumers=[w.name for w in workers if name in w.queues])
+            for name, depth in rabbit_depths(app, list(QUEUES)).items()
+        }
     state = RedisState(redis, prefix=prefix)
-    spend = state.spend(limit_usd=config.judges.budget.daily_usd)
-    return PipelineState(now=now, workers=workers, queues=queues, held=held, held_since=held_since, window=window,
-                         pickup=read_pickup(state, now=now)), spend
+    pipeline.pickup = read_pickup(state, now=now)
+    return pipeline, state.spend(limit_usd=config.judges.budget.daily_usd)
 
 
-def read_broker(settings: Any, app: Any, queues: list[str]) -> tuple[dict[str, Any], int | None]:
-    """Each queue's depth and oldest message age, and the messages workers hold (Redis; RabbitMQ: depth only)."""
-    from tracejudge.ops.broker import QueueReading, read_queues
-    from tracejudge.ops.pipeline import read_held
+def broker_client(settings: Any) -> Any:
+    """A Redis client of the broker, or None when the broker is RabbitMQ."""
+    if not settings.broker_is_redis:
+        return None
+    import redis as redis_lib
 
-    if settings.broker_is_redis:
-        import redis as redis_lib
+    return redis_lib.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=5)
 
-        broker = redis_lib.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=5)
-        return read_queues(broker, queues, prefix=settings.key_prefix), read_held(broker, prefix=settings.key_prefix)
+
+def rabbit_depths(app: Any, queues: list[str]) -> dict[str, int]:
+    """Messages ready on each RabbitMQ queue (a passive declare; 0 for a queue nobody declared yet)."""
     out = {}
     with app.connection_for_read() as connection:
-        channel = connection.default_channel
         for name in queues:
             try:
-                depth = channel.queue_declare(queue=name, passive=True).message_count
-            except Exception:  # not declared yet: nobody has used it
-                channel = connection.channel()
-                depth = 0
-            out[name] = QueueReading(depth=int(depth), oldest_age_seconds=None)
-    return out, None
+                out[name] = int(connection.default_channel.queue_declare(queue=name, passive=True).message_count)
+            except Exception:  # not declared yet (the channel is closed by the broker: take a new one)
+                connection.close()
+                connection.connect()
+                out[name] = 0
+    return out
 
 
 def read_pickup(state: Any, *, now: float) -> list[Any]:
@@ -163,15 +162,15 @@ def to_report(state: Any, problems: list[Any], spend: Any) -> dict[str, Any]:
         "problems": [p.message for p in problems],
         "checked_at": iso(state.now),
         "workers": [worker.model_dump() for worker in state.workers or []],
-        "queues": {name: q.model_dump() for name, q in state.queues.items()},
+        "queues": {name: {**q.model_dump(), "oldest_age_seconds": _round(q.oldest_age_seconds)} for name, q in state.queues.items()},
         "held_by_workers": state.held,
         f"last_{w.minutes}_minutes": {
             "verdicts": w.verdicts,
             "verdicts_total": w.total,
             "judge_results": w.judge_results,
             "judge_errors": w.judge_errors,
-            "trace_lag_p95_seconds": w.lag_p95_seconds,
-            "last_verdict_age_seconds": None if w.last_verdict_age_seconds is None else round(w.last_verdict_age_seconds, 1),
+            "trace_lag_p95_seconds": _round(w.lag_p95_seconds, 3),
+            "last_verdict_age_seconds": _round(w.last_verdict_age_seconds),
         },
         "pickup": [
             {"experiment": p.experiment, "watermark": iso(p.watermark_ms / 1000), "lag_seconds": round(p.lag_seconds, 1)}
@@ -217,6 +216,10 @@ def print_table(report: dict[str, Any]) -> None:
     s = report["spend"]
     budget = f" of ${s['budget_usd']:g} (${s['remaining_usd']:.4f} left)" if s["budget_usd"] is not None else " (no daily budget set)"
     console.print(f"spend on {s['day']} (UTC): ${s['spent_usd']:.4f}{budget}")
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _unknown(message: str, args: argparse.Namespace | None = None) -> int:

@@ -13,6 +13,12 @@
         - {kind: variance_increase, factor: 2.0}
         - {kind: new_failure_type}
         - {kind: gate_pass_rate, below: 0.9}
+        - {kind: session_failure_rate, above: 0.3}    # conversations (judges.sessions) failing a session judge
+        # the pipeline itself (all experiments; see docs/pipeline-health.md)
+        - {kind: pipeline_lag, seconds: 300}          # p95 trace end -> verdict above 5 min
+        - {kind: backlog, depth: 1000, seconds: 600}  # a queue deeper than 1000 or its oldest message older than 10 min
+        - {kind: no_verdicts, minutes: 15}            # no verdict for 15 min while messages wait (or workers hold them)
+        - {kind: judge_error_rate, above: 0.2}        # over 20% of judge results end in one error code
       sinks:
         - {type: webhook, url: "https://hooks.example/abc"}
         - {type: slack, url_env: SLACK_WEBHOOK_URL}   # the address from the environment: no secret in YAML
@@ -38,7 +44,16 @@ RULE_NEEDS: dict[str, tuple[str, ...]] = {
     "variance_increase": ("factor",),
     "new_failure_type": (),
     "gate_pass_rate": ("below",),
+    # conversations (judges.sessions): the share of sessions judged in the window with a result below threshold
+    "session_failure_rate": ("above",),
+    # the pipeline's health (tracejudge.ops.pipeline; evaluated at the end of tracejudge.monitor.alert_rules)
+    "pipeline_lag": ("seconds",),
+    "backlog": ("depth", "seconds"),
+    "no_verdicts": ("minutes",),
+    "judge_error_rate": ("above",),
 }
+#: The rule kinds about the pipeline (all experiments), not about one experiment's judged quality.
+PIPELINE_KINDS = ("pipeline_lag", "backlog", "no_verdicts", "judge_error_rate")
 RULE_KINDS = tuple(RULE_NEEDS)
 _Positive = Annotated[float, BeforeValidator(_no_bool), Field(gt=0)]
 
@@ -46,7 +61,7 @@ _Positive = Annotated[float, BeforeValidator(_no_bool), Field(gt=0)]
 class AlertRule(_Section):
     """One rule; ``judge`` / ``node`` narrow it (default: every judge on every node)."""
 
-    #: The rule: quality_drop, failure_rate, variance_increase, new_failure_type or gate_pass_rate.
+    #: The rule: quality_drop, failure_rate, variance_increase, new_failure_type, gate_pass_rate, session_failure_rate; about the pipeline: pipeline_lag, backlog, no_verdicts, judge_error_rate.
     kind: str
     #: A name for the alert (default: made from the rule).
     name: str | None = None
@@ -56,12 +71,22 @@ class AlertRule(_Section):
     node: str | None = None
     #: Fires when the figure is below this (quality_drop, gate_pass_rate).
     below: Score | None = None
-    #: Fires when the figure is above this (failure_rate).
+    #: Fires when the figure is above this (failure_rate, session_failure_rate, judge_error_rate).
     above: Score | None = None
     #: Fires when the mean drops by this much against the baseline (quality_drop).
     drop_by: Score | None = None
     #: Fires when the variance grows by this factor against the baseline (variance_increase).
     factor: _Positive | None = None
+    #: Fires above this many seconds: the p95 trace lag (pipeline_lag), the oldest message's wait (backlog).
+    seconds: _Positive | None = None
+    #: Fires when a queue holds more messages than this (backlog).
+    depth: Annotated[int, BeforeValidator(_no_bool), Field(ge=0)] | None = None
+    #: Fires after this many minutes without a verdict while work waits as long (no_verdicts).
+    minutes: _Positive | None = None
+    #: Only this queue (backlog; default every queue), e.g. tracejudge.gate.
+    queue: str | None = None
+    #: Only this error code (judge_error_rate; default each code on its own), e.g. JUDGE_TIMEOUT.
+    code: str | None = None
     min_count: int = Field(5, ge=1, description="fewer scored results in the window than this: the rule stays quiet")
 
     @field_validator("kind")
@@ -80,6 +105,8 @@ class AlertRule(_Section):
         need = RULE_NEEDS[self.kind]
         if need and all(getattr(self, k) is None for k in need):
             raise ValueError(f"a {self.kind} rule needs {' or '.join(need)}")
+        if self.kind in PIPELINE_KINDS and (self.judge or self.node):
+            raise ValueError(f"a {self.kind} rule is about the whole pipeline: it takes no judge or node")
         return self
 
     @property
@@ -96,7 +123,10 @@ class AlertRule(_Section):
             parts.append(f"node {self.node}")
         if self.judge:
             parts.append(self.judge)
-        for key in ("below", "above", "drop_by", "factor"):
+        for key in ("queue", "code"):
+            if getattr(self, key):
+                parts.append(getattr(self, key))
+        for key in ("below", "above", "drop_by", "factor", "seconds", "depth", "minutes"):
             value = getattr(self, key)
             if value is not None:
                 parts.append(f"{key} {value:g}")
@@ -109,7 +139,7 @@ class AlertSink(_Section):
     #: Where alerts go: `webhook` (JSON POST), `slack` (incoming webhook) or `log`.
     type: Literal["webhook", "slack", "log"]
     #: The webhook or Slack URL (a secret: prefer `url_env`).
-    url: str | None = None
+    url: str | None = Field(None, repr=False)
     #: The environment variable holding the URL, read when an alert is sent (so the YAML holds no secret).
     url_env: str | None = None
     #: Seconds one delivery attempt may take.

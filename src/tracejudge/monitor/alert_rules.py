@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
 
-from tracejudge.config.alerts import AlertRule
+from tracejudge.config.alerts import PIPELINE_KINDS, AlertRule
 from tracejudge.monitor.models import JudgeStats, NodeStats, QualitySummary
 
 
@@ -158,6 +158,27 @@ def failure_rate(rule: AlertRule, ctx: RuleContext) -> Evaluation:
     return Evaluation(holds, rate, brate, f"{_scope(rule)}: {_f(rate)} below threshold (baseline {_f(brate)}), alert above {rule.above:g}")
 
 
+@rule_kind("session_failure_rate")
+def session_failure_rate(rule: AlertRule, ctx: RuleContext) -> Evaluation:
+    """Conversations judged in the window failing (below threshold or errored): all, or one session judge's share below."""
+
+    def rate(summary: QualitySummary) -> tuple[int, float | None]:
+        f = summary.sessions
+        if f is None:
+            return 0, None
+        if rule.judge is None:
+            return f.sessions, f.failure_rate
+        hit = next((j for j in f.judges if j.judge == rule.judge), None)
+        return (hit.count, hit.failure_rate) if hit else (0, None)
+
+    (n, observed), (_, base) = rate(ctx.window), rate(ctx.baseline)
+    scope = f"sessions ({rule.judge})" if rule.judge else "sessions"
+    if n < rule.min_count:
+        return Evaluation(False, observed, base, f"{scope}: {n} judged in the window (rule needs {rule.min_count})")
+    holds = observed is not None and observed > (rule.above or 0)
+    return Evaluation(holds, observed, base, f"{scope}: {_f(observed)} failing (baseline {_f(base)}), alert above {rule.above:g}")
+
+
 @rule_kind("variance_increase")
 def variance_increase(rule: AlertRule, ctx: RuleContext) -> Evaluation:
     if quiet := _too_few(rule, ctx):
@@ -166,3 +187,42 @@ def variance_increase(rule: AlertRule, ctx: RuleContext) -> Evaluation:
     bn, _, bvar, _, _ = scoped(ctx.baseline, rule)
     holds = var is not None and bvar is not None and bn >= rule.min_count and var > (rule.factor or 0) * max(bvar, 1e-6)
     return Evaluation(holds, var, bvar, f"{_scope(rule)}: variance {_f(var)} vs baseline {_f(bvar)} (alert at x{rule.factor:g})")
+
+
+# ---------------------------------------------------------------------------------------------- the pipeline
+# pipeline_lag, backlog, no_verdicts, judge_error_rate: about the whole pipeline (every experiment the workers
+# judge), not the watched experiment's quality. They read the pipeline's state once per check
+# (tracejudge.ops.pipeline.read_state: the workers' verdict counts and trace lag over window_minutes, each
+# queue's depth and oldest message from a Redis broker) and ask tracejudge.ops.pipeline.evaluate_pipeline_rule,
+# the conditions `tracejudge status` uses too. The queues come from the caller (check_alerts(queues=...): the
+# worker's beat task and the CLI pass tracejudge.worker.QUEUES); without them a backlog rule stays quiet.
+
+
+def pipeline_state(ctx: RuleContext) -> Any:
+    """The pipeline's state for this check, read once and shared by every pipeline rule."""
+    if "pipeline_state" not in ctx.extra:
+        from tracejudge.config import Settings
+        from tracejudge.ops.pipeline import read_state
+
+        settings = Settings.from_env()
+        broker = None
+        if settings.broker_is_redis and ctx.extra.get("queues"):  # RabbitMQ: no queue readings here
+            import redis as redis_lib
+
+            broker = redis_lib.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=5)
+        ctx.extra["pipeline_state"] = read_state(
+            ctx.redis, broker=broker, queues=tuple(ctx.extra.get("queues") or ()),
+            minutes=int(ctx.extra.get("window_minutes") or 15), prefix=ctx.prefix, now=ctx.now_ms / 1000,
+        )
+    return ctx.extra["pipeline_state"]
+
+
+def _pipeline_rule(rule: AlertRule, ctx: RuleContext) -> Evaluation:
+    from tracejudge.ops.pipeline import evaluate_pipeline_rule
+
+    holds, observed, message = evaluate_pipeline_rule(rule, pipeline_state(ctx))
+    return Evaluation(holds, observed, None, message)
+
+
+for _kind in PIPELINE_KINDS:
+    rule_kind(_kind)(_pipeline_rule)

@@ -85,7 +85,9 @@ def rule_id(rule: AlertRule, experiment_id: str) -> str:
     >>> len(rule_id(AlertRule(kind="failure_rate", above=0.2), "1"))
     16
     """
-    blob = json.dumps([experiment_id, rule.model_dump(mode="json")], sort_keys=True)
+    # the pipeline rules' fields only when set, so the ids of rules written before them stay the same
+    unset = {k for k in ("seconds", "depth", "minutes", "queue", "code") if getattr(rule, k) is None}
+    blob = json.dumps([experiment_id, rule.model_dump(mode="json", exclude=unset)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -112,6 +114,7 @@ def check_alerts(
     prefix: str | None = None,
     known_judges: set[str] | None = None,
     known_nodes: set[str] | None = None,
+    queues: tuple[str, ...] = (),
 ) -> CheckResult:
     """Check every rule once, deliver what sinks are owed, and return each rule's outcome and deliveries.
 
@@ -130,6 +133,7 @@ def check_alerts(
         summarise_window=lambda: summarise(MonitorQuery(experiment=experiment, workflow=config.workflow, since=iso(start), until=iso(now_ms), bucket="hour"), now_ms),
         summarise_baseline=lambda: summarise(MonitorQuery(experiment=experiment, workflow=config.workflow, since=iso(base_start), until=iso(start), bucket="day"), now_ms),
         now_ms=now_ms, redis=redis, prefix=prefix,
+        extra={"queues": queues, "window_minutes": config.window_minutes},  # for the pipeline rules (end of alert_rules.py)
     )
     window = ctx.window
     unable = rule_problems(config, known_judges=known_judges, known_nodes=known_nodes)
@@ -222,7 +226,7 @@ def known_names(config: Any) -> tuple[set[str], set[str]]:
     return judges, nodes
 
 
-def run_check_cli(*, config: str | None, experiment: str | None, as_json: bool) -> int:
+def run_check_cli(*, config: str | None, experiment: str | None, as_json: bool, queues: tuple[str, ...] = ()) -> int:
     """``tracejudge alerts check --once``: 0 quiet, 1 a rule holds, 2 cannot check."""
     from tracejudge.config import ConfigError, load_config
     from tracejudge.mlflow_io.query import ExperimentNotFound
@@ -248,7 +252,7 @@ def run_check_cli(*, config: str | None, experiment: str | None, as_json: bool) 
         return 2
     judges, nodes = known_names(loaded)
     try:
-        result = check_alerts(alerts, experiment=target, redis=redis, known_judges=judges, known_nodes=nodes)
+        result = check_alerts(alerts, experiment=target, redis=redis, known_judges=judges, known_nodes=nodes, queues=queues)
     except (ExperimentNotFound, MlflowUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -19,9 +19,11 @@ class Stats(BaseModel):
     count: int = Field(description="results with a score")
     mean: float | None = None
     variance: float | None = Field(None, description="population variance of the scores")
-    p10: float | None = Field(None, description="percentiles interpolated in a histogram of tenths (within 0.05)")
+    p10: float | None = Field(None, description="percentiles of the scores (to 0.001; linear between ranks, as SQL's PERCENTILE_CONT)")
     p50: float | None = None
     p90: float | None = None
+    min: float | None = Field(None, description="lowest score")
+    max: float | None = Field(None, description="highest score")
     below: int = Field(0, description="results below their threshold (passed=false)")
     failure_rate: float | None = Field(None, description="below / count")
     errors: int = Field(0, description="results that failed to score (an AssessmentError)")
@@ -47,6 +49,9 @@ class NodeStats(Stats):
     judge: str
     threshold: float | None = None
     histogram: list[int] = Field(default_factory=list, description="counts of scores in [0,0.1), ..., [0.9,1.0]")
+    histogram_below: list[int] = Field(
+        default_factory=list, description="of each bin's count, the results below their threshold (failed)"
+    )
     series: list[BucketPoint] = Field(default_factory=list)
 
 
@@ -74,8 +79,8 @@ class Theme(BaseModel):
 
     judge: str
     phrase: str
-    count: int = Field(description="failing rationales of this judge containing the phrase")
-    examples: list[str] = Field(default_factory=list, description="trace ids")
+    count: int = Field(description="traces with a failing rationale of this judge containing the phrase (each once)")
+    examples: list[str] = Field(default_factory=list, description="trace ids, each once")
 
 
 class Failure(BaseModel):
@@ -110,6 +115,27 @@ class Totals(BaseModel):
     cost_usd: float = 0.0
 
 
+class SessionJudgeStats(BaseModel):
+    """One session judge over the conversations judged in the window."""
+
+    judge: str
+    count: int = Field(description="sessions with a score from this judge")
+    mean: float | None = None
+    below: int = Field(0, description="scores below their threshold")
+    failure_rate: float | None = Field(None, description="below / count")
+    errors: int = Field(0, description="results that failed to score")
+
+
+class SessionFigures(BaseModel):
+    """Conversations (MLflow sessions) judged in the window: counted where they began (their first trace)."""
+
+    sessions: int = Field(description="sessions with at least one valid result of a session judge")
+    failed: int = Field(0, description="sessions with a result below its threshold or errored")
+    failure_rate: float | None = Field(None, description="failed / sessions")
+    mean_turns: float | None = Field(None, description="mean number of turns judged per session")
+    judges: list[SessionJudgeStats] = Field(default_factory=list)
+
+
 class Links(BaseModel):
     mlflow_ui: str
     experiment_quality: str = Field(description="the experiment's Overview -> Quality tab in the MLflow UI")
@@ -124,6 +150,9 @@ class QualitySummary(BaseModel):
     workflow: str | None = None
     environment: str | None = None
     source: Literal["mlflow", "redis"] = Field(description="where the figures came from")
+    source_note: str | None = Field(
+        None, description="why this source (--source auto), or what Redis may miss of the window (--source redis)"
+    )
     since: str
     until: str
     bucket: Literal["hour", "day"]
@@ -149,6 +178,9 @@ class QualitySummary(BaseModel):
         default_factory=list,
         description="judge-vs-human agreement per judge and judge version where people left feedback (HUMAN "
         "assessments under a judge's name on the same span); MLflow source only; see `tracejudge agreement`",
+    )
+    sessions: SessionFigures | None = Field(
+        None, description="conversations judged in the window (session judges), read from MLflow; None when none were"
     )
     links: Links
     llm_summary: str | None = Field(None, description="a plain-language summary of the themes (report --llm-summary; off by default)")

@@ -28,13 +28,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 __all__ = [
     "MAX_WINDOW_MINUTES", "PickupState", "PipelineBounds", "PipelineState", "Problem", "QueueState", "WindowCounts",
-    "WorkerInfo", "evaluate_pipeline_rule", "pipeline_problems", "read_window", "record_verdict", "track_held",
+    "WorkerInfo", "evaluate_pipeline_rule", "pipeline_problems", "read_state", "read_window", "record_verdict", "track_held",
 ]
 
 KEY = "tracejudge:pipeline:"
@@ -227,6 +228,41 @@ class Problem(BaseModel):
     bound: Any = None
 
 
+def read_state(
+    redis: Any,
+    *,
+    broker: Any,
+    queues: Sequence[str],
+    minutes: int,
+    prefix: str = "",
+    now: float | None = None,
+    workers: list[WorkerInfo] | None = None,
+) -> PipelineState:
+    """The pipeline's state from Redis (our counts) and a Redis broker (``broker``; None for RabbitMQ: no
+    queue readings): what the pipeline alert rules read, and ``tracejudge status`` with ``workers`` added."""
+    from tracejudge.ops.broker import read_queues
+
+    now = time.time() if now is None else now
+    readings = read_queues(broker, list(queues), prefix=prefix, now=now) if broker is not None and queues else {}
+    held = read_held(broker, prefix=prefix) if broker is not None else None
+    held_since = track_held(redis, held, now=now, prefix=prefix) if held is not None else None
+    return PipelineState(
+        now=now,
+        workers=workers,
+        queues={
+            name: QueueState(
+                depth=r.depth,
+                oldest_age_seconds=r.oldest_age_seconds,
+                consumers=None if workers is None else [w.name for w in workers if name in w.queues],
+            )
+            for name, r in readings.items()
+        },
+        held=held,
+        held_since=held_since,
+        window=read_window(redis, minutes=minutes, now=now, prefix=prefix),
+    )
+
+
 def pipeline_problems(state: PipelineState, bounds: PipelineBounds) -> list[Problem]:
     """What is wrong now: messages no worker reads, an old or deep queue, a lagging pick-up, a stalled pipeline.
 
@@ -238,7 +274,8 @@ def pipeline_problems(state: PipelineState, bounds: PipelineBounds) -> list[Prob
     out: list[Problem] = []
     for name, queue in state.queues.items():
         if queue.depth > 0 and state.workers is not None and not queue.consumers:
-            out.append(Problem(kind="no_consumer", message=f"{_n(queue.depth, 'message')} wait on {name} and no worker reads it",
+            verb = "waits" if queue.depth == 1 else "wait"
+            out.append(Problem(kind="no_consumer", message=f"{_n(queue.depth, 'message')} {verb} on {name} and no worker reads it",
                                observed=queue.depth))
         out += _backlog(name, queue, max_depth=bounds.max_queue_depth, max_age=bounds.max_queue_age_seconds)
     for p in state.pickup:

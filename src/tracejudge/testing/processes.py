@@ -151,7 +151,11 @@ class MlflowServer:
             "--gunicorn-opts", f"--workers {self.workers} --timeout 120",
         ]
         self.proc = subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        _wait(self._healthy, timeout=READY_TIMEOUT, what=f"mlflow server on {self.port}", proc=self.proc, log=log)
+        try:
+            _wait(self._healthy, timeout=READY_TIMEOUT, what=f"mlflow server on {self.port}", proc=self.proc, log=log)
+        except BaseException:  # not ready: stop it, or it outlives the test (``with`` never reaches __exit__)
+            self.stop()
+            raise
         return self
 
     def _healthy(self) -> bool:
@@ -182,8 +186,11 @@ class WorkerProcess:
         queues: str = "tracejudge.gate,tracejudge.online",
         log: str | os.PathLike[str] | None = None,
         extra: list[str] | None = None,
+        processes: int = 1,
     ) -> None:
         self.env = dict(os.environ, **env)
+        #: worker processes (``--processes``): 1, one Celery worker, unless a test is about the supervisor
+        self.processes = processes
         self.name = name or f"w{free_port()}"
         self.concurrency = concurrency
         self.pool = pool
@@ -198,7 +205,8 @@ class WorkerProcess:
 
     def start(self, *, wait: bool = True) -> "WorkerProcess":
         cmd = [
-            sys.executable, "-m", "tracejudge", "worker", "--pool", self.pool, "--concurrency", str(self.concurrency),
+            sys.executable, "-m", "tracejudge", "worker", "--processes", str(self.processes),
+            "--pool", self.pool, "--concurrency", str(self.concurrency),
             "--queues", self.queues, "--hostname", f"{self.name}@%h", "--loglevel", "INFO",
             "--without-gossip", "--without-mingle", *self.extra,
         ]

@@ -68,6 +68,14 @@
       ["Judge errors", "totals.errors", t.errors, "int", t.errors ? "bad" : ""],
       t.cost_usd > 0 ? ["Judge cost", "totals.cost_usd", t.cost_usd, "usd", ""] : ["Judge results", "totals.results", t.results, "int", ""],
     ];
+    if (s.sessions) {  // conversations judged as a whole (session judges)
+      var f = s.sessions;
+      items.push(["Sessions judged", "sessions.sessions", f.sessions, "int", ""]);
+      items.push(["Sessions failing", "sessions.failure_rate", f.failure_rate, "pct", f.failure_rate > 0.2 ? "bad" : ""]);
+      f.judges.forEach(function (j, i) {
+        items.push([j.judge + " (mean)", "sessions.judges." + i + ".mean", j.mean, "num", ""]);
+      });
+    }
     items.forEach(function (it) {
       var card = el("div", { class: "kpi" });
       card.appendChild(el("div", { class: "label" }, it[0]));
@@ -159,11 +167,16 @@
       var wrap = el("div", { class: "chart" });
       var c = el("canvas", { "data-chart": "hist-" + i });
       wrap.appendChild(c); cell.appendChild(wrap); box.appendChild(cell);
+      // each bin split in two stacked parts: the results below their threshold (red) and the rest (blue), so a
+      // bin the threshold cuts through shows both, never all as passing
+      var below = n.histogram_below || n.histogram.map(function () { return 0; });
       draw(c, { type: "bar", plugins: [thresholdLine],
-        data: { labels: bins, datasets: [{ data: n.histogram, barPercentage: 1, categoryPercentage: 0.96,
-          backgroundColor: bins.map(function (b, k) { return n.threshold !== null && (k + 1) / 10 <= n.threshold + 1e-9 ? "#e58c8c" : "#7fb8e6"; }) }] },
-        options: { scales: { x: { type: "category", grid: { display: false }, ticks: { font: { size: 9.5 } } },
-                             y: { beginAtZero: true, ticks: { precision: 0, font: { size: 9.5 } } } },
+        data: { labels: bins, datasets: [
+          { label: "below threshold", data: below, backgroundColor: "#e58c8c", barPercentage: 1, categoryPercentage: 0.96 },
+          { label: "passed", data: n.histogram.map(function (v, k) { return v - below[k]; }), backgroundColor: "#7fb8e6",
+            barPercentage: 1, categoryPercentage: 0.96 }] },
+        options: { scales: { x: { type: "category", stacked: true, grid: { display: false }, ticks: { font: { size: 9.5 } } },
+                             y: { stacked: true, beginAtZero: true, ticks: { precision: 0, font: { size: 9.5 } } } },
                    plugins: { legend: { display: false }, threshold: { value: n.threshold } } } });
     });
   }
@@ -236,7 +249,8 @@
     var form = document.getElementById("filters");
     if (form && form.elements.experiment && !form.elements.experiment.value) form.elements.experiment.value = s.experiment_id;
     if (form && form.elements.bucket) form.elements.bucket.value = s.bucket;
-    document.getElementById("footer").textContent = "source: " + s.source + " \u00b7 " + s.totals.results +
+    document.getElementById("footer").textContent = "source: " + s.source + (s.source_note ? " (" + s.source_note + ")" : "") +
+      " \u00b7 " + s.totals.results +
       " judge results \u00b7 computed in " + s.seconds + " s \u00b7 schema v" + s.schema_version;
   }
 
