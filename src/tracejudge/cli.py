@@ -18,6 +18,7 @@
     tracejudge agreement --experiment-id 1   judge-vs-human agreement from people's feedback in MLflow
     tracejudge dataset --experiment-id 1 --name regressions   production failures into an MLflow evaluation dataset
     tracejudge evaluate --dataset regressions --predict app:answer   the offline release gate (exit 0/1/2)
+    tracejudge optimize --prompt prompts:/qa/1 --dataset regressions --predict app:answer   improve a prompt
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from tracejudge.cli_offline import add_commands as add_offline_commands
 
-    add_offline_commands(sub)  # dataset, evaluate
+    add_offline_commands(sub)  # dataset, evaluate, optimize
 
     p = sub.add_parser(
         "config-schema",
@@ -500,7 +501,7 @@ def _controls_lines(config: Any) -> list[str]:
                      f"{review.rate:.0%} of them, at most {review.daily_max} a day")
     alerts = config.quality_alerts
     if alerts.active:
-        sinks = ", ".join(sink.type for sink in alerts.sinks) or "none"
+        sinks = ", ".join(sink.type + (f" (url from ${sink.url_env})" if sink.url_env else "") for sink in alerts.sinks) or "none"
         lines.append(f"alerts: every {alerts.check_every_seconds / 60:g} min over {alerts.window_minutes} min, to {sinks}:")
         lines += [f"  - {rule.label}" for rule in alerts.rules]
     else:
