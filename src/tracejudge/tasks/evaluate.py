@@ -115,10 +115,10 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         except InvalidTraceId as exc:
             return error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields)
         except TraceNotReady as exc:
+            # the reader's reason names the trace once; add where and how long we looked
             message = (
-                f"trace {request.trace_id} was not found in the tracking store "
-                f"({runtime.settings.mlflow_tracking_uri or 'default tracking URI'}) within "
-                f"{execution.trace_wait_seconds:g} s: {exc}"
+                f"{exc}; waited {execution.trace_wait_seconds:g} s (judges.execution.trace_wait_seconds) on "
+                f"{runtime.settings.mlflow_tracking_uri or 'the default tracking URI'}"
             )
             return error_verdict(request.trace_id, TRACE_NOT_FOUND, message, config, **fields)
         skip = filter_reason(config.judges.filters, workflow=loaded.workflow_name, tags=loaded.tags, state=loaded.state)
