@@ -160,3 +160,18 @@ def test_a_partial_run_of_no_gating_judge_is_judged_on_what_it_ran():
     assert low.status == "failed"
     # a full run still holds a gating judge that did not run against the verdict
     assert build_verdict("tr-1", ran, config).status == "error"
+
+
+def test_technical_accuracy_says_what_it_judges_and_what_it_needs_where_the_example_uses_it():
+    from tracejudge.judges import JudgeInput
+    from tracejudge.judges.builtin import BUILTIN_JUDGES
+    from tracejudge.judges.errors import JudgeInputError
+    from tracejudge.judges.prompt import render
+
+    judge = BUILTIN_JUDGES["technical_accuracy"]
+    assert "AI/ML" in judge.description and "topic" in judge.variables
+    example = (ROOT / "examples/tracejudge.yaml").read_text()
+    before = example[: example.index("- name: technical_accuracy")]
+    assert "AI/ML" in before[-400:] and "`topic`" in before[-400:]  # the comment right above its use
+    with pytest.raises(JudgeInputError, match="topic"):  # a node without it: an error naming the variable
+        render(judge, JudgeInput(target="write", output="Transformers use attention.", inputs={}))
