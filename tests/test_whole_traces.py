@@ -1,0 +1,106 @@
+"""Issue 17, point 1: a trace is judged only when it is whole.
+
+MLflow exports a trace's spans one by one, then its trace record (with ``mlflow.trace.sizeStats``
+-> ``num_spans``). A trace enqueued the moment its workflow returns (``enqueue(block=False)``, no
+gate, so no export flush) can be read in between: its root span already makes it look finished,
+but some nodes are missing. The worker compares the span count with the spans read and waits.
+
+The pipeline test records 300 nine-span traces from four threads while a real worker process
+judges them, and counts partial verdicts (fewer targets than the workflow has nodes + root).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace as NS
+
+import pytest
+
+import tracejudge
+
+NODES = ("plan", "search", "draft", "review")
+TRACES = 300
+
+
+def record_four_node_trace(i: int) -> str:
+    """A workflow of four node spans, each calling a tool: nine spans."""
+    import mlflow
+    from mlflow.entities import SpanType
+
+    @mlflow.trace(name="lookup", span_type=SpanType.TOOL)
+    def tool(x: str) -> str:
+        return f"looked up {x}"
+
+    def node(name: str):
+        @mlflow.trace(name=f"node_{name}", span_type=SpanType.AGENT)
+        def run(text: str) -> dict:
+            return {"output": f"{name}: {tool(text)}"}
+
+        return run
+
+    @mlflow.trace(name="four_nodes", span_type=SpanType.CHAIN)
+    def workflow(question: str) -> str:
+        text = question
+        for name in NODES:
+            text = node(name)(text)["output"]
+        return text
+
+    workflow(f"question {i}?")
+    return mlflow.get_last_active_trace_id(thread_local=True)
+
+
+def span(span_id, parent=None):
+    return NS(span_id=span_id, parent_id=parent, name=f"span-{span_id}")
+
+
+def trace_of(spans, metadata):
+    return NS(info=NS(trace_metadata=metadata, state="OK"), data=NS(spans=spans))
+
+
+def test_the_span_count_decides_whether_a_trace_is_whole():
+    from tracejudge.mlflow_io.reader import SIZE_STATS, TRACE_RECORD_KEY, not_whole
+
+    counted = {SIZE_STATS: json.dumps({"num_spans": 3}), TRACE_RECORD_KEY: "3"}
+    assert not_whole(trace_of([span("r"), span("a", "r"), span("b", "r")], counted)) is None
+    assert "2 of its 3 spans" in not_whole(trace_of([span("r"), span("a", "r")], counted))
+    # no trace record yet (spans exported, the record with the count not written): not whole until the last look
+    assert "trace record" in not_whole(trace_of([span("r"), span("a", "r")], {}))
+    assert not_whole(trace_of([span("r"), span("a", "r")], {}), last_look=True) is None
+    # without a count, a span whose parent is missing proves the trace is not whole, even at the last look
+    assert "parent span" in not_whole(trace_of([span("r"), span("b", "a")], {TRACE_RECORD_KEY: "3"}), last_look=True)
+    # a record written by an exporter without counts (older MLflow): judged as read
+    assert not_whole(trace_of([span("r"), span("a", "r")], {TRACE_RECORD_KEY: "2"})) is None
+
+
+def test_a_half_exported_trace_is_not_ready():
+    from tracejudge.mlflow_io.reader import SIZE_STATS, TRACE_RECORD_KEY, TraceNotReady, fetch_trace
+
+    class Client:
+        def get_trace(self, trace_id):
+            return trace_of([span("r"), span("a", "r")], {SIZE_STATS: json.dumps({"num_spans": 9}), TRACE_RECORD_KEY: "3"})
+
+    with pytest.raises(TraceNotReady, match="2 of its 9 spans"):
+        fetch_trace(Client(), "tr-" + "a" * 32)
+
+
+def test_traces_enqueued_as_their_workflows_return_are_judged_whole(worker_process, mlflow_store):
+    config = {
+        "observability": {"mlflow": {"artifact_level": "minimal", "judges": {"workflow_defaults": ["coherence"]}}},
+    }
+
+    def run(i: int):
+        trace_id = record_four_node_trace(i)
+        return tracejudge.enqueue(trace_id, config=config, block=False)  # the moment it returns: no flush
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # load: four workflows at a time, and the worker judging
+        handles = list(pool.map(run, range(TRACES)))
+    verdicts = [h.verdict(timeout=600, raise_on_block=False) for h in handles]
+    expected = {*NODES, "workflow"}
+    partial = [v for v in verdicts if {t.node_id for t in v.targets} != expected]
+    errors = [v for v in verdicts if v.status == "error"]
+    uncounted = [v for v in verdicts if any("span count unknown" in w for w in v.warnings)]
+    print(f"partial verdicts: {len(partial)} of {len(verdicts)}")
+    assert not partial, [(v.trace_id, sorted(t.node_id for t in v.targets), v.status) for v in partial[:5]]
+    assert not errors, [(v.trace_id, v.error) for v in errors[:5]]
+    assert not uncounted  # MLflow 3.17 records the count on every trace
