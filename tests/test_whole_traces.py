@@ -104,3 +104,52 @@ def test_traces_enqueued_as_their_workflows_return_are_judged_whole(worker_proce
     assert not partial, [(v.trace_id, sorted(t.node_id for t in v.targets), v.status) for v in partial[:5]]
     assert not errors, [(v.trace_id, v.error) for v in errors[:5]]
     assert not uncounted  # MLflow 3.17 records the count on every trace
+
+
+def test_a_trace_read_half_exported_is_judged_only_when_whole(worker, pipeline_env, redis_url, mlflow_store, tmp_path):
+    """The race made certain: the spans of a real nine-span trace are written into the store in two parts,
+    as MLflow's exporter does, and the rest (with the trace record and its span count) only once the
+    worker holds the trace's lock, i.e. is reading it. The old reader judged the two spans it found."""
+    import time
+
+    import mlflow
+    import redis as redis_lib
+    from mlflow import MlflowClient
+    from mlflow.entities.trace_location import TraceLocation
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    scratch = f"sqlite:///{tmp_path / 'scratch.db'}"
+    mlflow.set_tracking_uri(scratch)
+    try:
+        mlflow.set_experiment("scratch")
+        trace_id = record_four_node_trace(0)
+        mlflow.flush_trace_async_logging()
+        trace = MlflowClient(scratch).get_trace(trace_id)
+    finally:
+        mlflow.set_tracking_uri(mlflow_store)
+        mlflow.set_experiment("tracejudge-tests")
+    assert len(trace.data.spans) == 9
+
+    store = _get_store(mlflow_store)
+    experiment_id = mlflow.get_experiment_by_name("tracejudge-tests").experiment_id
+    first = [s for s in trace.data.spans if s.parent_id is None or s.name == "node_plan"]
+    store.log_spans(experiment_id, first)  # the root span and one node: the trace already looks finished (OK)
+    assert len(MlflowClient(mlflow_store).get_trace(trace_id).data.spans) == 2
+
+    config = {"observability": {"mlflow": {"artifact_level": "minimal", "judges": {"workflow_defaults": ["coherence"]}}}}
+    handle = tracejudge.enqueue(trace_id, config=config, block=False)
+    redis = redis_lib.Redis.from_url(redis_url)
+
+    def reading() -> bool:  # the worker holds the trace's evaluation lock: it is reading the trace
+        return any(redis.scan_iter(match=f"{pipeline_env['TRACEJUDGE_KEY_PREFIX']}*lock:{trace_id}"))
+
+    give_up = time.monotonic() + 60
+    while not reading() and handle.status not in ("SUCCESS", "FAILURE") and time.monotonic() < give_up:
+        time.sleep(0.01)  # polling for a condition, not a fixed wait
+    store.log_spans(experiment_id, [s for s in trace.data.spans if s not in first])
+    info = trace.info
+    info.trace_location = TraceLocation.from_experiment_id(experiment_id)
+    store.start_trace(info)  # the trace record, with mlflow.trace.sizeStats -> num_spans = 9
+
+    verdict = handle.verdict(timeout=120, raise_on_block=False)
+    assert {t.node_id for t in verdict.targets} == {*NODES, "workflow"}, verdict.summary()
