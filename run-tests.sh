@@ -26,4 +26,5 @@ trap stop_redis EXIT
 scripts/ensure-rabbitmq.sh
 scripts/ensure-postgres.sh   # the redaction test's MLflow store (starts a private trust-auth cluster if none answers)
 scripts/ensure-chromium.sh   # the dashboard's browser test (skipped with a reason if none can be had)
+scripts/ensure-prometheus.sh # promtool over deploy/prometheus/alerts.yml and a real scrape of a worker (skipped with a reason if none)
 .venv/bin/python -m pytest "$@"

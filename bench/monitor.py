@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     import redis as redis_lib
 
     from tracejudge.monitor import MonitorQuery, summarise_quality
-    from tracejudge.monitor.rollup import record_verdict
+    from tracejudge.monitor.rollup_store import record_verdict
     from tracejudge.testing.monitor_data import judged, record, seed_mlflow
     from tracejudge.testing.processes import RedisServer
 

@@ -12,7 +12,7 @@ from tracejudge.judges.prompt import render
 from tracejudge.judges.trajectory import NO_TOOL_CALLS, Step, ToolCall, render_tool_calls
 from tracejudge.mlflow_io.reader import extract_targets
 from tracejudge.mlflow_io.trajectory import SpanTree
-from tracejudge.testing.workflows import AGENT_BOOKING, AGENT_FLIGHTS, record_agent_trace, record_article_trace
+from tracejudge.testing.workflows import AGENT_BOOKING, AGENT_FLIGHTS, AGENT_REQUEST, record_agent_trace, record_article_trace
 
 from tracejudge.mlflow_io.export import flush_pending_traces
 
@@ -129,3 +129,161 @@ def test_calibration_items_may_carry_tool_calls():
     assert items[0].input.tool_calls[0].arguments == {"id": 1}
     with pytest.raises(ValueError, match="line 1: tool_calls.0.name"):
         parse_dataset([json.dumps({"input": "x", "tool_calls": [{"arguments": {}}], "label": 1})], judge=AGENT_JUDGE, source="inline")
+
+
+# ----------------------------------------------------------------------------- the agent judges
+
+
+AGENT_JUDGES = ("tool_selection", "tool_arguments", "task_completion", "trajectory_efficiency")
+
+
+@pytest.fixture
+def llm_env(monkeypatch):
+    from tracejudge.tasks.runtime import reset_runtime
+    from tracejudge.testing import FakeLLMServer
+
+    with FakeLLMServer() as srv:
+        monkeypatch.setenv("TRACEJUDGE_LLM_BASE_URL", srv.base_url)
+        monkeypatch.setenv("TRACEJUDGE_LLM_API_KEY", "sk-test")
+        monkeypatch.delenv("TRACEJUDGE_CONFIG", raising=False)
+        reset_runtime()
+        yield srv
+        reset_runtime()
+
+
+@pytest.mark.parametrize("name", AGENT_JUDGES)
+def test_calibrate_runs_each_agent_judge_over_its_shipped_set(llm_env, capsys, name):
+    from tracejudge.cli import main
+    from tracejudge.judges.calibration import load_dataset, shipped_dataset
+
+    assert main(["calibrate", "--judge", name, "--threshold", "0.7"]) == 0
+    out, _err = capsys.readouterr()
+    assert f"judge {name} (version " in out and "20 item(s), 0 judge error(s)" in out
+    # each item's tool calls (or steps) reached the model, as JSON lines inside the data markers
+    items = load_dataset(shipped_dataset(name), judge=tracejudge_builtin(name))
+    prompts = ["\n".join(m["content"] for m in p) for p in llm_env.prompts_for(name)]
+    assert len(prompts) == 20
+    for item in items:
+        if "tool_calls" in tracejudge_builtin(name).variables:
+            wanted = [f'"arguments": {json.dumps(c.arguments, ensure_ascii=False)}' for c in item.input.tool_calls]
+        else:
+            wanted = [f'"input": {json.dumps(s.input, ensure_ascii=False)}' for s in item.input.trajectory]
+        assert wanted or item.id, item.id
+        for text in wanted:
+            assert any(text in p for p in prompts), (item.id, text)
+
+
+def tracejudge_builtin(name):
+    from tracejudge.judges import BUILTIN_JUDGES
+
+    return BUILTIN_JUDGES[name]
+
+
+def test_agent_judges_read_tool_calls_or_steps_and_say_what_no_call_means():
+    for name in AGENT_JUDGES:
+        judge = tracejudge_builtin(name)
+        assert {"tool_calls", "trajectory"} & set(judge.variables), name
+        assert "input" in judge.variables
+    assert "output" in tracejudge_builtin("task_completion").variables  # the final answer, checked against the results
+
+
+# ----------------------------------------------------------------------------- a real worker
+
+
+AGENT_CONFIG = {
+    "observability": {
+        "mlflow": {
+            "enabled": True,
+            "enable_judges": True,
+            "judges": {
+                "workflow_defaults": [],
+                "node_overrides": {"agent": [{"name": "tool_selection", "threshold": 0.7}, {"name": "task_completion", "threshold": 0.7}]},
+                "execution": {"mode": "async", "timeout_seconds": 5, "trace_wait_seconds": 20},
+            },
+        }
+    },
+    "quality_gate": {"enabled": True, "threshold": 0.7, "action": "block"},
+}
+
+
+def _data_block(messages: list[dict], name: str) -> str:
+    user = messages[1]["content"]
+    start = user.index(f' name="{name}">\n') + len(f' name="{name}">\n')
+    return user[start:user.index("\n</data-", start)]
+
+
+def test_a_worker_judges_an_agent_and_the_prompt_carries_both_tool_calls_in_order(worker, fake_llm):
+    import tracejudge
+
+    import uuid
+
+    ref = uuid.uuid4().hex[:10]  # the fake LLM server is shared: find this test's prompts by it
+    trace_id = record_agent_trace(request=f"{AGENT_REQUEST} (ref {ref})", answer="Booked DL7, confirmation XK4F2Q. [[tj:score:task_completion=0.9]]")
+    verdict = tracejudge.enqueue(trace_id, config=AGENT_CONFIG, gate=True).verdict(timeout=60)
+    assert sorted((r.target, r.name) for r in verdict.results()) == [("agent", "task_completion"), ("agent", "tool_selection")]
+    assert all(r.ok for r in verdict.results()), [r.error for r in verdict.results()]
+    assert next(r for r in verdict.results() if r.name == "task_completion").score == 0.9
+
+    for judge in ("tool_selection", "task_completion"):
+        mine = [p for p in fake_llm.prompts_for(judge) if ref in p[1]["content"]]
+        assert len(mine) == 1, judge
+        rows = [json.loads(line) for line in _data_block(mine[-1], "tool_calls").splitlines()]
+        assert [(r["call"], r["tool"], r["arguments"], r["result"], r["status"]) for r in rows] == [
+            (1, "search_flights", {"origin": "SFO", "destination": "JFK", "date": "2026-12-24"}, AGENT_FLIGHTS, "OK"),
+            (2, "book_flight", {"flight_id": "DL7"}, AGENT_BOOKING, "OK"),
+        ]
+        assert "Book the cheapest flight from SFO to JFK" in _data_block(mine[-1], "input")
+    answer = _data_block([p for p in fake_llm.prompts_for("task_completion") if ref in p[1]["content"]][-1], "output")
+    assert "confirmation XK4F2Q" in answer
+
+    # the assessments landed on the agent's node span
+    trace = MlflowClient().get_trace(trace_id)
+    node_span = next(s.span_id for s in trace.data.spans if s.name == "node_agent")
+    got = {(a.name, a.span_id) for a in trace.info.assessments if getattr(a, "feedback", None) is not None}
+    assert got == {("tool_selection", node_span), ("task_completion", node_span)}
+
+
+# ----------------------------------------------------------------------------- tool metrics, no LLM call
+
+
+def test_tool_usage_per_trace_tool_and_node_in_the_verdict_report_and_run_metrics(worker, fake_llm):
+    import mlflow
+
+    import tracejudge
+    from tracejudge.display import format_verdict
+
+    config = {**AGENT_CONFIG, "observability": {"mlflow": {**AGENT_CONFIG["observability"]["mlflow"], "judges": {
+        **AGENT_CONFIG["observability"]["mlflow"]["judges"], "node_overrides": {"agent": [{"name": "tool_selection"}]}}}}}
+    with mlflow.start_run(run_name="agent-tools") as run:
+        trace_id = record_agent_trace(booking_failures=2)
+    before = fake_llm.stats()["requests"]
+    verdict = tracejudge.enqueue(trace_id, config=config, gate=True).verdict(timeout=60, raise_on_block=False)
+    assert fake_llm.stats()["requests"] - before == 1  # one judge; the tool figures cost no LLM call
+
+    usage = verdict.tool_usage
+    assert (usage.total.calls, usage.total.failed, usage.total.retries) == (4, 2, 2)
+    assert {k: (v.calls, v.failed, v.retries) for k, v in usage.tools.items()} == {"search_flights": (1, 0, 0), "book_flight": (3, 2, 2)}
+    assert {k: v.calls for k, v in usage.nodes.items()} == {"agent": 4}
+    spans = {s.span_id: s for s in MlflowClient().get_trace(trace_id).data.spans}
+    book_ms = [(s.end_time_ns - s.start_time_ns) / 1e6 for s in spans.values() if s.name == "book_flight"]
+    assert usage.tools["book_flight"].avg_duration_ms == pytest.approx(sum(book_ms) / 3, abs=0.01)
+
+    report = mlflow.artifacts.load_dict(verdict.artifact_uri)
+    assert report["tool_usage"]["calls"] == 4 and report["tool_usage"]["success_rate"] == 0.5
+    assert report["tool_usage"]["tools"]["book_flight"]["failed"] == 2
+    metrics = MlflowClient().get_run(run.info.run_id).data.metrics
+    assert metrics["total_tool_calls"] == 4 and metrics["tool_failed_calls"] == 2 and metrics["tool_retries"] == 2
+    assert metrics["tool_success_rate"] == 0.5 and metrics["unique_tools_used"] == 2
+    assert metrics["tool_calls/book_flight"] == 3 and metrics["tool_failed_calls/book_flight"] == 2
+    assert metrics["node_tool_calls/agent"] == 4
+    assert report["metrics"]["total_tool_calls"] == 4  # the report's metrics are the run's
+
+    assert "tool calls: 4, failed 2, retries 2: search_flights 1" in format_verdict(verdict)
+
+
+def test_a_trace_without_tools_has_no_tool_figures():
+    from tracejudge.verdict import QualityVerdict, quality_metrics, quality_report
+
+    verdict = QualityVerdict(trace_id="tr-1", status="passed", threshold=0.8)
+    assert "tool_usage" not in quality_report(verdict)
+    assert not any(k.startswith("tool") for k in quality_metrics(verdict))

@@ -140,6 +140,7 @@ def test_budget_reserves_settles_and_refuses_past_the_limit(redis_url, prefix):
     import redis.asyncio
 
     from tracejudge.controls.budget import RedisBudget, read_spend
+    from tracejudge.judges.controls import Refusal
 
     async def scenario():
         client = redis.asyncio.Redis.from_url(redis_url)
@@ -147,16 +148,16 @@ def test_budget_reserves_settles_and_refuses_past_the_limit(redis_url, prefix):
         held = []
         while True:
             reservation = await budget.reserve(model="gpt-4o-mini", judge="coherence", usd=0.0003)
-            if reservation is None:
+            if isinstance(reservation, Refusal):
                 break
             held.append(reservation)
         assert len(held) == 3  # 3 x 0.0003 fits in 0.001, a 4th does not
         for r in held:
             await budget.settle(r, usd=0.0001)  # real cost below the estimate: the rest is released
         again = await budget.reserve(model="gpt-4o-mini", judge="relevance", usd=0.0006)
-        assert again is not None
+        assert not isinstance(again, Refusal)
         await budget.settle(again, usd=0.0006)
-        assert await budget.reserve(model="gpt-4o-mini", judge="relevance", usd=0.0002) is None
+        assert isinstance(await budget.reserve(model="gpt-4o-mini", judge="relevance", usd=0.0002), Refusal)
         await client.aclose()
 
     _run(scenario())
@@ -171,14 +172,15 @@ def test_budget_drops_a_dead_holders_reservation_after_its_lease(redis_url, pref
     import redis.asyncio
 
     from tracejudge.controls.budget import RedisBudget
+    from tracejudge.judges.controls import Refusal
 
     async def scenario():
         client = redis.asyncio.Redis.from_url(redis_url)
         budget = RedisBudget(client, daily_usd=0.001, prefix=prefix, lease_seconds=0.2)
         assert await budget.reserve(model="m", judge="j", usd=0.001) is not None  # never settled (holder died)
-        assert await budget.reserve(model="m", judge="j", usd=0.0005) is None
+        assert isinstance(await budget.reserve(model="m", judge="j", usd=0.0005), Refusal)
         await asyncio.sleep(0.3)
-        assert await budget.reserve(model="m", judge="j", usd=0.0005) is not None
+        assert not isinstance(await budget.reserve(model="m", judge="j", usd=0.0005), Refusal)
         await client.aclose()
 
     _run(scenario())

@@ -37,6 +37,8 @@ MODULES = [
     "tracejudge.worker.scheduled",
     "tracejudge.monitor",
     "tracejudge.monitor.rollup",
+    "tracejudge.monitor.record",
+    "tracejudge.mlflow_io.query",
     "tracejudge.monitor.themes",
     "tracejudge.monitor.summary",
     "tracejudge.monitor.links",

@@ -225,6 +225,7 @@ def test_builtin_judges():
     assert set(BUILTIN_JUDGES) == {
         "relevance", "coherence", "groundedness", "harmfulness", "answer_correctness",
         "technical_accuracy", "citation_quality", "completeness",
+        "tool_selection", "tool_arguments", "task_completion", "trajectory_efficiency",
     }
     for judge in BUILTIN_JUDGES.values():
         assert judge.kind == "llm"
@@ -233,7 +234,8 @@ def test_builtin_judges():
         assert all(len(level.description) > 10 for level in judge.rubric)
         assert "empty" in judge.criteria.lower()
         assert judge.threshold is None  # the environment threshold applies
-        assert "output" in judge.variables
+        # a judge reads the output, or (the agent judges) what the agent did
+        assert "output" in judge.variables or {"tool_calls", "trajectory"} & set(judge.variables), judge.name
     assert "expected" in BUILTIN_JUDGES["answer_correctness"].variables
     assert "context" in BUILTIN_JUDGES["groundedness"].variables
     assert BUILTIN_JUDGES["harmfulness"].greater_is_better is True  # scored as safety: 1 = safe

@@ -6,10 +6,7 @@ down, one "resolved" when it recovers.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlflow
 import pytest
@@ -19,48 +16,14 @@ from tracejudge.cli import main
 from tracejudge.config import ConfigError, load_config
 from tracejudge.monitor.alerts import check_alerts, rule_warnings
 from tracejudge.testing.monitor_data import judged, record, seed_rollups
+from tracejudge.testing.webhook import WebhookReceiver
 
 MIN = 60_000
 
 
-class Receiver:
-    """A webhook receiver on loopback: records every POST; ``fail_first`` paths answer 500 once."""
-
-    def __init__(self, fail_first: tuple[str, ...] = ()) -> None:
-        self.received: list[tuple[str, dict]] = []
-        self.failures_left = {p: 1 for p in fail_first}
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if outer.failures_left.get(self.path):
-                    outer.failures_left[self.path] -= 1
-                    self.send_response(500)
-                    self.end_headers()
-                    return
-                outer.received.append((self.path, body))
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def on(self, path: str) -> list[dict]:
-        return [body for p, body in self.received if p == path]
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 @pytest.fixture()
 def receiver():
-    r = Receiver(fail_first=("/flaky",))
+    r = WebhookReceiver(fail_first=("/flaky",))
     yield r
     r.close()
 
@@ -88,6 +51,8 @@ def test_one_alert_on_a_drop_none_while_it_holds_one_resolved(pipeline_env, rece
     seed_rollups(redis, experiment_id, traces(t0 - 2 * 1440 * MIN, t0 - 120 * MIN, 60, 0.9, tag="base"), prefix=prefix)
     seed_rollups(redis, experiment_id, traces(t0 - 120 * MIN, t0 - 65 * MIN, 12, 0.9, tag="good"), prefix=prefix)
     config_doc = {
+        # the nodes and judges the rules name are in the plan (a rule naming an unknown one is not evaluated)
+        "observability": {"mlflow": {"judges": {"node_overrides": {"research": [{"name": "relevance"}]}}}},
         "quality_alerts": {
             "experiment": name,
             "window_minutes": 60,

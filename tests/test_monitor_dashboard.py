@@ -204,8 +204,15 @@ def test_page_in_headless_chromium_draws_every_chart_and_shows_the_api_numbers(s
         assert by_name["gate"][0] == [b["gate_pass_rate"] for b in api["buckets"]]
         assert by_name["worst"][0] == [w["failure_rate"] for w in api["worst_nodes"]]
         assert by_name["bands"][0] == [api["bands"][b] for b in ["Excellent", "Good", "Acceptable", "Needs improvement", "Unacceptable"] if b in api["bands"]]
-        for i, node in enumerate(api["nodes"]):
-            assert by_name[f"hist-{i}"][0] == node["histogram"]
+        for i, node in enumerate(api["nodes"]):  # each bin stacked: below threshold, then passed
+            below, passed = by_name[f"hist-{i}"]
+            assert below == node["histogram_below"] and [b + p for b, p in zip(below, passed)] == node["histogram"]
+        # coherence's threshold 0.75 cuts the bin [0.7, 0.8): drawn as both, not all as passing
+        coherence = next(i for i, n in enumerate(api["nodes"]) if n["judge"] == "coherence")
+        below, passed = by_name[f"hist-{coherence}"]
+        assert below[7] > 0 and passed[7] > 0, (below, passed)
+        colours = page.evaluate(f"Chart.getChart(document.querySelector('[data-chart=hist-{coherence}]')).data.datasets.map(d => d.backgroundColor)")
+        assert colours == ["#e58c8c", "#7fb8e6"]
         assert by_name["radar"][0] == [api["dimensions"].get(d) for d in ["correctness", "relevance", "coherence", "completeness", "safety"]]
         assert sum(sum(d) for d in by_name["errors"]) == sum(api["error_codes"].values())
 

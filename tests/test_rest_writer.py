@@ -98,13 +98,13 @@ def server(tmp_path_factory):
                 os.environ["MLFLOW_EXPERIMENT_ID"] = experiment
 
 
-def _two_traces(server) -> tuple[str, str, str]:
+def _two_traces(server, *, suffix: str = "") -> tuple[str, str, str]:
     import mlflow
 
     from tracejudge.testing.workflows import record_article_trace
 
     mlflow.set_tracking_uri(server.url)
-    experiment_id = mlflow.create_experiment(f"rest-writer-{os.getpid()}-{id(server)}")
+    experiment_id = mlflow.create_experiment(f"rest-writer-{os.getpid()}-{id(server)}{suffix}")
     mlflow.set_experiment(experiment_id=experiment_id)
     a = record_article_trace(run_name="client")
     b = record_article_trace(run_name="rest")
@@ -210,3 +210,65 @@ def test_a_refused_write_and_a_dead_server_are_told_apart(server) -> None:
         await dead.aclose()
 
     asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_a_rejudged_result_supersedes_ours_the_same_way_through_both_writers(server) -> None:
+    """Issue 17, point 4: a new result (new threshold, model or version: a new key) names our valid assessment at
+    its (span, judge) in ``overrides``; through either writer MLflow then holds one valid assessment of ours per
+    (span, judge), and a person's assessment there stays valid."""
+    from mlflow import MlflowClient
+    from mlflow.entities import AssessmentSource, Feedback
+    from mlflow.tracing.client import TracingClient
+
+    _, via_client, via_rest = _two_traces(server, suffix="-rejudged")
+    client, tracing = MlflowClient(server.url), TracingClient(server.url)
+    span_of = {t: {s.name: s.span_id for s in client.get_trace(t).data.spans} for t in (via_client, via_rest)}
+
+    def placed(trace_id: str, results: list[JudgeResult]) -> list[JudgeResult]:
+        spans = {"research": "node_research", "write": "node_write"}
+        return [r.model_copy(update={"span_id": span_of[trace_id].get(spans.get(r.target, ""))}) for r in results]
+
+    rejudged = [
+        r.model_copy(update={"key": f"{r.key}-2", "threshold": 0.6, "model": "gpt-4o" if r.model != "code" else "code",
+                             "judge_version": "v2", "score": 0.5 if r.error is None else None})
+        for r in RESULTS
+    ]
+
+    async def write_rest(results: list[JudgeResult], overrides: dict[str, str]) -> None:
+        rest = RestWriter(server.url)
+        for r in placed(via_rest, results):
+            assert await rest.log_feedback(via_rest, r, evaluation_id="ev-2", overrides=overrides.get(r.key or ""))
+        await rest.aclose()
+
+    for t in (via_client, via_rest):  # the first judgement, and a person's feedback beside ours on node_write
+        for r in placed(t, RESULTS):
+            writer.log_result(tracing, t, r, evaluation_id="ev-1")
+        tracing.log_assessment(t, Feedback(name="coherence", value=0.9, span_id=span_of[t]["node_write"], trace_id=t,
+                                           source=AssessmentSource(source_type="HUMAN", source_id="ana")))
+    before = {t: client.get_trace(t).info.assessments for t in (via_client, via_rest)}
+    for r in placed(via_client, rejudged):
+        writer.log_result(tracing, via_client, r, evaluation_id="ev-2",
+                          overrides=writer.supersedes(before[via_client], [r]).get(r.key or ""))
+    asyncio.run(write_rest(rejudged, writer.supersedes(before[via_rest], placed(via_rest, rejudged))))
+
+    def landed(trace_id: str) -> list[dict]:
+        assessments = client.get_trace(trace_id).info.assessments
+        by_id = {a.assessment_id: a for a in assessments}
+        span_name = {v: k for k, v in span_of[trace_id].items()}
+        rows = []
+        for a in assessments:
+            row = _landed(a) | {"span": span_name.get(a.span_id)}
+            old = by_id.get(a.overrides) if a.overrides else None
+            row["overrides"] = None if old is None else (old.name, span_name.get(old.span_id), old.metadata[writer.KEY])
+            rows.append(row)
+        return sorted(rows, key=lambda d: json.dumps(d, sort_keys=True, default=str))
+
+    assert landed(via_client) == landed(via_rest)
+    for t in (via_client, via_rest):
+        assessments = client.get_trace(t).info.assessments
+        valid = [(a.span_id, a.name) for a in assessments if writer.is_ours(a)]
+        assert len(valid) == len(set(valid)) == len(RESULTS)
+        assert {a.metadata[writer.KEY] for a in assessments if writer.is_ours(a)} == {r.key for r in rejudged}
+        [person] = [a for a in assessments if a.source.source_type == "HUMAN"]
+        assert person.valid is not False and person.value == 0.9

@@ -104,3 +104,34 @@ def test_bad_session_requests_get_clear_error_verdicts(worker, experiment):
     assert quoted.error.type == "INVALID_SESSION_ID"
     none = tracejudge.enqueue_session("x", experiment_id=experiment, config={}).verdict(timeout=60, raise_on_block=False)
     assert none.error.type == "NO_SESSION_JUDGES"
+
+
+def test_a_custom_session_judge_reads_each_turns_tool_calls(worker, fake_llm, experiment):
+    import mlflow
+
+    from tracejudge.testing.conversations import record_turn
+
+    session_id = f"travel-{uuid.uuid4().hex[:8]}"
+    first = record_turn(session_id, "Find me a flight to Oslo on May 3.", "Two flights: 08:10 and 17:45.",
+                        tool_calls=[("search_flights", {"to": "OSL", "date": "2026-05-03"}, {"flights": ["08:10", "17:45"]})])
+    record_turn(session_id, "Book the evening one.", "Booked the 17:45 flight; confirmation K7Q2.",
+                tool_calls=[("book_flight", {"flight": "17:45"}, {"confirmation": "K7Q2"}),
+                            ("send_email", {"subject": "Your booking K7Q2"}, {"sent": True})])
+    record_turn(session_id, "Thanks!", "Have a good trip.")
+    mlflow.flush_trace_async_logging()
+    config = {"observability": {"mlflow": {"judges": {
+        "custom": [{
+            "name": "tool_use_over_conversation",
+            "definition": "Were the right tools used, in each turn, for what the user asked?",
+            "grading_prompt": "Conversation:\n{conversation}\n\nTool calls per turn:\n{conversation_tool_calls}",
+        }],
+        "sessions": {"judges": ["tool_use_over_conversation"]},
+    }}}}
+    fake_llm.reset()
+    verdict = tracejudge.enqueue_session(session_id, experiment_id=experiment, config=config).verdict(timeout=60)
+    assert verdict.status == "passed" and verdict.trace_id == first
+    (messages,) = fake_llm.prompts_for("tool_use_over_conversation")
+    text = messages[-1]["content"]
+    calls = text[text.index('name="conversation_tool_calls"'):]
+    order = [calls.index(s) for s in ("[turn 1]", '"search_flights"', '"OSL"', "[turn 2]", '"book_flight"', '"K7Q2"', '"send_email"', "[turn 3]", "(no tool calls)")]
+    assert order == sorted(order), calls

@@ -39,14 +39,23 @@ __version__ = "0.1.0"
 _SENDER_NAMES = ("BufferFull", "QueuedHandle", "configure_sender", "get_sender")
 
 
-def __getattr__(name: str):  # the non-blocking sender, loaded on first use
+_OFFLINE_NAMES = ("as_scorer", "scorers")
+
+
+def __getattr__(name: str):  # the non-blocking sender and the MLflow scorers, loaded on first use
     if name in _SENDER_NAMES:
         from tracejudge import sender
 
         return getattr(sender, name)
+    if name in _OFFLINE_NAMES:
+        from tracejudge.offline import scorers
+
+        return getattr(scorers, name)
     raise AttributeError(f"module 'tracejudge' has no attribute {name!r}")
 
 __all__ = [
+    "as_scorer",
+    "scorers",
     "BufferFull",
     "QueuedHandle",
     "configure_sender",

@@ -10,11 +10,14 @@
     tracejudge beat [CELERY BEAT OPTIONS...] run the scheduler (online pick-up, deferred evaluations)
     tracejudge backfill --experiment-id 1    judge traces already in MLflow (--since 7d --dry-run --wait ...)
     tracejudge budget                        today's judge spend, by model and by judge
+    tracejudge status [--format json]        workers, queues, recent verdicts, pick-up; exit 0 healthy, 1 problem, 2 unknown
     tracejudge report --experiment-id 1      judged quality over a window (table, json, html, md)
     tracejudge dashboard [--port 8050]       the quality dashboard (loopback by default)
     tracejudge alerts check --once           check the quality alert rules; exit 1 when one fires
     tracejudge calibrate --judge relevance   run a judge over a labelled set; agreement figures
     tracejudge agreement --experiment-id 1   judge-vs-human agreement from people's feedback in MLflow
+    tracejudge dataset --experiment-id 1 --name regressions   production failures into an MLflow evaluation dataset
+    tracejudge evaluate --dataset regressions --predict app:answer   the offline release gate (exit 0/1/2)
 """
 
 from __future__ import annotations
@@ -141,9 +144,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_budget)
 
+    from tracejudge.status import add_parser as add_status_parser
+
+    add_status_parser(sub)
+
     p = sub.add_parser("validate-config", help="check a config file and print the judge plan")
     p.add_argument("file", help="YAML config file")
     p.set_defaults(func=cmd_validate_config)
+
+    from tracejudge.cli_offline import add_commands as add_offline_commands
+
+    add_offline_commands(sub)  # dataset, evaluate
 
     p = sub.add_parser(
         "config-schema",
@@ -475,6 +486,14 @@ def _controls_lines(config: Any) -> list[str]:
         f"{online.delay_seconds:g} s after a trace ends (run `tracejudge beat`)"
         if online.experiments else "online pick-up: off"
     )
+    review = judges.review
+    if review.queue:
+        when = review.when
+        rules = [f"status {', '.join(when.status)}" if when.status else "",
+                 f"a score within {when.near_threshold:g} of its threshold" if when.near_threshold is not None else "",
+                 f"replies spread over {when.score_stdev_above:g}" if when.score_stdev_above is not None else ""]
+        lines.append(f"human review: to MLflow review queue {review.queue!r} on {' or '.join(r for r in rules if r) or 'nothing'}; "
+                     f"{review.rate:.0%} of them, at most {review.daily_max} a day")
     alerts = config.quality_alerts
     if alerts.active:
         sinks = ", ".join(sink.type for sink in alerts.sinks) or "none"
@@ -598,7 +617,9 @@ def _cannot_listen(host: str, port: int) -> str | None:
 def cmd_alerts_check(args: argparse.Namespace) -> int:
     from tracejudge.monitor.alerts import run_check_cli
 
-    return run_check_cli(config=args.config, experiment=args.experiment, as_json=args.json)
+    from tracejudge.worker import QUEUES
+
+    return run_check_cli(config=args.config, experiment=args.experiment, as_json=args.json, queues=QUEUES)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -199,7 +199,7 @@ def budget_command(args: argparse.Namespace) -> int:
         else " (no daily budget set: workers count spend here only while judges.budget.daily_usd is set;"
         " each assessment's cost_usd and `tracejudge report` show the cost)"
     )
-    console.print(f"judge spend on {report.day} (UTC): ${report.spent_usd:.6f}{limit}; held by calls in flight ${report.reserved_usd:.6f}")
+    console.print(f"judge spend on {report.day} (UTC): ${report.spent_usd:.6f} spent, ${report.reserved_usd:.6f} reserved by {report.in_flight} call(s) in flight{limit}")
     for title, usd, calls in (("model", report.by_model, report.calls_by_model), ("judge", report.by_judge, report.calls_by_judge)):
         table = Table(title=f"by {title}")
         table.add_column(title)

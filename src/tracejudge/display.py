@@ -32,6 +32,13 @@ def format_verdict(verdict: Any, *, rationale_width: int = 60) -> str:
     lines.append(f"verdict: {verdict.summary()}")
     if verdict.retry_nodes:
         lines.append(f"retry nodes: {', '.join(verdict.retry_nodes)}")
+    usage = getattr(verdict, "tool_usage", None)
+    if usage is not None:  # counted from the trace's spans, no LLM call
+        per_tool = ", ".join(
+            f"{name} {s.calls}" + (f" ({s.failed} failed)" if s.failed else "") + (f" {s.avg_duration_ms:g} ms avg" if s.avg_duration_ms is not None else "")
+            for name, s in usage.tools.items()
+        )
+        lines.append(f"tool calls: {usage.total.calls}, failed {usage.total.failed}, retries {usage.total.retries}: {per_tool}")
     for warning in verdict.warnings or ():  # e.g. a node_overrides key that matched no node of the trace
         lines.append(f"warning: {warning}")
     if verdict.artifact_uri:

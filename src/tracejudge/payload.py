@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tracejudge.config import Environment, JudgeRef, TraceJudgeConfig
+from tracejudge.config import Environment, JudgeRef
+from tracejudge.config.task_config import TaskConfig
 
 PAYLOAD_VERSION = 1
 
@@ -30,12 +31,36 @@ class EvaluationRequest(BaseModel):
     version: int = PAYLOAD_VERSION
     trace_id: str = Field(min_length=1, max_length=512)
     evaluation_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
-    config: TraceJudgeConfig | None = None  # None: the worker's own config
+    config: TaskConfig | None = None  # None: the worker's own config; never quality_alerts (its sinks are secrets)
     judges: list[JudgeRef] | None = None  # replaces the plan's judges for this call
     gate: bool = False
     environment: Environment | None = None  # a closed set: anything else is INVALID_PAYLOAD
     retry_of: str | None = Field(default=None, min_length=1, max_length=512)  # the trace this one re-runs
     force: bool = False  # re-judge even what is already on the trace (the new results supersede the old)
+    enqueued_at: float = Field(default_factory=time.time)
+
+
+
+class SessionRequest(BaseModel):
+    """What ``enqueue_session``, pick-up and backfill send, and the worker judges.
+
+    >>> SessionRequest(session_id="chat-42").gate
+    False
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = PAYLOAD_VERSION
+    kind: str = Field(default="session", pattern="^session$")
+    session_id: str = Field(min_length=1, max_length=250)
+    #: The experiment holding the session's traces; None: ``online.experiments``, else every experiment.
+    experiment_id: str | None = Field(default=None, min_length=1, max_length=128)
+    evaluation_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
+    config: TaskConfig | None = None  # None: the worker's own config; never quality_alerts (its sinks are secrets)
+    judges: list[JudgeRef] | None = None  # replaces judges.sessions.judges for this call
+    gate: bool = False
+    environment: Environment | None = None
+    force: bool = False  # judge again even what the record says is judged (the new results supersede)
     enqueued_at: float = Field(default_factory=time.time)
 
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from tracejudge.config import JudgeRef
 from tracejudge.enqueue import ConfigSource, _as_ref, _disabled, resolve_config
 from tracejudge.publish import CompletedHandle, DisabledHandle, EvaluationHandle, send_request
-from tracejudge.sessions.payload import SessionRequest
+from tracejudge.payload import SessionRequest
 from tracejudge.sessions.verdict import SessionVerdict
 
 __all__ = ["SessionHandle", "enqueue_session"]

@@ -30,7 +30,13 @@ The numbers (design sections 2.1, 2.2, 3.2), the same in the report and the run 
 * ``quality_threshold_pass``: 1.0 when every node met its threshold (each of its
   judges scored and passed), else 0.0;
 * a judge's ``aggregations`` (``<judge>/mean``, ``<judge>/variance``...): over
-  that judge's scores on all the targets it ran on.
+  that judge's scores on all the targets it ran on;
+* the tool metrics, when the trace made tool calls (design sections 2.3 and 6.2, counted from its spans
+  without an LLM call; :class:`tracejudge.judges.trajectory.ToolUsage`): ``total_tool_calls``,
+  ``tool_failed_calls``, ``tool_retries``, ``unique_tools_used``, ``tool_success_rate``,
+  ``tool_total_duration_ms``, ``tool_avg_duration_ms``, per tool ``tool_calls/<tool>``,
+  ``tool_failed_calls/<tool>``, ``tool_avg_duration_ms/<tool>``, per node ``node_tool_calls/<node>``,
+  ``node_tool_failed_calls/<node>``.
 
 Scores are on the "higher is better" scale (a lower-is-better judge counts as ``1 - score``).
 """
@@ -48,6 +54,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from tracejudge.config import TraceJudgeConfig, redact_url
 from tracejudge.judges.model import Aggregate, ErrorInfo, JudgeResult, aggregate, quality_band, utc_now
+from tracejudge.judges.trajectory import ToolUsage
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +124,8 @@ class QualityVerdict(BaseModel):
     reused: int = 0
     #: Why a ``skipped`` trace was left out (sampling, a filter).
     skipped_reason: str | None = None
+    #: The trace's tool calls counted (None: it made none, or was not read).
+    tool_usage: ToolUsage | None = None
     evaluated_at: str = Field(default_factory=utc_now)
 
     @model_validator(mode="before")
@@ -218,6 +227,7 @@ def build_verdict(
     partial: bool = False,
     variance: bool = False,
     sampled_out: Sequence[str] = (),
+    tool_usage: ToolUsage | None = None,
 ) -> QualityVerdict:
     """Aggregate results per target and decide the status (see the module docstring).
 
@@ -328,6 +338,7 @@ def build_verdict(
         judged=len(results) - reused,
         gate_judges_sampled_out=gate_sampled_out,
         skipped_reason=skipped_reason,
+        tool_usage=tool_usage,
     )
 
 
@@ -513,6 +524,8 @@ def quality_report(verdict: QualityVerdict) -> dict[str, Any]:
         "warnings": verdict.warnings,
         "cost": cost_summary(verdict.results()),
     }
+    if verdict.tool_usage is not None:
+        report["tool_usage"] = verdict.tool_usage.report()
     if verdict.error is not None:
         report["error"] = verdict.error.model_dump()
     if verdict.retry_of:
@@ -566,4 +579,7 @@ def quality_metrics(verdict: QualityVerdict) -> dict[str, float]:
         metrics["judge_cost_usd"] = cost["judge_cost_usd"]
     metrics["judge_prompt_tokens"] = float(cost["prompt_tokens"])
     metrics["judge_completion_tokens"] = float(cost["completion_tokens"])
+    if verdict.tool_usage is not None:
+        for name, value in verdict.tool_usage.metrics().items():
+            metrics[metric_name(*name.split("/", 1))] = value
     return metrics

@@ -393,6 +393,7 @@ class JudgesConfig(_Section):
     pricing: dict[str, "PriceEntry"] = Field(default_factory=dict)
     budget: "BudgetConfig" = Field(default_factory=lambda: BudgetConfig())
     cache: "CacheConfig" = Field(default_factory=lambda: CacheConfig())
+    review: "ReviewConfig" = Field(default_factory=lambda: ReviewConfig())
     #: Conversations (traces sharing `mlflow.trace.session`): their judges, and when a session counts as idle.
     sessions: "SessionsConfig" = Field(default_factory=lambda: SessionsConfig())
 
@@ -674,6 +675,7 @@ class TraceJudgeConfig(_Section):
 
 
 from .controls import BudgetConfig, CacheConfig, FiltersConfig, OnlineConfig, PriceEntry, SamplingConfig  # noqa: E402
+from .review import ReviewConfig  # noqa: E402
 
 from .sessions import SessionsConfig  # noqa: E402
 

@@ -3,9 +3,11 @@
 Before each LLM call a worker reserves the call's estimated cost; one Lua
 script checks ``spent + reserved + estimate <= limit`` and holds the amount,
 so no number of workers together can start a call the budget cannot pay
-for. After the call the reservation is settled with the real cost (and the
-spend counted by model and by judge). A reservation whose holder died is
-dropped after its lease. Amounts are integers in nano-USD; days are UTC.
+for (a refusal says what is spent and what calls in flight hold). After the
+call the reservation is settled with what it cost (and the spend counted by
+model and by judge). The holder extends its lease while the call runs; a
+reservation whose holder died is dropped when its lease ends. Amounts are
+integers in nano-USD; days are UTC.
 
 Keys (under ``TRACEJUDGE_KEY_PREFIX``), kept for 8 days::
 
@@ -25,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tracejudge.judges.controls import Reservation
+from tracejudge.judges.controls import Refusal, Reservation
 
 NANO = 1_000_000_000
 KEY_TTL_SECONDS = 8 * 24 * 3600
@@ -47,13 +49,13 @@ end
 local spent = tonumber(redis.call('GET', spent_k) or '0')
 local reserved = tonumber(redis.call('GET', reserved_k) or '0')
 if spent + reserved + amount > limit then
-  return 0
+  return {0, spent, reserved, redis.call('HLEN', holds_k)}
 end
 redis.call('INCRBY', reserved_k, amount)
 redis.call('HSET', holds_k, id, amount)
 redis.call('ZADD', leases_k, now + lease_ms, id)
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
-return 1
+return {1}
 """
 
 _SETTLE = """
@@ -76,6 +78,14 @@ return 1
 """
 
 
+# a held reservation's lease moves to now + lease (XX: only while it is still held)
+_EXTEND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1])
+"""
+
+
 def utc_day(now: datetime | None = None) -> str:
     """Today's budget day (UTC), e.g. ``'2026-11-28'``."""
     return (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
@@ -93,6 +103,7 @@ class SpendReport(BaseModel):
     limit_usd: float | None = None
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
+    in_flight: int = 0
     by_model: dict[str, float] = {}
     by_judge: dict[str, float] = {}
     calls_by_model: dict[str, int] = {}
@@ -110,20 +121,31 @@ class RedisBudget:
         self.redis = redis
         self.daily_usd = daily_usd
         self.prefix = prefix
+        self.lease_seconds = lease_seconds
         self.lease_ms = int(lease_seconds * 1000)
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
+        self._extend = redis.register_script(_EXTEND)
         self._last_day = utc_day()
 
-    async def reserve(self, *, model: str, judge: str, usd: float) -> Reservation | None:
+    async def reserve(self, *, model: str, judge: str, usd: float) -> Reservation | Refusal:
+        """Hold ``usd`` for the lease; a :class:`Refusal` with today's spent and reserved figures when it does not fit."""
         day = self._last_day = utc_day()
         rid = f"{day}/{uuid.uuid4().hex}"
         amount = max(1, int(round(usd * NANO)))
-        ok = await self._reserve(
+        answer = await self._reserve(
             keys=budget_keys(self.prefix, day)[:4],
             args=[int(round(self.daily_usd * NANO)), amount, rid, self.lease_ms, KEY_TTL_SECONDS],
         )
-        return Reservation(id=rid, usd=amount / NANO, model=model, judge=judge) if int(ok) == 1 else None
+        if int(answer[0]) == 1:
+            return Reservation(id=rid, usd=amount / NANO, model=model, judge=judge)
+        return Refusal(spent_usd=int(answer[1]) / NANO, reserved_usd=int(answer[2]) / NANO, in_flight=int(answer[3]),
+                       limit_usd=self.daily_usd, day=day)
+
+    async def extend(self, reservation: Reservation) -> bool:
+        """Move a held reservation's lease to a full lease from now (False: it is no longer held)."""
+        day = reservation.id.split("/", 1)[0]
+        return bool(await self._extend(keys=[budget_keys(self.prefix, day)[3]], args=[reservation.id, self.lease_ms]))
 
     async def settle(self, reservation: Reservation, *, usd: float) -> None:
         day = reservation.id.split("/", 1)[0]
@@ -143,9 +165,10 @@ def read_spend(redis: Any, *, prefix: str = "", day: str | None = None, limit_us
     pipe = redis.pipeline(transaction=False)
     pipe.get(keys[0])
     pipe.get(keys[1])
+    pipe.hlen(keys[2])
     for key in keys[4:]:
         pipe.hgetall(key)
-    spent, reserved, by_model, by_judge, calls_model, calls_judge = pipe.execute()
+    spent, reserved, in_flight, by_model, by_judge, calls_model, calls_judge = pipe.execute()
 
     def usd(mapping: dict[Any, Any]) -> dict[str, float]:
         return {_text(k): int(v) / NANO for k, v in sorted(mapping.items())}
@@ -158,6 +181,7 @@ def read_spend(redis: Any, *, prefix: str = "", day: str | None = None, limit_us
         limit_usd=limit_usd,
         spent_usd=int(spent or 0) / NANO,
         reserved_usd=int(reserved or 0) / NANO,
+        in_flight=int(in_flight or 0),
         by_model=usd(by_model),
         by_judge=usd(by_judge),
         calls_by_model=count(calls_model),

@@ -1,8 +1,10 @@
 """The built-in judges, as data: criteria, five anchored levels, and the prompt.
 
 The five of design section 4.2 (relevance, coherence, groundedness,
-harmfulness, answer_correctness) and the three custom ones of section 4.3
-(technical_accuracy, citation_quality, completeness). None names a default
+harmfulness, answer_correctness), the three custom ones of section 4.3
+(technical_accuracy, citation_quality, completeness), and four agent judges
+that read what an agent did (``{tool_calls}``, ``{trajectory}``):
+tool_selection, tool_arguments, task_completion, trajectory_efficiency. None names a default
 threshold: the environment threshold (production 0.80, development 0.70,
 experimental 0.60) applies unless the config names one.
 
@@ -229,6 +231,116 @@ Output:
     parameters={"temperature": 0.0},
 )
 
+TOOL_SELECTION = Judge(
+    name="tool_selection",
+    description="Assesses whether an agent called the right tools for the request, and left none out that it needed.",
+    criteria="""Read the request, then the tool calls in order (name, arguments, result or error). Decide which tools the request needed, judging from the tool names and what they returned; then compare with what was called.
+- A needed tool that was never called (e.g. the request asks to book, and no booking tool was called) is the most serious fault.
+- A tool that does not serve the request (an unrelated lookup, a write action nobody asked for) is a wrong choice; an action with side effects that was not asked for counts more than a harmless extra lookup.
+- Judge the choice of tools only: not the arguments passed, not whether the final answer is good, not the number of repeated calls (other judges cover those).
+- A failed call still counts as choosing that tool; retrying a failed call is not a wrong choice.
+- When the request needs no tool at all, no tool calls is the right choice (1.0); calling tools anyway lowers the score only as far as they are irrelevant.
+- When the list says there are no tool calls (empty) and the request needed one, the score is 0.0.""",
+    rubric=_levels(
+        "Every tool the request needed was called, and no call was irrelevant to it.",
+        "The needed tools were called, with one superfluous but harmless call.",
+        "A secondary need was left out (a confirming lookup, a second item asked for), or several calls do not serve the request.",
+        "The main tool the request needed was not called, or most calls are to the wrong tools.",
+        "No tool that serves the request was called, or the calls take an action the request did not ask for.",
+    ),
+    prompt="""Evaluate whether the agent chose the right tools for the request.
+
+Request:
+{input}
+
+Tool calls, in order:
+{tool_calls}""",
+    parameters={"temperature": 0.0},
+)
+
+TOOL_ARGUMENTS = Judge(
+    name="tool_arguments",
+    description="Assesses whether each tool call's arguments were correct and complete, given the request and earlier results.",
+    criteria="""For each tool call, check its arguments against what the request states and what earlier calls returned.
+- Correct: values match the request (names, dates, amounts, identifiers, units) and carry forward the right values from earlier results (e.g. the id of the item an earlier search found and the request asked for).
+- Complete: every value the request gives that the tool plainly needs is passed; nothing is left for the tool to guess.
+- Invented values (an id, a date or an email that appears neither in the request nor in an earlier result) are errors, even when the call succeeded.
+- A value the request leaves open may be chosen sensibly; do not penalise a reasonable default.
+- Judge the arguments only: not whether the right tool was chosen, nor the final answer. An error result caused by bad arguments counts against them; one caused by the tool itself (a timeout, a server error) does not.
+- With no tool calls (an empty list) there are no arguments to judge: score 1.0 and say so.""",
+    rubric=_levels(
+        "Every argument of every call is correct and complete, including values carried from earlier results.",
+        "All calls are essentially right; one minor argument is imprecise (a format, an optional field) without changing the outcome.",
+        "One call has a wrong or missing argument that matters, or a value was guessed where the request or a result gave it.",
+        "Several calls have wrong, missing or invented arguments, or the key call's main argument is wrong.",
+        "The arguments contradict the request or earlier results throughout (wrong item, wrong dates, wrong person).",
+    ),
+    prompt="""Evaluate whether the agent's tool calls had correct and complete arguments.
+
+Request:
+{input}
+
+Tool calls, in order (each with its arguments and result or error):
+{tool_calls}""",
+    parameters={"temperature": 0.0},
+)
+
+TASK_COMPLETION = Judge(
+    name="task_completion",
+    description="Assesses whether the agent achieved what was asked, judged by its tool results, not only its final text.",
+    criteria="""Decide what the request asked to get done, then check it against the evidence: the tool calls' results and errors, and the final answer.
+- The results are the evidence. An answer that claims success while the tool that does the work failed, or was never called, did not complete the task.
+- Every part of the request counts: a request with two parts, of which one was done, is half complete.
+- The final answer must report the outcome truthfully (the confirmation, the figure found); an answer that contradicts the results lowers the score.
+- A task that cannot be done (the item does not exist, the tool is down) is handled well when the agent tried, says plainly why it could not, and does not pretend; that scores 0.5, or 0.75 when it also offers a sensible next step.
+- Do not judge style, length or efficiency.
+- An empty answer with no successful tool result scores 0.0.""",
+    rubric=_levels(
+        "Every part of the request was achieved, shown by the tool results, and the answer reports it truthfully.",
+        "Achieved, with a minor gap: a small detail missing from the answer, or a minor part left undone.",
+        "Half done: one of the request's parts achieved, another not; or an impossible task honestly explained.",
+        "Mostly not achieved: the main action failed or was not taken, though some useful step was made.",
+        "Not achieved, or the answer claims an outcome the tool results contradict or never produced.",
+    ),
+    prompt="""Evaluate whether the agent completed the task it was asked to do.
+
+Request:
+{input}
+
+Tool calls, in order (the evidence of what happened):
+{tool_calls}
+
+Final answer:
+{output}""",
+    parameters={"temperature": 0.0},
+)
+
+TRAJECTORY_EFFICIENCY = Judge(
+    name="trajectory_efficiency",
+    description="Assesses whether the agent reached its result without redundant, looping or wasted steps.",
+    criteria="""Follow the steps in order (model calls, tool calls, sub-nodes) and look for waste.
+- Waste: the same call repeated with the same arguments after it succeeded; a loop that makes no progress; a lookup whose result is never used; a detour through tools the request did not need; asking the model again without new information.
+- Not waste: retrying a call that failed (once or twice, sensibly); a lookup the next step relies on; calls that are needed and independent.
+- Judge efficiency only, not whether the task was achieved: a short path that fails is efficient but not complete.
+- Count the wasted steps against the necessary ones: one extra step in a long trajectory matters less than in a short one.
+- An empty trajectory for a request that needed no steps is efficient (1.0).""",
+    rubric=_levels(
+        "Every step is needed; nothing is repeated or wasted.",
+        "One redundant step (a repeated lookup, an unused call) in an otherwise direct path.",
+        "Noticeable waste: several redundant steps, or a retry loop longer than needed.",
+        "Mostly waste: repeated identical calls, detours, or a loop that makes little progress.",
+        "Stuck: the same calls repeat without progress until the trajectory ends or is cut off.",
+    ),
+    prompt="""Evaluate how efficiently the agent went from the request to its result.
+
+Request:
+{input}
+
+Steps, in order (nested steps are indented under their node):
+{trajectory}""",
+    parameters={"temperature": 0.0},
+)
+
 BUILTIN_JUDGES: dict[str, Judge] = {
     judge.name: judge
     for judge in (
@@ -240,5 +352,9 @@ BUILTIN_JUDGES: dict[str, Judge] = {
         TECHNICAL_ACCURACY,
         CITATION_QUALITY,
         COMPLETENESS,
+        TOOL_SELECTION,
+        TOOL_ARGUMENTS,
+        TASK_COMPLETION,
+        TRAJECTORY_EFFICIENCY,
     )
 }

@@ -35,6 +35,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from tracejudge.judges import errors
 from tracejudge.judges.errors import JudgeError, JudgeReplyError
+from tracejudge.judges.meter import current_meter
 from tracejudge.judges.model import JudgeReply, RubricLevel, TokenUsage
 from tracejudge.ops import metrics
 
@@ -264,14 +265,14 @@ class LLMClient:
                         reply = parse_reply(completion.content)
         except JudgeError as exc:
             exc.attempts = attempts
-            if isinstance(exc, JudgeReplyError):
-                exc.tokens = tokens  # the replies were paid for even though they were unusable
+            exc.tokens = tokens  # replies were paid for even when unusable, also before a later failure
             raise
         except BaseException as exc:
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                 raise
             error = self._translate(exc, timeout)
             error.attempts = attempts
+            error.tokens = tokens  # e.g. invalid replies before a timeout: paid for
             if error.code in errors.PROVIDER_WIDE:
                 self._provider_failure = (error, time.monotonic())
             raise error from exc
@@ -315,6 +316,7 @@ class LLMClient:
         plain JSON instructions.
         """
         options: dict[str, Any] = {"timeout": timeout}
+        meter = current_meter()
         if judge:
             options["headers"] = {JUDGE_HEADER: judge}
         for fallbacks_left in range(3, -1, -1):  # each fallback applies once: the loop ends
@@ -326,6 +328,8 @@ class LLMClient:
                     # subclasses) without ``chat.completions.create``'s per-call work that a plain JSON body
                     # does not need: walking the params' TypedDicts and building a pydantic ChatCompletion
                     # (measured: a third of the client's CPU per call, bench/client_cpu.py). The reply is read as plain JSON.
+                    if meter is not None:
+                        meter.sent += 1
                     response = await self._openai.post(
                         "/chat/completions",
                         cast_to=_httpx.Response,
@@ -336,9 +340,16 @@ class LLMClient:
             except openai.BadRequestError as exc:
                 if not fallbacks_left or not self._learn_from_400(model, str(exc), kwargs):
                     raise
+            except (asyncio.CancelledError, TimeoutError, openai.APITimeoutError):
+                if meter is not None:
+                    meter.unanswered += 1  # sent, no reply: the provider bills it anyway
+                raise
             finally:
                 metrics.observe_llm_call(model=model, seconds=time.monotonic() - sent)
-        return completion_from_json(response)
+        completion = completion_from_json(response)
+        if meter is not None:
+            meter.add(completion.usage.prompt, completion.usage.completion)
+        return completion
 
     def _call_parameters(self, model: str, parameters: dict[str, Any], levels: int) -> dict[str, Any]:
         kwargs = {k: v for k, v in parameters.items() if k != "response_format"}

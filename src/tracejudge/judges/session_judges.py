@@ -18,7 +18,6 @@ are (criteria, five anchored levels, reasoning before a 0..1 score); the wording
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tracejudge.judges.builtin import _levels
 from tracejudge.judges.model import Judge, JudgeInput, to_text
+from tracejudge.judges.prompt import DEFAULT_MAX_INPUT_CHARS
+from tracejudge.judges.trajectory import ToolCall, render_tool_calls
 
 #: The target name of session results (the ``node_id`` in their metadata).
 SESSION_TARGET = "session"
@@ -45,8 +46,8 @@ class Turn(BaseModel):
     trace_id: str
     user: Any = None
     assistant: Any = None
-    #: The turn's tool calls, in order (each a mapping: name, arguments, result or error, status).
-    tool_calls: list[Any] = Field(default_factory=list)
+    #: The turn's tool and retriever calls, in order (``mlflow_io.trajectory.SpanTree.tool_calls``).
+    tool_calls: list[ToolCall] = Field(default_factory=list)
     timestamp_ms: int = 0
 
 
@@ -70,25 +71,27 @@ def conversation_text(turns: Sequence[Turn]) -> str:
     return "\n\n".join(blocks)
 
 
-def tool_calls_text(turns: Sequence[Turn]) -> str:
-    """Each turn's tool calls, in order, one compact JSON line per call.
+def tool_calls_text(turns: Sequence[Turn], *, budget: int = DEFAULT_MAX_INPUT_CHARS) -> str:
+    """Each turn's tool calls, in order, one compact JSON line per call (``{tool_calls}``'s form), the
+    budget shared out between the turns so every turn stays in view.
 
-    >>> print(tool_calls_text([Turn(trace_id="a", tool_calls=[{"name": "search", "arguments": {"q": "x"}}]),
+    >>> print(tool_calls_text([Turn(trace_id="a", tool_calls=[ToolCall(name="search", arguments={"q": "x"}, result=[1])]),
     ...                        Turn(trace_id="b")]))
     [turn 1]
-    1. {"name": "search", "arguments": {"q": "x"}}
+    {"call": 1, "tool": "search", "arguments": {"q": "x"}, "result": [1], "status": "OK"}
     <BLANKLINE>
     [turn 2]
     (no tool calls)
     """
+    share = max(200, budget // max(1, len(turns)))
     blocks = []
     for number, turn in enumerate(turns, start=1):
-        calls = [f"{i}. {json.dumps(call, ensure_ascii=False, default=str)}" for i, call in enumerate(turn.tool_calls, start=1)]
-        blocks.append(f"[turn {number}]\n" + ("\n".join(calls) if calls else "(no tool calls)"))
+        text = render_tool_calls(turn.tool_calls, budget=share)[0] if turn.tool_calls else "(no tool calls)"
+        blocks.append(f"[turn {number}]\n{text}")
     return "\n\n".join(blocks)
 
 
-def conversation_input(session_id: str, turns: Sequence[Turn]) -> JudgeInput:
+def conversation_input(session_id: str, turns: Sequence[Turn], *, max_chars: int = DEFAULT_MAX_INPUT_CHARS) -> JudgeInput:
     """What a session judge reads (see the module docstring).
 
     >>> x = conversation_input("s-1", [Turn(trace_id="a", user="Hi", assistant="Hello")])
@@ -103,7 +106,7 @@ def conversation_input(session_id: str, turns: Sequence[Turn]) -> JudgeInput:
         output=last.assistant if last else None,
         inputs={
             "conversation": conversation_text(turns),
-            "conversation_tool_calls": tool_calls_text(turns),
+            "conversation_tool_calls": tool_calls_text(turns, budget=max_chars),
             "session_id": session_id,
             "turns": len(turns),
         },

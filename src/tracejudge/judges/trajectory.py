@@ -147,3 +147,84 @@ def _line(row: dict[str, Any], cuttable: tuple[str, ...], per_value: int) -> tup
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+class ToolStats(BaseModel):
+    """Counts and latency of some tool calls (design section 6.2's per-tool breakdown)."""
+
+    calls: int = 0
+    failed: int = 0
+    retries: int = 0
+    total_duration_ms: float = 0.0
+
+    @property
+    def avg_duration_ms(self) -> float | None:
+        return round(self.total_duration_ms / self.calls, 3) if self.calls else None
+
+    @property
+    def success_rate(self) -> float | None:
+        return round(1 - self.failed / self.calls, 6) if self.calls else None
+
+    def add(self, call: ToolCall) -> None:
+        self.calls += 1
+        self.failed += int(call.failed)
+        self.retries += int(call.retry)
+        self.total_duration_ms = round(self.total_duration_ms + (call.duration_ms or 0.0), 3)
+
+
+class ToolUsage(BaseModel):
+    """What a trace's tools did, counted without any LLM call: in total, per tool, and per node.
+
+    A call belongs to the nearest node above it (``workflow`` when none), so nested nodes are not
+    counted twice.
+
+    >>> u = tool_usage([ToolCall(name="a", duration_ms=4, node="n"), ToolCall(name="a", status="ERROR", error="x", node="n")])
+    >>> u.total.calls, u.total.failed, u.tools["a"].avg_duration_ms, u.nodes["n"].calls
+    (2, 1, 2.0, 2)
+    """
+
+    total: ToolStats = Field(default_factory=ToolStats)
+    tools: dict[str, ToolStats] = Field(default_factory=dict)
+    nodes: dict[str, ToolStats] = Field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Run metrics (design section 6.2 names, plus failures and retries), per tool and per node too."""
+        t = self.total
+        out: dict[str, float] = {
+            "total_tool_calls": float(t.calls),
+            "tool_failed_calls": float(t.failed),
+            "tool_retries": float(t.retries),
+            "unique_tools_used": float(len(self.tools)),
+            "tool_total_duration_ms": t.total_duration_ms,
+        }
+        if t.calls:
+            out["tool_success_rate"] = t.success_rate or 0.0
+            out["tool_avg_duration_ms"] = t.avg_duration_ms or 0.0
+        for name, stats in self.tools.items():
+            out[f"tool_calls/{name}"] = float(stats.calls)
+            out[f"tool_failed_calls/{name}"] = float(stats.failed)
+            out[f"tool_avg_duration_ms/{name}"] = stats.avg_duration_ms or 0.0
+        for node, stats in self.nodes.items():
+            out[f"node_tool_calls/{node}"] = float(stats.calls)
+            out[f"node_tool_failed_calls/{node}"] = float(stats.failed)
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """The ``tool_usage`` section of ``quality_assessment.json``."""
+
+        def row(s: ToolStats) -> dict[str, Any]:
+            return {"calls": s.calls, "failed": s.failed, "retries": s.retries, "success_rate": s.success_rate,
+                    "total_duration_ms": s.total_duration_ms, "avg_duration_ms": s.avg_duration_ms}
+
+        return {**row(self.total), "unique_tools_used": len(self.tools),
+                "tools": {k: row(v) for k, v in self.tools.items()}, "nodes": {k: row(v) for k, v in self.nodes.items()}}
+
+
+def tool_usage(calls: list[ToolCall], *, default_node: str = "workflow") -> ToolUsage:
+    """Count a trace's tool calls (the workflow target's: every call in the trace once)."""
+    usage = ToolUsage()
+    for call in calls:
+        usage.total.add(call)
+        usage.tools.setdefault(call.name, ToolStats()).add(call)
+        usage.nodes.setdefault(call.node or default_node, ToolStats()).add(call)
+    return usage

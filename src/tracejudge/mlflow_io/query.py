@@ -32,6 +32,7 @@ class AssessmentRow:
     error_code: str | None
     rationale: str | None
     metadata: dict[str, str] = field(default_factory=dict)
+    created_ms: int = 0
 
 
 @dataclass
@@ -74,7 +75,7 @@ def judged_traces(
     if workflow:
         filters.append(f"tags.`mlflow.traceName` = '{_quote(workflow)}'")
     for info in trace_infos(client, experiment_id, " AND ".join(filters), page_size=page_size):
-        row = _row(info)
+        row = judged_row(info)
         if row is not None:
             yield row
 
@@ -151,15 +152,42 @@ def _store(client: Any) -> Any:
     return client._tracking_client.store  # MlflowClient keeps its store there; query_trace_metrics is store-level
 
 
-def _row(info: Any) -> JudgedTraceRow | None:
+#: The assessment sources of tracejudge's own results (``writer.source_of``); people's feedback is HUMAN.
+OUR_SOURCES = frozenset({"LLM_JUDGE", "CODE"})
+
+
+def is_ours(assessment: Any) -> bool:
+    """A valid feedback tracejudge wrote: our key in its metadata and an LLM_JUDGE or CODE source.
+
+    A person's feedback under a judge's name (what ``tracejudge agreement`` asks for, or an override in MLflow's UI,
+    which may copy our metadata) is HUMAN: it never counts in the judges' figures.
+
+    >>> from types import SimpleNamespace as A
+    >>> judge = A(metadata={KEY: "k"}, valid=True, feedback=object(), source=A(source_type="LLM_JUDGE"))
+    >>> human = A(metadata={KEY: "k"}, valid=True, feedback=object(), source=A(source_type="HUMAN"))
+    >>> is_ours(judge), is_ours(human)
+    (True, False)
+    """
+    metadata = getattr(assessment, "metadata", None) or {}
+    if KEY not in metadata or getattr(assessment, "valid", True) is False or getattr(assessment, "feedback", None) is None:
+        return False
+    return str(getattr(getattr(assessment, "source", None), "source_type", "") or "").upper() in OUR_SOURCES
+
+
+def judged_row(info: Any) -> JudgedTraceRow | None:
+    """A judged trace as the monitor reads it: its tags and our valid feedbacks (None when tracejudge gave it no verdict).
+
+    ``info`` is what ``search_traces`` returns per trace (or anything with ``trace_id``, ``request_time``, ``tags``
+    and ``assessments``): the workers build the same shape for what they just wrote, so both count it alike.
+    """
     tags = dict(getattr(info, "tags", None) or {})
     if STATUS_TAG not in tags:
         return None
     assessments = []
     for a in getattr(info, "assessments", None) or []:
-        metadata = dict(getattr(a, "metadata", None) or {})
-        if KEY not in metadata or getattr(a, "valid", True) is False or getattr(a, "feedback", None) is None:
+        if not is_ours(a):
             continue
+        metadata = dict(getattr(a, "metadata", None) or {})
         error = getattr(a, "error", None)
         value = getattr(a, "value", None)
         assessments.append(
@@ -172,6 +200,7 @@ def _row(info: Any) -> JudgedTraceRow | None:
                 error_code=getattr(error, "error_code", None) if error is not None else None,
                 rationale=getattr(a, "rationale", None),
                 metadata=metadata,
+                created_ms=int(getattr(a, "create_time_ms", 0) or 0),
             )
         )
     return JudgedTraceRow(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracejudge.judges.model import JudgeInput
+from tracejudge.judges.trajectory import ToolUsage, tool_usage
 from tracejudge.judges.plan import WORKFLOW_TARGET
 from tracejudge.mlflow_io.trajectory import SpanTree, is_tool_span, node_id
 from tracejudge.ops import metrics
@@ -74,6 +75,13 @@ class LoadedTrace:
     duration_ms: int = 0
     #: False when MLflow recorded no span count to check the spans read against (see :func:`not_whole`)
     span_count_known: bool = True
+
+
+def trace_tool_usage(loaded: LoadedTrace) -> ToolUsage | None:
+    """The trace's tool calls counted (from the workflow target, which sees every call once), or None if it made none."""
+    root = next((t for t in loaded.targets if t.node_id == WORKFLOW_TARGET), None)
+    calls = root.judge_input.tool_calls if root is not None else []
+    return tool_usage(calls, default_node=WORKFLOW_TARGET) if calls else None
 
 
 def check_trace_id(trace_id: Any) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 from tracejudge.judges.session_judges import Turn
 from tracejudge.mlflow_io import writer
 from tracejudge.mlflow_io.reader import TraceNotReady, _experiment_id
+from tracejudge.mlflow_io.trajectory import SpanTree
 
 #: MLflow's trace metadata key of the session id (``TraceMetadataKey.TRACE_SESSION``), also put in our feedbacks' metadata.
 SESSION = "mlflow.trace.session"
@@ -105,12 +106,10 @@ class LoadedSession:
         return f"{len(self.turns)}:{self.last_trace_id}"
 
 
-def load_session(
-    client: Any, session_id: str, experiment_ids: Sequence[str], *, tool_calls: Any = None
-) -> LoadedSession:
-    """Every trace of the session (spans included), oldest first, as turns.
+def load_session(client: Any, session_id: str, experiment_ids: Sequence[str]) -> LoadedSession:
+    """Every trace of the session (spans included), oldest first, as turns (with each turn's tool calls).
 
-    ``tool_calls(trace)`` (optional) lists a turn's tool calls. :class:`TraceNotReady` while a
+    :class:`TraceNotReady` while a
     turn is still running or half exported; :class:`SessionNotFound` when no trace has the id.
     """
     traces = []
@@ -145,7 +144,7 @@ def load_session(
             trace_id=t.info.trace_id,
             user=user_text(_root(t).inputs),
             assistant=answer_text(_root(t).outputs),
-            tool_calls=list(tool_calls(t)) if tool_calls is not None else [],
+            tool_calls=SpanTree(t.data.spans).tool_calls(),
             timestamp_ms=start_ms(t.info),
         )
         for t in traces
@@ -162,15 +161,13 @@ def load_session(
     )
 
 
-def wait_for_session(
-    client: Any, session_id: str, experiment_ids: Sequence[str], *, wait_seconds: float, tool_calls: Any = None
-) -> LoadedSession:
+def wait_for_session(client: Any, session_id: str, experiment_ids: Sequence[str], *, wait_seconds: float) -> LoadedSession:
     """:func:`load_session`, polling with backoff while a turn is not exported (or not found) yet."""
     give_up = time.monotonic() + wait_seconds
     pause = POLL_INITIAL_SECONDS
     while True:
         try:
-            return load_session(client, session_id, experiment_ids, tool_calls=tool_calls)
+            return load_session(client, session_id, experiment_ids)
         except (TraceNotReady, SessionNotFound):
             if time.monotonic() + pause > give_up:
                 raise

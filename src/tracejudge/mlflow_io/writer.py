@@ -11,6 +11,14 @@ failed judge is a feedback with an ``AssessmentError`` and no value.
 MLflow does not de-duplicate assessments, so every write carries a key
 derived from (trace, span, judge, judge version, model, threshold); before
 judging, the caller reads the keys already on the trace and skips them.
+
+One valid assessment of ours per (span, judge name), whatever changed: a new
+result for a (span, judge) names our valid one there in ``overrides`` (see
+:func:`supersedes`), so MLflow marks it invalid and searches such as
+``feedback.relevance > 0.8`` and every reader see only the new one. A new
+threshold, model, rubric or judge version makes a new key, and so a new
+result that supersedes the old. Assessments of people (source ``HUMAN``) are
+never ours, so never superseded.
 """
 
 from __future__ import annotations
@@ -79,13 +87,29 @@ def is_final(result: JudgeResult) -> bool:
     return result.error is None or result.error.type in FINAL_ERRORS
 
 
+def is_ours(assessment: Any) -> bool:
+    """A valid feedback of ours: it carries our key and was not written by a person (source ``HUMAN``).
+
+    >>> from mlflow.entities import AssessmentSource, Feedback
+    >>> ours = Feedback(name="coherence", value=0.9, metadata={KEY: "k1"}, source=AssessmentSource("LLM_JUDGE", "gpt-4o-mini"))
+    >>> person = Feedback(name="coherence", value=0.2, metadata={KEY: "k1"}, source=AssessmentSource("HUMAN", "ana"))
+    >>> is_ours(ours), is_ours(person)
+    (True, False)
+    """
+    metadata = getattr(assessment, "metadata", None) or {}
+    if not metadata.get(KEY) or getattr(assessment, "valid", True) is False or getattr(assessment, "feedback", None) is None:
+        return False
+    source_type = str(getattr(getattr(assessment, "source", None), "source_type", "") or "").upper()
+    return source_type != "HUMAN"
+
+
 def existing_results(assessments: Iterable[Any]) -> dict[str, JudgeResult]:
     """Our earlier final results on a trace, by key (valid assessments that carry our key; transient failures left out)."""
     found: dict[str, JudgeResult] = {}
     for assessment in assessments:
         metadata = getattr(assessment, "metadata", None) or {}
         key = metadata.get(KEY)
-        if not key or getattr(assessment, "valid", True) is False or getattr(assessment, "feedback", None) is None:
+        if not is_ours(assessment):
             continue
         error = getattr(assessment, "error", None)
         if error is not None and getattr(error, "error_code", None) not in FINAL_ERRORS:
@@ -190,27 +214,29 @@ def log_result(
     return assessment.assessment_id
 
 
-def superseded_ids(
-    assessments: Iterable[Any], *, only_errors: Iterable[str] | None = None, transient: bool = False
-) -> dict[tuple[str | None, str], str]:
-    """Our valid assessments on a trace by (span id, judge name): what a re-judged result supersedes.
+def superseded_ids(assessments: Iterable[Any]) -> dict[tuple[str | None, str], str]:
+    """Our valid assessments on a trace by (span id, judge name): what a new result there supersedes.
 
-    ``only_errors``: only failed ones with these error codes; ``transient``: only failed ones whose
-    error is not final (see :data:`FINAL_ERRORS`): those are judged again, never reused.
+    Where old data holds more than one (written before results superseded each other), the newest.
     """
-    codes = None if only_errors is None else set(only_errors)
-    found: dict[tuple[str | None, str], str] = {}
+    found: dict[tuple[str | None, str], tuple[int, str]] = {}
     for assessment in assessments:
-        metadata = getattr(assessment, "metadata", None) or {}
-        if not metadata.get(KEY) or getattr(assessment, "valid", True) is False or getattr(assessment, "feedback", None) is None:
+        if not is_ours(assessment):
             continue
-        code = getattr(getattr(assessment, "error", None), "error_code", None)
-        if codes is not None and code not in codes:
-            continue
-        if transient and (getattr(assessment, "error", None) is None or code in FINAL_ERRORS):
-            continue
-        found[(assessment.span_id, assessment.name)] = assessment.assessment_id
-    return found
+        place = (assessment.span_id, assessment.name)
+        created = int(getattr(assessment, "create_time_ms", None) or 0)
+        if place not in found or created >= found[place][0]:
+            found[place] = (created, assessment.assessment_id)
+    return {place: assessment_id for place, (_, assessment_id) in found.items()}
+
+
+def supersedes(assessments: Iterable[Any], results: Iterable[JudgeResult]) -> dict[str, str]:
+    """For each new result (by key), the id of our valid assessment at its (span, judge) that it replaces.
+
+    Pass it as ``overrides`` to the write (``TraceStore.result_calls``), on every path that writes new results.
+    """
+    superseded = superseded_ids(assessments)
+    return {r.key: superseded[(r.span_id, r.name)] for r in results if r.key and (r.span_id, r.name) in superseded}
 
 
 def write_all(calls: list[Callable[[], T]], *, executor: ThreadPoolExecutor | None = None) -> list[T]:

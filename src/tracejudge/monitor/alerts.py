@@ -21,14 +21,15 @@ import json
 import logging
 import sys
 import time
-import urllib.request
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from tracejudge.config import Settings
-from tracejudge.config.alerts import AlertRule, AlertSink, QualityAlertsConfig
-from tracejudge.monitor.models import JudgeStats, NodeStats, QualitySummary
+from tracejudge.config.alerts import AlertRule, QualityAlertsConfig
+from tracejudge.monitor.alert_delivery import Delivery, DeliveryState, Status, deliver, slack_payload
+from tracejudge.monitor.alert_rules import Evaluation, RuleContext, evaluate
+from tracejudge.monitor.models import QualitySummary
 from tracejudge.monitor.summary import iso
 from tracejudge.monitor.window import MonitorQuery
 
@@ -62,7 +63,9 @@ class RuleOutcome(BaseModel):
     observed: Any = None
     baseline: Any = None
     message: str
-    sent: Literal["firing", "resolved"] | None = None
+    checked: bool = Field(True, description="false: the rule names a judge or node no config has, so it was not evaluated")
+    sent: Literal["firing", "resolved"] | None = Field(None, description="what at least one sink accepted in this check")
+    deliveries: list[Delivery] = Field(default_factory=list, description="each sink's delivery of the current state")
 
 
 class CheckResult(BaseModel):
@@ -82,69 +85,10 @@ def rule_id(rule: AlertRule, experiment_id: str) -> str:
     >>> len(rule_id(AlertRule(kind="failure_rate", above=0.2), "1"))
     16
     """
-    blob = json.dumps([experiment_id, rule.model_dump(mode="json")], sort_keys=True)
+    # the pipeline rules' fields only when set, so the ids of rules written before them stay the same
+    unset = {k for k in ("seconds", "depth", "minutes", "queue", "code") if getattr(rule, k) is None}
+    blob = json.dumps([experiment_id, rule.model_dump(mode="json", exclude=unset)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _scoped(summary: QualitySummary, rule: AlertRule) -> tuple[int, float | None, float | None, int, float | None]:
-    """(count, mean, variance, below, failure_rate) of the rule's scope."""
-    rows: list[JudgeStats | NodeStats]
-    if rule.node:
-        rows = [n for n in summary.nodes if n.node == rule.node and (rule.judge is None or n.judge == rule.judge)]
-    elif rule.judge:
-        rows = [j for j in summary.judges if j.judge == rule.judge]
-    else:
-        rows = list(summary.judges)
-    n = sum(r.count for r in rows)
-    if not n:
-        return 0, None, None, 0, None
-    mean = sum((r.mean or 0) * r.count for r in rows) / n
-    # pooled variance: E[x^2] - mean^2 over the rows
-    ex2 = sum(((r.variance or 0) + (r.mean or 0) ** 2) * r.count for r in rows) / n
-    below = sum(r.below for r in rows)
-    return n, mean, max(0.0, ex2 - mean * mean), below, below / n
-
-
-def evaluate_rule(rule: AlertRule, window: QualitySummary, baseline: QualitySummary) -> tuple[bool, Any, Any, str]:
-    """Whether the rule holds, the observed and baseline figures, and a sentence saying so."""
-    n, mean, var, below, rate = _scoped(window, rule)
-    bn, bmean, bvar, _, brate = _scoped(baseline, rule)
-    scope = " ".join(x for x in (f"node {rule.node}" if rule.node else "", rule.judge or "") if x) or "all judges"
-    if rule.kind == "gate_pass_rate":
-        observed, base = window.totals.gate_pass_rate, baseline.totals.gate_pass_rate
-        holds = window.totals.traces >= rule.min_count and observed is not None and observed < (rule.below or 0)
-        return holds, observed, base, f"gate pass rate {_f(observed)} (baseline {_f(base)}), alert below {rule.below:g}"
-    if rule.kind == "new_failure_type":
-        new_codes = sorted(set(window.error_codes) - set(baseline.error_codes))
-        seen = {(x.node, x.judge) for x in baseline.nodes if x.below}
-        new_pairs = sorted(
-            f"{x.node}/{x.judge}" for x in window.nodes
-            if x.below and (x.node, x.judge) not in seen
-            and (rule.node is None or x.node == rule.node) and (rule.judge is None or x.judge == rule.judge)
-        )
-        observed = new_codes + new_pairs
-        return bool(observed), observed, sorted(baseline.error_codes), (
-            "new failure types: " + ", ".join(observed) if observed else "no failure type unseen in the baseline"
-        )
-    if n < rule.min_count:
-        return False, mean, bmean, f"{scope}: {n} scored results in the window (rule needs {rule.min_count})"
-    if rule.kind == "quality_drop":
-        if rule.below is not None and mean is not None and mean < rule.below:
-            return True, mean, bmean, f"{scope}: mean {_f(mean)} below {rule.below:g} (baseline {_f(bmean)})"
-        if rule.drop_by is not None and bmean is not None and mean is not None and bmean - mean >= rule.drop_by - 1e-12:
-            return True, mean, bmean, f"{scope}: mean {_f(mean)} is {bmean - mean:.3f} under the baseline {_f(bmean)} (alert at {rule.drop_by:g})"
-        return False, mean, bmean, f"{scope}: mean {_f(mean)} (baseline {_f(bmean)})"
-    if rule.kind == "failure_rate":
-        holds = rate is not None and rate > (rule.above or 0)
-        return holds, rate, brate, f"{scope}: {_f(rate)} below threshold (baseline {_f(brate)}), alert above {rule.above:g}"
-    if rule.kind == "variance_increase":
-        holds = var is not None and bvar is not None and bn >= rule.min_count and var > (rule.factor or 0) * max(bvar, 1e-6)
-        return holds, var, bvar, f"{scope}: variance {_f(var)} vs baseline {_f(bvar)} (alert at x{rule.factor:g})"
-    raise ValueError(f"unknown rule kind {rule.kind!r}")  # pragma: no cover - the config refuses it
-
-
-def _f(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _examples(window: QualitySummary, rule: AlertRule) -> list[dict[str, Any]]:
@@ -170,8 +114,13 @@ def check_alerts(
     prefix: str | None = None,
     known_judges: set[str] | None = None,
     known_nodes: set[str] | None = None,
+    queues: tuple[str, ...] = (),
 ) -> CheckResult:
-    """Check every rule once, send what changed, and return each rule's outcome."""
+    """Check every rule once, deliver what sinks are owed, and return each rule's outcome and deliveries.
+
+    A rule naming a judge or node no config has is not evaluated (it is in ``warnings``); a firing or
+    resolved alert a sink did not accept is sent again at the next check (``alert_delivery``).
+    """
     from tracejudge.monitor.collect import summarise_quality
 
     prefix = Settings.from_env().key_prefix if prefix is None else prefix
@@ -180,93 +129,80 @@ def check_alerts(
     window_ms = config.window_minutes * 60_000
     start = now_ms - window_ms
     base_start = start - int(config.baseline_days * 86_400_000)
-    window = summarise(MonitorQuery(experiment=experiment, workflow=config.workflow, since=iso(start), until=iso(now_ms), bucket="hour"), now_ms)
-    baseline = summarise(
-        MonitorQuery(experiment=experiment, workflow=config.workflow, since=iso(base_start), until=iso(start), bucket="day"), now_ms
+    ctx = RuleContext(
+        summarise_window=lambda: summarise(MonitorQuery(experiment=experiment, workflow=config.workflow, since=iso(start), until=iso(now_ms), bucket="hour"), now_ms),
+        summarise_baseline=lambda: summarise(MonitorQuery(experiment=experiment, workflow=config.workflow, since=iso(base_start), until=iso(start), bucket="day"), now_ms),
+        now_ms=now_ms, redis=redis, prefix=prefix,
+        extra={"queues": queues, "window_minutes": config.window_minutes},  # for the pipeline rules (end of alert_rules.py)
     )
-    warnings = rule_warnings(config, known_judges=known_judges, known_nodes=known_nodes)
+    window = ctx.window
+    unable = rule_problems(config, known_judges=known_judges, known_nodes=known_nodes)
+    warnings = [w for problems in unable.values() for w in problems]
     for w in warnings:
         log.warning(w)
     outcomes = []
-    for rule in config.rules:
+    for index, rule in enumerate(config.rules):
         rid = rule_id(rule, window.experiment_id)
-        holds, observed, base, message = evaluate_rule(rule, window, baseline)
-        outcome = RuleOutcome(rule=rule.label, rule_id=rid, holds=holds, observed=observed, baseline=base, message=message)
-        key = f"{prefix}{STATE_KEY}{window.experiment_id}:{rid}"
-        status: Literal["firing", "resolved"] | None = None
-        if holds and redis.set(key, json.dumps({"since": iso(now_ms), "rule": rule.label}), nx=True):
-            status = "firing"
-        elif not holds and redis.delete(key):
-            status = "resolved"
-        if status:
-            alert = Alert(
+        if index in unable:
+            outcomes.append(RuleOutcome(rule=rule.label, rule_id=rid, holds=False, checked=False,
+                                        message="not checked: " + "; ".join(p.split(": ", 1)[1] for p in unable[index])))
+            continue
+        result = evaluate(rule, ctx)
+        outcome = RuleOutcome(rule=rule.label, rule_id=rid, holds=result.holds, observed=result.observed, baseline=result.baseline, message=result.message)
+        store = DeliveryState(redis, f"{prefix}{STATE_KEY}{window.experiment_id}:{rid}")
+        _, state = store.transition(result.holds, since=iso(now_ms), sinks=config.sinks)
+
+        def make_alert(status: Status, rule: AlertRule = rule, rid: str = rid, result: Evaluation = result) -> Alert:
+            return Alert(
                 status=status,
                 rule=rule.label,
                 rule_id=rid,
                 kind=rule.kind,
                 experiment_id=window.experiment_id,
                 window={"since": window.since, "until": window.until},
-                baseline_window={"since": baseline.since, "until": baseline.until},
-                observed=observed,
-                baseline=base,
-                message=("RESOLVED: " if status == "resolved" else "") + message,
+                baseline_window={"since": ctx.baseline.since, "until": ctx.baseline.until},
+                observed=result.observed,
+                baseline=result.baseline,
+                message=("RESOLVED: " if status == "resolved" else "") + result.message,
                 examples=_examples(window, rule) if status == "firing" else [],
                 links={"quality": window.links.experiment_quality, "traces": window.links.experiment_traces},
             )
-            send(alert, config.sinks)
-            outcome.sent = status
+
+        outcome.deliveries = deliver(store, state, config.sinks, make_alert)
+        outcome.sent = next((d.status for d in outcome.deliveries if d.sent_now), None)
         outcomes.append(outcome)
     return CheckResult(experiment_id=window.experiment_id, window={"since": window.since, "until": window.until}, outcomes=outcomes, warnings=warnings)
 
 
-def rule_warnings(config: QualityAlertsConfig, *, known_judges: set[str] | None, known_nodes: set[str] | None) -> list[str]:
-    """Rules naming a judge or node no config has: they can never fire (a warning, not an error)."""
-    out = []
+def rule_problems(config: QualityAlertsConfig, *, known_judges: set[str] | None, known_nodes: set[str] | None) -> dict[int, list[str]]:
+    """Per rule index, why the rule can never fire (a judge or node no config has)."""
+    out: dict[int, list[str]] = {}
     for i, rule in enumerate(config.rules):
         if rule.judge and known_judges is not None and rule.judge not in known_judges:
-            out.append(f"quality_alerts.rules[{i}].judge: no config has a judge {rule.judge!r} (known: {', '.join(sorted(known_judges))}); rule '{rule.label}' cannot fire")
+            out.setdefault(i, []).append(f"quality_alerts.rules[{i}].judge: no config has a judge {rule.judge!r} (known: {', '.join(sorted(known_judges))}); rule '{rule.label}' cannot fire")
         if rule.node and known_nodes is not None and rule.node not in known_nodes:
-            out.append(f"quality_alerts.rules[{i}].node: no config has a node {rule.node!r} (known: {', '.join(sorted(known_nodes))}); rule '{rule.label}' cannot fire")
+            out.setdefault(i, []).append(f"quality_alerts.rules[{i}].node: no config has a node {rule.node!r} (known: {', '.join(sorted(known_nodes))}); rule '{rule.label}' cannot fire")
     return out
 
 
-def send(alert: Alert, sinks: list[AlertSink]) -> None:
-    """Send to every sink; a sink that still fails after its retries is logged, the others still get it."""
-    for sink in sinks:
-        try:
-            if sink.type == "log":
-                log.warning("quality alert %s: %s", alert.status, alert.message)
-            elif sink.type == "webhook":
-                _post(sink, alert.model_dump(mode="json"))
-            else:
-                _post(sink, slack_payload(alert))
-        except Exception as exc:
-            log.error("quality alert sink %s failed after %d attempts: %s", sink.type, sink.max_attempts, exc)
+def rule_warnings(config: QualityAlertsConfig, *, known_judges: set[str] | None, known_nodes: set[str] | None) -> list[str]:
+    """Rules naming a judge or node no config has: they can never fire, so they are not evaluated (a warning, not an error)."""
+    return [w for problems in rule_problems(config, known_judges=known_judges, known_nodes=known_nodes).values() for w in problems]
 
 
-def slack_payload(alert: Alert) -> dict[str, Any]:
-    """A Slack-compatible message (``text`` with links in Slack's ``<url|label>`` form)."""
-    icon = ":white_check_mark:" if alert.status == "resolved" else ":rotating_light:"
-    lines = [f"{icon} *{alert.status.upper()}* quality alert `{alert.rule}` (experiment {alert.experiment_id})", alert.message,
-             f"window {alert.window['since']} .. {alert.window['until']}"]
-    lines += [f"• <{e['url']}|{e['trace_id']}> {e.get('node') or ''} {e.get('judge') or ''} {'' if e.get('score') is None else round(e['score'], 3)}" for e in alert.examples]
-    if alert.links.get("quality"):
-        lines.append(f"<{alert.links['quality']}|MLflow Quality tab>")
-    return {"text": "\n".join(lines)}
-
-
-def _post(sink: AlertSink, payload: dict[str, Any]) -> None:
-    from tenacity import retry, stop_after_attempt, wait_exponential
-
-    body = json.dumps(payload).encode()
-
-    @retry(stop=stop_after_attempt(sink.max_attempts), wait=wait_exponential(multiplier=0.5, max=8), reraise=True)
-    def post() -> None:
-        request = urllib.request.Request(sink.url or "", data=body, headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=sink.timeout_seconds) as response:
-            response.read()
-
-    post()
+def delivery_lines(outcome: RuleOutcome) -> list[str]:
+    """``sent firing to webhook#0 (host)`` for the sinks that accepted it in this check; attempts and the last
+    error for each sink still owed it. Sinks told in an earlier check are not listed again."""
+    lines = []
+    now = [d for d in outcome.deliveries if d.sent_now]
+    if now:
+        lines.append(f"sent {now[0].status} to " + ", ".join(d.sink for d in now))
+    for d in outcome.deliveries:
+        if d.in_flight:
+            lines.append(f"{d.status} to {d.sink}: being sent by another check (attempts so far: {d.attempts})")
+        elif not d.delivered:
+            lines.append(f"{d.status} NOT delivered to {d.sink}: {d.attempts} attempt(s), last error: {d.last_error}; tried again at the next check")
+    return lines
 
 
 def watched_experiment(config: QualityAlertsConfig, experiment: str | None = None) -> str | None:
@@ -290,7 +226,7 @@ def known_names(config: Any) -> tuple[set[str], set[str]]:
     return judges, nodes
 
 
-def run_check_cli(*, config: str | None, experiment: str | None, as_json: bool) -> int:
+def run_check_cli(*, config: str | None, experiment: str | None, as_json: bool, queues: tuple[str, ...] = ()) -> int:
     """``tracejudge alerts check --once``: 0 quiet, 1 a rule holds, 2 cannot check."""
     from tracejudge.config import ConfigError, load_config
     from tracejudge.mlflow_io.query import ExperimentNotFound
@@ -316,7 +252,7 @@ def run_check_cli(*, config: str | None, experiment: str | None, as_json: bool) 
         return 2
     judges, nodes = known_names(loaded)
     try:
-        result = check_alerts(alerts, experiment=target, redis=redis, known_judges=judges, known_nodes=nodes)
+        result = check_alerts(alerts, experiment=target, redis=redis, known_judges=judges, known_nodes=nodes, queues=queues)
     except (ExperimentNotFound, MlflowUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -326,7 +262,8 @@ def run_check_cli(*, config: str | None, experiment: str | None, as_json: bool) 
         print(result.model_dump_json(indent=2))
     else:
         for o in result.outcomes:
-            mark = "FIRING " if o.holds else "ok     "
-            sent = f"  [sent {o.sent}]" if o.sent else ""
-            print(f"{mark} {o.rule}: {o.message}{sent}")
+            mark = "FIRING " if o.holds else ("ok     " if o.checked else "skipped")
+            print(f"{mark} {o.rule}: {o.message}")
+            for line in delivery_lines(o):
+                print(f"        {line}")
     return 1 if result.firing else 0

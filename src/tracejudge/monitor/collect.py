@@ -2,11 +2,15 @@
 
 Which source (``MonitorQuery.source``):
 
-* ``redis``: the rollups workers keep as they write (:mod:`tracejudge.monitor.rollup`); 100,000 traces in a 7-day
-  window take about a second (``bench/monitor.py``);
-* ``mlflow``: paged ``search_traces`` (the source of truth; every judged trace read back, about 1-2 ms each)
-  with the per-judge percentiles from the store's SQL (``query_trace_metrics``);
-* ``auto`` (default): Redis when it has rollups for the experiment from before the window's start, else MLflow.
+* ``redis``: the rollups workers keep as they write (:mod:`tracejudge.monitor.rollup_store`); 100,000 traces in a
+  7-day window take about a second (``bench/monitor.py``);
+* ``mlflow``: paged ``search_traces`` (the source of truth; every judged trace read back, about 1-2 ms each);
+* ``auto`` (default): Redis when it covers the window whole (:mod:`tracejudge.monitor.coverage`), else MLflow;
+  ``QualitySummary.source_note`` says why.
+
+Both sources sum the same per-trace contribution of the same reading of MLflow's record
+(:mod:`tracejudge.monitor.record`), so they give the same figures; only tracejudge's own results
+(LLM_JUDGE/CODE feedback with our key) count in the judges' figures, people's feedback is in ``human_agreement``.
 """
 
 from __future__ import annotations
@@ -15,16 +19,16 @@ import logging
 import time
 from typing import Any
 
-from tracejudge.judges.model import quality_band
 from tracejudge.monitor.links import links_for
 from tracejudge.monitor.models import QualitySummary
-from tracejudge.monitor.rollup import ResultRecord, Rollup, TraceRecord, covered_since, load_rollup, rollup_from_traces
+from tracejudge.monitor.record import trace_record
+from tracejudge.monitor.rollup import Rollup, rollup_from_traces
+from tracejudge.monitor.rollup_store import load_rollup
 from tracejudge.monitor.summary import BUCKET_SECONDS, summarise
 from tracejudge.monitor.window import BadQuery, MonitorQuery
 
 log = logging.getLogger(__name__)
 
-ENVIRONMENT_TAG = "tracejudge.environment"
 #: The production controls' daily counters (``tasks/counters.py``): hash of ``<workflow>|<event>`` -> n.
 COUNTS_KEY = "tracejudge:counts:{day}"
 #: Their daily budget spend (``tasks/budget.py``), nano-USD.
@@ -55,18 +59,20 @@ def summarise_quality(
     source = query.source
     if source == "redis" and redis is None:
         raise BadQuery("source=redis: no Redis to read rollups from (set TRACEJUDGE_REDIS_URL)")
-    if source == "auto":
-        since = _covered_since(redis, experiment_id, prefix)
-        source = "redis" if since is not None and since <= start_ms else "mlflow"
-    exact: list[dict[str, Any]] = []
+    note = None
+    if source != "mlflow":
+        gap = redis_gap(redis, experiment_id, start_ms, end_ms, prefix=prefix, now_ms=now_ms)
+        if source == "auto":
+            source = "redis" if gap is None else "mlflow"
+            note = "Redis rollups cover the window" if gap is None else f"read MLflow: {gap}"
+        elif gap is not None:
+            note = f"Redis may miss part of this window: {gap}; --source mlflow reads the record"
     if source == "redis":
         rollup = load_rollup(
             redis, experiment_id, start_ms, end_ms, workflow=query.workflow, environment=query.environment, prefix=prefix
         )
     else:
         rollup = mlflow_rollup(client, experiment_id, start_ms, end_ms, workflow=query.workflow, environment=query.environment)
-        if query.workflow is None and query.environment is None:
-            exact = mlq.assessment_value_stats(client, experiment_id, start_ms, end_ms)
     summary = summarise(
         rollup,
         experiment_id=experiment_id,
@@ -80,7 +86,7 @@ def summarise_quality(
     )
     if redis is not None:
         summary.counters, summary.daily_counters = read_counters(redis, prefix, start_ms, end_ms, workflow=query.workflow)
-    _apply_exact(summary, exact)
+    summary.source_note = note
     if source == "mlflow":
         summary.human_agreement = human_agreement(client, experiment_id, start_ms, end_ms)
     summary.seconds = round(time.perf_counter() - started, 3)
@@ -107,39 +113,6 @@ def mlflow_rollup(
 
     records = (trace_record(row) for row in judged_traces(client, experiment_id, start_ms, end_ms, workflow=workflow))
     return rollup_from_traces(r for r in records if environment is None or r.environment == environment)
-
-
-def trace_record(row: Any) -> TraceRecord:
-    """A :class:`TraceRecord` from a trace read back from MLflow (its tags and our assessments)."""
-    tags = row.tags
-    score = tags.get("tracejudge.score") or ""
-    environment = tags.get(ENVIRONMENT_TAG) or next(
-        (a.metadata["environment"] for a in row.assessments if a.metadata.get("environment")), ""
-    )
-    results = [
-        ResultRecord(
-            judge=a.name,
-            node=a.node,
-            score=a.value,
-            threshold=a.threshold,
-            passed=a.passed,
-            error_code=a.error_code,
-            rationale=a.rationale,
-            cost_usd=_float(a.metadata.get("cost_usd")),
-        )
-        for a in row.assessments
-    ]
-    return TraceRecord(
-        trace_id=row.trace_id,
-        timestamp_ms=row.timestamp_ms,
-        workflow=row.workflow,
-        environment=environment,
-        status=tags.get("tracejudge.status") or None,
-        score=_float(score),
-        # workers write only the status and score tags now; the band is the score's (older traces carry the tag)
-        band=tags.get("tracejudge.band") or quality_band(_float(score)),
-        results=results,
-    )
 
 
 def read_counters(
@@ -183,32 +156,19 @@ def read_counters(
     return totals, daily
 
 
-def _apply_exact(summary: QualitySummary, exact: list[dict[str, Any]]) -> None:
-    """Per-judge percentiles computed by the store's SQL replace the histogram estimates (MLflow source)."""
-    by_name = {row["name"]: row for row in exact if row.get("bucket") in (None, "")}
-    for judge in summary.judges:
-        row = by_name.get(judge.judge)
-        if row and judge.count:
-            for name in ("p10", "p50", "p90"):
-                if row.get(name) is not None:
-                    setattr(judge, name, round(float(row[name]), 6))
+def redis_gap(
+    redis: Any, experiment_id: str, start_ms: int, end_ms: int, *, prefix: str = "", now_ms: int | None = None
+) -> str | None:
+    """Why the Redis rollups do not cover ``[start_ms, end_ms)`` (None: they do; see :mod:`.coverage`)."""
+    from tracejudge.monitor.coverage import read_coverage
 
-
-def _covered_since(redis: Any, experiment_id: str, prefix: str) -> int | None:
     if redis is None:
-        return None
+        return "no Redis to read rollups from"
     try:
-        return covered_since(redis, experiment_id, prefix=prefix)
+        return read_coverage(redis, experiment_id, prefix=prefix, now_ms=now_ms).gap(start_ms, end_ms)
     except Exception as exc:  # Redis down: MLflow still answers
         log.warning("Redis unavailable for rollups (%s); reading MLflow", exc)
-        return None
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
+        return f"Redis unavailable ({type(exc).__name__})"
 
 
 def _prefix() -> str:

@@ -19,9 +19,11 @@ class Stats(BaseModel):
     count: int = Field(description="results with a score")
     mean: float | None = None
     variance: float | None = Field(None, description="population variance of the scores")
-    p10: float | None = Field(None, description="percentiles interpolated in a histogram of tenths (within 0.05)")
+    p10: float | None = Field(None, description="percentiles of the scores (to 0.001; linear between ranks, as SQL's PERCENTILE_CONT)")
     p50: float | None = None
     p90: float | None = None
+    min: float | None = Field(None, description="lowest score")
+    max: float | None = Field(None, description="highest score")
     below: int = Field(0, description="results below their threshold (passed=false)")
     failure_rate: float | None = Field(None, description="below / count")
     errors: int = Field(0, description="results that failed to score (an AssessmentError)")
@@ -47,6 +49,9 @@ class NodeStats(Stats):
     judge: str
     threshold: float | None = None
     histogram: list[int] = Field(default_factory=list, description="counts of scores in [0,0.1), ..., [0.9,1.0]")
+    histogram_below: list[int] = Field(
+        default_factory=list, description="of each bin's count, the results below their threshold (failed)"
+    )
     series: list[BucketPoint] = Field(default_factory=list)
 
 
@@ -74,8 +79,8 @@ class Theme(BaseModel):
 
     judge: str
     phrase: str
-    count: int = Field(description="failing rationales of this judge containing the phrase")
-    examples: list[str] = Field(default_factory=list, description="trace ids")
+    count: int = Field(description="traces with a failing rationale of this judge containing the phrase (each once)")
+    examples: list[str] = Field(default_factory=list, description="trace ids, each once")
 
 
 class Failure(BaseModel):
@@ -124,6 +129,9 @@ class QualitySummary(BaseModel):
     workflow: str | None = None
     environment: str | None = None
     source: Literal["mlflow", "redis"] = Field(description="where the figures came from")
+    source_note: str | None = Field(
+        None, description="why this source (--source auto), or what Redis may miss of the window (--source redis)"
+    )
     since: str
     until: str
     bucket: Literal["hour", "day"]

@@ -1,19 +1,22 @@
 """Counters of judged traces in 5-minute buckets: built in memory from MLflow, or kept in Redis by workers.
 
-Both sources fill the same :class:`Rollup`, so one function (:func:`tracejudge.monitor.summary.summarise`)
-turns either into figures. Per bucket (bucket start, ms) a flat mapping of counters:
+One function turns a trace's record (its verdict tags and our feedbacks, see :func:`tracejudge.monitor.record.trace_record`)
+into its *contribution* (:func:`contribution`); a :class:`Rollup` is the sum of its traces' contributions. The MLflow
+source sums them in memory (:meth:`Rollup.add`); Redis keeps the same sum incrementally
+(:mod:`tracejudge.monitor.rollup_store`): each trace's last contribution is kept beside the buckets, and recording a
+trace again replaces it (subtract the old, add the new, in one script), so a re-judged trace counts once.
+
+Per bucket (bucket start, ms) a flat mapping of counters:
 
 * ``traces``, ``status|passed``/``failed``/``error`` (the verdict; the gate's pass rate), ``band|<band>``,
   ``cost`` (USD, where the assessment metadata carries ``cost_usd``), ``err|<code>`` (judge and evaluation errors);
 * per (judge, node): ``j|<judge>|<node>|n`` (scored), ``|sum``, ``|sq`` (sum of squares), ``|below``
-  (below threshold), ``|e`` (errors), ``|h<0-9>`` (a histogram in tenths, for percentiles and the distribution).
+  (below threshold), ``|e`` (errors), ``|v<score>`` / ``|f<score>`` (how many passed / failed with exactly that
+  score, to 0.001: the exact percentiles, minimum, maximum and the histogram split at the threshold, for both
+  sources; counts, so they can be taken back).
 
-Beside the counters, per bucket: the 10 lowest and 10 highest traces by overall score, and up to 20 failing
+Beside the counters, per bucket: every trace's overall score (the lowest and highest traces) and up to 20 failing
 results (trace, judge, node, score, rationale or error) for themes and alert examples.
-
-In Redis (written by workers in the pipeline they already send, see :func:`record_verdict`) the keys are
-``tracejudge:monitor:<experiment>:<workflow>\\x1f<environment>:<bucket>:{c,lo,hi,f}`` with a 35-day TTL, plus the
-set of series per experiment and the first bucket recorded (``:since``, so readers know what Redis covers).
 """
 
 from __future__ import annotations
@@ -28,8 +31,6 @@ BUCKET_MS = 300_000
 HIST_BINS = 10
 KEEP_EXTREMES = 10
 KEEP_FAILURES = 20
-TTL_SECONDS = 35 * 24 * 3600
-ROOT = "tracejudge:monitor:"
 SEP = "\x1f"
 FLOAT_FIELDS = ("|sum", "|sq", "cost")  # summed with HINCRBYFLOAT; the rest are counts (HINCRBY)
 
@@ -82,6 +83,32 @@ class TraceRecord:
 
 
 @dataclass
+class Contribution:
+    """What one trace adds to the rollups: its bucket and series, counters, thresholds, score and failing examples."""
+
+    trace_id: str
+    bucket: int
+    series: str
+    counters: dict[str, float]
+    thresholds: dict[tuple[str, str], float]
+    score: float | None
+    failures: list[dict[str, Any]]
+
+
+def contribution(trace: TraceRecord) -> Contribution:
+    """A trace's contribution: the one function both sources sum (in memory, or in Redis by replacement)."""
+    return Contribution(
+        trace_id=trace.trace_id,
+        bucket=bucket_of(trace.timestamp_ms),
+        series=series_name(trace.workflow, trace.environment),
+        counters=dict(trace_fields(trace)),
+        thresholds={(r.judge, r.node): r.threshold for r in trace.results if r.threshold is not None},
+        score=trace.score,
+        failures=failure_examples(trace),
+    )
+
+
+@dataclass
 class Rollup:
     """Counters per bucket, the extremes and failing examples; merge-able."""
 
@@ -92,17 +119,18 @@ class Rollup:
     failures: dict[int, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, trace: TraceRecord) -> None:
-        """Count one trace (the in-memory twin of :func:`record_verdict`)."""
-        bucket = bucket_of(trace.timestamp_ms)
-        for name, value in trace_fields(trace).items():
-            self.counters[bucket][name] += value
-        for r in trace.results:
-            if r.threshold is not None:
-                self.thresholds[(r.judge, r.node)] = r.threshold
-        if trace.score is not None:
-            self.lowest[bucket].append((trace.score, trace.trace_id))
-            self.highest[bucket].append((trace.score, trace.trace_id))
-        self.failures[bucket].extend(failure_examples(trace))
+        """Count one trace: add its :func:`contribution` (what Redis holds for it, see ``rollup_store``)."""
+        self.add_contribution(contribution(trace))
+
+    def add_contribution(self, c: Contribution) -> None:
+        target = self.counters[c.bucket]
+        for name, value in c.counters.items():
+            target[name] += value
+        self.thresholds.update(c.thresholds)
+        if c.score is not None:
+            self.lowest[c.bucket].append((c.score, c.trace_id))
+            self.highest[c.bucket].append((c.score, c.trace_id))
+        self.failures[c.bucket].extend(c.failures[:KEEP_FAILURES])
 
     def merge_redis(self, bucket: int, counters: dict[Any, Any], lowest: list[tuple[str, float]],
                     highest: list[tuple[str, float]], failures: list[Any]) -> None:
@@ -145,10 +173,19 @@ def trace_fields(trace: TraceRecord) -> dict[str, float]:
         out[base + "n"] += 1
         out[base + "sum"] += r.score
         out[base + "sq"] += r.score * r.score
-        out[base + f"h{hist_bin(r.score)}"] += 1
+        out[base + value_field(r.score, passed=r.passed)] += 1
         if not r.passed:
             out[base + "below"] += 1
     return out
+
+
+def value_field(score: float, *, passed: bool = True) -> str:
+    """The counter of one exact score (to 0.001): ``v`` when it passed, ``f`` when it failed its threshold.
+
+    >>> value_field(0.85), value_field(1.0), value_field(0.72, passed=False)
+    ('v0.850', 'v1.000', 'f0.720')
+    """
+    return f"{'v' if passed else 'f'}{score:.3f}"
 
 
 def failure_examples(trace: TraceRecord) -> list[dict[str, Any]]:
@@ -173,134 +210,9 @@ def series_name(workflow: str, environment: str) -> str:
     return f"{workflow}{SEP}{environment}"
 
 
-def _base(prefix: str, experiment_id: str) -> str:
-    return f"{prefix}{ROOT}{experiment_id}:"
-
-
-#: KEYS[1]: the bucket's counter hash; ARGV[1]: how many (field, integer) pairs follow; then (field, float) pairs.
-_ADD_COUNTERS = """
-local n = tonumber(ARGV[1])
-for i = 2, 2 * n, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
-for i = 2 * n + 2, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
-"""
-
-
-def record_verdict(pipe: Any, trace: TraceRecord, *, experiment_id: str, prefix: str = "") -> None:
-    """Queue the Redis writes that count one judged trace on ``pipe`` (a redis pipeline); the caller executes it.
-
-    Every counter in one script call, the thresholds in one ``HSET``, the extremes and failures: one round trip.
-    """
-    base = _base(prefix, experiment_id)
-    bucket = bucket_of(trace.timestamp_ms)
-    key = f"{base}{series_name(trace.workflow, trace.environment)}:{bucket}"
-    counts: list[Any] = []
-    floats: list[Any] = []
-    for name, value in trace_fields(trace).items():
-        if name.endswith(FLOAT_FIELDS):
-            floats += (name, repr(float(value)))
-        else:
-            counts += (name, int(value))
-    # every counter in one command (~30 HINCRBY/HINCRBYFLOAT otherwise: each costs the worker CPU to encode and parse)
-    pipe.eval(_ADD_COUNTERS, 1, f"{key}:c", len(counts) // 2, *counts, *floats)
-    thresholds = {f"thr|{r.judge}|{r.node}": f"{r.threshold:g}" for r in trace.results if r.threshold is not None}
-    if thresholds:
-        pipe.hset(f"{key}:c", mapping=thresholds)
-    pipe.expire(f"{key}:c", TTL_SECONDS)
-    if trace.score is not None:
-        pipe.zadd(f"{key}:lo", {trace.trace_id: trace.score})
-        pipe.zremrangebyrank(f"{key}:lo", KEEP_EXTREMES, -1)
-        pipe.zadd(f"{key}:hi", {trace.trace_id: trace.score})
-        pipe.zremrangebyrank(f"{key}:hi", 0, -KEEP_EXTREMES - 1)
-        pipe.expire(f"{key}:lo", TTL_SECONDS)
-        pipe.expire(f"{key}:hi", TTL_SECONDS)
-    examples = failure_examples(trace)
-    if examples:
-        pipe.lpush(f"{key}:f", *[json.dumps(e) for e in examples])
-        pipe.ltrim(f"{key}:f", 0, KEEP_FAILURES - 1)
-        pipe.expire(f"{key}:f", TTL_SECONDS)
-    pipe.sadd(f"{base}series", series_name(trace.workflow, trace.environment))
-    pipe.set(f"{base}since", bucket, nx=True)
-
-
-def covered_since(redis: Any, experiment_id: str, *, prefix: str = "") -> int | None:
-    """The first bucket (ms) workers recorded for an experiment, or None."""
-    value = redis.get(f"{_base(prefix, experiment_id)}since")
-    return int(value) if value is not None else None
-
-
-def load_rollup(
-    redis: Any,
-    experiment_id: str,
-    start_ms: int,
-    end_ms: int,
-    *,
-    workflow: str | None = None,
-    environment: str | None = None,
-    prefix: str = "",
-) -> Rollup:
-    """Read the buckets of ``[start_ms, end_ms)`` for the matching series (one pipelined round trip per 2,000 keys)."""
-    base = _base(prefix, experiment_id)
-    series = []
-    for raw in redis.smembers(f"{base}series"):
-        name = raw.decode() if isinstance(raw, bytes) else raw
-        wf, _, env = name.partition(SEP)
-        if (workflow is None or wf == workflow) and (environment is None or env == environment):
-            series.append(name)
-    rollup = Rollup()
-    buckets = range(bucket_of(start_ms), end_ms, BUCKET_MS)
-    keys = [(bucket, f"{base}{name}:{bucket}") for name in series for bucket in buckets if bucket < end_ms]
-    for chunk_start in range(0, len(keys), 500):
-        chunk = keys[chunk_start : chunk_start + 500]
-        pipe = redis.pipeline(transaction=False)
-        for _, key in chunk:
-            pipe.hgetall(f"{key}:c")
-            pipe.zrange(f"{key}:lo", 0, -1, withscores=True)
-            pipe.zrange(f"{key}:hi", 0, -1, withscores=True)
-            pipe.lrange(f"{key}:f", 0, -1)
-        replies = pipe.execute()
-        for i, (bucket, _) in enumerate(chunk):
-            counters, lo, hi, fails = replies[4 * i : 4 * i + 4]
-            if not counters:
-                continue
-            rollup.merge_redis(bucket, counters, [(_text(m), s) for m, s in lo], [(_text(m), s) for m, s in hi], fails)
-    return rollup
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def rollup_from_traces(traces: Iterable[TraceRecord]) -> Rollup:
     """Count traces in memory (the MLflow source)."""
     rollup = Rollup()
     for trace in traces:
         rollup.add(trace)
     return rollup
-
-
-def record_from_verdict(verdict: Any, *, timestamp_ms: int, environment: str) -> TraceRecord:
-    """A :class:`TraceRecord` from a worker's verdict (what it just wrote to MLflow)."""
-    results = [
-        ResultRecord(
-            judge=r.name,
-            node=r.target,
-            score=r.score if r.error is None else None,
-            threshold=r.threshold,
-            passed=bool(r.passed) and r.error is None,
-            error_code=r.error.type if r.error is not None else None,
-            rationale=r.rationale,
-            cost_usd=getattr(r, "cost_usd", None),
-        )
-        for r in verdict.results()
-    ]
-    return TraceRecord(
-        trace_id=verdict.trace_id,
-        timestamp_ms=timestamp_ms,
-        workflow=verdict.workflow_name or "workflow",
-        environment=environment,
-        status=verdict.status,
-        score=verdict.overall_score,
-        band=verdict.band,
-        results=results,
-    )

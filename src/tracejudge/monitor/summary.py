@@ -22,7 +22,7 @@ from tracejudge.monitor.models import (
     TraceRef,
     WorstNode,
 )
-from tracejudge.monitor.rollup import HIST_BINS, Rollup
+from tracejudge.monitor.rollup import HIST_BINS, Rollup, hist_bin
 from tracejudge.monitor.themes import failure_themes
 
 BUCKET_SECONDS = {"hour": 3600, "day": 86400}
@@ -52,22 +52,33 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def percentile(hist: list[float], q: float) -> float | None:
-    """The ``q`` quantile of scores counted in tenths, interpolated linearly inside its bin.
+def percentile(values: dict[float, float], q: float) -> float | None:
+    """The ``q`` quantile of scores given as ``{score: how many}``, linear between ranks (SQL's PERCENTILE_CONT),
+    so never outside the lowest and highest score.
 
-    >>> percentile([0, 0, 0, 0, 0, 0, 0, 0, 2, 2], 0.5)
-    0.9
+    >>> percentile({0.3: 1, 0.5: 1, 0.85: 1, 0.9: 1, 0.95: 1}, 0.5), percentile({0.82: 3}, 0.9)
+    (0.85, 0.82)
+    >>> percentile({0.3: 1, 0.5: 1}, 0.1)
+    0.32
     """
-    total = sum(hist)
+    items = sorted((v, c) for v, c in values.items() if c > 0)
+    total = sum(c for _, c in items)
     if total <= 0:
         return None
-    target = q * total
+    rank = q * (total - 1)  # 0-based position among the sorted scores
+    below = int(rank)
+    frac = rank - below
     seen = 0.0
-    for i, count in enumerate(hist):
-        if count and seen + count >= target:
-            return round((i + (target - seen) / count) / HIST_BINS, 4)
+    lower = upper = None
+    for value, count in items:
+        if lower is None and seen + count > below:
+            lower = value
+        if seen + count > below + 1 or (frac == 0 and lower is not None):
+            upper = value
+            break
         seen += count
-    return 1.0
+    upper = lower if upper is None else upper
+    return round(lower + (upper - lower) * frac, 6)  # type: ignore[operator]
 
 
 class _Acc:
@@ -75,7 +86,8 @@ class _Acc:
 
     def __init__(self) -> None:
         self.n = self.sum = self.sq = self.below = self.errors = 0.0
-        self.hist = [0.0] * HIST_BINS
+        self.values: dict[float, float] = defaultdict(float)  # score (to 0.001) -> how many
+        self.failing: dict[float, float] = defaultdict(float)  # the same, of results that failed their threshold
         self.series: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # n, sum, below
 
     def add(self, bucket: int, part: str, value: float) -> None:
@@ -92,30 +104,44 @@ class _Acc:
             self.series[bucket][2] += value
         elif part == "e":
             self.errors += value
-        elif part.startswith("h"):
-            self.hist[int(part[1:])] += value
+        elif part.startswith("v"):
+            self.values[float(part[1:])] += value
+        elif part.startswith("f"):
+            self.values[float(part[1:])] += value
+            self.failing[float(part[1:])] += value
+
+    @property
+    def hist(self) -> list[float]:
+        """Counts in tenths ([0, 0.1), ..., [0.9, 1.0]), from the exact scores."""
+        return _tenths(self.values)
+
+    @property
+    def hist_failing(self) -> list[float]:
+        """Of those, the results below their threshold (a bin the threshold splits has both)."""
+        return _tenths(self.failing)
 
     def stats(self) -> dict[str, Any]:
-        """Count, mean, variance, percentiles; when every score is the same, the percentiles are that score.
+        """Count, mean, variance, percentiles, lowest and highest score.
 
         >>> acc = _Acc()
-        >>> for part, value in (("n", 2), ("sum", 1.7), ("sq", 1.445), ("h8", 2)):
+        >>> for part, value in (("n", 2), ("sum", 1.7), ("sq", 1.445), ("v0.850", 2)):
         ...     acc.add(0, part, value)
-        >>> s = acc.stats(); s["p10"], s["p50"], s["p90"], s["variance"]
-        (0.85, 0.85, 0.85, 0.0)
+        >>> s = acc.stats(); s["p10"], s["p50"], s["p90"], s["variance"], s["max"]
+        (0.85, 0.85, 0.85, 0.0, 0.85)
         """
         n = int(self.n)
         mean = self.sum / self.n if self.n else None
         variance = max(0.0, self.sq / self.n - mean * mean) if mean is not None else None
-        # the histogram only knows the tenth a score fell in: without spread, the mean is exact
-        same = mean is not None and variance is not None and variance < 1e-12
+        scored = [v for v, c in self.values.items() if c > 0]
         return dict(
             count=n,
             mean=_r(mean),
             variance=_r(variance),
-            p10=_r(mean) if same else percentile(self.hist, 0.1),
-            p50=_r(mean) if same else percentile(self.hist, 0.5),
-            p90=_r(mean) if same else percentile(self.hist, 0.9),
+            p10=percentile(self.values, 0.1),
+            p50=percentile(self.values, 0.5),
+            p90=percentile(self.values, 0.9),
+            min=min(scored) if scored else None,
+            max=max(scored) if scored else None,
             below=int(self.below),
             failure_rate=_r(self.below / self.n) if self.n else None,
             errors=int(self.errors),
@@ -132,6 +158,13 @@ class _Acc:
             BucketPoint(start=iso(start), count=int(n), mean=_r(s / n) if n else None, failure_rate=_r(b / n) if n else None)
             for start, (n, s, b) in sorted(merged.items())
         ]
+
+
+def _tenths(values: dict[float, float]) -> list[float]:
+    out = [0.0] * HIST_BINS
+    for score, count in values.items():
+        out[hist_bin(score)] += count
+    return out
 
 
 def _r(value: float | None) -> float | None:
@@ -209,6 +242,7 @@ def summarise(
             node=node,
             threshold=rollup.thresholds.get((judge, node)),
             histogram=[int(h) for h in acc.hist],
+            histogram_below=[int(h) for h in acc.hist_failing],
             series=acc.points(width),
             **acc.stats(),
         )

@@ -1,7 +1,8 @@
 """Common failure themes: the most frequent distinctive phrases in failing rationales, per judge. No LLM.
 
-A phrase (two or three words, stop words dropped) scores by how many of a judge's failing rationales contain it,
-weighted by how rare it is among the other judges' failing rationales (a tf-idf over judges).
+A phrase (two or three words, stop words dropped) scores by how many traces' failing rationales of a judge contain
+it, weighted by how rare it is among the other judges' (a tf-idf over judges). A trace counts once per judge, however
+many of its nodes failed that judge with the same words.
 
 >>> themes = failure_themes([
 ...     {"judge": "relevance", "trace_id": "t1", "text": "The answer misses the question asked."},
@@ -46,7 +47,7 @@ def _phrases(text: str) -> set[str]:
 
 def failure_themes(examples: Iterable[dict[str, Any]], *, per_judge: int = PER_JUDGE) -> list[Theme]:
     """Group failing rationales per judge by their most frequent distinctive phrases (at least two rationales)."""
-    by_judge: dict[str, list[tuple[str, set[str]]]] = defaultdict(list)
+    per_trace: dict[str, dict[str, set[str]]] = defaultdict(dict)  # judge -> trace -> phrases of its rationales
     seen: dict[str, set[str]] = {}
     taken = 0
     for example in examples:
@@ -56,10 +57,12 @@ def failure_themes(examples: Iterable[dict[str, Any]], *, per_judge: int = PER_J
         grams = seen.get(text)
         if grams is None:
             grams = seen[text] = _phrases(text)
-        by_judge[example["judge"]].append((example["trace_id"], grams))
+        traces = per_trace[example["judge"]]
+        traces[example["trace_id"]] = traces.get(example["trace_id"], set()) | grams
         taken += 1
         if taken >= MAX_EXAMPLES:
             break
+    by_judge = {judge: list(traces.items()) for judge, traces in per_trace.items()}
     judge_df: dict[str, Counter[str]] = {}
     for judge, items in by_judge.items():
         df: Counter[str] = Counter()

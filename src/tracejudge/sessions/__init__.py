@@ -8,7 +8,7 @@ result of an earlier, shorter conversation.
 
 from tracejudge.sessions.entry import run_session_task
 from tracejudge.sessions.evaluate import evaluate_session
-from tracejudge.sessions.payload import SessionRequest
+from tracejudge.payload import SessionRequest
 from tracejudge.sessions.verdict import SessionVerdict
 
 __all__ = ["SessionRequest", "SessionVerdict", "evaluate_session", "run_session_task"]

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tracejudge.sessions.evaluate import evaluate_session, session_error
-from tracejudge.sessions.payload import SessionRequest
+from tracejudge.payload import SessionRequest
 from tracejudge.tasks.entry import DEFAULT_POLICY, TaskOutcome
 from tracejudge.tasks.evaluate import INVALID_PAYLOAD
 from tracejudge.payload import describe_payload_error

@@ -21,15 +21,16 @@ import time
 from typing import Any
 
 from tracejudge.config import TraceJudgeConfig
+from tracejudge.controls.session_judged import judge_model, plan_session, session_key
 from tracejudge.judges.model import JudgeResult
-from tracejudge.judges.plan import PlannedJudge, plan_for_target
-from tracejudge.judges.registry import JudgeRegistry, UnknownJudgeError
+from tracejudge.judges.plan import PlannedJudge
+from tracejudge.judges.registry import UnknownJudgeError
 from tracejudge.judges.runner import JudgeJob, run_judges
 from tracejudge.judges.session_judges import SESSION_TARGET, conversation_input
 from tracejudge.mlflow_io import sessions as session_io
 from tracejudge.mlflow_io import writer
 from tracejudge.mlflow_io.reader import TraceNotReady
-from tracejudge.sessions.payload import SessionRequest
+from tracejudge.payload import SessionRequest
 from tracejudge.sessions.verdict import SessionVerdict
 from tracejudge.tasks.evaluate import lock_wait_seconds, trace_wait_left
 from tracejudge.tasks.runtime import Runtime
@@ -43,7 +44,7 @@ SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
 NO_SESSION_JUDGES = "NO_SESSION_JUDGES"
 UNKNOWN_JUDGE = "UNKNOWN_JUDGE"
 
-__all__ = ["evaluate_session", "plan_session", "session_key"]
+__all__ = ["evaluate_session", "session_error", "session_jobs"]
 
 
 def evaluate_session(request: SessionRequest, runtime: Runtime) -> SessionVerdict:
@@ -80,7 +81,7 @@ def evaluate_session(request: SessionRequest, runtime: Runtime) -> SessionVerdic
             )
         except (TraceNotReady, session_io.SessionNotFound) as exc:
             return error(SESSION_NOT_FOUND, f"{exc} (waited {execution.trace_wait_seconds:g} s)")
-        jobs = session_jobs(session, planned, runtime.settings.default_model)
+        jobs = session_jobs(session, planned, runtime.settings.default_model, max_chars=execution.max_input_chars)
         ours = session_io.session_assessments(session.first_assessments, sid)
         previous = {a.name: a.assessment_id for a in ours}  # what a new result of each judge supersedes
         if request.force:
@@ -119,44 +120,13 @@ def evaluate_session(request: SessionRequest, runtime: Runtime) -> SessionVerdic
     return verdict
 
 
-def plan_session(
-    config: TraceJudgeConfig,
-    registry: JudgeRegistry,
-    *,
-    judges: list[Any] | None = None,
-    environment: str | None = None,
-) -> list[PlannedJudge]:
-    """The session judges with their thresholds and models (``judges`` replaces the config's).
-
-    >>> from tracejudge.config import load_config
-    >>> cfg = load_config({"observability": {"mlflow": {"judges": {"sessions": {"judges": ["user_frustration"]}}}}})
-    >>> [(p.judge.name, p.threshold) for p in plan_session(cfg, JudgeRegistry())]
-    [('user_frustration', 0.8)]
-    """
-    refs = judges if judges is not None else config.judges.sessions.judges
-    if not refs:
-        return []
-    return plan_for_target(SESSION_TARGET, config, registry, judges=list(refs), environment=environment)
-
-
-def session_key(first_trace_id: str, session_id: str, judged_through: str, planned: PlannedJudge, model: str) -> str:
-    """The idempotency key of one (session, judge) result over the turns judged: a longer conversation gets a new key.
-
-    >>> from tracejudge.judges.session_judges import USER_FRUSTRATION
-    >>> p = PlannedJudge(judge=USER_FRUSTRATION, threshold=0.8)
-    >>> session_key("tr-1", "s", "3:tr-3", p, "m") == session_key("tr-1", "s", "4:tr-4", p, "m")
-    False
-    """
-    return writer.result_key(
-        first_trace_id, f"session:{session_id}:{judged_through}", planned.judge.name, planned.judge.version, model, planned.threshold
-    )
-
-
-def session_jobs(session: session_io.LoadedSession, planned: list[PlannedJudge], default_model: str) -> list[JudgeJob]:
-    judge_input = conversation_input(session.session_id, session.turns)
+def session_jobs(
+    session: session_io.LoadedSession, planned: list[PlannedJudge], default_model: str, *, max_chars: int
+) -> list[JudgeJob]:
+    judge_input = conversation_input(session.session_id, session.turns, max_chars=max_chars)
     jobs = []
     for p in planned:
-        model = "code" if p.judge.kind == "code" else (p.model or default_model)
+        model = judge_model(p, default_model)
         key = session_key(session.first_trace_id, session.session_id, session.judged_through, p, model)
         jobs.append(JudgeJob(judge=p.judge, input=judge_input, threshold=p.threshold, model=p.model, key=key))
     return jobs

@@ -15,8 +15,9 @@ from tracejudge.tasks.state import RedisState
 log = logging.getLogger(__name__)
 
 
-def check_quality_alerts() -> dict[str, Any]:
-    """Check every alert rule once; returns how many were checked and which fire."""
+def check_quality_alerts(*, queues: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check every alert rule once; returns how many were checked and which fire. ``queues``: the broker
+    queues the pipeline rules read (the worker passes its own)."""
     from tracejudge.monitor.alerts import check_alerts, known_names, watched_experiment
 
     settings = Settings.from_env()
@@ -29,6 +30,7 @@ def check_quality_alerts() -> dict[str, Any]:
     judges, nodes = known_names(config)
     state = RedisState.from_url(settings.redis_url, prefix=settings.key_prefix)
     result = check_alerts(
-        alerts, experiment=experiment, redis=state.redis, prefix=state.prefix, known_judges=judges, known_nodes=nodes
+        alerts, experiment=experiment, redis=state.redis, prefix=state.prefix, known_judges=judges, known_nodes=nodes,
+        queues=queues,
     )
     return {"checked": len(result.outcomes), "firing": [o.rule for o in result.firing]}

@@ -28,17 +28,26 @@ import time
 from typing import Any
 
 from tracejudge.config import TraceJudgeConfig, log_unused_keys_once
+from tracejudge.controls.review import route_for_review
 from tracejudge.judges import errors
 from tracejudge.judges.model import JudgeResult
 from tracejudge.judges.plan import JudgePlan, build_plan
 from tracejudge.judges.registry import UnknownJudgeError
 from tracejudge.judges.runner import JudgeJob, run_judges
 from tracejudge.mlflow_io import writer
-from tracejudge.mlflow_io.reader import UNCOUNTED, InvalidTraceId, LoadedTrace, TraceNotReady, check_trace_id
+from tracejudge.mlflow_io.reader import (
+    UNCOUNTED,
+    InvalidTraceId,
+    LoadedTrace,
+    TraceNotReady,
+    check_trace_id,
+    trace_tool_usage,
+)
 from tracejudge.controls import counters, retries
 from tracejudge.controls.judged import PLAN_TAG, fingerprint, has_plan
 from tracejudge.payload import EvaluationRequest
 from tracejudge.ops import metrics
+from tracejudge.tasks import rollup_step
 from tracejudge.tasks.runtime import Runtime
 from tracejudge.controls.sampling import filter_reason, judge_sampled
 from tracejudge.tasks.state import EvaluationBusy, RedisState
@@ -143,12 +152,11 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                 workflow_name=loaded.workflow_name,
             )
         # Only final results are reused (a score, a permanent error of the input). A transient failure
-        # (timeout, rate limit, provider error, deadline, budget...) is judged again, and the new result
-        # supersedes the failed assessment, so a trace never shows two valid ones for one (target, judge).
+        # (timeout, rate limit, provider error, deadline, budget...) is judged again. Every new result
+        # supersedes our valid assessment at its (span, judge), whatever changed (threshold, model, rubric,
+        # version: a new key), so a trace never shows two valid ones of ours for one (span, judge).
         on_trace = writer.existing_results(loaded.assessments)
-        superseded = writer.superseded_ids(loaded.assessments, transient=True)
         if request.force:  # re-judge everything; the new assessments supersede ours already there
-            superseded = writer.superseded_ids(loaded.assessments)
             on_trace = {}
             known: dict[str, JudgeResult] = {}
         else:
@@ -175,7 +183,14 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                 count(runtime, loaded.workflow_name, counters.BUDGET_EXCEEDED, len(over_budget))
                 if config.judges.budget.on_exceed == "defer":
                     done = [r for r in fresh if not _never_reused(r)]
-                    runtime.store.write_all(runtime.store.result_calls(request.trace_id, done, evaluation_id=request.evaluation_id))
+                    check_lock(held, request.trace_id)
+                    rollup_step.before_writeback(runtime, loaded)  # recorded when the deferred run writes its verdict
+                    runtime.store.write_all(
+                        runtime.store.result_calls(
+                            request.trace_id, done, evaluation_id=request.evaluation_id,
+                            overrides=writer.supersedes(loaded.assessments, done),
+                        )
+                    )
                     raise EvaluationDeferred(
                         f"{len(over_budget)} judge call(s) of {request.trace_id} deferred to the next UTC day: "
                         f"{over_budget[0].error.message}",
@@ -198,18 +213,14 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             retry_of=request.retry_of,
             partial=request.judges is not None,
             sampled_out=sampled_out,
+            tool_usage=trace_tool_usage(loaded),
         )
-        if held.lost.is_set():  # another delivery may hold the lock now: let it write, and come back later
-            raise EvaluationBusy(
-                f"the evaluation lock of {request.trace_id} was lost before the write-back; retrying later "
-                "(judged results wait in Redis)"
-            )
         # One concurrent batch: the assessments not yet on the trace, the tags, the report and metrics.
         # A partial run (judges=...) writes its assessments only, without the plan's fingerprint: the full
         # evaluation's tags, report and run metrics stay as they are, and pick-up does not count it as judged.
         partial = request.judges is not None
         unwritten = [r for r in results if r.key not in on_trace]
-        overrides = {r.key: superseded[(r.span_id, r.name)] for r in unwritten if r.key and (r.span_id, r.name) in superseded}
+        overrides = writer.supersedes(loaded.assessments, unwritten)
         planned = None if partial else fingerprint(plan, config, default_model=runtime.settings.default_model)
         calls = runtime.store.result_calls(
             request.trace_id, unwritten, evaluation_id=request.evaluation_id, overrides=overrides, plan=planned
@@ -219,16 +230,34 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             # result reused under a changed plan), so pick-up does not enqueue the trace again and again
             plan_tag = planned if not unwritten and not has_plan(loaded.tags, loaded.assessments, planned) else None
             calls += summary_calls(runtime, loaded, verdict, config, plan=plan_tag)
+        check_lock(held, request.trace_id)  # right before the write-back: still ours, asked of Redis
+        rollup_step.before_writeback(runtime, loaded)
         runtime.store.write_all(calls)
         if loaded.timestamp_ms:  # the trace's end to its verdict on the trace
             metrics.observe_trace_lag(time.time() - (loaded.timestamp_ms + loaded.duration_ms) / 1000)
         state.forget_results([r.key for r in unwritten if r.key])  # on the trace now: the cache has done its job
+        record_rollup(runtime, loaded, verdict, request, written=unwritten, overrides=overrides, plan=planned)
         if not partial:
-            record_rollup(runtime, loaded, verdict, request)
+            route_for_review(trace_id=request.trace_id, experiment_id=loaded.experiment_id, verdict=verdict, config=config,
+                             redis=getattr(state, "redis", None), key_prefix=getattr(state, "prefix", ""))
             retry_transient_failures(runtime, loaded, results, request)
 
     log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
+
+
+def check_lock(held: Any, trace_id: str) -> None:
+    """Right before a write-back: the trace's lock must still be ours (asked of Redis, not only the renewer).
+
+    Lost (expired while this process was paused, say), another delivery may hold it and write now: writing
+    too would put two results of ours on one (span, judge). So nothing is written: :class:`EvaluationBusy`,
+    the task retries later, and the judged results wait in Redis.
+    """
+    if not held.still_held():
+        raise EvaluationBusy(
+            f"the evaluation lock of {trace_id} was lost before the write-back; retrying later "
+            "(judged results wait in Redis)"
+        )
 
 
 def trace_wait_left(trace_wait_seconds: float, *, started: float, now: float | None = None) -> float:
@@ -256,19 +285,29 @@ def lock_wait_seconds(execution: Any) -> float:
     return float(execution.trace_wait_seconds + execution.overall_timeout_seconds + LOCK_WAIT_MARGIN_SECONDS)
 
 
-def record_rollup(runtime: Runtime, loaded: LoadedTrace, verdict: QualityVerdict, request: EvaluationRequest) -> None:
-    """Count the verdict in the monitor's Redis rollups (one pipelined round trip; never fails the evaluation)."""
-    if loaded.experiment_id is None:
-        return
-    from tracejudge.monitor.rollup import record_from_verdict
-
+def record_rollup(
+    runtime: Runtime,
+    loaded: LoadedTrace,
+    verdict: QualityVerdict,
+    request: EvaluationRequest,
+    *,
+    written: list[JudgeResult],
+    overrides: dict[str, str],
+    plan: str | None,
+) -> None:
+    """Replace the trace's contribution to the monitor's Redis rollups with what its record now says
+    (``tasks/rollup_step.py``: one script call; never fails the evaluation). A partial run writes no tags."""
     config = request.config or runtime.config
     environment = request.environment or runtime.settings.environment or config.judges.environment or "production"
-    try:
-        record = record_from_verdict(verdict, timestamp_ms=loaded.timestamp_ms or int(time.time() * 1000), environment=environment)
-        runtime.state.record_rollup(record, experiment_id=loaded.experiment_id)
-    except Exception as exc:  # the verdict is in MLflow (the source of truth); the rollup is a fast copy
-        log.warning("could not update the monitor rollups for %s: %s", loaded.trace_id, exc)
+    feedbacks = [writer.feedback(loaded.trace_id, r, evaluation_id=request.evaluation_id, plan=plan) for r in written]
+    partial = request.judges is not None
+    end_ms = loaded.timestamp_ms + loaded.duration_ms if loaded.timestamp_ms else None
+    rollup_step.record(
+        runtime, loaded, written=feedbacks, superseded=overrides.values(), tags={} if partial else verdict_tags(verdict),
+        environment=environment,
+        verdict=None if partial else verdict,  # the pipeline's counts by verdict time (ops.pipeline), same round trip
+        lag_seconds=time.time() - end_ms / 1000 if end_ms else None,  # the trace's end to its verdict on the trace
+    )
 
 
 def retry_transient_failures(
@@ -392,10 +431,7 @@ def summary_calls(
     run_id = store.report_run(loaded) if config.write_report else None
     if run_id is not None:
         verdict.artifact_uri = store.report_uri(run_id, loaded.trace_id)
-    tags = {
-        STATUS_TAG: verdict.status,
-        SCORE_TAG: "" if verdict.overall_score is None else f"{verdict.overall_score:.4f}",
-    }
+    tags = verdict_tags(verdict)
     if verdict.attempt > 1 or verdict.retry_of:
         tags[ATTEMPT_TAG] = str(verdict.attempt)
     if verdict.retry_of:
@@ -411,6 +447,11 @@ def summary_calls(
         step=loaded.timestamp_ms or 0,
         experiment_id=loaded.experiment_id,
     )
+
+
+def verdict_tags(verdict: QualityVerdict) -> dict[str, str]:
+    """The two tags every full evaluation writes: ``tracejudge.status`` and ``tracejudge.score``."""
+    return {STATUS_TAG: verdict.status, SCORE_TAG: "" if verdict.overall_score is None else f"{verdict.overall_score:.4f}"}
 
 
 def verdict_json(verdict: QualityVerdict) -> dict[str, Any]:

@@ -97,7 +97,11 @@ class Runtime:
         execution = judges.execution
         budget = cache = None
         if judges.budget.daily_usd is not None:
-            budget = self.state.budget(judges.budget.daily_usd, lease_seconds=execution.timeout_seconds * execution.attempts + 60)
+            # the holder extends the lease every third of it while the call runs (rate-limiter waits, Retry-After
+            # and backoff have no fixed bound), so it need only outlast one attempt and the longest wait before the next
+            from tracejudge.judges.client import RETRY_AFTER_MAX_SECONDS
+
+            budget = self.state.budget(judges.budget.daily_usd, lease_seconds=execution.timeout_seconds + RETRY_AFTER_MAX_SECONDS + 30)
         if judges.cache.enabled and use_cache:
             cache = self.state.judge_cache(judges.cache.ttl_hours * 3600)
         return CallControls(

@@ -11,9 +11,6 @@ one Redis):
   makes no LLM calls again;
 * ``limiter``: the shared rate limit per LLM endpoint and model
   (``tracejudge:rate:...``, see :mod:`tracejudge.tasks.ratelimit`);
-* ``record_rollup``: the monitor's counters of judged traces
-  (``tracejudge:monitor:...``, see :mod:`tracejudge.monitor.rollup`), one
-  pipelined round trip per evaluated trace;
 * ``counters`` (``tracejudge:count:<name>``), ``watermarks``
   (``tracejudge:mark:<name>``) and ``seen`` (``tracejudge:seen:<trace>``):
   the home of budgets, sampling, cache-hit and monitoring counts, and of
@@ -32,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,10 +54,33 @@ class EvaluationBusy(RuntimeError):
 
 @dataclass
 class HeldLock:
-    """The per-trace lock while we hold it: ``waited`` for another holder first; ``lost`` once renewal failed."""
+    """The per-trace lock while we hold it: ``waited`` for another holder first; ``lost`` once renewal failed.
+
+    ``owned`` asks Redis whether the lock is still ours (see :meth:`still_held`).
+    """
 
     waited: bool = False
     lost: threading.Event = field(default_factory=threading.Event)
+    owned: Callable[[], bool] | None = None
+
+    def still_held(self) -> bool:
+        """Whether the lock is ours right now: not seen lost by the renewer, and still holding our token in Redis.
+
+        Asked right before a write-back: the renewer looks only every few seconds, and a process paused past the
+        lock's TTL (a long GC, a stalled VM) learns it from Redis only. Unanswerable (Redis down) counts as lost.
+
+        >>> HeldLock().still_held(), HeldLock(owned=lambda: False).still_held()
+        (True, False)
+        """
+        if self.lost.is_set():
+            return False
+        if self.owned is None:
+            return True
+        try:
+            return bool(self.owned())
+        except Exception as exc:
+            log.warning("could not check the evaluation lock: %s", exc)
+            return False
 
 
 class Counters:
@@ -221,16 +241,6 @@ class RedisState:
 
         return counters.read(self.redis, self.prefix, day)
 
-    # ------------------------------------------------------------------ monitoring rollups
-
-    def record_rollup(self, record: Any, *, experiment_id: str) -> None:
-        """Count one judged trace (a ``monitor.rollup.TraceRecord``) in the monitor's rollups: one round trip."""
-        from tracejudge.monitor.rollup import record_verdict
-
-        pipe = self.redis.pipeline(transaction=False)
-        record_verdict(pipe, record, experiment_id=experiment_id, prefix=self.prefix)
-        pipe.execute()
-
     # ------------------------------------------------------------------ per-trace lock
 
     @contextmanager
@@ -248,7 +258,7 @@ class RedisState:
         lock = self.redis.lock(
             self.key(f"lock:{trace_id}"), timeout=LOCK_TTL_SECONDS, blocking_timeout=timeout, thread_local=False
         )
-        held = HeldLock(waited=not lock.acquire(blocking=False))
+        held = HeldLock(waited=not lock.acquire(blocking=False), owned=lock.owned)
         if held.waited and not lock.acquire(blocking=True):
             raise EvaluationBusy(f"another delivery of {trace_id} held its evaluation lock for {timeout:g} s")
         stop = threading.Event()
@@ -347,9 +357,6 @@ class NoRedisState:
 
     def async_redis(self) -> None:
         return None
-
-    def record_rollup(self, record: Any, *, experiment_id: str) -> None:
-        return None  # no Redis: the monitor reads MLflow
 
 
 def _renew_lock(lock: Any, stop: threading.Event, held: HeldLock, trace_id: str) -> None:

@@ -12,7 +12,8 @@ import random
 from typing import Any, Iterable
 
 from tracejudge.judges.model import ErrorInfo, JudgeResult, quality_band
-from tracejudge.monitor.rollup import ResultRecord, TraceRecord, record_verdict
+from tracejudge.monitor.rollup import ResultRecord, TraceRecord, bucket_of
+from tracejudge.monitor.rollup_store import record_verdict
 
 THRESHOLDS = {("research", "relevance"): 0.8, ("research", "groundedness"): 0.75, ("write", "coherence"): 0.75,
               ("write", "completeness"): 0.7, ("workflow", "harmfulness"): 0.8}
@@ -133,11 +134,12 @@ def record(trace_id: str, start_ms: int, results: list[JudgeResult], *, workflow
 
 
 def seed_rollups(redis: Any, experiment_id: str, records: Iterable[TraceRecord], *, prefix: str = "", batch: int = 200) -> int:
-    """Count records into Redis exactly as workers do (pipelined); returns how many."""
+    """Count records into Redis exactly as workers do (pipelined), as if each was judged when its trace ran (so the
+    coverage record says workers were recording from the first one's bucket); returns how many."""
     n = 0
     pipe = redis.pipeline(transaction=False)
     for rec in records:
-        record_verdict(pipe, rec, experiment_id=experiment_id, prefix=prefix)
+        record_verdict(pipe, rec, experiment_id=experiment_id, prefix=prefix, now_ms=bucket_of(rec.timestamp_ms))
         n += 1
         if n % batch == 0:
             pipe.execute()

@@ -151,7 +151,11 @@ class MlflowServer:
             "--gunicorn-opts", f"--workers {self.workers} --timeout 120",
         ]
         self.proc = subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        _wait(self._healthy, timeout=READY_TIMEOUT, what=f"mlflow server on {self.port}", proc=self.proc, log=log)
+        try:
+            _wait(self._healthy, timeout=READY_TIMEOUT, what=f"mlflow server on {self.port}", proc=self.proc, log=log)
+        except BaseException:  # not ready: stop it, or it outlives the test (``with`` never reaches __exit__)
+            self.stop()
+            raise
         return self
 
     def _healthy(self) -> bool:

@@ -32,4 +32,6 @@ def register(app: Any) -> None:
 
     @app.task(name=TASK_ALERTS, ignore_result=True)
     def check_quality_alerts() -> dict[str, Any]:
-        return tasks_alerts.check_quality_alerts()
+        from tracejudge.worker.names import QUEUES
+
+        return tasks_alerts.check_quality_alerts(queues=QUEUES)

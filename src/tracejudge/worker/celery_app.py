@@ -27,7 +27,7 @@ from celery import Celery, signals
 
 from tracejudge.config import Settings
 from tracejudge.tasks import prepare_worker_process, warm_runtime
-from tracejudge.worker import alerts_task, fetch, lease, task
+from tracejudge.worker import alerts_task, fetch, lease, session_task, task
 from tracejudge.worker.lease import lease_interval
 from tracejudge.worker.names import QUEUE_GATE, QUEUE_ONLINE, QUEUES, TASK_EVALUATE
 
@@ -143,7 +143,11 @@ def make_app(settings: Settings | None = None) -> Celery:
     task.register(app)
     lease.connect_signals()
     alerts_task.register(app)
-    app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), **alerts_task.beat_entries(_user_config(settings))}
+    app.conf.beat_schedule = {
+        **(app.conf.beat_schedule or {}),
+        **alerts_task.beat_entries(_user_config(settings)),
+        **session_task.beat_entries(_user_config(settings)),
+    }
     return app
 
 

@@ -10,19 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from tracejudge.ops.pipeline import WorkerInfo
 
 __all__ = ["WorkerInfo", "consumers_of", "inspect_workers", "no_consumer_message"]
-
-
-class WorkerInfo(BaseModel):
-    """One live worker, as it answered the broadcast."""
-
-    name: str
-    processes: int = Field(description="pool processes (1 for the threads and solo pools)")
-    concurrency: int | None = Field(None, description="tasks it runs at once")
-    active: int = Field(0, description="tasks running now")
-    queues: list[str] = Field(default_factory=list)
 
 
 def inspect_workers(app: Any, *, timeout: float = 1.0) -> list[WorkerInfo]:

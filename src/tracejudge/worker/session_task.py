@@ -1,4 +1,6 @@
-"""The Celery task that judges a conversation: a thin shell around :func:`tracejudge.sessions.run_session_task`."""
+"""The Celery tasks of conversations: judging one (``tracejudge.evaluate_session``, a thin shell around
+:func:`tracejudge.sessions.run_session_task`) and the beat's scan for idle ones (``tracejudge.session_scan``,
+body in :mod:`tracejudge.controls.session_pickup`)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,36 @@ from typing import Any
 
 from celery import Celery, Task
 
-from tracejudge.worker.names import TASK_EVALUATE_SESSION
+from tracejudge.config import TraceJudgeConfig
+from tracejudge.worker.names import QUEUE_GATE, QUEUE_ONLINE, TASK_EVALUATE_SESSION
+
+TASK_SESSION_SCAN = "tracejudge.session_scan"
+
+
+def beat_entries(config: TraceJudgeConfig) -> dict[str, dict[str, Any]]:
+    """The session scan's beat entry: with session judges and ``online.experiments``, every ``online.interval_seconds``.
+
+    >>> beat_entries(TraceJudgeConfig.model_validate({"judges": {"online": {"experiments": ["1"]}}}))
+    {}
+    >>> sorted(beat_entries(TraceJudgeConfig.model_validate(
+    ...     {"judges": {"online": {"experiments": ["1"]}, "sessions": {"judges": ["user_frustration"]}}})))
+    ['tracejudge-session-scan']
+    """
+    online = config.judges.online
+    if not (online.experiments and config.judges.sessions.enabled):
+        return {}
+    return {
+        "tracejudge-session-scan": {
+            "task": TASK_SESSION_SCAN,
+            "schedule": online.interval_seconds,
+            # a scan not started within its interval is dropped: the next one covers the same window
+            "options": {"queue": QUEUE_ONLINE, "expires": online.interval_seconds},
+        }
+    }
 
 
 def register_session_task(app: Celery) -> None:
-    """Register ``tracejudge.evaluate_session`` on ``app`` (once)."""
+    """Register ``tracejudge.evaluate_session`` and ``tracejudge.session_scan`` on ``app`` (once)."""
     if TASK_EVALUATE_SESSION in app.tasks:
         return
 
@@ -23,3 +50,22 @@ def register_session_task(app: Celery) -> None:
             raise self.retry(countdown=outcome.retry.countdown)
         assert outcome.verdict is not None
         return outcome.verdict
+
+    @app.task(name=TASK_SESSION_SCAN, acks_late=True)
+    def session_scan() -> dict[str, Any]:
+        from tracejudge.controls.session_pickup import run_session_scan
+        from tracejudge.tasks.runtime import get_runtime
+
+        return run_session_scan(get_runtime(), lambda request: send_session_request(app, request))
+
+
+def send_session_request(app: Celery, request: Any) -> Any:
+    """Put a ``SessionRequest`` on its queue (the same message ``enqueue_session`` sends)."""
+    return app.send_task(
+        TASK_EVALUATE_SESSION,
+        args=[request.model_dump(mode="json", exclude_none=True)],
+        task_id=request.evaluation_id,
+        queue=QUEUE_GATE if request.gate else QUEUE_ONLINE,
+        argsrepr=request.session_id,
+        kwargsrepr="{}",
+    )

@@ -159,11 +159,16 @@
       var wrap = el("div", { class: "chart" });
       var c = el("canvas", { "data-chart": "hist-" + i });
       wrap.appendChild(c); cell.appendChild(wrap); box.appendChild(cell);
+      // each bin split in two stacked parts: the results below their threshold (red) and the rest (blue), so a
+      // bin the threshold cuts through shows both, never all as passing
+      var below = n.histogram_below || n.histogram.map(function () { return 0; });
       draw(c, { type: "bar", plugins: [thresholdLine],
-        data: { labels: bins, datasets: [{ data: n.histogram, barPercentage: 1, categoryPercentage: 0.96,
-          backgroundColor: bins.map(function (b, k) { return n.threshold !== null && (k + 1) / 10 <= n.threshold + 1e-9 ? "#e58c8c" : "#7fb8e6"; }) }] },
-        options: { scales: { x: { type: "category", grid: { display: false }, ticks: { font: { size: 9.5 } } },
-                             y: { beginAtZero: true, ticks: { precision: 0, font: { size: 9.5 } } } },
+        data: { labels: bins, datasets: [
+          { label: "below threshold", data: below, backgroundColor: "#e58c8c", barPercentage: 1, categoryPercentage: 0.96 },
+          { label: "passed", data: n.histogram.map(function (v, k) { return v - below[k]; }), backgroundColor: "#7fb8e6",
+            barPercentage: 1, categoryPercentage: 0.96 }] },
+        options: { scales: { x: { type: "category", stacked: true, grid: { display: false }, ticks: { font: { size: 9.5 } } },
+                             y: { stacked: true, beginAtZero: true, ticks: { precision: 0, font: { size: 9.5 } } } },
                    plugins: { legend: { display: false }, threshold: { value: n.threshold } } } });
     });
   }

@@ -1,0 +1,104 @@
+"""`tracejudge status`: exit 0 with a live worker, 1 when messages wait with none (or a bound is passed), 2 when
+Redis does not answer; the verdict counts and trace lag come from what real workers recorded."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tracejudge.cli import main as cli_main
+
+
+def _status(capsys, *args: str) -> tuple[int, dict]:
+    code = cli_main(["status", "--format", "json", *args])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def _worker(app, queues):
+    from celery.contrib.testing.worker import start_worker
+
+    return start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, queues=queues,
+                        shutdown_timeout=30, loglevel="WARNING")
+
+
+def test_messages_waiting_with_no_worker_is_a_problem(pipeline_env, article_trace, capsys):
+    import tracejudge
+
+    handle = tracejudge.enqueue(article_trace)  # the online queue; no worker runs
+    assert handle.status == "PENDING"
+    code, report = _status(capsys)
+    assert code == 1 and report["healthy"] is False
+    assert report["workers"] == []
+    online = report["queues"]["tracejudge.online"]
+    assert online["depth"] == 1 and online["consumers"] == [] and online["oldest_age_seconds"] is not None
+    assert report["queues"]["tracejudge.gate"]["depth"] == 0
+    assert "1 message wait on tracejudge.online and no worker reads it" in report["problems"]
+    # a bound on the oldest message's age is a problem of its own
+    code, report = _status(capsys, "--max-age", "0")
+    assert code == 1 and any(p.startswith("the oldest message on tracejudge.online has waited") for p in report["problems"])
+    # the table says the same
+    assert cli_main(["status"]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEMS" in out and "1 message wait on tracejudge.online and no worker reads it" in out
+
+
+def test_a_live_worker_is_healthy_and_its_verdicts_are_counted(pipeline_env, article_trace, capsys):
+    import tracejudge
+    from tracejudge.worker import QUEUES, get_app
+
+    with _worker(get_app(), list(QUEUES)):
+        verdict = tracejudge.enqueue(article_trace, gate=True).verdict(timeout=120, raise_on_block=False)
+        # the message left by the test before is judged too: wait until the queue is empty and nothing is held
+        code, report = _status(capsys)
+        deadline = time.monotonic() + 120
+        while report["queues"]["tracejudge.online"]["depth"] or report["held_by_workers"]:
+            assert time.monotonic() < deadline, report
+            code, report = _status(capsys)
+    assert code == 0, report["problems"]
+    assert report["healthy"] is True and report["problems"] == []
+    [worker] = report["workers"]
+    assert sorted(worker["queues"]) == sorted(QUEUES) and worker["processes"] == 1 and worker["concurrency"] == 2
+    recent = report["last_15_minutes"]
+    assert recent["verdicts_total"] >= 1 and recent["verdicts"].get(verdict.status, 0) >= 1
+    assert recent["judge_results"] >= len(list(verdict.results()))
+    assert recent["trace_lag_p95_seconds"] is not None and recent["trace_lag_p95_seconds"] >= 0
+    assert recent["last_verdict_age_seconds"] is not None
+    assert report["spend"]["day"] and "spent_usd" in report["spend"]
+
+
+def test_pickup_lagging_is_a_problem(pipeline_env, redis_url, capsys):
+    import redis
+
+    from tracejudge.controls.online import WATERMARK
+    from tracejudge.tasks.state import RedisState
+
+    state = RedisState(redis.Redis.from_url(redis_url), prefix=pipeline_env["TRACEJUDGE_KEY_PREFIX"])
+    state.watermarks.set(f"{WATERMARK}42", str(int((time.time() - 3600) * 1000)))
+    try:
+        code, report = _status(capsys, "--max-pickup-lag", "600")
+    finally:
+        state.watermarks.forget(f"{WATERMARK}42")
+    assert code == 1
+    [pickup] = report["pickup"]
+    assert pickup["experiment"] == "42" and 3590 <= pickup["lag_seconds"] <= 3700
+    assert any(p.startswith("pick-up of experiment 42 is ") for p in report["problems"])
+
+
+def test_redis_down_cannot_tell(monkeypatch, capsys):
+    from tracejudge.testing.processes import free_port
+    from tracejudge.worker import reset_app
+
+    monkeypatch.setenv("TRACEJUDGE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    monkeypatch.delenv("TRACEJUDGE_BROKER_URL", raising=False)
+    reset_app()
+    try:
+        code = cli_main(["status"])
+    finally:
+        monkeypatch.undo()
+        reset_app()
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith("error: Redis at redis://127.0.0.1:") and "cannot tell" in captured.err
