@@ -97,13 +97,25 @@ def test_traces_enqueued_as_their_workflows_return_are_judged_whole(worker_proce
         handles = list(pool.map(run, range(TRACES)))
     verdicts = [h.verdict(timeout=600, raise_on_block=False) for h in handles]
     expected = {*NODES, "workflow"}
-    partial = [v for v in verdicts if {t.node_id for t in v.targets} != expected]
-    errors = [v for v in verdicts if v.status == "error"]
+    judged = [v for v in verdicts if v.status != "error"]
+    partial = [v for v in judged if {t.node_id for t in v.targets} != expected]
+    incomplete = [v for v in verdicts if v.error is not None and v.error.type == "TRACE_INCOMPLETE"]
+    other_errors = [v for v in verdicts if v.status == "error" and v not in incomplete]
     uncounted = [v for v in verdicts if any("span count unknown" in w for w in v.warnings)]
-    print(f"partial verdicts: {len(partial)} of {len(verdicts)}")
+    print(f"partial verdicts: {len(partial)} of {len(verdicts)}; TRACE_INCOMPLETE: {len(incomplete)}")
     assert not partial, [(v.trace_id, sorted(t.node_id for t in v.targets), v.status) for v in partial[:5]]
-    assert not errors, [(v.trace_id, v.error) for v in errors[:5]]
+    assert not other_errors, [(v.trace_id, v.error) for v in other_errors[:5]]
     assert not uncounted  # MLflow 3.17 records the count on every trace
+    # A trace reported incomplete really lacks spans in the store, for good: under this load MLflow's exporter
+    # (sqlite, one writer) sometimes fails to write a span and drops it; the old reader judged such a trace in part.
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    store = _get_store(mlflow_store)
+    for verdict in incomplete:
+        trace = store.get_trace(verdict.trace_id, allow_partial=True)
+        counted = json.loads(trace.info.trace_metadata["mlflow.trace.sizeStats"])["num_spans"]
+        assert len(trace.data.spans) < counted
+        assert f"{len(trace.data.spans)} of its {counted} spans are in the store" in verdict.error.message
 
 
 def test_a_trace_read_half_exported_is_judged_only_when_whole(worker, pipeline_env, redis_url, mlflow_store, tmp_path):

@@ -42,6 +42,10 @@ class TraceNotReady(LookupError):
     """The trace is not (fully) in the store yet: retry within the grace period."""
 
 
+class TraceIncomplete(TraceNotReady):
+    """The trace is in the store but not whole (fewer spans than counted, a span without its parent)."""
+
+
 class InvalidTraceId(ValueError):
     """The id cannot be a trace id: a permanent failure."""
 
@@ -178,7 +182,7 @@ def fetch_trace(client: Any, trace_id: str, *, last_look: bool = False) -> Any:
         raise TraceNotReady(f"trace {trace_id} is still in progress")
     missing = not_whole(trace, last_look=last_look)
     if missing is not None:
-        raise TraceNotReady(f"trace {trace_id} is not whole yet: {missing}")
+        raise TraceIncomplete(f"trace {trace_id} is not whole yet: {missing}")
     return trace
 
 

@@ -39,6 +39,7 @@ from tracejudge.mlflow_io.reader import (
     UNCOUNTED,
     InvalidTraceId,
     LoadedTrace,
+    TraceIncomplete,
     TraceNotReady,
     check_trace_id,
     trace_tool_usage,
@@ -68,6 +69,8 @@ LOCK_WAIT_MARGIN_SECONDS = 30.0
 
 # Error codes of evaluations that could not run at all (permanent: no retry).
 TRACE_NOT_FOUND = "TRACE_NOT_FOUND"
+#: The trace is in the store but not whole when the wait ends (fewer spans than MLflow counted).
+TRACE_INCOMPLETE = "TRACE_INCOMPLETE"
 INVALID_TRACE_ID = "INVALID_TRACE_ID"
 INVALID_PAYLOAD = "INVALID_PAYLOAD"
 UNKNOWN_JUDGE = "UNKNOWN_JUDGE"
@@ -117,6 +120,13 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             )
         except InvalidTraceId as exc:
             return error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields)
+        except TraceIncomplete as exc:  # never judged in part: the verdict says what is missing
+            message = (
+                f"{exc} after waiting {execution.trace_wait_seconds:g} s (trace_wait_seconds); not judged in part. "
+                "MLflow's exporter drops spans it fails to write (see its debug log); raise trace_wait_seconds "
+                "if the export is only slow"
+            )
+            return error_verdict(request.trace_id, TRACE_INCOMPLETE, message, config, **fields)
         except TraceNotReady as exc:
             message = (
                 f"trace {request.trace_id} was not found in the tracking store "
