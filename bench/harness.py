@@ -285,7 +285,10 @@ class BenchWorker(WorkerProcess):
 
     def start(self, *, wait: bool = True) -> "BenchWorker":
         cmd = [
-            sys.executable, str(BENCH_DIR / "instrumented_worker.py"), "worker", "--pool", self.pool,
+            sys.executable, str(BENCH_DIR / "instrumented_worker.py"), "worker",
+            # one Celery worker per BenchWorker (start_workers starts N of them), unless processes is None:
+            # then `tracejudge worker`'s default, one supervised process per core (bench/processes.py)
+            *(["--processes", str(self.processes)] if self.processes else []), "--pool", self.pool,
             "--concurrency", str(self.concurrency), "--queues", self.queues, "--hostname", f"{self.name}@%h",
             "--loglevel", "INFO", "--without-gossip", "--without-mingle", *self.extra,
         ]

@@ -31,6 +31,7 @@ LAYERS = {
     "sender": 5,
     "enqueue": 5,
     "session_enqueue": 5,  # enqueue_session
+    "session_backfill": 5,  # tracejudge backfill --sessions
     "backfill": 5,  # judges traces already in MLflow through enqueue
     "offline": 5,  # our judges as MLflow scorers, regression datasets, the offline gate
     "cli_controls": 6,

@@ -48,7 +48,7 @@ def test_instrumented_worker_records_every_phase_of_a_real_evaluation(pipeline_e
     phases.mkdir()
     env = {**os.environ, **pipeline_env, "TRACEJUDGE_KEY_PREFIX": prefix, "TJBENCH_PHASES_DIR": str(phases)}
     log = tmp_path / "worker.log"
-    cmd = [sys.executable, str(BENCH), "worker", "--pool", "threads", "--concurrency", "2", "--loglevel", "INFO",
+    cmd = [sys.executable, str(BENCH), "worker", "--processes", "1", "--pool", "threads", "--concurrency", "2", "--loglevel", "INFO",
            "--hostname", f"bench-{prefix}@%h", "--without-gossip", "--without-mingle"]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

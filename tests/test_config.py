@@ -118,10 +118,12 @@ def test_quality_retry_block_section_5_4() -> None:
     assert retry.judges == ["relevance", "completeness"]
 
 
-def test_optimization_block_is_accepted_and_reported_as_not_used() -> None:
+def test_optimization_block_is_read_and_used_by_tracejudge_optimize() -> None:
     config = load_config(DESIGN / "optimization.yaml")
-    assert dump_judge_config(config) == {**dump_judge_config(TraceJudgeConfig()), "unused_keys": ["optimization"]}
-    assert config_warnings(config) == ["optimization: accepted, not used by tracejudge"]
+    assert config.optimization.strategy == "BootstrapFewShot" and config.optimization.metric == "quality_score"
+    assert config.unused_keys == [] and config_warnings(config) == []
+    with pytest.raises(ConfigError, match="unknown strategy 'BootstrapFewShoot'; did you mean 'BootstrapFewShot'"):
+        load_config({"optimization": {"strategy": "BootstrapFewShoot"}})
 
 
 def test_feature_flags_turn_judges_off() -> None:
@@ -191,8 +193,8 @@ def test_unrelated_keys_are_left_alone(tmp_path: Path) -> None:
         "observability.mlflow.some_future_flag",
         "observability.mlflow.enabled_features",
         "observability.mlflow.artifacts.inputs",
-        "optimization",
     ]
+    assert config.optimization.strategy == "BootstrapFewShot"  # the design's block, read where users put it
 
 
 def test_empty_document_and_no_source_give_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -805,7 +807,7 @@ def test_workers_log_each_unused_key_once(caplog: pytest.LogCaptureFixture) -> N
     import uuid
 
     flag = f"future_flag_{uuid.uuid4().hex[:8]}"  # a key no other test logged in this process
-    config = load_config({"observability": {"optimization": {"enabled": True}, "mlflow": {flag: True}}})
+    config = load_config({"observability": {"mlflow": {flag: True, "async_logging": True}}})
     logger = logging.getLogger("tracejudge.test.unused")
     with caplog.at_level(logging.WARNING, logger="tracejudge.test.unused"):
         for _ in range(3):
@@ -813,4 +815,4 @@ def test_workers_log_each_unused_key_once(caplog: pytest.LogCaptureFixture) -> N
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2
     assert all("accepted, not used by tracejudge" in line for line in lines)
-    assert any("observability.optimization" in line for line in lines) and any(flag in line for line in lines)
+    assert any("async_logging" in line for line in lines) and any(flag in line for line in lines)

@@ -198,3 +198,45 @@ def test_a_store_without_review_queues_is_said_once_and_left_alone(monkeypatch, 
     assert len(calls) == 1  # asked once, then left alone
     said = [r.getMessage() for r in caplog.records if "review routing is off" in r.getMessage()]
     assert len(said) == 1 and "no review queues" in said[0]
+
+
+def test_optimize_registers_an_improved_prompt_with_our_judges_as_the_objective(pipeline_env, tmp_path, monkeypatch, capsys):
+    """The fake LLM shows plumbing, not better prompts: it appends a sentence, and the app scores higher with it."""
+    from tracejudge.testing.fake_llm import REWRITE_SUFFIX
+
+    name = f"qa_{time.time_ns()}"
+    prompt = mlflow.genai.register_prompt(name=name, template="Answer the question: {{question}}")
+    rows = f"opt-rows-{time.time_ns()}"
+    mlflow.genai.datasets.create_dataset(name=rows).merge_records(
+        [{"inputs": {"question": q}} for q in ("What is MLflow?", "What is Redis?", "What is Celery?")]
+    )
+    app = tmp_path / "prompted_app.py"
+    app.write_text(textwrap.dedent(f'''
+        import mlflow
+
+        PROMPT = "prompts:/{name}/1"
+        CURRENT = {{"uri": PROMPT}}
+
+        def answer(question):
+            template = mlflow.genai.load_prompt(CURRENT["uri"]).template
+            good = {REWRITE_SUFFIX!r} in template  # the test server's rewrite: its marker says how good
+            return f"An answer to {{question}}. " + ("[[tj:score=0.9]]" if good else "[[tj:score=0.4]]")
+    '''))
+    config = tmp_path / "tracejudge.yaml"
+    config.write_text(json.dumps({**CONFIG, "optimization": {"enabled": True, "metric": "quality_score",
+                                                             "target": "maximize", "strategy": "BootstrapFewShot"}}))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    code = main(["optimize", "--prompt", prompt.uri, "--dataset", rows, "--predict", "prompted_app:answer", "--config", str(config)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    improved = mlflow.genai.load_prompt(f"prompts:/{name}/2")
+    assert improved.template == "Answer the question: {{question}}" + REWRITE_SUFFIX
+    assert f"registered prompts:/{name}/2" in out and "MetaPrompt" in out
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({"optimization": {"strategy": "simulated_annealing"}}))
+    assert main(["optimize", "--prompt", prompt.uri, "--dataset", rows, "--predict", "prompted_app:answer", "--config", str(bad)]) == 2
+    assert "unknown strategy 'simulated_annealing'" in capsys.readouterr().err
+    sys.modules.pop("prompted_app", None)

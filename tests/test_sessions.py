@@ -135,3 +135,85 @@ def test_a_custom_session_judge_reads_each_turns_tool_calls(worker, fake_llm, ex
     calls = text[text.index('name="conversation_tool_calls"'):]
     order = [calls.index(s) for s in ("[turn 1]", '"search_flights"', '"OSL"', "[turn 2]", '"book_flight"', '"K7Q2"', '"send_email"', "[turn 3]", "(no tool calls)")]
     assert order == sorted(order), calls
+
+
+def test_backfill_sessions_judges_past_conversations_the_record_does_not_show_judged(worker, fake_llm, experiment, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tracejudge.testing.conversations import record_conversation
+
+    judged_before = f"past-a-{uuid.uuid4().hex[:6]}"
+    never_judged = f"past-b-{uuid.uuid4().hex[:6]}"
+    a = record_conversation(judged_before, TURNS_TEXT[:2])
+    b = record_conversation(never_judged, TURNS_TEXT)
+    config_path = tmp_path / "tracejudge.yaml"
+    config_path.write_text(yaml.safe_dump({"observability": {"mlflow": {"judges": {
+        "sessions": {"judges": ["user_frustration"], "idle_seconds": 0.001},
+    }}}}))
+    assert tracejudge.enqueue_session(judged_before, experiment_id=experiment, config=str(config_path)).verdict(timeout=60).status == "passed"
+    fake_llm.reset()
+
+    dry = subprocess.run(
+        [sys.executable, "-m", "tracejudge", "backfill", "--experiment-id", experiment, "--sessions", "--dry-run", "--config", str(config_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: looked at 2 sessions: would enqueue 1, skipped as already judged 1" in dry.stdout
+    assert never_judged in dry.stdout and fake_llm.prompts_for() == []
+
+    run = subprocess.run(
+        [sys.executable, "-m", "tracejudge", "backfill", "--experiment-id", experiment, "--sessions", "--wait", "60", "--config", str(config_path)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "looked at 2 sessions: enqueued 1, skipped as already judged 1" in run.stdout
+    assert "(1 of 1 sessions judged)" in run.stdout
+    (messages,) = fake_llm.prompts_for("user_frustration")
+    assert "[turn 3]" in messages[-1]["content"]
+    assert [f.name for f in _session_feedbacks(b[0], never_judged)] == ["user_frustration"]
+    assert len(_session_feedbacks(a[0], judged_before, valid_only=False)) == 1  # not judged twice
+
+
+def test_the_report_and_alerts_count_sessions_apart_from_traces(worker, fake_llm, experiment):
+    """Session results show as session figures (sessions judged, per-judge means, failure rate), read from
+    MLflow, and not as results of the first trace; a session_failure_rate rule fires on them."""
+    from mlflow import MlflowClient
+
+    from tracejudge.config.alerts import AlertRule
+    from tracejudge.monitor.alert_rules import RuleContext, evaluate
+    from tracejudge.monitor.collect import summarise_quality
+    from tracejudge.monitor.render import render
+    from tracejudge.monitor.window import MonitorQuery
+    from tracejudge.testing.conversations import record_conversation
+
+    good, bad = f"good-{uuid.uuid4().hex[:6]}", f"bad-{uuid.uuid4().hex[:6]}"
+    first_good = record_conversation(good, TURNS_TEXT)[0]
+    record_conversation(bad, [("Help me? [[tj:score=0.2]]", "No.")])
+    config = {"observability": {"mlflow": {"judges": {
+        "workflow_defaults": ["coherence"], "sessions": {"judges": ["conversation_completeness", "user_frustration"]},
+    }}}}
+    tracejudge.enqueue(first_good, config=config).verdict(timeout=60)  # the first trace is judged as a trace too
+    for sid in (good, bad):
+        tracejudge.enqueue_session(sid, experiment_id=experiment, config=config).verdict(timeout=60, raise_on_block=False)
+
+    summary = summarise_quality(MonitorQuery(experiment=experiment, since="1d", source="mlflow"), client=MlflowClient())
+    assert summary.sessions is not None
+    assert (summary.sessions.sessions, summary.sessions.failed, summary.sessions.failure_rate) == (2, 1, 0.5)
+    by_judge = {j.judge: j for j in summary.sessions.judges}
+    assert set(by_judge) == {"conversation_completeness", "user_frustration"}
+    assert by_judge["user_frustration"].mean == pytest.approx((0.85 + 0.2) / 2)
+    assert by_judge["user_frustration"].failure_rate == 0.5
+    assert {j.judge for j in summary.judges} == {"coherence"}  # the trace figures hold no session result
+    assert summary.totals.traces == 1
+    text = render(summary, "table")
+    assert "sessions judged: 2, failed 1 (50.0%)" in text and "user_frustration: 2 scored" in text
+
+    rule = AlertRule(kind="session_failure_rate", above=0.3, min_count=2)
+    context = RuleContext(summarise_window=lambda: summary, summarise_baseline=lambda: summary, now_ms=0)
+    result = evaluate(rule, context)
+    assert result.holds and result.observed == 0.5
+    quiet = evaluate(AlertRule(kind="session_failure_rate", above=0.6, min_count=2), context)
+    assert not quiet.holds

@@ -35,14 +35,14 @@ def test_messages_waiting_with_no_worker_is_a_problem(pipeline_env, article_trac
     online = report["queues"]["tracejudge.online"]
     assert online["depth"] == 1 and online["consumers"] == [] and online["oldest_age_seconds"] is not None
     assert report["queues"]["tracejudge.gate"]["depth"] == 0
-    assert "1 message wait on tracejudge.online and no worker reads it" in report["problems"]
+    assert "1 message waits on tracejudge.online and no worker reads it" in report["problems"]
     # a bound on the oldest message's age is a problem of its own
     code, report = _status(capsys, "--max-age", "0")
     assert code == 1 and any(p.startswith("the oldest message on tracejudge.online has waited") for p in report["problems"])
     # the table says the same
     assert cli_main(["status"]) == 1
     out = capsys.readouterr().out
-    assert "PROBLEMS" in out and "1 message wait on tracejudge.online and no worker reads it" in out
+    assert "PROBLEMS" in out and "1 message waits on tracejudge.online and no worker reads it" in out
 
 
 def test_a_live_worker_is_healthy_and_its_verdicts_are_counted(pipeline_env, article_trace, capsys):

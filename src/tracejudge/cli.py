@@ -18,6 +18,7 @@
     tracejudge agreement --experiment-id 1   judge-vs-human agreement from people's feedback in MLflow
     tracejudge dataset --experiment-id 1 --name regressions   production failures into an MLflow evaluation dataset
     tracejudge evaluate --dataset regressions --predict app:answer   the offline release gate (exit 0/1/2)
+    tracejudge optimize --prompt prompts:/qa/1 --dataset regressions --predict app:answer   improve a prompt
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ EXIT_PASSED = 0
 EXIT_FAILED = 1
 EXIT_ERROR = 2
 
-DEFAULT_POOL = "threads"
-DEFAULT_CONCURRENCY = 16
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="wait for the verdicts (default up to 3600 s), then print the pass rate and error counts")
     p.add_argument("--resume", action="store_true", help="continue the same backfill after an interruption (Ctrl-C)")
     p.add_argument("--max-queue", type=int, default=1000, help="hold back while the queue has more messages than this (default 1000)")
+    p.add_argument("--sessions", action="store_true",
+                   help="judge past conversations (traces sharing mlflow.trace.session) with judges.sessions' judges instead of traces")
     p.add_argument("--config", help="YAML config file (default: $TRACEJUDGE_CONFIG)")
     p.set_defaults(func=cmd_backfill)
 
@@ -154,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from tracejudge.cli_offline import add_commands as add_offline_commands
 
-    add_offline_commands(sub)  # dataset, evaluate
+    add_offline_commands(sub)  # dataset, evaluate, optimize
 
     p = sub.add_parser(
         "config-schema",
@@ -245,32 +246,32 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def run_worker(extra: list[str]) -> int:
-    """``celery worker`` with tracejudge's defaults: threads pool, both queues; extra options win."""
+    """``celery worker`` with tracejudge's defaults: threads pool, both queues, one process per core; extra options win."""
+    from tracejudge.worker.start import DEFAULT_CONCURRENCY, DEFAULT_POOL, run_supervisor, run_worker_process, take_processes
+
     if any(a in ("-h", "--help") for a in extra):
         print(
-            "usage: tracejudge worker [CELERY WORKER OPTIONS...]\n\n"
-            f"Runs `celery -A tracejudge.worker worker --pool {DEFAULT_POOL} --concurrency {DEFAULT_CONCURRENCY} "
-            "-Q tracejudge.gate,tracejudge.online --loglevel INFO` (options you give replace these).\n"
+            "usage: tracejudge worker [--processes N] [CELERY WORKER OPTIONS...]\n\n"
+            "Runs N worker processes (default: one per core; 1 with another --pool), each "
+            f"`celery -A tracejudge.worker worker --pool {DEFAULT_POOL} --concurrency {DEFAULT_CONCURRENCY} "
+            "-Q tracejudge.gate,tracejudge.online --loglevel INFO` (options you give replace these), supervised: a process "
+            "that dies is started again, SIGTERM stops all (running evaluations finish).\n"
             "Environment: TRACEJUDGE_REDIS_URL, MLFLOW_TRACKING_URI, TRACEJUDGE_LLM_BASE_URL, TRACEJUDGE_LLM_API_KEY,\n"
-            "TRACEJUDGE_CONFIG, TRACEJUDGE_JUDGE_MODULES. Celery's own options follow.\n"
+            "TRACEJUDGE_CONFIG, TRACEJUDGE_JUDGE_MODULES, TRACEJUDGE_METRICS_PORT (docs/operating.md). Celery's own options follow.\n"
         )
-    from tracejudge.worker import QUEUES, get_app, set_worker_environment
+    from tracejudge.worker import get_app
 
-    set_worker_environment()
-    argv = ["worker"]
-    if not _has(extra, "-P", "--pool"):
-        argv += ["--pool", DEFAULT_POOL]
-    if not _has(extra, "-c", "--concurrency"):
-        argv += ["--concurrency", str(DEFAULT_CONCURRENCY)]
-    if not _has(extra, "-Q", "--queues"):
-        argv += ["--queues", ",".join(QUEUES)]
-    if not _has(extra, "-l", "--loglevel"):
-        argv += ["--loglevel", "INFO"]
+    try:
+        processes, extra = take_processes(extra)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     app = _app_or_error(get_app)
     if app is None:
         return EXIT_ERROR
-    app.worker_main(argv + extra)
-    return 0
+    if processes > 1 and not any(a in ("-h", "--help") for a in extra):
+        return run_supervisor(processes, extra)
+    return run_worker_process(app, extra)
 
 
 def run_beat(extra: list[str]) -> int:
@@ -278,6 +279,7 @@ def run_beat(extra: list[str]) -> int:
     from pathlib import Path
 
     from tracejudge.worker import get_app
+    from tracejudge.worker.start import has_option as _has
 
     argv = ["beat"]
     if not _has(extra, "-s", "--schedule"):
@@ -302,10 +304,6 @@ def _app_or_error(get_app: Any) -> Any:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-
-
-def _has(args: list[str], short: str, long: str) -> bool:
-    return any(a == short or a == long or a.startswith(long + "=") or (a.startswith(short) and len(a) > 2) for a in args)
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -368,8 +366,13 @@ def _wait_and_print(handle: Any, timeout: float, *, as_json: bool, queue: str | 
         else:
             verdict = handle.verdict(timeout=timeout, raise_on_block=False)
     except tracejudge.EvaluationTimeout as exc:
-        hint = hint or (_no_consumer(queue) if queue is not None else None)
-        print(f"error: {exc}" + (f": {hint}" if hint else ""), file=sys.stderr)
+        if queue is None:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        hint = hint or _no_consumer(queue)
+        # (the whole wait, not what was left of it after the early check)
+        print(f"error: no verdict for trace {handle.trace_id} (evaluation {handle.id}) within {timeout:g} s; state {handle.status}"
+              + (f": {hint}" if hint else ""), file=sys.stderr)
         return EXIT_ERROR
     except tracejudge.EvaluationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -78,6 +78,9 @@ def backfill_command(args: argparse.Namespace) -> int:
     from tracejudge.config import JudgeRef
 
     refs = [JudgeRef(name=n) for n in judges] if judges else None
+    if getattr(args, "sessions", False):
+        return sessions_backfill(args, store=store, state=state, config=config, experiment_id=experiment_id, refs=refs,
+                                 since_ms=since_ms, until_ms=until_ms, default_model=settings.default_model)
     try:
         fingerprint = plan_fingerprint(config, default_registry().with_config(config), judges=refs, default_model=settings.default_model, environment=settings.environment)
     except UnknownJudgeError as exc:
@@ -157,6 +160,73 @@ def backfill_command(args: argparse.Namespace) -> int:
         errors = {k[6:]: v for k, v in tally.items() if k.startswith("error:")}
         print("verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items()) if not k.startswith("error:")))
         print("errors: " + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"))
+    return EXIT_OK
+
+
+def sessions_backfill(
+    args: argparse.Namespace, *, store: Any, state: Any, config: Any, experiment_id: str, refs: Any,
+    since_ms: int | None, until_ms: int | None, default_model: str,
+) -> int:
+    """``tracejudge backfill --sessions``: past conversations (see :mod:`tracejudge.session_backfill`)."""
+    import tracejudge
+    from tracejudge.backfill import wait_for_verdicts
+    from tracejudge.config.settings import redact_url
+    from tracejudge.controls.session_judged import plan_session
+    from tracejudge.judges.registry import UnknownJudgeError, default_registry
+    from tracejudge.mlflow_io.reader import MlflowUnavailable
+    from tracejudge.session_backfill import run_session_backfill
+
+    if args.sample is not None or args.resume:
+        return _error("--sessions judges every conversation the record does not show judged: --sample and --resume do not apply")
+    try:
+        planned = plan_session(config, default_registry().with_config(config), judges=refs)
+    except UnknownJudgeError as exc:
+        return _error(f"--judges: {exc}")
+    if not planned:
+        return _error("no session judges: list some under judges.sessions.judges in the config, or pass --judges")
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    verb = "would enqueue" if args.dry_run else "enqueued"
+    names = [p.judge.name for p in planned] if refs else None
+    try:
+        with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
+            task = progress.add_task("sessions", total=None)
+
+            def show(counts: Any, note: str) -> None:
+                text = f"sessions: {verb} {counts.enqueued} | already judged {counts.skipped_judged} | still active {counts.active}"
+                progress.update(task, total=counts.sessions, completed=counts.seen, description=text + (f" | {note}" if note else ""))
+
+            result = run_session_backfill(
+                store=store, state=state, config=config, experiment_id=experiment_id, planned=planned,
+                default_model=default_model, since_ms=since_ms, until_ms=until_ms, filter_string=args.filter_string,
+                force=args.force, dry_run=args.dry_run, max_sessions=args.max_traces, max_queue=args.max_queue, progress=show,
+                enqueue=lambda sid: tracejudge.enqueue_session(
+                    sid, experiment_id=experiment_id, config=args.config, judges=names, force=args.force
+                ),
+            )
+            show(result.counts, "done")
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again; sessions judged meanwhile are skipped", file=sys.stderr)
+        return 130
+    except MlflowUnavailable as exc:
+        return _error(redact_url(str(exc)))
+    except tracejudge.EnqueueError as exc:
+        return _error(str(exc))
+    c = result.counts
+    print(
+        f"{'dry run: ' if args.dry_run else ''}looked at {c.sessions} sessions: {verb} {c.enqueued}, "
+        f"skipped as already judged {c.skipped_judged}, still active {c.active}"
+    )
+    if result.sample_ids:
+        print(("sample of session ids: " if args.dry_run else "first session ids: ") + ", ".join(result.sample_ids))
+    if args.wait is not None and result.handles:
+        tally = wait_for_verdicts(result.handles, timeout=args.wait)
+        judged = sum(tally.get(s, 0) for s in ("passed", "failed", "error"))
+        print(f"pass rate: {tally.get('passed', 0) / judged if judged else 0.0:.1%} ({tally.get('passed', 0)} of {judged} sessions judged)")
+        print("verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items())))
     return EXIT_OK
 
 

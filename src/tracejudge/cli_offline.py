@@ -1,4 +1,4 @@
-"""``tracejudge dataset`` and ``evaluate``: the loop from production failures to a release gate."""
+"""``tracejudge dataset``, ``evaluate`` and ``optimize``: the loop from production failures to a release gate."""
 
 from __future__ import annotations
 
@@ -45,6 +45,20 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--min-pass-rate", type=float, default=1.0, help="share of rows that must pass (default 1.0: every row)")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "optimize",
+        help="improve a registered prompt with mlflow.genai.optimize_prompts, our judges as the objective",
+        description="Run mlflow.genai.optimize_prompts on a registered prompt over an evaluation dataset with the plan's "
+        "judges as scorers (objective quality_score: their mean score, maximised), with the optimizer the config's "
+        "optimization.strategy names, and register the improved prompt as a new version.",
+    )
+    p.add_argument("--prompt", required=True, metavar="prompts:/NAME/VERSION", help="the registered prompt to improve")
+    p.add_argument("--dataset", required=True, help="the evaluation dataset's name")
+    p.add_argument("--predict", metavar="MODULE:FUNCTION", required=True,
+                   help="the function answering a row's inputs with the prompt (it loads it with mlflow.genai.load_prompt)")
+    p.add_argument("--config", help="YAML config file with optimization: (default: $TRACEJUDGE_CONFIG)")
+    p.set_defaults(func=cmd_optimize)
 
 
 def _error(command: str, message: str) -> int:
@@ -107,3 +121,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"offline gate: {run.status.upper()}: {counts}; pass rate {run.pass_rate:.0%} "
               f"(needs {run.min_pass_rate:.0%}); MLflow run {run.run_id}")
     return {"passed": EXIT_PASSED, "failed": EXIT_FAILED}.get(run.status, EXIT_ERROR)
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from tracejudge.config import ConfigError, Settings
+    from tracejudge.offline.gate import OfflineGateError, load_predict
+    from tracejudge.offline.optimize import OptimizeError, optimize_prompt
+
+    try:
+        predict = load_predict(args.predict)
+        outcome = optimize_prompt(args.prompt, dataset=args.dataset, predict=predict,
+                                  config=args.config or Settings.from_env().config_path)
+    except (OfflineGateError, OptimizeError, ConfigError) as exc:
+        return _error("optimize", str(exc))
+
+    def score(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print(f"registered {outcome.new_uri} (improved from {outcome.source_uri} by {outcome.optimizer}); "
+          f"quality_score {score(outcome.initial_score)} -> {score(outcome.final_score)}")
+    return EXIT_PASSED

@@ -162,15 +162,15 @@ def to_report(state: Any, problems: list[Any], spend: Any) -> dict[str, Any]:
         "problems": [p.message for p in problems],
         "checked_at": iso(state.now),
         "workers": [worker.model_dump() for worker in state.workers or []],
-        "queues": {name: q.model_dump() for name, q in state.queues.items()},
+        "queues": {name: {**q.model_dump(), "oldest_age_seconds": _round(q.oldest_age_seconds)} for name, q in state.queues.items()},
         "held_by_workers": state.held,
         f"last_{w.minutes}_minutes": {
             "verdicts": w.verdicts,
             "verdicts_total": w.total,
             "judge_results": w.judge_results,
             "judge_errors": w.judge_errors,
-            "trace_lag_p95_seconds": w.lag_p95_seconds,
-            "last_verdict_age_seconds": None if w.last_verdict_age_seconds is None else round(w.last_verdict_age_seconds, 1),
+            "trace_lag_p95_seconds": _round(w.lag_p95_seconds, 3),
+            "last_verdict_age_seconds": _round(w.last_verdict_age_seconds),
         },
         "pickup": [
             {"experiment": p.experiment, "watermark": iso(p.watermark_ms / 1000), "lag_seconds": round(p.lag_seconds, 1)}
@@ -216,6 +216,10 @@ def print_table(report: dict[str, Any]) -> None:
     s = report["spend"]
     budget = f" of ${s['budget_usd']:g} (${s['remaining_usd']:.4f} left)" if s["budget_usd"] is not None else " (no daily budget set)"
     console.print(f"spend on {s['day']} (UTC): ${s['spent_usd']:.4f}{budget}")
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _unknown(message: str, args: argparse.Namespace | None = None) -> int:

@@ -13,6 +13,7 @@
         - {kind: variance_increase, factor: 2.0}
         - {kind: new_failure_type}
         - {kind: gate_pass_rate, below: 0.9}
+        - {kind: session_failure_rate, above: 0.3}    # conversations (judges.sessions) failing a session judge
         # the pipeline itself (all experiments; see docs/pipeline-health.md)
         - {kind: pipeline_lag, seconds: 300}          # p95 trace end -> verdict above 5 min
         - {kind: backlog, depth: 1000, seconds: 600}  # a queue deeper than 1000 or its oldest message older than 10 min
@@ -43,6 +44,8 @@ RULE_NEEDS: dict[str, tuple[str, ...]] = {
     "variance_increase": ("factor",),
     "new_failure_type": (),
     "gate_pass_rate": ("below",),
+    # conversations (judges.sessions): the share of sessions judged in the window with a result below threshold
+    "session_failure_rate": ("above",),
     # the pipeline's health (tracejudge.ops.pipeline; evaluated at the end of tracejudge.monitor.alert_rules)
     "pipeline_lag": ("seconds",),
     "backlog": ("depth", "seconds"),
@@ -58,7 +61,7 @@ _Positive = Annotated[float, BeforeValidator(_no_bool), Field(gt=0)]
 class AlertRule(_Section):
     """One rule; ``judge`` / ``node`` narrow it (default: every judge on every node)."""
 
-    #: The rule: quality_drop, failure_rate, variance_increase, new_failure_type, gate_pass_rate; about the pipeline: pipeline_lag, backlog, no_verdicts, judge_error_rate.
+    #: The rule: quality_drop, failure_rate, variance_increase, new_failure_type, gate_pass_rate, session_failure_rate; about the pipeline: pipeline_lag, backlog, no_verdicts, judge_error_rate.
     kind: str
     #: A name for the alert (default: made from the rule).
     name: str | None = None
@@ -68,7 +71,7 @@ class AlertRule(_Section):
     node: str | None = None
     #: Fires when the figure is below this (quality_drop, gate_pass_rate).
     below: Score | None = None
-    #: Fires when the figure is above this (failure_rate).
+    #: Fires when the figure is above this (failure_rate, session_failure_rate, judge_error_rate).
     above: Score | None = None
     #: Fires when the mean drops by this much against the baseline (quality_drop).
     drop_by: Score | None = None

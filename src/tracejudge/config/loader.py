@@ -25,13 +25,13 @@ __all__ = ["CONFIG_ENV_VAR", "load_config", "validate_judge_names", "dump_judge_
 CONFIG_ENV_VAR = "TRACEJUDGE_CONFIG"
 
 _MLFLOW = "observability.mlflow"
-_OUR_MLFLOW_KEYS = ("enabled", "enable_judges", "judges", "quality_gate", "quality_retry", "quality_alerts")
+_OUR_MLFLOW_KEYS = ("enabled", "enable_judges", "judges", "quality_gate", "quality_retry", "quality_alerts", "optimization")
 #: Keys of the design that tracejudge acts on, beside its own sections.
 _USED_MLFLOW_KEYS = ("quality_based_workflows", "log_artifacts", "artifact_level", "artifacts")
-_MOVABLE = ("quality_gate", "quality_retry", "quality_alerts")
+_MOVABLE = ("quality_gate", "quality_retry", "quality_alerts", "optimization")
 #: The design's sections that may sit at the root, under observability or under observability.mlflow,
 #: which tracejudge accepts but does not act on.
-_UNUSED_MOVABLE = ("optimization",)
+_UNUSED_MOVABLE: tuple[str, ...] = ()
 NOT_USED = "accepted, not used by tracejudge"
 # Keys the design document puts under observability.mlflow for other features;
 # never mistaken for typos of ours.
@@ -252,8 +252,8 @@ def config_warnings(config: TraceJudgeConfig) -> list[str]:
     """What in a valid config will not do what it seems to: keys accepted but not used, custom
     judges no target uses, ``quality_gate``/``quality_retry`` judges that run on no target.
 
-    >>> config_warnings(load_config({"optimization": {"enabled": True}}))
-    ['optimization: accepted, not used by tracejudge']
+    >>> config_warnings(load_config({"observability": {"mlflow": {"async_logging": True}}}))
+    ['observability.mlflow.async_logging: accepted, not used by tracejudge']
     """
     warnings = [*config.misspelt_keys, *(f"{path}: {NOT_USED}" for path in config.unused_keys)]
     judges = config.location("judges")

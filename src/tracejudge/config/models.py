@@ -536,6 +536,8 @@ class TraceJudgeConfig(_Section):
     quality_gate: QualityGateConfig = Field(default_factory=QualityGateConfig)
     quality_retry: QualityRetryConfig = Field(default_factory=QualityRetryConfig)
     quality_alerts: "QualityAlertsConfig" = Field(default_factory=lambda: _alerts_config())
+    #: Quality-based prompt optimisation (`tracejudge optimize`): objective and strategy.
+    optimization: "OptimizationConfig" = Field(default_factory=lambda: OptimizationConfig())
     #: Design section 10.3: ``false`` turns the quality gate and quality retry off (absent: as configured).
     quality_based_workflows: bool | None = None
     #: Design section 3.3: ``log_artifacts: false`` or ``artifact_level: minimal`` (or
@@ -562,6 +564,7 @@ class TraceJudgeConfig(_Section):
         "quality_gate": "quality_gate",
         "quality_retry": "quality_retry",
         "quality_alerts": "quality_alerts",
+        "optimization": "optimization",
         "quality_based_workflows": "observability.mlflow.quality_based_workflows",
         "log_artifacts": "observability.mlflow.log_artifacts",
         "artifact_level": "observability.mlflow.artifact_level",
@@ -676,6 +679,7 @@ class TraceJudgeConfig(_Section):
 
 from .controls import BudgetConfig, CacheConfig, FiltersConfig, OnlineConfig, PriceEntry, SamplingConfig  # noqa: E402
 from .review import ReviewConfig  # noqa: E402
+from .optimization import OptimizationConfig  # noqa: E402
 
 from .sessions import SessionsConfig  # noqa: E402
 

@@ -168,9 +168,8 @@ def config_schema() -> dict[str, Any]:
     _json_schema_bounds(props)
     # a judge may be named by a bare string: `- relevance`
     defs["JudgeRef"] = {"anyOf": [{"type": "string"}, defs["JudgeRef"]]}
-    movable = ("quality_gate", "quality_retry", "quality_alerts")
+    movable = ("quality_gate", "quality_retry", "quality_alerts", "optimization")
     mlflow_keys = {k: v for k, v in props.items()}
-    mlflow_keys["optimization"] = {"description": "The design's prompt optimisation block."}
     root_sections = {k: props[k] for k in movable}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -185,12 +184,10 @@ def config_schema() -> dict[str, Any]:
                 "properties": {
                     "mlflow": {"type": "object", "properties": mlflow_keys, "additionalProperties": True},
                     **root_sections,
-                    "optimization": {},
                 },
                 "additionalProperties": True,
             },
             **root_sections,
-            "optimization": {},
         },
         "additionalProperties": True,
         "$defs": defs,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -237,6 +238,23 @@ FALLBACK_VARIABLES = {
     "llm_api_key": ("OPENAI_API_KEY",),
     "experiment": ("MLFLOW_EXPERIMENT_NAME",),
 }
+
+
+@contextmanager
+def openai_environment(settings: Settings) -> Iterator[None]:
+    """``OPENAI_API_BASE``/``OPENAI_API_KEY`` set to the judges' endpoint and key while a library that reads only
+    those runs (MLflow's prompt optimizers, through its gateway adapter or LiteLLM); restored afterwards."""
+    wanted = {"OPENAI_API_BASE": settings.llm_endpoint, "OPENAI_API_KEY": settings.require_llm_key()}
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _names(value: str | None) -> tuple[str, ...] | None:

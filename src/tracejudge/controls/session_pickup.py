@@ -138,7 +138,7 @@ def _scan_experiment(
         if handled >= sessions_config.max_per_scan:
             mark = min(mark, last.last_start)  # the rest wait for the next scan
             break
-        infos = _session_infos(store, experiment_id, sid)
+        infos = session_infos(store, experiment_id, sid)
         if session_judged(infos, sid, planned, default_model=default_model):
             result.add(result.already_judged, experiment_id)
             continue
@@ -183,7 +183,7 @@ def _sessions_since(store: Any, experiment_id: str, since_ms: int, extra: str | 
         token = page.next_page_token
 
 
-def _session_infos(store: Any, experiment_id: str, session_id: str) -> list[Any]:
+def session_infos(store: Any, experiment_id: str, session_id: str) -> list[Any]:
     """The infos (assessments, no spans) of every turn of one session."""
     infos: list[Any] = []
     token = None

@@ -14,6 +14,9 @@ from typing import Any, Iterator
 
 from tracejudge.mlflow_io.writer import KEY, call_mlflow
 
+#: MLflow's session key; our session results carry it in their metadata (see ``mlflow_io.sessions``).
+SESSION = "mlflow.trace.session"
+
 PAGE_SIZE = 500
 STATUS_TAG = "tracejudge.status"
 
@@ -188,6 +191,8 @@ def judged_row(info: Any) -> JudgedTraceRow | None:
         if not is_ours(a):
             continue
         metadata = dict(getattr(a, "metadata", None) or {})
+        if SESSION in metadata:  # a conversation's result (on its first trace): counted in the session figures
+            continue
         error = getattr(a, "error", None)
         value = getattr(a, "value", None)
         assessments.append(

@@ -180,12 +180,7 @@ def session_assessments(assessments: Iterable[Any], session_id: str) -> list[Any
     found = []
     for assessment in assessments:
         metadata = getattr(assessment, "metadata", None) or {}
-        if (
-            metadata.get(SESSION) == session_id
-            and metadata.get(writer.KEY)
-            and getattr(assessment, "feedback", None) is not None
-            and getattr(assessment, "valid", True) is not False
-        ):
+        if metadata.get(SESSION) == session_id and writer.is_ours(assessment):  # valid, ours, not a person's
             found.append(assessment)
     return found
 
@@ -251,3 +246,43 @@ def all_experiments(client: Any, *, limit: int = 1000) -> list[str]:
     """The ids of the store's active experiments (where a session is looked for when no experiment is named)."""
     found = writer.call_mlflow(client.search_experiments, max_results=limit)
     return [e.experiment_id for e in found]
+
+
+@dataclass
+class SessionResultRow:
+    """One valid session result of ours, as the monitor reads it from the session's first trace."""
+
+    session_id: str
+    judge: str
+    value: float | None
+    passed: bool
+    error_code: str | None
+    turns: int
+    timestamp_ms: int
+
+
+def session_results(client: Any, experiment_id: str, since_ms: int, until_ms: int) -> list[SessionResultRow]:
+    """Our valid session results on traces that started in ``[since_ms, until_ms)`` (a session counts where it began)."""
+    from tracejudge.mlflow_io.query import trace_infos
+
+    window = f"{ANY_SESSION} AND timestamp_ms >= {int(since_ms)} AND timestamp_ms < {int(until_ms)}"
+    rows = []
+    for info in trace_infos(client, experiment_id, window):
+        sid = session_of(info)
+        for a in session_assessments(getattr(info, "assessments", None) or [], sid or ""):
+            metadata = a.metadata or {}
+            error = getattr(a, "error", None)
+            value = getattr(a, "value", None)
+            rows.append(
+                SessionResultRow(
+                    session_id=sid or "",
+                    judge=a.name,
+                    value=float(value) if isinstance(value, (int, float)) and error is None else None,
+                    passed=metadata.get("passed") == "true" and error is None,
+                    error_code=getattr(error, "error_code", None) if error is not None else None,
+                    turns=int(metadata.get(TURNS) or 0),
+                    timestamp_ms=start_ms(info),
+                )
+            )
+    return rows
+

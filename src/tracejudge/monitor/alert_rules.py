@@ -158,6 +158,27 @@ def failure_rate(rule: AlertRule, ctx: RuleContext) -> Evaluation:
     return Evaluation(holds, rate, brate, f"{_scope(rule)}: {_f(rate)} below threshold (baseline {_f(brate)}), alert above {rule.above:g}")
 
 
+@rule_kind("session_failure_rate")
+def session_failure_rate(rule: AlertRule, ctx: RuleContext) -> Evaluation:
+    """Conversations judged in the window failing (below threshold or errored): all, or one session judge's share below."""
+
+    def rate(summary: QualitySummary) -> tuple[int, float | None]:
+        f = summary.sessions
+        if f is None:
+            return 0, None
+        if rule.judge is None:
+            return f.sessions, f.failure_rate
+        hit = next((j for j in f.judges if j.judge == rule.judge), None)
+        return (hit.count, hit.failure_rate) if hit else (0, None)
+
+    (n, observed), (_, base) = rate(ctx.window), rate(ctx.baseline)
+    scope = f"sessions ({rule.judge})" if rule.judge else "sessions"
+    if n < rule.min_count:
+        return Evaluation(False, observed, base, f"{scope}: {n} judged in the window (rule needs {rule.min_count})")
+    holds = observed is not None and observed > (rule.above or 0)
+    return Evaluation(holds, observed, base, f"{scope}: {_f(observed)} failing (baseline {_f(base)}), alert above {rule.above:g}")
+
+
 @rule_kind("variance_increase")
 def variance_increase(rule: AlertRule, ctx: RuleContext) -> Evaluation:
     if quiet := _too_few(rule, ctx):

@@ -89,6 +89,10 @@ def summarise_quality(
     summary.source_note = note
     if source == "mlflow":
         summary.human_agreement = human_agreement(client, experiment_id, start_ms, end_ms)
+    if query.workflow is None:  # conversations are not one workflow's
+        from tracejudge.monitor.sessions import session_figures
+
+        summary.sessions = session_figures(client, experiment_id, start_ms, end_ms)
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
 

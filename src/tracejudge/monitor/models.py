@@ -115,6 +115,27 @@ class Totals(BaseModel):
     cost_usd: float = 0.0
 
 
+class SessionJudgeStats(BaseModel):
+    """One session judge over the conversations judged in the window."""
+
+    judge: str
+    count: int = Field(description="sessions with a score from this judge")
+    mean: float | None = None
+    below: int = Field(0, description="scores below their threshold")
+    failure_rate: float | None = Field(None, description="below / count")
+    errors: int = Field(0, description="results that failed to score")
+
+
+class SessionFigures(BaseModel):
+    """Conversations (MLflow sessions) judged in the window: counted where they began (their first trace)."""
+
+    sessions: int = Field(description="sessions with at least one valid result of a session judge")
+    failed: int = Field(0, description="sessions with a result below its threshold or errored")
+    failure_rate: float | None = Field(None, description="failed / sessions")
+    mean_turns: float | None = Field(None, description="mean number of turns judged per session")
+    judges: list[SessionJudgeStats] = Field(default_factory=list)
+
+
 class Links(BaseModel):
     mlflow_ui: str
     experiment_quality: str = Field(description="the experiment's Overview -> Quality tab in the MLflow UI")
@@ -157,6 +178,9 @@ class QualitySummary(BaseModel):
         default_factory=list,
         description="judge-vs-human agreement per judge and judge version where people left feedback (HUMAN "
         "assessments under a judge's name on the same span); MLflow source only; see `tracejudge agreement`",
+    )
+    sessions: SessionFigures | None = Field(
+        None, description="conversations judged in the window (session judges), read from MLflow; None when none were"
     )
     links: Links
     llm_summary: str | None = Field(None, description="a plain-language summary of the themes (report --llm-summary; off by default)")

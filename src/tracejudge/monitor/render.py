@@ -83,7 +83,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def to_table(s: QualitySummary) -> str:
     """Fits an 100-column terminal."""
-    lines = _header_lines(s) + [""]
+    lines = _header_lines(s) + ([f"source: {s.source_note}"] if s.source_note else []) + [""]
     lines += _table(NODE_HEADER, _node_rows(s))
     if s.buckets:
         lines += ["", f"per {s.bucket}:"]
@@ -105,6 +105,11 @@ def to_table(s: QualitySummary) -> str:
         lines += ["highest traces:"] + [f"  {num(t.score)}  {t.trace_id}" for t in s.top_traces]
     if s.themes:
         lines += ["failure themes:"] + [f"  {t.judge}: \"{t.phrase}\" ({t.count} rationales)" for t in s.themes[:6]]
+    if s.sessions:
+        lines += ["", session_line(s)] + [
+            f"  {j.judge}: {j.count} scored, mean {num(j.mean)}, below {pct(j.failure_rate)}" + (f", {j.errors} errors" if j.errors else "")
+            for j in s.sessions.judges
+        ]
     if s.human_agreement:
         lines += ["", "agreement with people (HUMAN feedback on the same spans):"] + _agreement_lines(s)
     if s.llm_summary:
@@ -116,7 +121,7 @@ def to_table(s: QualitySummary) -> str:
 def to_markdown(s: QualitySummary) -> str:
     """For a CI job summary (``>> $GITHUB_STEP_SUMMARY``)."""
     head, totals = _header_lines(s)
-    out = [f"### {head}", "", totals, "", "| " + " | ".join(NODE_HEADER) + " |", "|" + "---|" * len(NODE_HEADER)]
+    out = [f"### {head}", "", totals, *(["", f"_Source: {s.source_note}_"] if s.source_note else []), "", "| " + " | ".join(NODE_HEADER) + " |", "|" + "---|" * len(NODE_HEADER)]
     out += ["| " + " | ".join(r) + " |" for r in _node_rows(s)]
     if s.error_codes:
         out += ["", "**Errors:** " + ", ".join(f"`{k}` {v}" for k, v in s.error_codes.items())]
@@ -128,12 +133,23 @@ def to_markdown(s: QualitySummary) -> str:
         out += ["", "**Lowest traces:** " + ", ".join(f"[{t.trace_id}]({t.url}) {num(t.score)}" for t in s.bottom_traces)]
     if s.themes:
         out += ["", "**Failure themes:** " + "; ".join(f"{t.judge}: \"{t.phrase}\" ({t.count})" for t in s.themes[:6])]
+    if s.sessions:
+        out += ["", f"**{session_line(s).capitalize()}** " + "; ".join(
+            f"{j.judge} mean {num(j.mean)}, below {pct(j.failure_rate)}" for j in s.sessions.judges
+        )]
     if s.human_agreement:
         out += ["", "**Agreement with people:** " + "; ".join(line.strip() for line in _agreement_lines(s))]
     if s.llm_summary:
         out += ["", f"**Summary (LLM):** {s.llm_summary}"]
     out += ["", f"[MLflow Quality tab]({s.links.experiment_quality})"]
     return "\n".join(out) + "\n"
+
+
+def session_line(s: QualitySummary) -> str:
+    """One line on the conversations judged: how many, how many failed, mean turns."""
+    f = s.sessions
+    assert f is not None
+    return f"sessions judged: {f.sessions}, failed {f.failed} ({pct(f.failure_rate)}), mean turns {num(f.mean_turns)}"
 
 
 def _agreement_lines(s: QualitySummary) -> list[str]:

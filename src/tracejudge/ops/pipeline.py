@@ -274,7 +274,8 @@ def pipeline_problems(state: PipelineState, bounds: PipelineBounds) -> list[Prob
     out: list[Problem] = []
     for name, queue in state.queues.items():
         if queue.depth > 0 and state.workers is not None and not queue.consumers:
-            out.append(Problem(kind="no_consumer", message=f"{_n(queue.depth, 'message')} wait on {name} and no worker reads it",
+            verb = "waits" if queue.depth == 1 else "wait"
+            out.append(Problem(kind="no_consumer", message=f"{_n(queue.depth, 'message')} {verb} on {name} and no worker reads it",
                                observed=queue.depth))
         out += _backlog(name, queue, max_depth=bounds.max_queue_depth, max_age=bounds.max_queue_age_seconds)
     for p in state.pickup:

@@ -108,7 +108,7 @@ def evaluate_session(request: SessionRequest, runtime: Runtime) -> SessionVerdic
             state.cache_results([r for r in fresh if writer.is_final(r)])
         by_key = {**known, **{r.key: r for r in fresh}}
         results = [by_key[job.key] for job in jobs]
-        if held.lost.is_set():
+        if not held.still_held():  # asked of Redis right before the write-back (see tasks.evaluate.check_lock)
             raise EvaluationBusy(f"the lock of session {sid} was lost before the write-back; retrying later")
         overrides = {r.key: previous[r.name] for r in fresh if r.key and r.name in previous}
         runtime.store.write_all(

@@ -66,6 +66,9 @@ log = logging.getLogger(__name__)
 
 #: A delivery waits this much longer than another holder of the trace's lock may need (see :func:`lock_wait_seconds`).
 LOCK_WAIT_MARGIN_SECONDS = 30.0
+#: The judging's wait on the event loop ends this long after its overall deadline (``tasks.loop.LoopStalled``):
+#: the deadline itself is a callback of the loop, and a judge that blocks the loop stops it.
+LOOP_WAIT_MARGIN_SECONDS = 30.0
 
 # Error codes of evaluations that could not run at all (permanent: no retry).
 TRACE_NOT_FOUND = "TRACE_NOT_FOUND"
@@ -185,7 +188,8 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                     deadline=deadline,
                     limiter=runtime.limiter(execution.rate_limit_per_second),
                     controls=runtime.controls(config, use_cache=not request.force),
-                )
+                ),
+                timeout=execution.overall_timeout_seconds + LOOP_WAIT_MARGIN_SECONDS,
             )
             state.cache_results([r for r in fresh if writer.is_final(r)])  # transient failures are judged again
             over_budget = [r for r in fresh if r.error is not None and r.error.type == errors.BUDGET_EXCEEDED]

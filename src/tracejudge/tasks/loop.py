@@ -9,16 +9,26 @@ one connection pool serve all judge calls of the process.
 >>> runner.run(two())
 2
 >>> runner.close()
+
+A wait has a deadline (``timeout``): a coroutine still unfinished then is cancelled and the waiting
+thread gets :class:`LoopStalled` (retried later by the retry policy). The coroutine's own deadlines are
+callbacks of the loop, so a judge that blocks the loop would hold every waiting thread for ever
+without it; the process's watchdog (``ops/watchdog.py``) notices the blocked loop itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+class LoopStalled(TimeoutError):
+    """A coroutine did not finish on the event loop within its wait's deadline (it was cancelled)."""
 
 
 class LoopRunner:
@@ -34,10 +44,19 @@ class LoopRunner:
         self.loop.run_forever()
 
     def run(self, coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and wait for its result (cancelled if we stop waiting)."""
+        """Run ``coro`` on the loop and wait for its result, at most ``timeout`` seconds (then :class:`LoopStalled`);
+        cancelled if we stop waiting."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if future.done():  # the coroutine's own TimeoutError
+                raise
+            future.cancel()
+            raise LoopStalled(
+                f"the evaluation did not finish on the event loop within {timeout:g} s (cancelled); "
+                "is a judge blocking the loop?"
+            ) from None
         except BaseException:
             future.cancel()
             raise

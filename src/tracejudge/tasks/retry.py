@@ -21,10 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tracejudge.mlflow_io.reader import MlflowUnavailable
+from tracejudge.tasks.loop import LoopStalled
 from tracejudge.tasks.state import EvaluationBusy
 
 MLFLOW_UNAVAILABLE = "MLFLOW_UNAVAILABLE"
 EVALUATION_BUSY = "EVALUATION_BUSY"
+EVALUATION_STALLED = "EVALUATION_STALLED"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Retry:
 RETRYABLE: dict[type[BaseException], tuple[str, str]] = {
     MlflowUnavailable: (MLFLOW_UNAVAILABLE, "MLflow unavailable"),
     EvaluationBusy: (EVALUATION_BUSY, "evaluation lock busy"),
+    LoopStalled: (EVALUATION_STALLED, "evaluation stalled on the event loop"),
 }
 
 

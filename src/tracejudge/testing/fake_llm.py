@@ -257,6 +257,22 @@ def _parse_action(action: str) -> tuple[str, float | None]:
     )
 
 
+#: MLflow's prompt optimizer asks for improved prompts as JSON (``mlflow.genai.optimize_prompts``).
+_META_PROMPT = "You are an expert prompt engineer"
+_PROMPT_BLOCK = re.compile(r"Prompt name: (?P<name>\S+)\nTemplate: (?P<template>.*?)(?=\n\n|\Z)", re.S)
+#: What the test server adds to a prompt it is asked to improve: plumbing, not a better prompt.
+REWRITE_SUFFIX = " Answer precisely, in one short paragraph."
+
+
+def _prompt_rewrite(messages: list[Any]) -> str | None:
+    """A reply to a prompt optimizer's meta-prompt: each named prompt, variables kept, with a sentence added."""
+    text = "\n".join(_message_texts(messages))
+    if _META_PROMPT not in text:
+        return None
+    found = {m["name"]: m["template"].rstrip() + REWRITE_SUFFIX for m in _PROMPT_BLOCK.finditer(text)}
+    return json.dumps(found) if found else None
+
+
 def _reply_schema(response_format: Any) -> dict:
     """The JSON schema inside a ``response_format`` of type json_schema, else {}."""
     if isinstance(response_format, dict):
@@ -650,7 +666,7 @@ class FakeLLMServer:
                     extra_headers=extra, on_send=lambda: self._complete_chat(record, status, outcome))
                 return keep_alive
 
-            content = self._content(plan)
+            content = _prompt_rewrite(messages) or self._content(plan)
             prompt_tokens = max(1, sum(len(t) for t in _message_texts(messages)) // 4)
             completion_tokens = max(1, len(content) // 4)
             reply = self._completion(content, prompt_tokens, completion_tokens)

@@ -186,8 +186,11 @@ class WorkerProcess:
         queues: str = "tracejudge.gate,tracejudge.online",
         log: str | os.PathLike[str] | None = None,
         extra: list[str] | None = None,
+        processes: int = 1,
     ) -> None:
         self.env = dict(os.environ, **env)
+        #: worker processes (``--processes``): 1, one Celery worker, unless a test is about the supervisor
+        self.processes = processes
         self.name = name or f"w{free_port()}"
         self.concurrency = concurrency
         self.pool = pool
@@ -202,7 +205,8 @@ class WorkerProcess:
 
     def start(self, *, wait: bool = True) -> "WorkerProcess":
         cmd = [
-            sys.executable, "-m", "tracejudge", "worker", "--pool", self.pool, "--concurrency", str(self.concurrency),
+            sys.executable, "-m", "tracejudge", "worker", "--processes", str(self.processes),
+            "--pool", self.pool, "--concurrency", str(self.concurrency),
             "--queues", self.queues, "--hostname", f"{self.name}@%h", "--loglevel", "INFO",
             "--without-gossip", "--without-mingle", *self.extra,
         ]

@@ -26,8 +26,8 @@ from urllib.parse import parse_qs, urlsplit
 from celery import Celery, signals
 
 from tracejudge.config import Settings
-from tracejudge.tasks import prepare_worker_process, warm_runtime
-from tracejudge.worker import alerts_task, fetch, lease, session_task, task
+from tracejudge.tasks import get_runtime, prepare_worker_process, warm_runtime
+from tracejudge.worker import alerts_task, fetch, lease, serving, session_task, task
 from tracejudge.worker.lease import lease_interval
 from tracejudge.worker.names import QUEUE_GATE, QUEUE_ONLINE, QUEUES, TASK_EVALUATE
 
@@ -177,10 +177,12 @@ def _warm_worker(sender: Any = None, **_: Any) -> None:
 @signals.worker_process_init.connect
 def _warm_child(**_: Any) -> None:
     """Each prefork child builds its runtime (event loop, LLM client) before its first task."""
+    serving.enable_metrics(Settings.from_env())  # into PROMETHEUS_MULTIPROC_DIR when one is set
     warm_runtime()
 
 
 @signals.worker_ready.connect
 def _warm_main(**_: Any) -> None:
-    """Threads/solo pools share the main process: build its runtime once, now."""
+    """Threads/solo pools share the main process: build its runtime once, now; then its watchdog and metrics."""
     warm_runtime()
+    serving.on_worker_ready(get_runtime())

@@ -184,6 +184,16 @@ def stop_lease(consumer: Any) -> None:
         lease.stop()
 
 
+def stop_all() -> int:
+    """Stop every lease of this process (its event loop is blocked: let other workers have its messages)."""
+    with _lock:
+        leases = list(_leases.values())
+        _leases.clear()
+    for lease in leases:
+        lease.stop()
+    return len(leases)
+
+
 def lease_for(consumer: Any) -> Lease | None:
     """The running lease of a worker's consumer (tests)."""
     return _leases.get(id(consumer))

@@ -68,6 +68,14 @@
       ["Judge errors", "totals.errors", t.errors, "int", t.errors ? "bad" : ""],
       t.cost_usd > 0 ? ["Judge cost", "totals.cost_usd", t.cost_usd, "usd", ""] : ["Judge results", "totals.results", t.results, "int", ""],
     ];
+    if (s.sessions) {  // conversations judged as a whole (session judges)
+      var f = s.sessions;
+      items.push(["Sessions judged", "sessions.sessions", f.sessions, "int", ""]);
+      items.push(["Sessions failing", "sessions.failure_rate", f.failure_rate, "pct", f.failure_rate > 0.2 ? "bad" : ""]);
+      f.judges.forEach(function (j, i) {
+        items.push([j.judge + " (mean)", "sessions.judges." + i + ".mean", j.mean, "num", ""]);
+      });
+    }
     items.forEach(function (it) {
       var card = el("div", { class: "kpi" });
       card.appendChild(el("div", { class: "label" }, it[0]));
@@ -241,7 +249,8 @@
     var form = document.getElementById("filters");
     if (form && form.elements.experiment && !form.elements.experiment.value) form.elements.experiment.value = s.experiment_id;
     if (form && form.elements.bucket) form.elements.bucket.value = s.bucket;
-    document.getElementById("footer").textContent = "source: " + s.source + " \u00b7 " + s.totals.results +
+    document.getElementById("footer").textContent = "source: " + s.source + (s.source_note ? " (" + s.source_note + ")" : "") +
+      " \u00b7 " + s.totals.results +
       " judge results \u00b7 computed in " + s.seconds + " s \u00b7 schema v" + s.schema_version;
   }
 
