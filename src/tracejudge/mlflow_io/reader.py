@@ -35,6 +35,7 @@ from tracejudge.ops import metrics
 EXPECTATION_NAMES = ("expected_response", "expected_answer", "expected_output", "expected", "ground_truth")
 #: MLflow trace ids are ``tr-<32 hex>``; other stores use other forms, so only obvious garbage is refused.
 TRACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:/.\-]{2,255}$")
+_NOT_FULLY_EXPORTED = re.compile(r"not fully exported", re.I)
 _NOT_READY_WORDS = re.compile(r"not found|does not exist|corrupted|span data|not yet|RESOURCE_DOES_NOT_EXIST", re.I)
 
 
@@ -197,6 +198,10 @@ def _get_trace(client: Any, trace_id: str) -> Any:
         cause = _unavailable_cause(exc)
         if cause is not None:
             raise MlflowUnavailable(f"MLflow tracking server unavailable: {text[:200]} (caused by {cause})") from None
+        if _NOT_FULLY_EXPORTED.search(text):  # MLflow's SQL store counted more spans than it holds
+            raise TraceIncomplete(
+                f"trace {trace_id} is not whole yet: the store holds fewer spans than MLflow counted (not fully exported)"
+            ) from None
         if code == "RESOURCE_DOES_NOT_EXIST" or _NOT_READY_WORDS.search(text):
             raise TraceNotReady(f"trace {trace_id} is not in the tracking store (yet): {text[:300]}") from None
         if _looks_unavailable(text):
