@@ -222,3 +222,12 @@ def test_a_sink_takes_url_or_url_env_and_names_a_missing_one():
         load_config({"quality_alerts": {"sinks": [{"type": "slack", "url": "https://h.example/x", "url_env": "X"}]}})
     with pytest.raises(ConfigError, match=r"quality_alerts.sinks\[0\]: url_env must name an environment variable"):
         load_config({"quality_alerts": {"sinks": [{"type": "slack", "url_env": "https://h.example/x"}]}})
+
+
+def test_validate_config_names_the_variable_of_a_sink_url_and_never_a_url(tmp_path, capsys):
+    path = tmp_path / "alerts.yaml"
+    path.write_text(yaml.safe_dump({"quality_alerts": {"rules": [{"kind": "new_failure_type"}], "sinks": [
+        {"type": "slack", "url_env": "SLACK_WEBHOOK_URL"}, {"type": "webhook", "url": "https://hooks.example/T0/SECRET-77"}]}}))
+    assert main(["validate-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "to slack (url from $SLACK_WEBHOOK_URL), webhook:" in out and "SECRET-77" not in out

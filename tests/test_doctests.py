@@ -38,6 +38,7 @@ MODULES = [
     "tracejudge.monitor",
     "tracejudge.monitor.rollup",
     "tracejudge.monitor.record",
+    "tracejudge.monitor.rebuild",
     "tracejudge.mlflow_io.query",
     "tracejudge.monitor.themes",
     "tracejudge.monitor.summary",

@@ -57,8 +57,12 @@ def test_a_gate_with_a_worker_on_both_queues_is_judged_without_warning(pipeline_
 
 @pytest.mark.parametrize("path", [p for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))] if p.exists()])
 def test_documented_plain_celery_workers_read_the_gate_queue(path):
-    """Every plain `celery ... worker` command in the docs names the gate queue (-Q)."""
+    """Every plain `celery ... worker` command in the docs' code blocks names the gate queue (-Q)."""
+    in_code = False
     for line in path.read_text(encoding="utf-8").splitlines():
-        if re.search(r"celery -A tracejudge\.worker worker\b", line) and not line.lstrip().startswith("tracejudge worker"):
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+            continue
+        if in_code and line.lstrip().startswith("celery -A tracejudge.worker worker"):
             command = line.split("#", 1)[0]
             assert re.search(r"(-Q|--queues)[ =]\S*tracejudge\.gate", command), f"{path.name}: {line.strip()}"

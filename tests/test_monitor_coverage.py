@@ -124,3 +124,32 @@ def test_sync_mode_verdicts_are_recorded_in_redis(experiment):
     assert s.totals.traces == 1 and s.totals.verdicts == {"passed": 1}
     recording_for(redis, experiment_id, days=1)
     assert summary(experiment_id, redis).source == "redis"
+
+
+def test_report_rebuild_rollups_fills_the_gap_from_mlflow(experiment, monkeypatch, capsys):
+    """The rollups are a cache of MLflow's record: ``report --rebuild-rollups`` records the window again from it
+    (a lost rollup write included) and auto reads Redis again."""
+    import json
+
+    from tracejudge.cli import main
+    from tracejudge.monitor import rollup_store
+
+    experiment_id, redis = experiment
+    first = trace_in(experiment_id)
+    tracejudge.enqueue(first, config=CONFIG, force=True).verdict(timeout=90)
+    tracejudge.enqueue(first, config=CONFIG, force=True).verdict(timeout=90)  # judged twice: counted once after all
+    monkeypatch.setattr(rollup_store, "record_verdict", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("down")))
+    tracejudge.enqueue(trace_in(experiment_id), config=CONFIG).verdict(timeout=90)
+    monkeypatch.undo()
+    later = int(time.time() * 1000) + IN_FLIGHT_MS
+    assert summary(experiment_id, redis, now_ms=later).source == "mlflow"
+
+    assert main(["report", "--experiment-id", experiment_id, "--since", "1h", "--rebuild-rollups", "--format", "json"]) == 0
+    out = capsys.readouterr()
+    assert "rebuilt the rollups of 2 judged trace(s) from MLflow" in out.err
+    data = json.loads(out.out)
+    assert (data["source"], data["totals"]["traces"]) == ("redis", 2), data["source_note"]
+    again = summary(experiment_id, redis, now_ms=later)
+    record = summary(experiment_id, redis, source="mlflow", now_ms=later)
+    assert (again.source, again.totals.traces) == ("redis", 2)
+    assert again.totals.results == record.totals.results == 6  # harmfulness on three targets of each trace

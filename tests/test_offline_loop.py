@@ -240,3 +240,33 @@ def test_optimize_registers_an_improved_prompt_with_our_judges_as_the_objective(
     assert main(["optimize", "--prompt", prompt.uri, "--dataset", rows, "--predict", "prompted_app:answer", "--config", str(bad)]) == 2
     assert "unknown strategy 'simulated_annealing'" in capsys.readouterr().err
     sys.modules.pop("prompted_app", None)
+
+
+def test_judge_agreement_rule_fires_when_people_disagree_with_a_judge(worker, pipeline_env):
+    from tracejudge.config.alerts import AlertRule
+    from tracejudge.monitor.alert_rules import RuleContext, evaluate
+    from tracejudge.monitor.alerts import _human_pairs
+
+    experiment_id = mlflow.create_experiment(f"agreement-{time.time_ns()}")
+    start = int(time.time() * 1000) - 1000
+    mlflow.set_experiment(experiment_id=experiment_id)
+    try:
+        judged = [(record_plain_trace(f"q{i}", f"a{i} [[tj:score={s}]]"), s) for i, s in enumerate([0.9, 0.95, 0.9, 0.2, 0.1, 0.15])]
+    finally:
+        mlflow.set_experiment("tracejudge-tests")
+    for trace_id, _ in judged:
+        tracejudge.enqueue(trace_id, config=CONFIG, gate=True).verdict(timeout=60)
+    for trace_id, score in judged:  # people say the opposite of the judge
+        span_id = _our_feedback(trace_id, "relevance").span_id
+        mlflow.log_feedback(trace_id=trace_id, name="relevance", value=0.0 if score > 0.5 else 1.0, span_id=span_id,
+                            source=AssessmentSource(source_type=AssessmentSourceType.HUMAN, source_id="reviewer"))
+    now = int(time.time() * 1000) + 1000
+    ctx = RuleContext(summarise_window=lambda: None, summarise_baseline=lambda: None, now_ms=now,
+                      extra={"human_pairs": lambda: _human_pairs(experiment_id, start, now)})
+    fired = evaluate(AlertRule(kind="judge_agreement", judge="relevance", below=0.4), ctx)
+    assert fired.holds and fired.observed < 0, fired
+    assert "relevance" in fired.message and "kappa" in fired.message and "6 pairs" in fired.message
+    spearman = evaluate(AlertRule(kind="judge_agreement", below=0.4, statistic="spearman"), ctx)
+    assert spearman.holds and spearman.observed < 0
+    quiet = evaluate(AlertRule(kind="judge_agreement", judge="relevance", below=0.4, min_count=50), ctx)
+    assert not quiet.holds and "too few" in quiet.message

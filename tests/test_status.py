@@ -102,3 +102,32 @@ def test_redis_down_cannot_tell(monkeypatch, capsys):
     captured = capsys.readouterr()
     assert code == 2
     assert captured.err.startswith("error: Redis at redis://127.0.0.1:") and "cannot tell" in captured.err
+
+
+def test_on_rabbitmq_the_depth_comes_from_the_broker(pipeline_env):
+    """With RabbitMQ as the broker the depth is RabbitMQ's own count (a passive declare; no age, nothing held)."""
+    import os
+    import subprocess
+    import sys
+
+    from tracejudge.testing.processes import RabbitVhost, rabbit_answers
+
+    if not rabbit_answers():
+        pytest.skip("no RabbitMQ at TRACEJUDGE_TEST_AMQP_URL (scripts/ensure-rabbitmq.sh starts one)")
+    with RabbitVhost() as vhost:
+        env = {**os.environ, **pipeline_env, "TRACEJUDGE_BROKER_URL": vhost.url}
+
+        def status() -> tuple[int, dict]:
+            done = subprocess.run([sys.executable, "-m", "tracejudge", "status", "--format", "json"], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            return done.returncode, json.loads(done.stdout)
+
+        code, report = status()
+        assert code == 0 and report["queues"]["tracejudge.online"]["depth"] == 0
+        enqueued = subprocess.run([sys.executable, "-m", "tracejudge", "enqueue", "tr-8f2c4e1a9b7d4c3e8a1f0b2c3d4e5f60"],
+                                  env=env, capture_output=True, text=True, timeout=120)
+        assert enqueued.returncode == 0, enqueued.stderr
+        code, report = status()
+        assert code == 1 and report["queues"]["tracejudge.online"] == {"depth": 1, "oldest_age_seconds": None, "consumers": []}
+        assert report["held_by_workers"] is None
+        assert "1 message waits on tracejudge.online and no worker reads it" in report["problems"]

@@ -172,6 +172,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", action="store_true", help="print the JSON schema of --format json and exit")
     p.add_argument("--llm-summary", action="store_true",
                    help="add a plain-language summary of the failure themes from the judges' LLM (TRACEJUDGE_LLM_BASE_URL); off by default")
+    p.add_argument("--rebuild-rollups", action="store_true",
+                   help="first rebuild the window's Redis rollups from MLflow (a cache of it; clears gaps --source auto reports)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("dashboard", help="serve the quality dashboard (a web page and its JSON API)")
@@ -499,7 +501,7 @@ def _controls_lines(config: Any) -> list[str]:
                      f"{review.rate:.0%} of them, at most {review.daily_max} a day")
     alerts = config.quality_alerts
     if alerts.active:
-        sinks = ", ".join(sink.type for sink in alerts.sinks) or "none"
+        sinks = ", ".join(sink.type + (f" (url from ${sink.url_env})" if sink.url_env else "") for sink in alerts.sinks) or "none"
         lines.append(f"alerts: every {alerts.check_every_seconds / 60:g} min over {alerts.window_minutes} min, to {sinks}:")
         lines += [f"  - {rule.label}" for rule in alerts.rules]
     else:
@@ -573,7 +575,15 @@ def _summary(args: argparse.Namespace) -> Any:
             bucket=args.bucket,
             source=args.source,
         )
-        redis = _redis() if query.source != "mlflow" else None
+        rebuild = getattr(args, "rebuild_rollups", False)
+        redis = _redis() if query.source != "mlflow" or rebuild else None
+        if rebuild:
+            from tracejudge.monitor.rebuild import rebuild_window
+
+            if redis is None:
+                print("error: --rebuild-rollups: no Redis answers (set TRACEJUDGE_REDIS_URL)", file=sys.stderr)
+                return EXIT_ERROR
+            print(rebuild_window(query, redis=redis).text(), file=sys.stderr)
         return summarise_quality(query, redis=redis)
     except ValidationError as exc:
         message = _validation_message(exc)

@@ -46,6 +46,8 @@ RULE_NEEDS: dict[str, tuple[str, ...]] = {
     "gate_pass_rate": ("below",),
     # conversations (judges.sessions): the share of sessions judged in the window with a result below threshold
     "session_failure_rate": ("above",),
+    # judges vs people: kappa (or Spearman) of our scores with HUMAN feedback in the window below a bound
+    "judge_agreement": ("below",),
     # the pipeline's health (tracejudge.ops.pipeline; evaluated at the end of tracejudge.monitor.alert_rules)
     "pipeline_lag": ("seconds",),
     "backlog": ("depth", "seconds"),
@@ -61,7 +63,7 @@ _Positive = Annotated[float, BeforeValidator(_no_bool), Field(gt=0)]
 class AlertRule(_Section):
     """One rule; ``judge`` / ``node`` narrow it (default: every judge on every node)."""
 
-    #: The rule: quality_drop, failure_rate, variance_increase, new_failure_type, gate_pass_rate, session_failure_rate; about the pipeline: pipeline_lag, backlog, no_verdicts, judge_error_rate.
+    #: The rule: quality_drop, failure_rate, variance_increase, new_failure_type, gate_pass_rate, session_failure_rate, judge_agreement; about the pipeline: pipeline_lag, backlog, no_verdicts, judge_error_rate.
     kind: str
     #: A name for the alert (default: made from the rule).
     name: str | None = None
@@ -69,7 +71,7 @@ class AlertRule(_Section):
     judge: str | None = None
     #: Only this node's results.
     node: str | None = None
-    #: Fires when the figure is below this (quality_drop, gate_pass_rate).
+    #: Fires when the figure is below this (quality_drop, gate_pass_rate, judge_agreement).
     below: Score | None = None
     #: Fires when the figure is above this (failure_rate, session_failure_rate, judge_error_rate).
     above: Score | None = None
@@ -87,6 +89,8 @@ class AlertRule(_Section):
     queue: str | None = None
     #: Only this error code (judge_error_rate; default each code on its own), e.g. JUDGE_TIMEOUT.
     code: str | None = None
+    #: The agreement figure a judge_agreement rule watches: Cohen's `kappa` (pass/fail) or `spearman` (scores).
+    statistic: Literal["kappa", "spearman"] = "kappa"
     min_count: int = Field(5, ge=1, description="fewer scored results in the window than this: the rule stays quiet")
 
     @field_validator("kind")

@@ -179,6 +179,33 @@ def session_failure_rate(rule: AlertRule, ctx: RuleContext) -> Evaluation:
     return Evaluation(holds, observed, base, f"{scope}: {_f(observed)} failing (baseline {_f(base)}), alert above {rule.above:g}")
 
 
+@rule_kind("judge_agreement")
+def judge_agreement(rule: AlertRule, ctx: RuleContext) -> Evaluation:
+    """Our judges against people: the lowest ``statistic`` (kappa or Spearman) of a judge (and version) with the
+    HUMAN feedback left on the window's traces, among judges with ``min_count`` pairs or more."""
+    from tracejudge.judges.agreement import agreement_by_judge
+
+    read_pairs = ctx.extra.get("human_pairs")
+    scope = rule.judge or "all judges"
+    if read_pairs is None:
+        return Evaluation(False, None, None, f"judge agreement ({scope}): no MLflow store to read people's feedback from")
+    pairs = [p for p in read_pairs() if rule.judge is None or p.judge == rule.judge]
+    worst: tuple[float, str, str, int] | None = None
+    for entry in agreement_by_judge(pairs):
+        value = (entry.get("report") or {}).get(rule.statistic)
+        if value is None or entry["pairs"] < rule.min_count:
+            continue
+        if worst is None or value < worst[0]:
+            worst = (value, entry["judge"], entry["judge_version"], entry["pairs"])
+    if worst is None:
+        return Evaluation(False, None, None, f"judge agreement ({scope}): {len(pairs)} pairs with people's feedback in the "
+                                             f"window, too few for a {rule.statistic} (rule needs {rule.min_count} per judge)")
+    value, judge, version, n = worst
+    return Evaluation(value < (rule.below or 0), value, None,
+                      f"{judge} (version {version}) agrees with people at {rule.statistic} {value:.3f} over {n} pairs, "
+                      f"alert below {rule.below:g}")
+
+
 @rule_kind("variance_increase")
 def variance_increase(rule: AlertRule, ctx: RuleContext) -> Evaluation:
     if quiet := _too_few(rule, ctx):

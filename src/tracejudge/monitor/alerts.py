@@ -104,6 +104,15 @@ def _examples(window: QualitySummary, rule: AlertRule) -> list[dict[str, Any]]:
     return out
 
 
+def _human_pairs(experiment: str, start_ms: int, end_ms: int) -> list[Any]:
+    """Our judges' scores paired with people's feedback on the window's traces (``tracejudge agreement``'s pairs)."""
+    from tracejudge.mlflow_io.feedback import judge_human_pairs
+    from tracejudge.mlflow_io.store import TraceStore
+
+    store = TraceStore(Settings.from_env().mlflow_tracking_uri)
+    return list(judge_human_pairs(store.client, store.experiment_id(experiment), start_ms, end_ms))
+
+
 def check_alerts(
     config: QualityAlertsConfig,
     *,
@@ -133,7 +142,8 @@ def check_alerts(
         summarise_window=lambda: summarise(MonitorQuery(experiment=experiment, workflow=config.workflow, since=iso(start), until=iso(now_ms), bucket="hour"), now_ms),
         summarise_baseline=lambda: summarise(MonitorQuery(experiment=experiment, workflow=config.workflow, since=iso(base_start), until=iso(start), bucket="day"), now_ms),
         now_ms=now_ms, redis=redis, prefix=prefix,
-        extra={"queues": queues, "window_minutes": config.window_minutes},  # for the pipeline rules (end of alert_rules.py)
+        extra={"queues": queues, "window_minutes": config.window_minutes,  # for the pipeline rules (end of alert_rules.py)
+               "human_pairs": lambda: _human_pairs(experiment, start, now_ms)},  # for judge_agreement
     )
     window = ctx.window
     unable = rule_problems(config, known_judges=known_judges, known_nodes=known_nodes)

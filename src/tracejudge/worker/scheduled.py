@@ -63,16 +63,17 @@ def register_scheduled(app: Celery) -> None:
         return release(get_runtime(), lambda request: send_request(app, request))
 
 
-def send_request(app: Celery, request: Any) -> Any:
-    """Put an evaluation request on its queue (the same message ``enqueue`` sends)."""
+def send_request(app: Celery, request: Any, *, task: str | None = None) -> Any:
+    """Put an evaluation request on its queue (the same message ``enqueue`` sends); ``task`` names another
+    task for another request (a ``SessionRequest`` goes to ``tracejudge.evaluate_session``)."""
     from tracejudge.worker.names import QUEUE_GATE, QUEUE_ONLINE, TASK_EVALUATE
 
     return app.send_task(
-        TASK_EVALUATE,
+        task or TASK_EVALUATE,
         args=[request.model_dump(mode="json", exclude_none=True)],
         task_id=request.evaluation_id,
         queue=QUEUE_GATE if request.gate else QUEUE_ONLINE,
-        argsrepr=request.trace_id,
+        argsrepr=getattr(request, "trace_id", None) or request.session_id,
         kwargsrepr="{}",
     )
 

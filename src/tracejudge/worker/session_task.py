@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery, Task
 
 from tracejudge.config import TraceJudgeConfig
-from tracejudge.worker.names import QUEUE_GATE, QUEUE_ONLINE, TASK_EVALUATE_SESSION
+from tracejudge.worker.names import QUEUE_ONLINE, TASK_EVALUATE_SESSION
 
 TASK_SESSION_SCAN = "tracejudge.session_scan"
 
@@ -55,17 +55,7 @@ def register_session_task(app: Celery) -> None:
     def session_scan() -> dict[str, Any]:
         from tracejudge.controls.session_pickup import run_session_scan
         from tracejudge.tasks.runtime import get_runtime
+        from tracejudge.worker.scheduled import send_request
 
-        return run_session_scan(get_runtime(), lambda request: send_session_request(app, request))
+        return run_session_scan(get_runtime(), lambda request: send_request(app, request, task=TASK_EVALUATE_SESSION))
 
-
-def send_session_request(app: Celery, request: Any) -> Any:
-    """Put a ``SessionRequest`` on its queue (the same message ``enqueue_session`` sends)."""
-    return app.send_task(
-        TASK_EVALUATE_SESSION,
-        args=[request.model_dump(mode="json", exclude_none=True)],
-        task_id=request.evaluation_id,
-        queue=QUEUE_GATE if request.gate else QUEUE_ONLINE,
-        argsrepr=request.session_id,
-        kwargsrepr="{}",
-    )

@@ -4,6 +4,8 @@
 (3, ['-c', '8'])
 >>> take_processes(["--processes=1"]), take_processes(["-P", "prefork"])
 ((1, []), (1, ['-P', 'prefork']))
+>>> take_processes(["--pool", "threads"])[0] == default_processes()
+True
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ DEFAULT_CONCURRENCY = 16
 
 
 def take_processes(args: list[str]) -> tuple[int, list[str]]:
-    """``--processes N`` out of the options, and the rest for Celery. Without it: one per core on the default
-    (threads) pool, one when another pool is chosen (``--pool prefork -c 4`` stays one Celery worker)."""
+    """``--processes N`` out of the options, and the rest for Celery. Without it: one per core on the threads
+    pool (the default), one when another pool is chosen (``--pool prefork -c 4`` stays one Celery worker)."""
     rest: list[str] = []
     chosen: str | None = None
     items = iter(args)
@@ -33,7 +35,7 @@ def take_processes(args: list[str]) -> tuple[int, list[str]]:
         else:
             rest.append(arg)
     if chosen is None:
-        return (1 if has_option(rest, "-P", "--pool") else default_processes()), rest
+        return (default_processes() if pool_of(rest) == DEFAULT_POOL else 1), rest
     try:
         processes = int(chosen)
     except ValueError:
@@ -41,6 +43,23 @@ def take_processes(args: list[str]) -> tuple[int, list[str]]:
     if processes < 1:
         raise ValueError(f"--processes must be 1 or more (got {processes})")
     return processes, rest
+
+
+def pool_of(args: list[str]) -> str:
+    """The pool Celery's options choose (``-P x``, ``-Px``, ``--pool x``, ``--pool=x``), else the default.
+
+    >>> pool_of(["-c", "2"]), pool_of(["-P", "solo"]), pool_of(["--pool=prefork"]), pool_of(["-Pgevent"])
+    ('threads', 'solo', 'prefork', 'gevent')
+    """
+    items = iter(args)
+    for arg in items:
+        if arg in ("-P", "--pool"):
+            return next(items, DEFAULT_POOL)
+        if arg.startswith("--pool="):
+            return arg.split("=", 1)[1]
+        if arg.startswith("-P") and len(arg) > 2:
+            return arg[2:]
+    return DEFAULT_POOL
 
 
 def celery_argv(extra: list[str]) -> list[str]:
