@@ -1,8 +1,8 @@
-"""A code judge that blocks its worker's event loop the first time it runs (``tests/test_operating.py``).
+"""A code judge that blocks its worker's event loop (``tests/test_operating.py``).
 
 ``async def`` judges run on the worker's event loop; ``time.sleep`` inside one blocks every evaluation
-of the process. The first call (no file at ``$TJ_TEST_BLOCK_FLAG`` yet) creates the file and sleeps for
-ten minutes; later calls (a redelivery, after the worker was replaced) answer at once.
+of the process. Every call touches ``$TJ_TEST_BLOCK_FLAG`` (so the test knows it ran) and sleeps for
+ten minutes.
 """
 
 import os
@@ -11,11 +11,9 @@ import time
 from tracejudge.judges.registry import code_judge
 
 
-@code_judge("blocks_once", version="1")
-async def blocks_once(judge_input):
-    flag = os.environ.get("TJ_TEST_BLOCK_FLAG")
-    if flag and not os.path.exists(flag):
-        open(flag, "w").close()
-        time.sleep(600)  # blocks the event loop: a bug in a user's judge
+@code_judge("blocks_loop", version="1")
+async def blocks_loop(judge_input):
+    open(os.environ["TJ_TEST_BLOCK_FLAG"], "a").close()
+    time.sleep(600)  # blocks the event loop: a bug in a user's judge
     return 1.0, "answered"
 

@@ -287,3 +287,32 @@ def test_a_trace_without_tools_has_no_tool_figures():
     verdict = QualityVerdict(trace_id="tr-1", status="passed", threshold=0.8)
     assert "tool_usage" not in quality_report(verdict)
     assert not any(k.startswith("tool") for k in quality_metrics(verdict))
+
+
+def test_a_yaml_custom_judge_can_read_tool_calls_and_trajectory(tmp_path):
+    from tracejudge.config import load_config
+    from tracejudge.judges.registry import default_registry
+
+    path = tmp_path / "agents.yaml"
+    path.write_text("""
+observability:
+  mlflow:
+    enabled: true
+    enable_judges: true
+    judges:
+      node_overrides:
+        agent: [{name: confirms_before_writing}]
+      custom:
+        - name: confirms_before_writing
+          definition: "Did the agent ask the user before any call that changes data?"
+          grading_prompt: |
+            Request: {input}
+            Tool calls: {tool_calls}
+            Steps: {trajectory}
+          threshold: 0.8
+""")
+    judge = default_registry().with_config(load_config(path)).get("confirms_before_writing")
+    prompt = render(judge, JudgeInput(input="Book", tool_calls=[ToolCall(name="book_flight", arguments={"id": "DL7"})],
+                                      trajectory=[Step(kind="tool", name="book_flight", input={"id": "DL7"})]))
+    assert '"tool": "book_flight", "arguments": {"id": "DL7"}' in prompt.messages[1]["content"]
+    assert '"step": 1, "kind": "tool", "name": "book_flight"' in prompt.messages[1]["content"]

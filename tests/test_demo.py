@@ -27,6 +27,10 @@ def test_demo_runs_on_a_private_prefix_with_its_own_worker(tmp_path):
         output = done.stdout + done.stderr
         assert done.returncode == 0, output
         assert "verdict:" in output, output
+        # the research node is a tool-calling agent, judged by the agent judges; its tool calls are counted
+        for judge in ("tool_selection", "tool_arguments", "trajectory_efficiency"):
+            assert re.search(rf"^research\s+{judge}\s+0\.\d\d", output, re.M), (judge, output)
+        assert "tool calls: 2, failed 0, retries 0: serper_search 1" in output and "fetch_page 1" in output, output
         prefix = re.search(r"keys under (tjdemo-[0-9a-f]+:)", output)
         assert prefix, output
         keys = [k.decode() for k in redis.Redis.from_url(server.url).keys("*")]

@@ -127,3 +127,51 @@ def test_backfill_draws_no_progress_bar_into_a_log(pipeline_env, mlflow_store):
     assert out.returncode == 0, out.stderr
     assert "dry run: looked at 1 traces" in out.stdout
     assert "\r" not in out.stderr and "━" not in out.stderr and "⠋" not in out.stderr, out.stderr
+
+
+def test_budget_with_nothing_counted_prints_no_empty_tables(pipeline_env):
+    out = run_cli("budget", "--day", "2001-01-01", env=pipeline_env)
+    assert out.returncode == 0, out.stderr
+    assert "no judge calls counted on this day" in out.stdout and "┏" not in out.stdout
+
+
+def test_a_missing_trace_is_named_once_in_its_error(worker, pipeline_env):
+    import tracejudge
+
+    short = {"observability": {"mlflow": {"judges": {"execution": {"trace_wait_seconds": 0.5}}}}}
+    missing = "tr-" + "0" * 31 + "7"
+    verdict = tracejudge.enqueue(missing, config=short, gate=True).verdict(timeout=60)
+    assert verdict.error.type == "TRACE_NOT_FOUND"
+    message = verdict.error.message
+    assert message.count(missing) == 1 and "not found" not in message.lower(), message
+    assert message.startswith(f"trace {missing} is not in the tracking store; waited 0.5 s"), message
+
+
+def test_a_partial_run_of_no_gating_judge_is_judged_on_what_it_ran():
+    from tracejudge.config import TraceJudgeConfig
+    from tracejudge.judges.model import JudgeResult
+    from tracejudge.verdict import build_verdict
+
+    config = TraceJudgeConfig.model_validate({"quality_gate": {"enabled": True, "threshold": 0.8, "judges": ["coherence"]}})
+    ran = [JudgeResult(name="relevance", score=0.9, threshold=0.8, passed=True)]
+    verdict = build_verdict("tr-1", ran, config, partial=True)
+    assert verdict.status == "passed" and verdict.overall_score == 0.9, verdict  # was error NO_SCORES
+    low = build_verdict("tr-1", [JudgeResult(name="relevance", score=0.3, threshold=0.8, passed=False)], config, partial=True)
+    assert low.status == "failed"
+    # a full run still holds a gating judge that did not run against the verdict
+    assert build_verdict("tr-1", ran, config).status == "error"
+
+
+def test_technical_accuracy_says_what_it_judges_and_what_it_needs_where_the_example_uses_it():
+    from tracejudge.judges import JudgeInput
+    from tracejudge.judges.builtin import BUILTIN_JUDGES
+    from tracejudge.judges.errors import JudgeInputError
+    from tracejudge.judges.prompt import render
+
+    judge = BUILTIN_JUDGES["technical_accuracy"]
+    assert "AI/ML" in judge.description and "topic" in judge.variables
+    example = (ROOT / "examples/tracejudge.yaml").read_text()
+    before = example[: example.index("- name: technical_accuracy")]
+    assert "AI/ML" in before[-400:] and "`topic`" in before[-400:]  # the comment right above its use
+    with pytest.raises(JudgeInputError, match="topic"):  # a node without it: an error naming the variable
+        render(judge, JudgeInput(target="write", output="Transformers use attention.", inputs={}))

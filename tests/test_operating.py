@@ -122,8 +122,8 @@ def test_metrics_of_two_worker_processes_count_a_real_run_exactly():
         w.terminate(timeout=120)
 
 
-def test_a_judge_blocking_the_event_loop_turns_healthz_503_and_the_worker_exits_so_its_message_is_redelivered(tmp_path):
-    flag = tmp_path / "blocked-once"
+def test_a_judge_blocking_the_event_loop_turns_healthz_503_the_worker_exits_and_the_judge_is_quarantined(tmp_path):
+    flag = tmp_path / "blocked"
     env = {
         "TRACEJUDGE_JUDGE_MODULES": "tests.blocking_judges",
         "TJ_TEST_BLOCK_FLAG": str(flag),
@@ -131,8 +131,9 @@ def test_a_judge_blocking_the_event_loop_turns_healthz_503_and_the_worker_exits_
         "PYTHONPATH": str(REPO),
     }
     config = chaos_config()
-    config["observability"]["mlflow"]["judges"]["workflow_defaults"] = [{"name": "blocks_once", "threshold": 0.5}]
-    config["observability"]["mlflow"]["judges"]["node_overrides"] = {}
+    judges = config["observability"]["mlflow"]["judges"]
+    judges["workflow_defaults"] = [{"name": "blocks_loop", "threshold": 0.5}, {"name": "harmfulness", "threshold": 0.5}]
+    judges["node_overrides"] = {}
     with ChaosStack(visibility_timeout=5) as stack:
         port = free_port()
         w1 = worker(stack, "w1", TRACEJUDGE_METRICS_PORT=str(port), **env)
@@ -155,17 +156,26 @@ def test_a_judge_blocking_the_event_loop_turns_healthz_503_and_the_worker_exits_
         assert "blocked" in seen[-1][1]
         assert w1.proc.wait(timeout=60) == 70  # it exits by itself, non-zero, for its supervisor to restart it
         log = w1.log.read_text()
-        assert "event loop has been blocked" in log and "blocks_once" in log  # says where the loop is stuck
+        assert "event loop has been blocked" in log and "blocks_loop" in log  # says where the loop is stuck
+        assert "quarantine" in log
         assert flag.exists() and not handle.ready()
 
-        # the message comes back (the dead worker's lease lapsed) and a fresh worker judges it
-        worker(stack, "w2", **env)
+        # the message comes back (the dead worker's lease lapsed); a fresh worker answers the blocking judge
+        # LOOP_BLOCKED without running it, judges the rest, and stays up
+        flag.unlink()
+        w2 = worker(stack, "w2", **env)
         outcome = wait_for_verdicts([handle], timeout=180)
         assert not outcome.failures, outcome.failures
         verdict = outcome.verdicts[trace_id]
-        assert verdict.status == "passed"
+        results = [r for t in verdict.targets for r in t.judges]
+        blocked = [r for r in results if r.name == "blocks_loop"]
+        assert blocked and all(r.error is not None and r.error.type == "LOOP_BLOCKED" for r in blocked), blocked
+        assert "blocked a worker's event loop" in blocked[0].error.message
+        assert all(r.score is not None for r in results if r.name == "harmfulness")
+        assert verdict.status == "error"
+        assert not flag.exists() and w2.proc.poll() is None
         audit = audit_traces([trace_id])  # one assessment per (span, judge): the stuck delivery wrote nothing
-        assert audit.duplicates == 0 and audit.written == sum(len(t.judges) for t in verdict.targets) == 3, audit
+        assert audit.duplicates == 0 and audit.written == len(results), audit
 
 
 def test_the_supervisor_restarts_a_killed_process_and_sigterm_drains_every_process():

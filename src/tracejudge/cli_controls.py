@@ -270,6 +270,9 @@ def budget_command(args: argparse.Namespace) -> int:
         " each assessment's cost_usd and `tracejudge report` show the cost)"
     )
     console.print(f"judge spend on {report.day} (UTC): ${report.spent_usd:.6f} spent, ${report.reserved_usd:.6f} reserved by {report.in_flight} call(s) in flight{limit}")
+    if not report.by_model and not report.by_judge:
+        console.print("no judge calls counted on this day")  # not two empty tables
+        return EXIT_OK
     for title, usd, calls in (("model", report.by_model, report.calls_by_model), ("judge", report.by_judge, report.calls_by_judge)):
         table = Table(title=f"by {title}")
         table.add_column(title)

@@ -1,7 +1,8 @@
 """``tracejudge demo``: the whole pipeline on this machine, from nothing but the repo.
 
 It makes a local MLflow sqlite store, records a sample ``article_writer``
-trace (research and write nodes, a search tool span, inside a run), finds
+trace (a tool-calling research agent: chat model, search and fetch-page tool
+calls; then a write node; inside a run), finds
 Redis (or starts a local ``redis-server``), starts its own worker process,
 enqueues the trace on the gate queue, waits for the verdict and prints it.
 Its queues and keys live under a private key prefix (``tjdemo-<random>:``),
@@ -48,6 +49,13 @@ observability:
             threshold: 0.85
           - name: citation_quality
             threshold: 0.75
+          # agent judges: they read the node's tool calls and steps ({tool_calls}, {trajectory})
+          - name: tool_selection
+            threshold: 0.8
+          - name: tool_arguments
+            threshold: 0.8
+          - name: trajectory_efficiency
+            threshold: 0.7
         write:
           - name: coherence
             threshold: 0.85
@@ -138,8 +146,11 @@ def run_demo(*, directory: str = ".tracejudge/demo", latency_ms: float = 200.0, 
             mlflow.create_experiment("tracejudge-demo", artifact_location=(base / "artifacts").as_uri())
         mlflow.set_experiment("tracejudge-demo")
         research = DEFAULT_RESEARCH + (FAKE_RESEARCH_MARKERS if using_fake else "")
-        trace_id = record_article_trace(research=research)
-        say(f"MLflow store: {tracking_uri}; recorded trace {trace_id} (article_writer: research + search tool, write)")
+        trace_id = record_article_trace(research=research, agent=True)
+        say(
+            f"MLflow store: {tracking_uri}; recorded trace {trace_id} (article_writer: a research agent calling "
+            "serper_search and fetch_page, then write)"
+        )
 
         # 4. Worker, enqueue, verdict.
         os.environ.update({k: v for k, v in env.items() if k.startswith("TRACEJUDGE_")})

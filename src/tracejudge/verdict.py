@@ -251,6 +251,8 @@ def build_verdict(
     gate_on = config.gate_enabled
     gate_names = set(gate.judges) if gate_on and gate.judges else None
     gating = [r for r in results if gate_names is None or r.name in gate_names]
+    if partial and not gating:  # a partial run (judges=...) of no gating judge: judged on what it ran
+        gating = list(results)
     threshold = gate.threshold if gate_on else config.environment_threshold(environment)
     errors = [r for r in results if r.error is not None]
     gating_errors = [r for r in gating if r.error is not None]

@@ -32,6 +32,8 @@ UNKNOWN_JUDGE = "UNKNOWN_JUDGE"
 # Code judges and the rest.
 JUDGE_EXCEPTION = "JUDGE_EXCEPTION"
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+#: the judge blocked a worker's event loop (``ops/watchdog.py``): not run on the loop for an hour (``tasks/quarantine.py``)
+LOOP_BLOCKED = "LOOP_BLOCKED"
 
 # Production controls: the daily judge budget was spent, so no call was made (never a pass, never reused).
 BUDGET_EXCEEDED = "BUDGET_EXCEEDED"

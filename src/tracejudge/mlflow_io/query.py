@@ -1,10 +1,10 @@
-"""Read judged traces back for monitoring: paged ``search_traces`` and the store's ``query_trace_metrics``.
+"""Read judged traces back for monitoring: paged ``search_traces`` (trace infos: tags and assessments, no spans).
 
 :func:`judged_traces` pages through an experiment's traces in a time window (trace metadata and assessments
 only, no spans) and yields each one tracejudge judged (it carries the ``tracejudge.status`` tag) as a plain
 record: the verdict's tags and our assessments with their metadata (node, threshold, passed, error code,
-``cost_usd`` where present). :func:`assessment_value_stats` asks the store for per-judge AVG and percentiles
-in SQL (MLflow 3.17's ``query_trace_metrics``), which knows values but not our metadata.
+``cost_usd`` where present). MLflow's ``query_trace_metrics`` is not used for judge figures: it cannot tell
+our feedback from people's under the same name.
 """
 
 from __future__ import annotations
@@ -101,58 +101,6 @@ def trace_infos(client: Any, experiment_id: str, filter_string: str, *, page_siz
         token = getattr(page, "token", None)
         if not token:
             return
-
-
-def assessment_value_stats(
-    client: Any, experiment_id: str, start_ms: int, end_ms: int, *, bucket_seconds: int | None = None
-) -> list[dict[str, Any]]:
-    """Per assessment name (and time bucket): AVG, P10, P50, P90 of values, computed in the store's SQL.
-
-    Returns ``[{"name", "bucket", "avg", "p10", "p50", "p90"}]``; empty when the store cannot (file store).
-    """
-    from mlflow.entities.trace_metrics import AggregationType, MetricAggregation, MetricViewType
-
-    store = _store(client)
-    aggregations = [MetricAggregation(AggregationType.AVG)] + [
-        MetricAggregation(AggregationType.PERCENTILE, percentile_value=p) for p in (10.0, 50.0, 90.0)
-    ]
-    out: list[dict[str, Any]] = []
-    token = None
-    try:
-        while True:
-            page = call_mlflow(
-                store.query_trace_metrics,
-                experiment_ids=[experiment_id],
-                view_type=MetricViewType.ASSESSMENTS,
-                metric_name="assessment_value",
-                aggregations=aggregations,
-                dimensions=["assessment_name"],
-                time_interval_seconds=bucket_seconds,
-                start_time_ms=int(start_ms),
-                end_time_ms=int(end_ms),
-                page_token=token,
-            )
-            for point in page:
-                values = {str(k).upper(): v for k, v in point.values.items()}
-                out.append(
-                    {
-                        "name": point.dimensions.get("assessment_name"),
-                        "bucket": point.dimensions.get("time_bucket"),
-                        "avg": values.get("AVG"),
-                        "p10": values.get("P10.0", values.get("P10")),
-                        "p50": values.get("P50.0", values.get("P50")),
-                        "p90": values.get("P90.0", values.get("P90")),
-                    }
-                )
-            token = getattr(page, "token", None)
-            if not token:
-                return out
-    except NotImplementedError:
-        return []
-
-
-def _store(client: Any) -> Any:
-    return client._tracking_client.store  # MlflowClient keeps its store there; query_trace_metrics is store-level
 
 
 #: The assessment sources of tracejudge's own results (``writer.source_of``); people's feedback is HUMAN.

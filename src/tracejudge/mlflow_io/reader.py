@@ -175,7 +175,7 @@ def fetch_trace(client: Any, trace_id: str, *, last_look: bool = False) -> Any:
         raise
     metrics.count_mlflow_call("get_trace", "ok")
     if trace is None:
-        raise TraceNotReady(f"trace {trace_id} is not in the tracking store (yet)")
+        raise TraceNotReady(f"trace {trace_id} is not in the tracking store")
     if not trace.data.spans:
         raise TraceNotReady(f"trace {trace_id} has no spans in the store yet")
     status = str(getattr(trace.info, "state", getattr(trace.info, "status", "")))
@@ -202,8 +202,10 @@ def _get_trace(client: Any, trace_id: str) -> Any:
             raise TraceIncomplete(
                 f"trace {trace_id} is not whole yet: the store holds fewer spans than MLflow counted (not fully exported)"
             ) from None
-        if code == "RESOURCE_DOES_NOT_EXIST" or _NOT_READY_WORDS.search(text):
-            raise TraceNotReady(f"trace {trace_id} is not in the tracking store (yet): {text[:300]}") from None
+        if code == "RESOURCE_DOES_NOT_EXIST":  # MLflow's text only says so again ("Trace with ID ... not found")
+            raise TraceNotReady(f"trace {trace_id} is not in the tracking store") from None
+        if _NOT_READY_WORDS.search(text):
+            raise TraceNotReady(f"trace {trace_id} is not readable in the tracking store yet (MLflow: {text[:300]})") from None
         if _looks_unavailable(text):
             raise MlflowUnavailable(f"MLflow tracking server unavailable: {text[:300]}") from None
         raise

@@ -99,7 +99,9 @@ def record_after_writeback(
     info = SimpleNamespace(
         trace_id=loaded.trace_id,
         request_time=loaded.timestamp_ms,
-        tags={**loaded.tags, **tags},
+        # MLflow names the trace after its root span (``mlflow.traceName``); a worker may read the trace before
+        # that tag lands, and then has the name from the root span itself
+        tags={"mlflow.traceName": loaded.workflow_name, **loaded.tags, **tags},
         assessments=[*assessments, *written],
     )
     row = judged_row(info)

@@ -49,6 +49,7 @@ from tracejudge.controls.judged import PLAN_TAG, fingerprint, has_plan
 from tracejudge.payload import EvaluationRequest
 from tracejudge.ops import metrics
 from tracejudge.tasks import rollup_step
+from tracejudge.tasks.quarantine import blocked_result, quarantined
 from tracejudge.tasks.runtime import Runtime
 from tracejudge.controls.sampling import filter_reason, judge_sampled
 from tracejudge.tasks.state import EvaluationBusy, RedisState
@@ -131,10 +132,10 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             )
             return error_verdict(request.trace_id, TRACE_INCOMPLETE, message, config, **fields)
         except TraceNotReady as exc:
+            # the reader's reason names the trace once; add where and how long we looked
             message = (
-                f"trace {request.trace_id} was not found in the tracking store "
-                f"({runtime.settings.mlflow_tracking_uri or 'default tracking URI'}) within "
-                f"{execution.trace_wait_seconds:g} s: {exc}"
+                f"{exc}; waited {execution.trace_wait_seconds:g} s (judges.execution.trace_wait_seconds) on "
+                f"{runtime.settings.mlflow_tracking_uri or 'the default tracking URI'}"
             )
             return error_verdict(request.trace_id, TRACE_NOT_FOUND, message, config, **fields)
         skip = filter_reason(config.judges.filters, workflow=loaded.workflow_name, tags=loaded.tags, state=loaded.state)
@@ -175,11 +176,14 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         else:
             known = {**state.cached_results([j.key for j in jobs if j.key not in on_trace]), **on_trace}
         todo = [job for job in jobs if job.key not in known]
-        fresh: list[JudgeResult] = []
+        # a code judge that blocked a worker's event loop is answered LOOP_BLOCKED for a while (tasks/quarantine.py)
+        stuck = quarantined(state, [(j.judge.name, j.judge.version) for j in todo if j.judge.kind == "code"])
+        fresh: list[JudgeResult] = [blocked_result(j, stuck[(j.judge.name, j.judge.version)]) for j in todo if (j.judge.name, j.judge.version) in stuck]
+        todo = [j for j in todo if (j.judge.name, j.judge.version) not in stuck]
         if todo:
             # the overall deadline counts from here: the waits for the trace and the lock are not judging time
             deadline = time.monotonic() + execution.overall_timeout_seconds
-            fresh = runtime.run(
+            fresh += runtime.run(
                 run_judges(
                     todo,
                     client=runtime.llm,

@@ -61,6 +61,11 @@ class LoopRunner:
             future.cancel()
             raise
 
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread the loop runs in (the watchdog reads its stack when the loop is blocked)."""
+        return self._thread
+
     def close(self) -> None:
         """Stop the loop (its thread ends); pending coroutines are dropped."""
         if self.loop.is_running():

@@ -36,8 +36,12 @@ def record_article_trace(
     in_run: bool = True,
     run_name: str = "article_writer",
     during: Callable[[str], Any] | None = None,
+    agent: bool = False,
 ) -> str:
     """Run the sample ``article_writer`` workflow under MLflow tracing; returns its trace id.
+
+    ``agent=True`` makes the research node a tool-calling agent (the demo's): its chat model
+    asks for the search, then for the top source's page (``tool_fetch_page``), then writes the findings.
 
     The trace is exported asynchronously, as in production: a worker may find
     it "not found" for a moment. ``during(trace_id)`` runs inside the workflow,
@@ -52,9 +56,29 @@ def record_article_trace(
     def search(query: str) -> dict[str, Any]:
         return {"results": sources, "result_count": len(sources)}
 
+    @mlflow.trace(name="tool_fetch_page", span_type=SpanType.TOOL, attributes={"tool.name": "fetch_page"})
+    def fetch_page(url: str) -> dict[str, Any]:
+        return {"url": url, "text": research}
+
+    def chat(request: str, content: str | None, call: tuple[str, dict[str, Any]] | None) -> None:
+        with mlflow.start_span(name="chat", span_type=SpanType.CHAT_MODEL) as span:
+            span.set_inputs({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": request}]})
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if call is not None:
+                message["tool_calls"] = [{"id": "call_0", "type": "function", "function": {"name": call[0], "arguments": json.dumps(call[1])}}]
+            span.set_outputs({"choices": [{"index": 0, "message": message}]})
+
     @mlflow.trace(name="node_research", span_type=SpanType.AGENT, attributes={"node.id": "research", "node.type": "research"})
     def research_node(topic: str) -> dict[str, Any]:
-        found = search(f"{topic} research papers")
+        query = f"{topic} research papers"
+        if agent:
+            chat(f"Research {topic} for an article.", None, ("serper_search", {"query": query}))
+        found = search(query)
+        if agent and found["results"]:
+            top = found["results"][0]["url"]
+            chat(json.dumps(found), None, ("fetch_page", {"url": top}))
+            fetch_page(top)
+            chat("page text", research, None)
         return {"findings": research, "sources": [s["url"] for s in found["results"]]}
 
     @mlflow.trace(name="node_write", span_type=SpanType.AGENT, attributes={"node.type": "write"})

@@ -79,8 +79,8 @@ def on_worker_ready(runtime: Any, *, settings: Settings | None = None) -> None:
         dog = LoopWatchdog(
             runtime.loop.loop,
             block_seconds=settings.loop_block_seconds,
-            loop_thread=getattr(runtime.loop, "_thread", None),
-            on_blocked=lambda lag, stack: _loop_blocked(health, directory),
+            loop_thread=runtime.loop.thread,
+            on_blocked=lambda lag, stack: _loop_blocked(health, directory, runtime, stack),
             on_tick=on_tick,
         ).start()
         _state["watchdog"] = dog
@@ -96,13 +96,22 @@ def on_worker_ready(runtime: Any, *, settings: Settings | None = None) -> None:
             _state["server"] = server
 
 
-def _loop_blocked(health: ProcessHealth, directory: str | None) -> None:
+def _loop_blocked(health: ProcessHealth, directory: str | None, runtime: Any, stack: str) -> None:
+    from tracejudge.tasks.quarantine import judges_on_stack, quarantine
     from tracejudge.worker import lease
 
     health.update(lag=health.lag, blocked=True)
     if directory:
         health.write(directory)
     stopped = lease.stop_all()
+    try:  # the judges the loop is stuck in are not run again for a while, so the redelivery does not block again
+        stuck = judges_on_stack(runtime.loop.thread.ident)
+        last = [line.strip() for line in stack.strip().splitlines() if line.strip().startswith("File ")]
+        quarantine(runtime.state, stuck, where=last[-1] if last else "")
+        if stuck:
+            log.error("judges in quarantine for an hour (answered LOOP_BLOCKED): %s", ", ".join(f"{n} (version {v})" for n, v in stuck))
+    except Exception as exc:  # Redis down: the redelivered evaluation may block once more
+        log.warning("could not put the blocking judge in quarantine: %s", exc)
     log.error(
         "stopped renewing the lease on this worker's messages (%d lease(s)): the broker gives them to another worker "
         "after the visibility timeout; exiting in %g s with status %d so this worker is restarted",
