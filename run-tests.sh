@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tests: set up .venv if needed, make sure Redis, RabbitMQ and PostgreSQL answer, run pytest (arguments pass through).
+# The tests: set up .venv if needed, build the docs site (mkdocs --strict: a broken link or page fails the run), make sure Redis, RabbitMQ and PostgreSQL answer, run pytest (arguments pass through).
 # A redis-server this script had to start is stopped when the tests end (its log stays in
 # $TRACEJUDGE_RUN_DIR, default .tracejudge/run/); a Redis that was already running is left alone.
 set -euo pipefail
@@ -7,6 +7,8 @@ cd "$(dirname "$0")"
 export TRACEJUDGE_RUN_DIR="${TRACEJUDGE_RUN_DIR:-$PWD/.tracejudge/run}"
 pidfile="$TRACEJUDGE_RUN_DIR/redis-${REDIS_PORT:-6379}.pid"
 scripts/bootstrap.sh
+echo "[docs] mkdocs build --strict"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet -d "$TRACEJUDGE_RUN_DIR/site"
 # a pidfile left by a run that was killed names no live process: forget it
 if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then rm -f "$pidfile"; fi
 had_pidfile=""

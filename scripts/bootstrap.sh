@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install tracejudge with its test extras, once (again when pyproject.toml changes).
+# Create .venv and install tracejudge with its test and docs extras, once (again when pyproject.toml or the extras change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -15,10 +15,11 @@ if [ ! -x .venv/bin/python ]; then
   }
 fi
 stamp=.venv/.tracejudge-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+extras='.[test,docs]'
+want=$( { cat pyproject.toml; echo "$extras"; } | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing tracejudge and its dependencies into .venv (first time takes a minute)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[test]'
+  .venv/bin/python -m pip install --quiet -e "$extras"
   echo "$want" > "$stamp"
 fi

@@ -1,4 +1,4 @@
-"""The verdict, the report and the run metrics mean what the README and the design say (issue 8)."""
+"""The verdict, the report and the run metrics mean what the docs (Concepts) and the design say (issue 8)."""
 
 from __future__ import annotations
 
