@@ -53,6 +53,24 @@ class BackfillCounts:
     skipped_filter: int = 0
     skipped_sampling: int = 0
     unfinished: int = 0
+    #: Traces to judge again because some of their results are transient failures (only those are re-judged)...
+    transient: int = 0
+    #: ... of which automatic retries were used up (``controls.retries``).
+    retries_exhausted: int = 0
+
+
+def _count_transient(info: Any, counts: BackfillCounts) -> bool:
+    """Count an enqueued trace that has transient failures (only those results are judged again)."""
+    from tracejudge.controls.judged import transient_failures
+    from tracejudge.controls.retries import MAX_FAILED_EVALUATIONS, failed_evaluations
+
+    assessments = getattr(info, "assessments", None) or []
+    if not transient_failures(assessments):
+        return False
+    counts.transient += 1
+    if failed_evaluations(assessments) >= MAX_FAILED_EVALUATIONS:
+        counts.retries_exhausted += 1
+    return True
 
 
 @dataclass
@@ -236,6 +254,8 @@ def run_backfill(
                     counts.skipped_sampling += 1
                 else:
                     counts.enqueued += 1
+                    if not force:
+                        _count_transient(info, counts)
                     if len(result.sample_ids) < sample_size:
                         result.sample_ids.append(info.trace_id)
             else:
@@ -247,6 +267,8 @@ def run_backfill(
                     counts.skipped_sampling += 1
                 else:
                     counts.enqueued += 1
+                    if not force:
+                        _count_transient(info, counts)
                     result.handles.append(handle)
                     if len(result.sample_ids) < sample_size:
                         result.sample_ids.append(info.trace_id)

@@ -135,6 +135,11 @@ def backfill_command(args: argparse.Namespace) -> int:
         + (f", unfinished {c.unfinished}" if c.unfinished else "")
     )
     print(summary)
+    if c.transient:
+        print(
+            f"{c.transient} of them have transient failures (timeouts, provider errors...): only those results are judged "
+            f"again; {c.retries_exhausted} had used up their automatic retries"
+        )
     if result.resumed:
         print("(resumed from the checkpoint)")
     if not args.dry_run and result.seconds > 0:

@@ -59,6 +59,9 @@ observability:
         write:
           - name: coherence
             threshold: 0.85
+          # technical_accuracy judges AI/ML technical content (the design's judge) and reads the topic from the
+          # node's inputs: {topic}, an input named `topic`. A node without one gets a clear error naming the
+          # variable; give the node a `topic` input, or use completeness/coherence instead.
           - name: technical_accuracy
             threshold: 0.80
           - name: completeness

@@ -3,7 +3,8 @@
 One hash per UTC day, ``tracejudge:counts:<day>``, with fields
 ``<workflow>|<event>``: ``sampled``, ``skipped_sampling``, ``skipped_filter``,
 ``skipped_judge_sampling`` (one per judge left out of a sampled trace),
-``cache_hit``, ``cache_miss``, ``budget_exceeded``. A trace skipped by
+``cache_hit``, ``cache_miss``, ``budget_exceeded``, ``retry_scheduled``,
+``retries_exhausted``. A trace skipped by
 ``enqueue`` has no workflow name unless the caller gave one (``*`` then).
 
 >>> field("article_writer", SAMPLED)
@@ -26,6 +27,10 @@ SKIPPED_JUDGE_SAMPLING = "skipped_judge_sampling"
 CACHE_HIT = "cache_hit"
 CACHE_MISS = "cache_miss"
 BUDGET_EXCEEDED = "budget_exceeded"
+#: A background evaluation left transient failures and was put off for a retry (``controls.retries``)...
+RETRY_SCHEDULED = "retry_scheduled"
+#: ... or had used up its retries (the trace keeps its non-final results until a backfill).
+RETRIES_EXHAUSTED = "retries_exhausted"
 ANY_WORKFLOW = "*"
 
 

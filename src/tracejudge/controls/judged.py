@@ -5,7 +5,8 @@ target's judges, their versions, models and thresholds) in the metadata of
 every feedback it writes (``tracejudge.plan``). Pick-up and backfill read it
 from the trace infos ``search_traces`` returns (tags and assessments, no
 spans) and skip a trace when a valid feedback of ours carries the current
-fingerprint, or when its ``tracejudge.plan`` tag does: traces judged by
+fingerprint and none of those is a transient failure (:func:`has_plan`), or
+when its ``tracejudge.plan`` tag does: traces judged by
 versions before 2026-11-29 have the tag, and a full evaluation writes it when
 its fingerprint is new to the trace but every result was reused (no feedback
 to carry it; rare: a changed per-judge sampling rate, say). A changed judge
@@ -23,7 +24,7 @@ from typing import Any
 from tracejudge.config import JudgeRef, TraceJudgeConfig
 from tracejudge.judges.plan import WORKFLOW_TARGET, JudgePlan, build_plan
 from tracejudge.judges.registry import JudgeRegistry
-from tracejudge.mlflow_io.writer import PLAN
+from tracejudge.mlflow_io.writer import FINAL_ERRORS, KEY, PLAN
 
 #: The trace tag of older versions (and of a full evaluation that wrote no feedback); the same name as the metadata key.
 PLAN_TAG = PLAN
@@ -74,12 +75,40 @@ def already_judged(info: Any, fingerprint: str) -> bool:
 
 
 def has_plan(tags: Mapping[str, Any] | None, assessments: Iterable[Any] | None, fingerprint: str) -> bool:
-    """Whether the tag, or a valid feedback's metadata, carries ``fingerprint`` (superseded ones do not count)."""
-    if tags and tags.get(PLAN_TAG) == fingerprint:
-        return True
-    for assessment in assessments or ():
-        if getattr(assessment, "feedback", None) is None or getattr(assessment, "valid", True) is False:
-            continue
-        if (getattr(assessment, "metadata", None) or {}).get(PLAN) == fingerprint:
-            return True
-    return False
+    """Whether the trace was judged with this plan, with final results.
+
+    The tag, or a valid feedback's metadata, carries ``fingerprint`` (superseded ones do not count), and
+    no valid feedback of ours under this fingerprint is a transient failure (a timeout, a provider error,
+    a rate limit...: see ``mlflow_io.writer.FINAL_ERRORS``): such a trace is judged again, and only
+    its non-final results are (issue 17).
+
+    >>> from types import SimpleNamespace as A
+    >>> ok = A(metadata={"tracejudge.plan": "p", "tracejudge.key": "k1"}, feedback=object(), valid=True, error=None)
+    >>> timeout = A(metadata={"tracejudge.plan": "p", "tracejudge.key": "k2"}, feedback=object(), valid=True,
+    ...             error=A(error_code="TIMEOUT"))
+    >>> has_plan({}, [ok], "p"), has_plan({}, [ok, timeout], "p")
+    (True, False)
+    """
+    ours = [
+        a for a in assessments or ()
+        if getattr(a, "feedback", None) is not None and getattr(a, "valid", True) is not False
+        and (getattr(a, "metadata", None) or {}).get(PLAN) == fingerprint
+    ]
+    if any(not final_assessment(a) for a in ours):
+        return False
+    return bool(ours) or bool(tags and tags.get(PLAN_TAG) == fingerprint)
+
+
+def final_assessment(assessment: Any) -> bool:
+    """A score, or an error that judging again would repeat (``FINAL_ERRORS``)."""
+    error = getattr(assessment, "error", None)
+    return error is None or getattr(error, "error_code", None) in FINAL_ERRORS
+
+
+def transient_failures(assessments: Iterable[Any] | None) -> int:
+    """How many valid feedbacks of ours on a trace are transient failures (to be judged again)."""
+    return sum(
+        1 for a in assessments or ()
+        if getattr(a, "feedback", None) is not None and getattr(a, "valid", True) is not False
+        and (getattr(a, "metadata", None) or {}).get(KEY) and not final_assessment(a)
+    )

@@ -4,16 +4,23 @@ The beat task (``tracejudge.online_scan``, every ``online.interval_seconds``)
 runs :func:`scan` on a worker. For each experiment in ``online.experiments``:
 
 1. take the experiment's scan lock (a second scanner skips it this round);
-2. search traces with ``trace.timestamp_ms`` from the watermark (minus an
-   overlap, so a trace exported late is still seen) up to ``now - delay``,
-   and-ed with ``online.filter_string``, oldest first, page by page;
+2. search traces by when they *ended* (``trace.end_time_ms``: start +
+   execution time) from the watermark minus an overlap up to ``now - delay``,
+   and-ed with ``online.filter_string``, page by page. A trace is visible
+   in the store within seconds of its end, however long it ran (a 10-minute
+   agent run included); the overlap (``max(60 s, delay)``) covers that export
+   lag. (Until 2026-12-05 the window was on the start time, so a trace that
+   became visible more than ~90 s after it started was never picked up.)
 3. for each finished trace: skip it if it was judged with the current plan
    (a feedback of ours carries the plan's fingerprint in its metadata, or the
    trace its ``tracejudge.plan`` tag: see :mod:`~tracejudge.controls.judged`);
    else claim its "seen" key (SET NX), and only the claimer enqueues it
    (through sampling; workers apply filters);
-4. when every page is done, move the watermark to the window's end (or to
-   the last trace handled, when ``max_per_scan`` stopped it early).
+4. when every page is done, move the watermark to the window's end. When
+   ``max_per_scan`` stopped the scan early, the watermark stays: pages are
+   ordered by start time, not end (MLflow cannot order by end), so no end
+   time is known below which everything was handled; the next scan reads
+   the same window again and the seen keys skip what was enqueued.
 
 A scan that fails (MLflow down) leaves the watermark where it was, so the
 next one covers the same window again; the seen keys keep that from
@@ -42,7 +49,7 @@ PAGE_SIZE = 200
 #: The experiments pick-up has scanned (a Redis set): what ``pickup_watermarks`` reports on.
 PICKUP_EXPERIMENTS = "pickup:experiments"
 SEEN_TTL_SECONDS = 14 * 24 * 3600
-#: A trace that appears in the store up to this long after its start time is still picked up.
+#: A trace that appears in the store up to this long after it ended is still picked up.
 MIN_OVERLAP_MS = 60_000
 FINISHED_STATES = ("OK", "ERROR")
 
@@ -118,9 +125,8 @@ def _scan_experiment(
     watermark = int(raw) if raw is not None else None
     overlap = max(MIN_OVERLAP_MS, int(online.delay_seconds * 1000))
     since = None if watermark is None else watermark - overlap
-    filter_string = time_filter(since_ms=since, until_ms=cutoff, extra=online.filter_string)
+    filter_string = time_filter(since_ms=since, until_ms=cutoff, extra=online.filter_string, field="end_time_ms")
     handled = 0
-    last_ts: int | None = None
     stopped_early = False
     token = None
     while True:
@@ -131,7 +137,6 @@ def _scan_experiment(
                 continue
             trace_id = info.trace_id
             tags = dict(getattr(info, "tags", None) or {})
-            ts = int(getattr(info, "request_time", None) or getattr(info, "timestamp_ms", 0) or 0)
             if already_judged(info, fingerprint):
                 result.already_judged[experiment_id] = result.already_judged.get(experiment_id, 0) + 1
             elif state.seen.add(trace_id, ttl_seconds=SEEN_TTL_SECONDS):
@@ -144,15 +149,15 @@ def _scan_experiment(
                 handled += 1
             else:
                 result.already_seen[experiment_id] = result.already_seen.get(experiment_id, 0) + 1
-            last_ts = ts or last_ts
             if handled >= online.max_per_scan:
                 stopped_early = True
                 break
         if stopped_early or not page.next_page_token:
             break
         token = page.next_page_token
-    new_mark = last_ts if stopped_early and last_ts is not None else cutoff
-    state.watermarks.advance(f"{WATERMARK}{experiment_id}", new_mark)  # only forward: a slower scanner never moves it back
+    new_mark = watermark if stopped_early else cutoff
+    if new_mark is not None:  # only forward: a slower scanner never moves it back
+        state.watermarks.advance(f"{WATERMARK}{experiment_id}", new_mark)
     log.info(
         "online scan of experiment %s: %d enqueued, %d already seen, %d already judged (watermark %s)",
         experiment_id, result.enqueued.get(experiment_id, 0), result.already_seen.get(experiment_id, 0),

@@ -20,7 +20,9 @@ the exception's chain is checked for a connection failure first.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,11 +35,16 @@ from tracejudge.ops import metrics
 EXPECTATION_NAMES = ("expected_response", "expected_answer", "expected_output", "expected", "ground_truth")
 #: MLflow trace ids are ``tr-<32 hex>``; other stores use other forms, so only obvious garbage is refused.
 TRACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:/.\-]{2,255}$")
+_NOT_FULLY_EXPORTED = re.compile(r"not fully exported", re.I)
 _NOT_READY_WORDS = re.compile(r"not found|does not exist|corrupted|span data|not yet|RESOURCE_DOES_NOT_EXIST", re.I)
 
 
 class TraceNotReady(LookupError):
     """The trace is not (fully) in the store yet: retry within the grace period."""
+
+
+class TraceIncomplete(TraceNotReady):
+    """The trace is in the store but not whole (fewer spans than counted, a span without its parent)."""
 
 
 class InvalidTraceId(ValueError):
@@ -71,6 +78,8 @@ class LoadedTrace:
     timestamp_ms: int = 0
     #: how long the traced workflow ran (its end is ``timestamp_ms + duration_ms``)
     duration_ms: int = 0
+    #: False when MLflow recorded no span count to check the spans read against (see :func:`not_whole`)
+    span_count_known: bool = True
 
 
 def trace_tool_usage(loaded: LoadedTrace) -> ToolUsage | None:
@@ -91,8 +100,67 @@ def check_trace_id(trace_id: Any) -> str:
     return trace_id
 
 
-def fetch_trace(client: Any, trace_id: str) -> Any:
-    """``client.get_trace`` with MLflow's failures sorted into not-ready, unavailable and the rest."""
+#: Trace metadata MLflow's exporter writes with the trace record, after the spans: ``{"num_spans": N, ...}``.
+SIZE_STATS = "mlflow.trace.sizeStats"
+#: Present once the trace record itself is written (the exporter's last step); span export alone creates
+#: the trace's row without any metadata.
+TRACE_RECORD_KEY = "mlflow.trace_schema.version"
+#: The note a verdict carries when the trace was judged without a span count to check it against.
+UNCOUNTED = "span count unknown"
+
+
+def not_whole(trace: Any, *, last_look: bool = False) -> str | None:
+    """Why the trace is not whole yet, or None when it is (issue 17: judge only whole traces).
+
+    MLflow exports spans one by one and then the trace record, whose metadata ``mlflow.trace.sizeStats``
+    holds ``num_spans``; a trace read in between (its root span already made it look finished) misses
+    spans. With the count: fewer spans than counted is not whole. Without it, what can be proven: a span
+    whose parent is missing is not whole, and a trace whose record is not written yet (no
+    ``mlflow.trace_schema.version``) is not whole until ``last_look`` (the end of ``trace_wait_seconds``:
+    a trace sent by an exporter that never writes the record, OTLP, is then judged as read).
+
+    >>> from types import SimpleNamespace as NS
+    >>> span = lambda i, parent=None: NS(span_id=i, parent_id=parent, name=f"s{i}")
+    >>> whole = NS(info=NS(trace_metadata={SIZE_STATS: '{"num_spans": 2}'}), data=NS(spans=[span("a"), span("b", "a")]))
+    >>> half = NS(info=NS(trace_metadata={SIZE_STATS: '{"num_spans": 3}'}), data=NS(spans=[span("a"), span("b", "a")]))
+    >>> not_whole(whole), not_whole(half)
+    (None, '2 of its 3 spans are in the store')
+    """
+    spans = list(trace.data.spans or [])
+    metadata = _metadata(trace.info)
+    expected = span_count(metadata)
+    if expected is not None:
+        return None if len(spans) >= expected else f"{len(spans)} of its {expected} spans are in the store"
+    ids = {span.span_id for span in spans}
+    orphans = sorted({span.name for span in spans if span.parent_id and span.parent_id not in ids})
+    if orphans:
+        return f"the parent span of {', '.join(orphans[:3])} is not in the store yet"
+    if TRACE_RECORD_KEY not in metadata and not last_look:
+        return "its spans are being exported; the trace record (with the span count) is not written yet"
+    return None
+
+
+def span_count(metadata: Mapping[str, Any]) -> int | None:
+    """``num_spans`` from ``mlflow.trace.sizeStats``, None when absent or unreadable."""
+    raw = metadata.get(SIZE_STATS)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw).get("num_spans")
+    except (ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _metadata(info: Any) -> dict[str, Any]:
+    return dict(getattr(info, "trace_metadata", None) or getattr(info, "request_metadata", None) or {})
+
+
+def fetch_trace(client: Any, trace_id: str, *, last_look: bool = False) -> Any:
+    """``client.get_trace`` with MLflow's failures sorted into not-ready, unavailable and the rest.
+
+    A trace that is not whole yet (:func:`not_whole`) is :class:`TraceNotReady` too.
+    """
     check_trace_id(trace_id)
     try:
         trace = _get_trace(client, trace_id)
@@ -113,6 +181,9 @@ def fetch_trace(client: Any, trace_id: str) -> Any:
     status = str(getattr(trace.info, "state", getattr(trace.info, "status", "")))
     if "IN_PROGRESS" in status:
         raise TraceNotReady(f"trace {trace_id} is still in progress")
+    missing = not_whole(trace, last_look=last_look)
+    if missing is not None:
+        raise TraceIncomplete(f"trace {trace_id} is not whole yet: {missing}")
     return trace
 
 
@@ -127,6 +198,10 @@ def _get_trace(client: Any, trace_id: str) -> Any:
         cause = _unavailable_cause(exc)
         if cause is not None:
             raise MlflowUnavailable(f"MLflow tracking server unavailable: {text[:200]} (caused by {cause})") from None
+        if _NOT_FULLY_EXPORTED.search(text):  # MLflow's SQL store counted more spans than it holds
+            raise TraceIncomplete(
+                f"trace {trace_id} is not whole yet: the store holds fewer spans than MLflow counted (not fully exported)"
+            ) from None
         if code == "RESOURCE_DOES_NOT_EXIST":  # MLflow's text only says so again ("Trace with ID ... not found")
             raise TraceNotReady(f"trace {trace_id} is not in the tracking store") from None
         if _NOT_READY_WORDS.search(text):
@@ -139,11 +214,11 @@ def _get_trace(client: Any, trace_id: str) -> Any:
     return trace
 
 
-def load_trace(client: Any, trace_id: str) -> LoadedTrace:
-    """Fetch a trace once and extract its targets."""
-    trace = fetch_trace(client, trace_id)
+def load_trace(client: Any, trace_id: str, *, last_look: bool = False) -> LoadedTrace:
+    """Fetch a whole trace once and extract its targets (``last_look``: see :func:`not_whole`)."""
+    trace = fetch_trace(client, trace_id, last_look=last_look)
     info = trace.info
-    metadata = dict(getattr(info, "trace_metadata", None) or getattr(info, "request_metadata", None) or {})
+    metadata = _metadata(info)
     tags = dict(getattr(info, "tags", None) or {})
     root = _root_span(trace.data.spans)
     return LoadedTrace(
@@ -157,6 +232,7 @@ def load_trace(client: Any, trace_id: str) -> LoadedTrace:
         state=str(getattr(info, "state", None) or getattr(info, "status", None) or ""),
         timestamp_ms=int(getattr(info, "request_time", 0) or 0),
         duration_ms=int(getattr(info, "execution_duration", 0) or 0),
+        span_count_known=span_count(metadata) is not None,
     )
 
 

@@ -35,8 +35,16 @@ from tracejudge.judges.plan import JudgePlan, build_plan
 from tracejudge.judges.registry import UnknownJudgeError
 from tracejudge.judges.runner import JudgeJob, run_judges
 from tracejudge.mlflow_io import writer
-from tracejudge.mlflow_io.reader import InvalidTraceId, LoadedTrace, TraceNotReady, check_trace_id, trace_tool_usage
-from tracejudge.controls import counters
+from tracejudge.mlflow_io.reader import (
+    UNCOUNTED,
+    InvalidTraceId,
+    LoadedTrace,
+    TraceIncomplete,
+    TraceNotReady,
+    check_trace_id,
+    trace_tool_usage,
+)
+from tracejudge.controls import counters, retries
 from tracejudge.controls.judged import PLAN_TAG, fingerprint, has_plan
 from tracejudge.payload import EvaluationRequest
 from tracejudge.ops import metrics
@@ -65,6 +73,8 @@ LOOP_WAIT_MARGIN_SECONDS = 30.0
 
 # Error codes of evaluations that could not run at all (permanent: no retry).
 TRACE_NOT_FOUND = "TRACE_NOT_FOUND"
+#: The trace is in the store but not whole when the wait ends (fewer spans than MLflow counted).
+TRACE_INCOMPLETE = "TRACE_INCOMPLETE"
 INVALID_TRACE_ID = "INVALID_TRACE_ID"
 INVALID_PAYLOAD = "INVALID_PAYLOAD"
 UNKNOWN_JUDGE = "UNKNOWN_JUDGE"
@@ -114,6 +124,13 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             )
         except InvalidTraceId as exc:
             return error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields)
+        except TraceIncomplete as exc:  # never judged in part: the verdict says what is missing
+            message = (
+                f"{exc} after waiting {execution.trace_wait_seconds:g} s (trace_wait_seconds); not judged in part. "
+                "MLflow's exporter drops spans it fails to write (see its debug log); raise trace_wait_seconds "
+                "if the export is only slow"
+            )
+            return error_verdict(request.trace_id, TRACE_INCOMPLETE, message, config, **fields)
         except TraceNotReady as exc:
             # the reader's reason names the trace once; add where and how long we looked
             message = (
@@ -209,7 +226,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             environment=request.environment,
             reused=len(results) - len(fresh),
             aggregations={job.judge.name: job.judge.aggregations for job in jobs if job.judge.aggregations},
-            warnings=unmatched_override_warnings(config, [t.node_id for t in loaded.targets]) if request.judges is None else [],
+            warnings=trace_warnings(loaded, config, request),
             attempt=attempt,
             retry_of=request.retry_of,
             partial=request.judges is not None,
@@ -241,6 +258,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         if not partial:
             route_for_review(trace_id=request.trace_id, experiment_id=loaded.experiment_id, verdict=verdict, config=config,
                              redis=getattr(state, "redis", None), key_prefix=getattr(state, "prefix", ""))
+            retry_transient_failures(runtime, loaded, results, request)
 
     log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
@@ -310,6 +328,32 @@ def record_rollup(
     )
 
 
+def retry_transient_failures(
+    runtime: Runtime, loaded: LoadedTrace, results: list[JudgeResult], request: EvaluationRequest
+) -> None:
+    """Put a background evaluation that left transient failures off for a retry (``controls.retries``)."""
+    transient = [r for r in results if not writer.is_final(r) and not _never_reused(r)]
+    state = runtime.state
+    if not transient or request.gate or request.force or getattr(state, "redis", None) is None:
+        return
+    failed = retries.failed_evaluations(loaded.assessments, plus=request.evaluation_id)
+    delay = retries.retry_delay(failed)
+    if delay is None:
+        count(runtime, loaded.workflow_name, counters.RETRIES_EXHAUSTED)
+        log.warning(
+            "%s: %d transient failure(s) after %d evaluations; no more automatic retries (tracejudge backfill re-judges them)",
+            loaded.trace_id, len(transient), failed,
+        )
+        return
+    try:
+        retries.schedule_retry(state.redis, state.prefix, request, delay=delay, now=time.time())
+    except Exception as exc:  # the record (MLflow) still shows the failures: backfill finds them
+        log.warning("could not schedule the retry of %s: %s", loaded.trace_id, exc)
+        return
+    count(runtime, loaded.workflow_name, counters.RETRY_SCHEDULED)
+    log.info("%s: %d transient failure(s); judged again in %d s (failed evaluation %d)", loaded.trace_id, len(transient), delay, failed)
+
+
 def retry_attempt(runtime: Runtime, retry_of: str | None) -> int:
     """This run's attempt number: 1, or one more than the trace it re-runs (its ``tracejudge.attempt`` tag)."""
     if not retry_of:
@@ -323,6 +367,17 @@ def retry_attempt(runtime: Runtime, retry_of: str | None) -> int:
         return int(tags.get(ATTEMPT_TAG, "1")) + 1
     except ValueError:
         return 2
+
+
+def trace_warnings(loaded: LoadedTrace, config: TraceJudgeConfig, request: EvaluationRequest) -> list[str]:
+    """What the verdict says about the trace itself: override keys matching no node, an unverified span count."""
+    notes = unmatched_override_warnings(config, [t.node_id for t in loaded.targets]) if request.judges is None else []
+    if not loaded.span_count_known:
+        notes.append(
+            f"{UNCOUNTED}: MLflow recorded no span count for this trace (mlflow.trace.sizeStats); it was judged on "
+            "the spans in the store (none missing its parent), and spans exported later are not in this verdict"
+        )
+    return notes
 
 
 def runtime_plan(config: TraceJudgeConfig, runtime: Runtime, request: EvaluationRequest) -> JudgePlan:
