@@ -137,18 +137,7 @@ def test_calibration_items_may_carry_tool_calls():
 AGENT_JUDGES = ("tool_selection", "tool_arguments", "task_completion", "trajectory_efficiency")
 
 
-@pytest.fixture
-def llm_env(monkeypatch):
-    from tracejudge.tasks.runtime import reset_runtime
-    from tracejudge.testing import FakeLLMServer
-
-    with FakeLLMServer() as srv:
-        monkeypatch.setenv("TRACEJUDGE_LLM_BASE_URL", srv.base_url)
-        monkeypatch.setenv("TRACEJUDGE_LLM_API_KEY", "sk-test")
-        monkeypatch.delenv("TRACEJUDGE_CONFIG", raising=False)
-        reset_runtime()
-        yield srv
-        reset_runtime()
+from tests.test_calibrate import llm_env  # noqa: E402,F401  (the calibrate tests' test-LLM fixture)
 
 
 @pytest.mark.parametrize("name", AGENT_JUDGES)
