@@ -7,8 +7,9 @@ cd "$(dirname "$0")"
 export TRACEJUDGE_RUN_DIR="${TRACEJUDGE_RUN_DIR:-$PWD/.tracejudge/run}"
 pidfile="$TRACEJUDGE_RUN_DIR/redis-${REDIS_PORT:-6379}.pid"
 scripts/bootstrap.sh
+# not --quiet: mkdocs 1.6 then drops the warnings before --strict counts them, and a broken link passes
 echo "[docs] mkdocs build --strict"
-NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet -d "$TRACEJUDGE_RUN_DIR/site"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -d "$TRACEJUDGE_RUN_DIR/site"
 # a pidfile left by a run that was killed names no live process: forget it
 if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then rm -f "$pidfile"; fi
 had_pidfile=""
