@@ -207,7 +207,7 @@ class Settings(BaseModel):
             yield name, value
 
 
-#: The environment variable behind each setting (the README's table lists them all).
+#: The environment variable behind each setting (docs/reference/environment.md, generated, lists them all).
 ENVIRONMENT_VARIABLES = {
     "llm_base_url": "TRACEJUDGE_LLM_BASE_URL",
     "llm_api_key": "TRACEJUDGE_LLM_API_KEY",

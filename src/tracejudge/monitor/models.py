@@ -1,7 +1,7 @@
 """The monitor's summary: what ``tracejudge report --format json`` prints and the dashboard's API returns.
 
-The JSON schema is ``QualitySummary.model_json_schema()`` (``tracejudge report --schema``); the README's
-"Monitoring" section describes each field. ``schema_version`` changes when a field changes meaning or goes away.
+The JSON schema is ``QualitySummary.model_json_schema()`` (``tracejudge report --schema``); docs/report-and-dashboard.md
+("The report") describes each field. ``schema_version`` changes when a field changes meaning or goes away.
 """
 
 from __future__ import annotations
