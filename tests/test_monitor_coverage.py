@@ -116,7 +116,10 @@ def test_a_window_from_before_workers_recorded_is_read_from_mlflow(experiment):
 
 
 def test_sync_mode_verdicts_are_recorded_in_redis(experiment):
+    from tracejudge.tasks.runtime import reset_runtime
+
     experiment_id, redis = experiment
+    reset_runtime()  # the process's sync runtime may hold an earlier test's settings (key prefix); this one's apply
     trace_id = trace_in(experiment_id)
     v = tracejudge.enqueue(trace_id, config=SYNC).verdict(timeout=90)
     assert v.status == "passed"

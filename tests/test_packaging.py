@@ -14,7 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_docker_compose_has_the_promised_services():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "mlflow", "worker", "flower", "rabbitmq"}
+    assert set(services) == {"redis", "mlflow", "worker", "beat", "flower", "rabbitmq", "postgres", "mlflow-postgres", "prometheus"}
+    # exactly one beat (pick-up, deferred releases and alert checks); a PostgreSQL-backed MLflow and Prometheus on request
+    assert "deploy" not in services["beat"] or services["beat"]["deploy"].get("replicas", 1) == 1
+    assert services["postgres"]["profiles"] == services["mlflow-postgres"]["profiles"] == ["postgres"]
+    assert services["prometheus"]["profiles"] == ["monitoring"]
     # RabbitMQ only on request (`--profile rabbitmq`), and the workers wait for it only when it runs
     assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
     assert services["worker"]["depends_on"]["rabbitmq"]["required"] is False
@@ -25,7 +29,8 @@ def test_docker_compose_has_the_promised_services():
     # scalable with --scale worker=N: no fixed name, no host port
     assert "container_name" not in worker and "ports" not in worker
     assert worker["environment"]["TRACEJUDGE_REDIS_URL"].startswith("redis://redis:")
-    assert worker["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    # the bundled server unless COMPOSE_MLFLOW_URI points workers (and beat) at the PostgreSQL profile's
+    assert worker["environment"]["MLFLOW_TRACKING_URI"] == services["beat"]["environment"]["MLFLOW_TRACKING_URI"] == "${COMPOSE_MLFLOW_URI:-http://mlflow:5000}"
     assert worker["command"][:2] == ["tracejudge", "worker"]
     assert "flower" in services["flower"]["command"]
 
