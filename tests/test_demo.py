@@ -33,6 +33,8 @@ def test_demo_runs_on_a_private_prefix_with_its_own_worker(tmp_path):
         assert "tool calls: 2, failed 0, retries 0: serper_search 1" in output and "fetch_page 1" in output, output
         prefix = re.search(r"keys under (tjdemo-[0-9a-f]+:)", output)
         assert prefix, output
+        removed = re.search(r"removed the demo's (\d+) Redis keys \(under (tjdemo-[0-9a-f]+:)\)", output)
+        assert removed and int(removed.group(1)) > 0 and removed.group(2) == prefix.group(1), output
+        # it wrote only under its prefix, and took all of it away: nothing is left in the user's Redis
         keys = [k.decode() for k in redis.Redis.from_url(server.url).keys("*")]
-        assert keys, "the demo wrote nothing to Redis?"
-        assert all(k.startswith(prefix.group(1)) for k in keys), [k for k in keys if not k.startswith(prefix.group(1))]
+        assert keys == [], keys

@@ -92,6 +92,20 @@ def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
+def _forget_keys(redis_url: str, prefix: str) -> None:
+    """Delete every key under the demo's private prefix (its queues, results, rollups)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+        say(f"removed the demo's {len(keys)} Redis keys (under {prefix})")
+    except redis.RedisError as exc:  # the demo's verdict is printed already; say what is left behind
+        say(f"could not remove the demo's Redis keys under {prefix}: {exc}")
+
+
 def run_demo(*, directory: str = ".tracejudge/demo", latency_ms: float = 200.0, timeout: float = 120.0) -> int:
     """Run the demo; returns the process exit code (0 when the demo ran, whatever the verdict)."""
     from tracejudge.config import Settings
@@ -137,6 +151,8 @@ def run_demo(*, directory: str = ".tracejudge/demo", latency_ms: float = 200.0, 
         else:
             env["TRACEJUDGE_REDIS_URL"] = redis_url
             say(redis_note)
+            # on the way out (after the worker has stopped), the demo's keys go: nothing is left in your Redis
+            stack.callback(_forget_keys, redis_url, env["TRACEJUDGE_KEY_PREFIX"])
 
         # 3. MLflow store and the sample trace.
         os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_MODEL_CATALOG_URI")})
