@@ -66,3 +66,37 @@ def test_documented_plain_celery_workers_read_the_gate_queue(path):
         if in_code and line.lstrip().startswith("celery -A tracejudge.worker worker"):
             command = line.split("#", 1)[0]
             assert re.search(r"(-Q|--queues)[ =]\S*tracejudge\.gate", command), f"{path.name}: {line.strip()}"
+
+
+def test_a_worker_that_misses_the_first_ping_is_not_reported_missing():
+    """The CI failure of stop 23: a live worker on a loaded machine missed the one-second ping and the gate
+    warned that none answers. A second, longer look is taken before saying so."""
+    from tracejudge.worker.consumers import no_consumer_message
+
+    class _Inspect:
+        def __init__(self, app, timeout):
+            self.app, self.timeout = app, timeout
+
+        def ping(self):
+            self.app.waits.append(self.timeout)
+            return {"w1@h": {"ok": "pong"}} if self.timeout >= 5 else {}
+
+        def active_queues(self):
+            return {"w1@h": [{"name": "tracejudge.gate"}]}
+
+        def stats(self):
+            return {}
+
+        def active(self):
+            return {}
+
+    class _App:
+        waits: list = []
+
+        class control:  # noqa: N801 - Celery's attribute name
+            pass
+
+    app = _App()
+    app.control = type("C", (), {"inspect": lambda self, timeout, **kw: _Inspect(app, timeout)})()
+    assert no_consumer_message(app, "tracejudge.gate", timeout=1.0, confirm_timeout=5.0) is None
+    assert app.waits == [1.0, 5.0]  # the first look's ping, then the confirming look's

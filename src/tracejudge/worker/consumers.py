@@ -14,6 +14,10 @@ from tracejudge.ops.pipeline import WorkerInfo
 
 __all__ = ["WorkerInfo", "consumers_of", "inspect_workers", "no_consumer_message"]
 
+#: Before saying "no worker answers", ask once more with this longer wait: a live worker on a loaded
+#: machine (or a busy threads pool) can miss a one-second ping, and a false warning sends users hunting.
+CONFIRM_TIMEOUT_SECONDS = 5.0
+
 
 def inspect_workers(app: Any, *, timeout: float = 1.0) -> list[WorkerInfo]:
     """The live workers: name, processes, running tasks, queues (an empty list when none answers).
@@ -53,15 +57,22 @@ def consumers_of(queue: str, workers: list[WorkerInfo]) -> list[str]:
     return [w.name for w in workers if queue in w.queues]
 
 
-def no_consumer_message(app: Any, queue: str, *, timeout: float = 1.0) -> str | None:
+def no_consumer_message(app: Any, queue: str, *, timeout: float = 1.0,
+                        confirm_timeout: float = CONFIRM_TIMEOUT_SECONDS) -> str | None:
     """A sentence saying that no live worker reads ``queue`` (and what the live ones read), or None when
-    one does, or when the broker cannot be asked (the caller's own error says that)."""
-    try:
-        workers = inspect_workers(app, timeout=timeout)
-    except Exception:  # the broker went away: the wait's own error reports it
-        return None
-    if consumers_of(queue, workers):
-        return None
+    one does, or when the broker cannot be asked (the caller's own error says that).
+
+    A first look waits ``timeout``; when it finds no reader, a second look waits ``confirm_timeout`` so
+    that a slow-to-answer worker is not reported missing.
+    """
+    workers: list[WorkerInfo] = []
+    for wait in (timeout, confirm_timeout):
+        try:
+            workers = inspect_workers(app, timeout=wait)
+        except Exception:  # the broker went away: the wait's own error reports it
+            return None
+        if consumers_of(queue, workers):
+            return None
     from tracejudge.worker.names import QUEUES
 
     start = f"start one: `tracejudge worker` (or `celery -A tracejudge.worker worker -Q {','.join(QUEUES)}`)"
