@@ -253,3 +253,18 @@ def test_each_sample_and_scoring_mode_has_its_own_cache_entry(server):
     assert again.cached and again.score == first.score and server.stats()["requests"] == 3
     asyncio.run(go(scoring="logprobs"))  # another mode is another call
     assert server.stats()["requests"] == 4 and len(cache.data) == 4
+
+
+def test_the_judge_quality_page_has_a_rubric_row_and_a_labelled_set_for_every_builtin_judge():
+    """Issue 19: the new judges' prompts are in the docs' judge-quality table (and each can be calibrated)."""
+    from pathlib import Path
+
+    from tracejudge.judges.builtin import BUILTIN_JUDGES
+    from tracejudge.judges.session_judges import SESSION_JUDGES
+
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "judge-quality.md").read_text(encoding="utf-8")
+    datasets = root / "src" / "tracejudge" / "judges" / "datasets"
+    for name in [*BUILTIN_JUDGES, *SESSION_JUDGES]:
+        assert f"\n| `{name}`" in page, f"docs/judge-quality.md has no table row for {name}"
+        assert (datasets / f"{name}.jsonl").is_file(), f"no labelled set for {name}"
