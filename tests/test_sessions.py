@@ -217,3 +217,72 @@ def test_the_report_and_alerts_count_sessions_apart_from_traces(worker, fake_llm
     assert result.holds and result.observed == 0.5
     quiet = evaluate(AlertRule(kind="session_failure_rate", above=0.6, min_count=2), context)
     assert not quiet.holds
+
+
+def test_session_figures_honour_the_reports_workflow_and_environment_filters(worker, fake_llm, experiment, redis_url):
+    """``--workflow`` and ``--environment`` select sessions as they select traces, on each session's first turn
+    (the trace its results sit on), and the figures say so; ``--source redis`` says they were read from MLflow."""
+    import subprocess
+    import sys
+
+    import redis
+    from mlflow import MlflowClient
+
+    from tracejudge.monitor.collect import summarise_quality
+    from tracejudge.monitor.render import render
+    from tracejudge.monitor.window import MonitorQuery
+    from tracejudge.testing.conversations import record_conversation
+
+    support, sales, staging = (f"{name}-{uuid.uuid4().hex[:6]}" for name in ("support", "sales", "staging"))
+    support_ids = record_conversation(support, TURNS_TEXT, workflow="support_bot")
+    record_conversation(sales, [("Buy now? [[tj:score=0.2]]", "No.")], workflow="sales_bot")
+    staging_first = record_conversation(staging, TURNS_TEXT[:2], workflow="support_bot")[0]
+    MlflowClient().set_trace_tag(staging_first, "tracejudge.environment", "staging")  # the record names its environment
+    config = {"observability": {"mlflow": {"judges": {
+        "workflow_defaults": ["coherence"], "sessions": {"judges": ["user_frustration"]},
+    }}}}
+    tracejudge.enqueue(support_ids[0], config=config).verdict(timeout=60)  # a support_bot trace judged as a trace too
+    for sid in (support, sales, staging):
+        tracejudge.enqueue_session(sid, experiment_id=experiment, config=config).verdict(timeout=60, raise_on_block=False)
+
+    def figures(**filters):
+        query = MonitorQuery(experiment=experiment, since="1d", source="mlflow", **filters)
+        return summarise_quality(query, client=MlflowClient())
+
+    everything = figures()
+    assert everything.sessions.sessions == 3 and everything.sessions.failed == 1
+    assert everything.sessions.note is None  # no filter: nothing to say
+
+    support_only = figures(workflow="support_bot")
+    assert (support_only.sessions.sessions, support_only.sessions.failed) == (2, 0)  # the sales session is left out
+    assert support_only.totals.traces == 1
+    assert support_only.sessions.note == "only sessions whose first turn is a support_bot trace"
+    table = render(support_only, "table")
+    assert "sessions judged: 2, failed 0 (0.0%)" in table and "(only sessions whose first turn is a support_bot trace)" in table
+    assert "whose first turn is a support_bot trace" in render(support_only, "md")
+    assert figures(workflow="sales_bot").sessions.failed == 1
+    assert figures(workflow="no_such_workflow").sessions is None  # none, not everyone's
+
+    production = figures(workflow="support_bot", environment="production")
+    assert production.sessions.sessions == 1 and production.sessions.mean_turns == 3.0  # the untagged one
+    assert "only environment production as the first turn's record names it" in production.sessions.note
+    tagged = figures(environment="staging")
+    assert (tagged.sessions.sessions, tagged.sessions.mean_turns) == (1, 2.0)
+
+    # the trace figures from Redis: the session figures still come from MLflow, and say so
+    from_redis = summarise_quality(
+        MonitorQuery(experiment=experiment, since="1d", source="redis", workflow="support_bot"),
+        client=MlflowClient(), redis=redis.Redis.from_url(redis_url),
+    )
+    assert from_redis.sessions.sessions == 2
+    assert from_redis.sessions.note.endswith("read from MLflow (sessions have no Redis rollups)")
+
+    # the command a user runs, end to end
+    done = subprocess.run(
+        [sys.executable, "-m", "tracejudge", "report", "--experiment-id", experiment, "--since", "1d",
+         "--workflow", "sales_bot", "--source", "mlflow"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "sessions judged: 1, failed 1 (100.0%)" in done.stdout, done.stdout
+    assert "(only sessions whose first turn is a sales_bot trace)" in done.stdout, done.stdout

@@ -19,6 +19,8 @@ SESSION = "mlflow.trace.session"
 
 PAGE_SIZE = 500
 STATUS_TAG = "tracejudge.status"
+#: The environment a judged trace's record names (older traces; ``monitor.record`` reads it, else ``production``).
+ENVIRONMENT_TAG = "tracejudge.environment"
 
 
 class ExperimentNotFound(LookupError):
@@ -76,11 +78,20 @@ def judged_traces(
     """Every trace tracejudge judged in ``[start_ms, end_ms)`` (by trace start), page by page."""
     filters = [f"timestamp_ms >= {int(start_ms)}", f"timestamp_ms < {int(end_ms)}"]
     if workflow:
-        filters.append(f"tags.`mlflow.traceName` = '{_quote(workflow)}'")
+        filters.append(workflow_filter(workflow))
     for info in trace_infos(client, experiment_id, " AND ".join(filters), page_size=page_size):
         row = judged_row(info)
         if row is not None:
             yield row
+
+
+def workflow_filter(workflow: str) -> str:
+    """The ``search_traces`` filter on a workflow: the trace's name (its root span's, ``mlflow.traceName``).
+
+    >>> workflow_filter("article_writer")
+    "tags.`mlflow.traceName` = 'article_writer'"
+    """
+    return f"tags.`mlflow.traceName` = '{_quote(workflow)}'"
 
 
 def trace_infos(client: Any, experiment_id: str, filter_string: str, *, page_size: int = PAGE_SIZE) -> Iterator[Any]:

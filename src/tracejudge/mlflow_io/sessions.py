@@ -259,16 +259,28 @@ class SessionResultRow:
     error_code: str | None
     turns: int
     timestamp_ms: int
+    #: the environment the record names (the result's ``environment`` metadata, else the first trace's
+    #: ``tracejudge.environment`` tag); None when it names none
+    environment: str | None = None
 
 
-def session_results(client: Any, experiment_id: str, since_ms: int, until_ms: int) -> list[SessionResultRow]:
-    """Our valid session results on traces that started in ``[since_ms, until_ms)`` (a session counts where it began)."""
-    from tracejudge.mlflow_io.query import trace_infos
+def session_results(
+    client: Any, experiment_id: str, since_ms: int, until_ms: int, *, workflow: str | None = None
+) -> list[SessionResultRow]:
+    """Our valid session results on traces that started in ``[since_ms, until_ms)`` (a session counts where it began).
+
+    ``workflow``: only sessions whose first turn is a trace of that workflow (its name, ``mlflow.traceName``): the
+    results sit on that trace, so this is the one trace a session's workflow can be read from.
+    """
+    from tracejudge.mlflow_io.query import ENVIRONMENT_TAG, trace_infos, workflow_filter
 
     window = f"{ANY_SESSION} AND timestamp_ms >= {int(since_ms)} AND timestamp_ms < {int(until_ms)}"
+    if workflow:
+        window += f" AND {workflow_filter(workflow)}"
     rows = []
     for info in trace_infos(client, experiment_id, window):
         sid = session_of(info)
+        tagged = (getattr(info, "tags", None) or {}).get(ENVIRONMENT_TAG) or None
         for a in session_assessments(getattr(info, "assessments", None) or [], sid or ""):
             metadata = a.metadata or {}
             error = getattr(a, "error", None)
@@ -282,7 +294,7 @@ def session_results(client: Any, experiment_id: str, since_ms: int, until_ms: in
                     error_code=getattr(error, "error_code", None) if error is not None else None,
                     turns=int(metadata.get(TURNS) or 0),
                     timestamp_ms=start_ms(info),
+                    environment=metadata.get("environment") or tagged,
                 )
             )
     return rows
-

@@ -89,10 +89,12 @@ def summarise_quality(
     summary.source_note = note
     if source == "mlflow":
         summary.human_agreement = human_agreement(client, experiment_id, start_ms, end_ms)
-    if query.workflow is None:  # conversations are not one workflow's
-        from tracejudge.monitor.sessions import session_figures
+    from tracejudge.monitor.sessions import session_figures
 
-        summary.sessions = session_figures(client, experiment_id, start_ms, end_ms)
+    # filtered like the trace figures, on each session's first turn; their note says how
+    summary.sessions = session_figures(
+        client, experiment_id, start_ms, end_ms, workflow=query.workflow, environment=query.environment, source=source
+    )
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
 

@@ -134,6 +134,11 @@ class SessionFigures(BaseModel):
     failure_rate: float | None = Field(None, description="failed / sessions")
     mean_turns: float | None = Field(None, description="mean number of turns judged per session")
     judges: list[SessionJudgeStats] = Field(default_factory=list)
+    note: str | None = Field(
+        None,
+        description="how the summary's filters applied to sessions (each on the session's first turn: the trace its "
+        "results sit on), and that they are read from MLflow whatever the source; None without filters",
+    )
 
 
 class Links(BaseModel):

@@ -13,10 +13,9 @@ from types import SimpleNamespace
 from typing import Any, Iterable, Mapping
 
 from tracejudge.judges.model import quality_band
-from tracejudge.mlflow_io.query import AssessmentRow, JudgedTraceRow, judged_row
+from tracejudge.mlflow_io.query import ENVIRONMENT_TAG, AssessmentRow, JudgedTraceRow, judged_row
 from tracejudge.monitor.rollup import ResultRecord, TraceRecord
 
-ENVIRONMENT_TAG = "tracejudge.environment"
 #: The environment of a trace whose record names none (the evaluation's default, ``judges.environment``).
 DEFAULT_ENVIRONMENT = "production"
 

@@ -109,7 +109,7 @@ def to_table(s: QualitySummary) -> str:
         lines += ["", session_line(s)] + [
             f"  {j.judge}: {j.count} scored, mean {num(j.mean)}, below {pct(j.failure_rate)}" + (f", {j.errors} errors" if j.errors else "")
             for j in s.sessions.judges
-        ]
+        ] + ([f"  ({s.sessions.note})"] if s.sessions.note else [])
     if s.human_agreement:
         lines += ["", "agreement with people (HUMAN feedback on the same spans):"] + _agreement_lines(s)
     if s.llm_summary:
@@ -136,7 +136,7 @@ def to_markdown(s: QualitySummary) -> str:
     if s.sessions:
         out += ["", f"**{session_line(s).capitalize()}** " + "; ".join(
             f"{j.judge} mean {num(j.mean)}, below {pct(j.failure_rate)}" for j in s.sessions.judges
-        )]
+        ) + (f" _({s.sessions.note})_" if s.sessions.note else "")]
     if s.human_agreement:
         out += ["", "**Agreement with people:** " + "; ".join(line.strip() for line in _agreement_lines(s))]
     if s.llm_summary:

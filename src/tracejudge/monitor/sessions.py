@@ -3,6 +3,12 @@
 Read from the record (our session results on each session's first trace, through
 ``mlflow_io.sessions.session_results``), whatever source the trace figures came from: there
 are few sessions next to traces, and one paged search reads them.
+
+They honour the report's filters as the trace figures read from MLflow do, on the session's
+first turn (the trace its results sit on): the window (a session counts where it began), the
+workflow (that trace's name) and the environment (as its record names it, else production).
+:func:`scope_note` says so in the figures, so a filtered report never mixes in other sessions
+unannounced.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 from tracejudge.mlflow_io.sessions import SessionResultRow, session_results
 from tracejudge.monitor.models import SessionFigures, SessionJudgeStats
+from tracejudge.monitor.record import DEFAULT_ENVIRONMENT
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +69,44 @@ def figures_from_rows(rows: Iterable[SessionResultRow]) -> SessionFigures | None
     )
 
 
-def session_figures(client: Any, experiment_id: str, start_ms: int, end_ms: int) -> SessionFigures | None:
-    """The window's session figures from MLflow; best effort (a failure is logged, the report stands without them)."""
+def session_figures(
+    client: Any,
+    experiment_id: str,
+    start_ms: int,
+    end_ms: int,
+    *,
+    workflow: str | None = None,
+    environment: str | None = None,
+    source: str = "mlflow",
+) -> SessionFigures | None:
+    """The window's session figures from MLflow, filtered as the trace figures are; best effort (a failure is
+    logged, the report stands without them). ``source``: where the trace figures came from (for the note)."""
     try:
-        return figures_from_rows(session_results(client, experiment_id, start_ms, end_ms))
+        rows = session_results(client, experiment_id, start_ms, end_ms, workflow=workflow)
     except Exception as exc:
         log.warning("session figures not computed: %s", exc)
         return None
+    if environment is not None:
+        rows = [r for r in rows if (r.environment or DEFAULT_ENVIRONMENT) == environment]
+    figures = figures_from_rows(rows)
+    if figures is not None:
+        figures.note = scope_note(workflow=workflow, environment=environment, source=source)
+    return figures
+
+
+def scope_note(*, workflow: str | None = None, environment: str | None = None, source: str = "mlflow") -> str | None:
+    """How the report's filters applied to the session figures (None: no filter, nothing to say).
+
+    >>> scope_note(workflow="support_bot", source="redis")
+    'only sessions whose first turn is a support_bot trace; read from MLflow (sessions have no Redis rollups)'
+    """
+    parts = []
+    if workflow:
+        parts.append(f"only sessions whose first turn is a {workflow} trace")
+    if environment:
+        parts.append(
+            f"only environment {environment} as the first turn's record names it (none named: {DEFAULT_ENVIRONMENT})"
+        )
+    if source != "mlflow":
+        parts.append("read from MLflow (sessions have no Redis rollups)")
+    return "; ".join(parts) or None

@@ -11,15 +11,23 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def record_turn(session_id: str, message: str, answer: str, *, tool_calls: Sequence[tuple[str, dict[str, Any], Any]] = ()) -> str:
+def record_turn(
+    session_id: str,
+    message: str,
+    answer: str,
+    *,
+    tool_calls: Sequence[tuple[str, dict[str, Any], Any]] = (),
+    workflow: str = "chat",
+) -> str:
     """Record one turn ``chat(message) -> answer`` of session ``session_id``; returns its trace id.
 
-    ``tool_calls``: ``(name, arguments, result)`` per tool the turn called, in order.
+    ``tool_calls``: ``(name, arguments, result)`` per tool the turn called, in order; ``workflow``: the trace's
+    name (its root span's).
     """
     import mlflow
     from mlflow.entities import SpanType
 
-    @mlflow.trace(name="chat", span_type=SpanType.CHAT_MODEL)
+    @mlflow.trace(name=workflow, span_type=SpanType.CHAT_MODEL)
     def chat(message: str) -> str:
         mlflow.update_current_trace(session_id=session_id)
         for name, arguments, result in tool_calls:
@@ -34,10 +42,10 @@ def record_turn(session_id: str, message: str, answer: str, *, tool_calls: Seque
     return trace_id
 
 
-def record_conversation(session_id: str, turns: Sequence[tuple[str, str]]) -> list[str]:
+def record_conversation(session_id: str, turns: Sequence[tuple[str, str]], *, workflow: str = "chat") -> list[str]:
     """Record several turns of one session, oldest first; returns their trace ids (exports flushed)."""
     import mlflow
 
-    ids = [record_turn(session_id, message, answer) for message, answer in turns]
+    ids = [record_turn(session_id, message, answer, workflow=workflow) for message, answer in turns]
     mlflow.flush_trace_async_logging()
     return ids

@@ -250,6 +250,7 @@
     if (form && form.elements.experiment && !form.elements.experiment.value) form.elements.experiment.value = s.experiment_id;
     if (form && form.elements.bucket) form.elements.bucket.value = s.bucket;
     document.getElementById("footer").textContent = "source: " + s.source + (s.source_note ? " (" + s.source_note + ")" : "") +
+      (s.sessions && s.sessions.note ? " \u00b7 sessions: " + s.sessions.note : "") +
       " \u00b7 " + s.totals.results +
       " judge results \u00b7 computed in " + s.seconds + " s \u00b7 schema v" + s.schema_version;
   }
