@@ -131,3 +131,65 @@ def test_on_rabbitmq_the_depth_comes_from_the_broker(pipeline_env):
         assert code == 1 and report["queues"]["tracejudge.online"] == {"depth": 1, "oldest_age_seconds": None, "consumers": []}
         assert report["held_by_workers"] is None
         assert "1 message waits on tracejudge.online and no worker reads it" in report["problems"]
+
+
+def _evaluations_by_status() -> dict[str, float]:
+    """``tracejudge_evaluations_total`` of this process, summed over queues, by status."""
+    from prometheus_client import REGISTRY
+
+    out: dict[str, float] = {}
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name == "tracejudge_evaluations_total":
+                out[sample.labels["status"]] = out.get(sample.labels["status"], 0.0) + sample.value
+    return out
+
+
+def test_every_verdict_is_counted_once_whichever_path_ended_it(pipeline_env, article_trace, monkeypatch, capsys):
+    """Verdicts that end before a write-back (the trace not found, a bad payload) count in the pipeline's figures
+    as the written ones do, by status and by code, and agree with tracejudge_evaluations_total."""
+    import uuid
+
+    import tracejudge
+    from tracejudge.ops import metrics
+    from tracejudge.ops.pipeline import read_window
+    from tracejudge.tasks.runtime import reset_runtime
+    from tracejudge.worker import QUEUE_ONLINE, QUEUES, TASK_EVALUATE, get_app, reset_app
+
+    import redis
+
+    prefix = f"tjcount-{uuid.uuid4().hex[:8]}:"  # a window of this test's verdicts only
+    monkeypatch.setenv("TRACEJUDGE_KEY_PREFIX", prefix)
+    reset_app()
+    reset_runtime()
+    metrics.enable()
+    before = _evaluations_by_status()
+    missing = "tr-" + uuid.uuid4().hex
+    quick = {"observability": {"mlflow": {"judges": {"execution": {"trace_wait_seconds": 0.5}}}}}
+    try:
+        with _worker(get_app(), list(QUEUES)):
+            judged = tracejudge.enqueue(article_trace, gate=True).verdict(timeout=120, raise_on_block=False)
+            again = tracejudge.enqueue(article_trace, gate=True, judges=["harmfulness"]).verdict(timeout=120, raise_on_block=False)
+            not_found = tracejudge.enqueue(missing, config=quick, gate=True).verdict(timeout=120, raise_on_block=False)
+            bad = [get_app().send_task(TASK_EVALUATE, args=[{"trace": n}], queue=QUEUE_ONLINE).get(timeout=60) for n in (1, 2)]
+        counted = {s: n - before.get(s, 0.0) for s, n in _evaluations_by_status().items() if n != before.get(s, 0.0)}
+        window = read_window(redis.Redis.from_url(pipeline_env["TRACEJUDGE_REDIS_URL"]), minutes=15, prefix=prefix)
+        code, report = _status(capsys)
+    finally:
+        metrics.disable()
+        monkeypatch.undo()
+        reset_app()
+        reset_runtime()
+    assert not_found.status == "error" and not_found.error.type == "TRACE_NOT_FOUND"
+    assert [b["error"]["type"] for b in bad] == ["INVALID_PAYLOAD", "INVALID_PAYLOAD"]  # two payloads without a trace id
+    assert again.partial
+    expected = {judged.status: 1}
+    for status in ("partial", "error", "error", "error"):
+        expected[status] = expected.get(status, 0) + 1
+    assert window.verdicts == expected and window.total == 5
+    assert window.verdict_errors == {"INVALID_PAYLOAD": 2, "TRACE_NOT_FOUND": 1}
+    assert counted == {s: float(n) for s, n in expected.items()}  # the metric agrees, status by status
+    # only the written verdicts have a trace lag; status shows the codes
+    assert window.lag_count == 2
+    recent = report["last_15_minutes"]
+    assert recent["verdicts"] == expected and recent["verdict_errors"] == {"INVALID_PAYLOAD": 2, "TRACE_NOT_FOUND": 1}

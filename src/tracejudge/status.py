@@ -167,6 +167,7 @@ def to_report(state: Any, problems: list[Any], spend: Any) -> dict[str, Any]:
         f"last_{w.minutes}_minutes": {
             "verdicts": w.verdicts,
             "verdicts_total": w.total,
+            "verdict_errors": w.verdict_errors,
             "judge_results": w.judge_results,
             "judge_errors": w.judge_errors,
             "trace_lag_p95_seconds": _round(w.lag_p95_seconds, 3),
@@ -208,9 +209,10 @@ def print_table(report: dict[str, Any]) -> None:
     w = report[key]
     lag = "n/a" if w["trace_lag_p95_seconds"] is None else f"{w['trace_lag_p95_seconds']:.1f} s"
     verdicts = ", ".join(f"{s} {n}" for s, n in w["verdicts"].items()) or "none"
+    ended = ", ".join(f"{c} {n}" for c, n in sorted(w["verdict_errors"].items(), key=lambda kv: -kv[1]))
     errors = ", ".join(f"{c} {n}" for c, n in sorted(w["judge_errors"].items(), key=lambda kv: -kv[1])) or "none"
-    console.print(f"{key.replace('_', ' ')}: verdicts {verdicts}; judge errors {errors} (of {w['judge_results']} results); "
-                  f"p95 trace lag {lag}")
+    console.print(f"{key.replace('_', ' ')}: verdicts {verdicts}{f' (errors: {ended})' if ended else ''}; "
+                  f"judge errors {errors} (of {w['judge_results']} results); p95 trace lag {lag}")
     for p in report["pickup"]:
         console.print(f"pick-up, experiment {p['experiment']}: watermark {p['watermark']}, {p['lag_seconds']:.0f} s behind")
     s = report["spend"]

@@ -5,22 +5,27 @@
 (status) or :func:`evaluate_pipeline_rule` (alerts); the Prometheus rules in ``deploy/prometheus/alerts.yml``
 say the same over the metrics.
 
-What workers record here, per verdict written (:func:`record_verdict`, in the pipeline the monitor's
-rollups already send): per minute *of the verdict* (``<prefix>tracejudge:pipeline:<minute>``), a hash
-``trace id -> {status, judge results, error codes}`` and a sorted set ``trace id -> trace lag`` (the
-trace's end to its verdict on the trace), kept :data:`TTL_SECONDS`; and the time of the last verdict.
-Keyed by trace, so a trace judged again replaces its own entry (a window reads each trace once, its
-latest), and small: the longest window read is :data:`MAX_WINDOW_MINUTES`.
+What workers record here, per verdict a worker returns (:func:`record_verdict`; after a write-back in the
+pipeline the monitor's rollups already send, else in one round trip of its own: ``tasks/rollup_step.py``): per
+minute *of the verdict* (``<prefix>tracejudge:pipeline:<minute>``), a hash ``evaluation id -> {status, judge
+results, judge error codes, the verdict's own error code}`` and a sorted set ``evaluation id -> trace lag``
+(the trace's end to its verdict on the trace; only verdicts written back have one), kept :data:`TTL_SECONDS`;
+and the time of the last verdict. Every verdict counts, whichever path ended it: written back, or ended
+before (``TRACE_NOT_FOUND``, ``INVALID_PAYLOAD``, ``MLFLOW_UNAVAILABLE`` given up, skipped...), as
+``tracejudge_evaluations_total`` counts it. Keyed by evaluation (the task id), so a redelivered message of one
+evaluation replaces its own entry while two evaluations of one trace count twice; small: the longest window
+read is :data:`MAX_WINDOW_MINUTES`.
 
 >>> import fakeredis
 >>> r = fakeredis.FakeRedis()
 >>> p = r.pipeline()
 >>> record_verdict(p, trace_id="tr-1", status="passed", results=3, errors={}, lag_seconds=4.0, now=600.0)
 >>> record_verdict(p, trace_id="tr-2", status="error", results=3, errors={"JUDGE_TIMEOUT": 1}, lag_seconds=9.0, now=610.0)
+>>> record_verdict(p, trace_id="tr-3", status="error", results=0, errors={}, code="TRACE_NOT_FOUND", lag_seconds=None, now=620.0)
 >>> _ = p.execute()
 >>> w = read_window(r, minutes=15, now=700.0)
->>> w.verdicts, w.judge_errors, w.judge_results, w.lag_p95_seconds
-({'error': 1, 'passed': 1}, {'JUDGE_TIMEOUT': 1}, 6, 9.0)
+>>> w.verdicts, w.verdict_errors, w.judge_errors, w.judge_results, w.lag_p95_seconds
+({'error': 2, 'passed': 1}, {'TRACE_NOT_FOUND': 1}, {'JUDGE_TIMEOUT': 1}, 6, 9.0)
 """
 
 from __future__ import annotations
@@ -58,40 +63,54 @@ def record_verdict(
     results: int,
     errors: dict[str, int],
     lag_seconds: float | None,
+    code: str | None = None,
+    evaluation_id: str | None = None,
     now: float | None = None,
     prefix: str = "",
 ) -> None:
-    """Queue the writes that count one verdict on ``pipe`` (a redis pipeline the caller executes)."""
+    """Queue the writes that count one verdict on ``pipe`` (a redis pipeline the caller executes).
+
+    ``errors``: its judge results' error codes; ``code``: the verdict's own (an evaluation that could not run);
+    the entry is keyed by ``evaluation_id`` (the trace id when there is none)."""
     now = time.time() if now is None else now
     base = f"{prefix}{KEY}{int(now // BUCKET_SECONDS * BUCKET_SECONDS)}"
-    pipe.hset(f"{base}:v", trace_id, json.dumps({"s": status, "n": int(results), "e": errors}, separators=(",", ":")))
+    entry: dict[str, Any] = {"s": status, "n": int(results), "e": errors}
+    if code:
+        entry["c"] = code
+    key = evaluation_id or trace_id
+    pipe.hset(f"{base}:v", key, json.dumps(entry, separators=(",", ":")))
     pipe.expire(f"{base}:v", TTL_SECONDS)
     if lag_seconds is not None and math.isfinite(lag_seconds):
-        pipe.zadd(f"{base}:lag", {trace_id: max(0.0, float(lag_seconds))})
+        pipe.zadd(f"{base}:lag", {key: max(0.0, float(lag_seconds))})
         pipe.expire(f"{base}:lag", TTL_SECONDS)
     pipe.set(f"{prefix}{KEY}last", repr(float(now)), ex=TTL_SECONDS * 8)
 
 
 def record_from_verdict(pipe: Any, verdict: Any, *, lag_seconds: float | None, prefix: str = "") -> None:
-    """:func:`record_verdict` for a worker's ``QualityVerdict`` (its results and their error codes)."""
+    """:func:`record_verdict` for a worker's ``QualityVerdict``: its status as ``tracejudge_evaluations_total``
+    labels it (``partial`` for a partial run), its results' error codes and its own."""
     results = list(verdict.results())
     errors: dict[str, int] = {}
     for r in results:
         if r.error is not None:
             errors[r.error.type] = errors.get(r.error.type, 0) + 1
     status = "partial" if getattr(verdict, "partial", False) else str(verdict.status)
+    code = verdict.error.type if getattr(verdict, "error", None) is not None else None
     record_verdict(pipe, trace_id=verdict.trace_id, status=status, results=len(results), errors=errors,
-                   lag_seconds=lag_seconds, prefix=prefix)
+                   code=code, evaluation_id=getattr(verdict, "evaluation_id", None), lag_seconds=lag_seconds, prefix=prefix)
 
 
 # ---------------------------------------------------------------------------------------------- reading
 
 
 class WindowCounts(BaseModel):
-    """The verdicts written in the last ``minutes`` (each trace once, its latest verdict)."""
+    """The verdicts workers returned in the last ``minutes`` (each evaluation once, its latest verdict)."""
 
     minutes: int
     verdicts: dict[str, int] = Field(default_factory=dict, description="by status")
+    verdict_errors: dict[str, int] = Field(
+        default_factory=dict, description="verdicts that are an error of their own (the evaluation could not run), by code"
+    )
     judge_results: int = Field(0, description="judge results in those verdicts (each a judge call or a reused result)")
     judge_errors: dict[str, int] = Field(default_factory=dict, description="judge results ending in an error, by code")
     lag_p95_seconds: float | None = Field(None, description="95th percentile of trace lag (trace end to verdict)")
@@ -121,17 +140,20 @@ def read_window(redis: Any, *, minutes: int, now: float | None = None, prefix: s
     for i, bucket in enumerate(buckets):
         if bucket + BUCKET_SECONDS <= start:
             continue
-        for trace, raw in (replies[2 * i] or {}).items():
-            entries[_text(trace)] = json.loads(raw)  # later buckets replace earlier ones: the latest verdict
-        for trace, lag in replies[2 * i + 1] or []:
-            lags[_text(trace)] = float(lag)
+        for key, raw in (replies[2 * i] or {}).items():
+            entries[_text(key)] = json.loads(raw)  # later buckets replace earlier ones: the latest verdict
+        for key, lag in replies[2 * i + 1] or []:
+            lags[_text(key)] = float(lag)
     counts = WindowCounts(minutes=minutes)
     for entry in entries.values():
         counts.verdicts[entry["s"]] = counts.verdicts.get(entry["s"], 0) + 1
+        if entry.get("c"):
+            counts.verdict_errors[entry["c"]] = counts.verdict_errors.get(entry["c"], 0) + 1
         counts.judge_results += int(entry.get("n", 0))
         for code, n in (entry.get("e") or {}).items():
             counts.judge_errors[code] = counts.judge_errors.get(code, 0) + int(n)
     counts.verdicts = dict(sorted(counts.verdicts.items()))
+    counts.verdict_errors = dict(sorted(counts.verdict_errors.items()))
     counts.lag_count = len(lags)
     counts.lag_p95_seconds = percentile(sorted(lags.values()), 0.95)
     last = replies[-1]

@@ -4,8 +4,9 @@
 ``INVALID_PAYLOAD`` verdict, never retried), evaluates it with the process's
 runtime, and turns the failures worth a retry into a :class:`Retry` chosen
 by the :class:`RetryPolicy`; once the policy gives up, the verdict says why
-(``MLFLOW_UNAVAILABLE``, ``EVALUATION_BUSY``). The worker only maps this onto
-its queue (Celery's ``self.retry``).
+(``MLFLOW_UNAVAILABLE``, ``EVALUATION_BUSY``). Every verdict it returns is counted once in the
+pipeline's counts (``ops.pipeline``; those ended before a write-back by ``rollup_step.count_ended``).
+The worker only maps this onto its queue (Celery's ``self.retry``).
 
 >>> outcome = run_task({"trace_id": 5}, attempt=0)  # doctest: +SKIP
 >>> outcome.verdict["error"]["code"]  # doctest: +SKIP
@@ -26,6 +27,7 @@ from tracejudge.controls.deferred import defer
 from tracejudge.tasks.evaluate import INVALID_PAYLOAD, EvaluationDeferred, evaluate_request, verdict_json
 from tracejudge.payload import EvaluationRequest, describe_payload_error, payload_trace_id
 from tracejudge.tasks.retry import Retry, RetryPolicy
+from tracejudge.tasks.rollup_step import count_ended
 from tracejudge.tasks.runtime import get_runtime, import_judge_modules
 from tracejudge.verdict import error_verdict
 
@@ -52,7 +54,8 @@ def run_task(payload: Any, *, attempt: int = 0, task_id: str | None = None, poli
     except ValidationError as exc:
         message = describe_payload_error(exc)
         log.error("refused task %s: %s", task_id, message)
-        return TaskOutcome(verdict=verdict_json(error_verdict(payload_trace_id(payload), INVALID_PAYLOAD, message, runtime.config)))
+        verdict = error_verdict(payload_trace_id(payload), INVALID_PAYLOAD, message, runtime.config, evaluation_id=task_id)
+        return TaskOutcome(verdict=verdict_json(count_ended(runtime, verdict)))
     try:
         return TaskOutcome(verdict=verdict_json(evaluate_request(request, runtime)))
     except EvaluationDeferred as exc:  # budget spent, on_exceed: defer: sent again when the day turns
@@ -69,9 +72,8 @@ def run_task(payload: Any, *, attempt: int = 0, task_id: str | None = None, poli
             return TaskOutcome(retry=retry)
         log.error("giving up on %s after %d retries: %s", request.trace_id, attempt, exc)
         config = request.config or runtime.config
-        return TaskOutcome(
-            verdict=verdict_json(error_verdict(request.trace_id, code, str(exc), config, evaluation_id=request.evaluation_id))
-        )
+        verdict = error_verdict(request.trace_id, code, str(exc), config, evaluation_id=request.evaluation_id)
+        return TaskOutcome(verdict=verdict_json(count_ended(runtime, verdict)))
 
 
 def prepare_worker_process() -> None:

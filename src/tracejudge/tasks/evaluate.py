@@ -111,7 +111,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
     try:
         check_trace_id(request.trace_id)  # before a lock is named after it
     except InvalidTraceId as exc:
-        return error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields)
+        return ended(runtime, error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields))
     attempt = retry_attempt(runtime, request.retry_of)
     state = runtime.state
     # The lock is taken before the trace is read, so the one read (spans, tags, assessments) sees what another
@@ -123,48 +123,48 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                 request.trace_id, wait_seconds=trace_wait_left(execution.trace_wait_seconds, started=started)
             )
         except InvalidTraceId as exc:
-            return error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields)
+            return ended(runtime, error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields))
         except TraceIncomplete as exc:  # never judged in part: the verdict says what is missing
             message = (
                 f"{exc} after waiting {execution.trace_wait_seconds:g} s (trace_wait_seconds); not judged in part. "
                 "MLflow's exporter drops spans it fails to write (see its debug log); raise trace_wait_seconds "
                 "if the export is only slow"
             )
-            return error_verdict(request.trace_id, TRACE_INCOMPLETE, message, config, **fields)
+            return ended(runtime, error_verdict(request.trace_id, TRACE_INCOMPLETE, message, config, **fields))
         except TraceNotReady as exc:
             # the reader's reason names the trace once; add where and how long we looked
             message = (
                 f"{exc}; waited {execution.trace_wait_seconds:g} s (judges.execution.trace_wait_seconds) on "
                 f"{runtime.settings.mlflow_tracking_uri or 'the default tracking URI'}"
             )
-            return error_verdict(request.trace_id, TRACE_NOT_FOUND, message, config, **fields)
+            return ended(runtime, error_verdict(request.trace_id, TRACE_NOT_FOUND, message, config, **fields))
         skip = filter_reason(config.judges.filters, workflow=loaded.workflow_name, tags=loaded.tags, state=loaded.state)
         if skip is not None:
             count(runtime, loaded.workflow_name, counters.SKIPPED_FILTER)
             log.info("not judging %s: %s", request.trace_id, skip)
-            return skipped_verdict(
+            return ended(runtime, skipped_verdict(
                 request.trace_id, f"filtered out: {skip}", config, evaluation_id=request.evaluation_id,
                 workflow_name=loaded.workflow_name,
-            )
+            ))
         try:
             plan = runtime_plan(config, runtime, request)  # built once: the jobs and the fingerprint come from it
             jobs, sampled_out = plan_jobs(loaded, plan, runtime, request)
         except UnknownJudgeError as exc:
-            return error_verdict(request.trace_id, UNKNOWN_JUDGE, exc.message, config, **fields)
+            return ended(runtime, error_verdict(request.trace_id, UNKNOWN_JUDGE, exc.message, config, **fields))
         if not jobs and sampled_out:  # the user's per-judge sampling left every judge out: not an error
-            return skipped_verdict(
+            return ended(runtime, skipped_verdict(
                 request.trace_id, f"every judge was sampled out on this trace ({', '.join(sampled_out)}; judges.sampling.judges)",
                 config, evaluation_id=request.evaluation_id, workflow_name=loaded.workflow_name,
-            )
+            ))
         if not jobs:
-            return error_verdict(
+            return ended(runtime, error_verdict(
                 request.trace_id,
                 NO_TARGETS,
                 "the plan has no judges for this trace (no workflow_defaults, and no node_overrides matching its nodes)",
                 config,
                 **fields,
                 workflow_name=loaded.workflow_name,
-            )
+            ))
         # Only final results are reused (a score, a permanent error of the input). A transient failure
         # (timeout, rate limit, provider error, deadline, budget...) is judged again. Every new result
         # supersedes our valid assessment at its (span, judge), whatever changed (threshold, model, rubric,
@@ -264,6 +264,12 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
     return verdict
 
 
+def ended(runtime: Runtime, verdict: QualityVerdict) -> QualityVerdict:
+    """A verdict that ends the evaluation before any write-back, counted in the pipeline's counts
+    (``rollup_step.count_ended``: ``tracejudge status``, the pipeline rules) as a written one is."""
+    return rollup_step.count_ended(runtime, verdict)
+
+
 def check_lock(held: Any, trace_id: str) -> None:
     """Right before a write-back: the trace's lock must still be ours (asked of Redis, not only the renewer).
 
@@ -323,7 +329,7 @@ def record_rollup(
     rollup_step.record(
         runtime, loaded, written=feedbacks, superseded=overrides.values(), tags={} if partial else verdict_tags(verdict),
         environment=environment,
-        verdict=None if partial else verdict,  # the pipeline's counts by verdict time (ops.pipeline), same round trip
+        verdict=verdict,  # the pipeline's counts by verdict time (ops.pipeline; a partial run's as partial), same round trip
         lag_seconds=time.time() - end_ms / 1000 if end_ms else None,  # the trace's end to its verdict on the trace
     )
 

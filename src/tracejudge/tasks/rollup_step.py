@@ -8,6 +8,11 @@ Two calls around the write-back (:func:`tracejudge.tasks.evaluate.evaluate_reque
 * :func:`record` reads the trace's record as it stands after the write-back (``monitor.record``) and replaces the
   trace's contribution in Redis with it (one script: the old contribution taken back, the new one added).
 
+A verdict that ends before any write-back (the trace not found or not whole, a bad payload, MLflow given up, a
+skip...) changes no record: :func:`count_ended` counts it in the pipeline's counts alone (``ops.pipeline``), so
+``tracejudge status`` and the pipeline rules see every verdict a worker returns, as ``tracejudge_evaluations_total``
+does.
+
 Never fails the evaluation: MLflow holds the verdict; the rollups are a cache of it. In ``sync`` mode (no worker)
 the rollups are recorded too when ``TRACEJUDGE_REDIS_URL`` is set and answers.
 """
@@ -58,11 +63,15 @@ def record(
     """Replace the trace's contribution in the rollups with what its record now says (see the module docstring).
 
     ``written``: the feedbacks just written (``writer.feedback`` entities), ``superseded``: the assessment ids they
-    override, ``tags``: the trace tags written (none for a partial run); ``verdict`` (a full run's): also counted
-    in the pipeline's counts by verdict time (``ops.pipeline``), in the same round trip, by workers.
+    override, ``tags``: the trace tags written (none for a partial run); ``verdict``: also counted in the
+    pipeline's counts by verdict time (``ops.pipeline``), in the same round trip, by workers.
     """
     redis = _redis(runtime)
-    if redis is None or loaded.experiment_id is None:
+    if redis is None:
+        return
+    if loaded.experiment_id is None:  # no rollup to keep; the verdict still counts
+        if verdict is not None:
+            count_ended(runtime, verdict, lag_seconds=lag_seconds)
         return
     from tracejudge.monitor.record import record_after_writeback
     from tracejudge.monitor.rollup_store import record_verdict
@@ -80,6 +89,28 @@ def record(
         pipe.execute()
     except Exception as exc:  # the pending mark stays: Redis says it does not cover this trace's window
         _failed(runtime, exc, loaded.trace_id)
+
+
+def count_ended(runtime: Any, verdict: Any, *, lag_seconds: float | None = None) -> Any:
+    """Count a worker's verdict that ended before any write-back in the pipeline's counts (one round trip, best
+    effort: a Redis failure is logged) and return it. Nothing without the worker's Redis (``sync`` mode).
+
+    >>> from types import SimpleNamespace as NS
+    >>> count_ended(NS(redis=None), "the verdict")
+    'the verdict'
+    """
+    redis = runtime.redis
+    if redis is None:
+        return verdict
+    from tracejudge.ops import pipeline
+
+    try:
+        pipe = redis.pipeline(transaction=False)
+        pipeline.record_from_verdict(pipe, verdict, lag_seconds=lag_seconds, prefix=runtime.settings.key_prefix)
+        pipe.execute()
+    except Exception as exc:
+        log.warning("could not count the verdict of %s in the pipeline's counts: %s", getattr(verdict, "trace_id", "?"), exc)
+    return verdict
 
 
 def _failed(runtime: Any, exc: Exception, trace_id: str) -> None:
