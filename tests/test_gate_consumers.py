@@ -100,3 +100,21 @@ def test_a_worker_that_misses_the_first_ping_is_not_reported_missing():
     app.control = type("C", (), {"inspect": lambda self, timeout, **kw: _Inspect(app, timeout)})()
     assert no_consumer_message(app, "tracejudge.gate", timeout=1.0, confirm_timeout=5.0) is None
     assert app.waits == [1.0, 5.0]  # the first look's ping, then the confirming look's
+
+
+def test_a_gate_shorter_than_the_workers_trace_wait_says_the_worker_may_still_wait(pipeline_env, tmp_path, capsys):
+    """A trace the worker is still waiting for (not in the store): the gate's wait ends first and says why it may,
+    naming --timeout and trace_wait_seconds."""
+    import uuid
+
+    from tracejudge.worker import QUEUES, get_app
+
+    config = tmp_path / "tracejudge.yaml"
+    config.write_text("observability:\n  mlflow:\n    judges:\n      execution:\n        trace_wait_seconds: 6\n")
+    with _started(get_app(), list(QUEUES)):
+        code = cli_main(["gate", f"tr-{uuid.uuid4().hex}", "--config", str(config), "--timeout", "1"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "within 1 s; state " in err and "no worker" not in err
+    assert ("the worker may still be waiting for the trace to be whole: it waits up to 6 s for a trace's spans "
+            "(judges.execution.trace_wait_seconds), longer than this wait of 1 s (--timeout); wait longer than 6 s") in err

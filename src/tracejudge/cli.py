@@ -316,7 +316,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     if args.wait:
         from tracejudge.worker import QUEUE_GATE, QUEUE_ONLINE
 
-        return _wait_and_print(handle, args.wait, as_json=args.json, queue=QUEUE_GATE if args.gate else QUEUE_ONLINE)
+        return _wait_and_print(handle, args.wait, as_json=args.json, queue=QUEUE_GATE if args.gate else QUEUE_ONLINE,
+                               option="--wait")
     return EXIT_PASSED
 
 
@@ -348,8 +349,9 @@ def _enqueue(args: argparse.Namespace, *, gate: bool) -> Any:
 CONSUMER_CHECK_AFTER_SECONDS = 2.0
 
 
-def _wait_and_print(handle: Any, timeout: float, *, as_json: bool, queue: str | None = None) -> int:
-    """Wait for the verdict and print it; with ``queue``, say early when no worker reads that queue."""
+def _wait_and_print(handle: Any, timeout: float, *, as_json: bool, queue: str | None = None, option: str = "--timeout") -> int:
+    """Wait for the verdict and print it; with ``queue``, say early when no worker reads that queue. A wait
+    shorter than the worker's wait for a whole trace says so when it ends (``option`` names the flag)."""
     import time
 
     import tracejudge
@@ -371,7 +373,7 @@ def _wait_and_print(handle: Any, timeout: float, *, as_json: bool, queue: str | 
         if queue is None:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_ERROR
-        hint = hint or _no_consumer(queue)
+        hint = hint or _no_consumer(queue) or trace_wait_hint(handle, timeout, option=option)
         # (the whole wait, not what was left of it after the early check)
         print(f"error: no verdict for trace {handle.trace_id} (evaluation {handle.id}) within {timeout:g} s; state {handle.status}"
               + (f": {hint}" if hint else ""), file=sys.stderr)
@@ -381,6 +383,26 @@ def _wait_and_print(handle: Any, timeout: float, *, as_json: bool, queue: str | 
         return EXIT_ERROR
     print(verdict.model_dump_json(indent=2) if as_json else format_verdict(verdict))
     return exit_code(verdict)
+
+
+def trace_wait_hint(handle: Any, timeout: float, *, option: str = "--timeout") -> str | None:
+    """When a wait ended sooner than a worker may wait for the trace's spans (``trace_wait_seconds`` of the config
+    sent with the task, else this process's), say so with both numbers; else None.
+
+    >>> from types import SimpleNamespace as NS
+    >>> from tracejudge.config import load_config
+    >>> print(trace_wait_hint(NS(config=load_config({})), 5))
+    the worker may still be waiting for the trace to be whole: it waits up to 30 s for a trace's spans (judges.execution.trace_wait_seconds), longer than this wait of 5 s (--timeout); wait longer than 30 s
+    >>> trace_wait_hint(NS(config=load_config({})), 60) is None
+    True
+    """
+    config = getattr(handle, "config", None)
+    wait = getattr(getattr(getattr(config, "judges", None), "execution", None), "trace_wait_seconds", None)
+    if wait is None or timeout >= wait:
+        return None
+    return (f"the worker may still be waiting for the trace to be whole: it waits up to {wait:g} s for a trace's spans "
+            f"(judges.execution.trace_wait_seconds), longer than this wait of {timeout:g} s ({option}); "
+            f"wait longer than {wait:g} s")
 
 
 def _no_consumer(queue: str) -> str | None:
