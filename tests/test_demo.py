@@ -31,6 +31,13 @@ def test_demo_runs_on_a_private_prefix_with_its_own_worker(tmp_path):
         for judge in ("tool_selection", "tool_arguments", "trajectory_efficiency"):
             assert re.search(rf"^research\s+{judge}\s+0\.\d\d", output, re.M), (judge, output)
         assert "tool calls: 2, failed 0, retries 0: serper_search 1" in output and "fetch_page 1" in output, output
+        # then a three-turn conversation, judged as a whole by the session judges, its verdict after the trace's
+        session = re.search(r"^verdict: session (demo-chat-[0-9a-f]+) \(3 turns\): (PASSED|FAILED|ERROR)", output, re.M)
+        assert session, output
+        trace_verdict = re.search(r"^verdict: ", output, re.M)
+        assert trace_verdict.start() < session.start() and not output[trace_verdict.start():].startswith("verdict: session"), output
+        for judge in ("conversation_completeness", "knowledge_retention"):
+            assert re.search(rf"^session\s+{judge}\s+0\.\d\d", output, re.M), (judge, output)
         prefix = re.search(r"keys under (tjdemo-[0-9a-f]+:)", output)
         assert prefix, output
         removed = re.search(r"removed the demo's (\d+) Redis keys \(under (tjdemo-[0-9a-f]+:)\)", output)

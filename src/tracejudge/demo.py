@@ -4,7 +4,9 @@ It makes a local MLflow sqlite store, records a sample ``article_writer``
 trace (a tool-calling research agent: chat model, search and fetch-page tool
 calls; then a write node; inside a run), finds
 Redis (or starts a local ``redis-server``), starts its own worker process,
-enqueues the trace on the gate queue, waits for the verdict and prints it.
+enqueues the trace on the gate queue, waits for the verdict and prints it;
+then records a three-turn conversation (traces sharing ``mlflow.trace.session``),
+has the session judges judge it as a whole and prints that verdict too.
 Its queues and keys live under a private key prefix (``tjdemo-<random>:``),
 so another tracejudge worker on the same Redis never takes its task.
 Judges call the LLM endpoint configured in the environment, or else the
@@ -66,6 +68,9 @@ observability:
             threshold: 0.80
           - name: completeness
             threshold: 0.80
+      # conversations: the traces sharing MLflow's session id (mlflow.trace.session), judged as a whole
+      sessions:
+        judges: [conversation_completeness, knowledge_retention]
       execution:
         mode: async
         timeout_seconds: 30
@@ -163,7 +168,7 @@ def run_demo(*, directory: str = ".tracejudge/demo", latency_ms: float = 200.0, 
         mlflow.set_tracking_uri(tracking_uri)
         if mlflow.get_experiment_by_name("tracejudge-demo") is None:
             mlflow.create_experiment("tracejudge-demo", artifact_location=(base / "artifacts").as_uri())
-        mlflow.set_experiment("tracejudge-demo")
+        experiment_id = mlflow.set_experiment("tracejudge-demo").experiment_id
         research = DEFAULT_RESEARCH + (FAKE_RESEARCH_MARKERS if using_fake else "")
         trace_id = record_article_trace(research=research, agent=True)
         say(
@@ -201,9 +206,36 @@ def run_demo(*, directory: str = ".tracejudge/demo", latency_ms: float = 200.0, 
         print()
         say(f"gate: {'PASS' if verdict.passed else 'BLOCK'} (quality_gate.action: block raises QualityGateBlocked in code;"
             " `tracejudge gate TRACE_ID` exits 0/1/2)")
+
+        # 5. A conversation: three turns sharing a session id, judged as a whole by judges.sessions' judges.
+        if _demo_conversation(experiment_id, config, timeout=timeout, base=base) != 0:
+            return 1
         mlflow_bin = Path(sys.executable).with_name("mlflow")
         ui = str(mlflow_bin) if mlflow_bin.exists() else "mlflow"
         say(f"see it in the MLflow UI: {ui} ui --backend-store-uri {tracking_uri} --port 5000  (then open http://127.0.0.1:5000)")
+    return 0
+
+
+def _demo_conversation(experiment_id: str, config: object, *, timeout: float, base: Path) -> int:
+    """Record the sample conversation, have it judged as one session, print its verdict; 1 when none came."""
+    import tracejudge
+    from tracejudge.display import format_verdict
+    from tracejudge.testing.conversations import SAMPLE_CONVERSATION, record_turn
+
+    session_id = f"demo-chat-{uuid.uuid4().hex[:8]}"
+    turns = [record_turn(session_id, message, answer) for message, answer in SAMPLE_CONVERSATION]
+    say(f"recorded a conversation: session {session_id}, {len(turns)} turns (traces sharing mlflow.trace.session)")
+    started = time.perf_counter()
+    handle = tracejudge.enqueue_session(session_id, experiment_id=experiment_id, config=config, gate=True)
+    try:
+        verdict = handle.verdict(timeout=timeout, raise_on_block=False)
+    except tracejudge.EvaluationTimeout as exc:
+        say(f"no session verdict: {exc}. The worker log is {base / 'worker.log'}")
+        return 1
+    say(f"session verdict after {time.perf_counter() - started:.2f} s (the results are on its first turn, {turns[0]}):")
+    print()
+    print(format_verdict(verdict))
+    print()
     return 0
 
 

@@ -11,6 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 
 
+#: A short conversation (user message, answer) the demo records: the last turn asks what the first one said.
+SAMPLE_CONVERSATION: tuple[tuple[str, str], ...] = (
+    ("My name is Ada and I am vegetarian. Plan me a dinner.", "Hi Ada! A vegetarian dinner: lentil soup, then mushroom risotto."),
+    ("Add a dessert, please.", "For dessert: poached pears with vanilla."),
+    ("What was my name again?", "Your name is Ada."),
+)
+
+
 def record_turn(
     session_id: str,
     message: str,
