@@ -18,42 +18,20 @@ background (their caller has its verdict and decides); partial runs (``judges=``
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
 from tracejudge.controls.deferred import defer
-from tracejudge.mlflow_io.writer import EVALUATION_ID, FINAL_ERRORS, KEY
+from tracejudge.mlflow_io.writer import MAX_FAILED_EVALUATIONS, failed_evaluations
 from tracejudge.payload import EvaluationRequest
 
 #: The wait before each automatic retry: after the 1st, 2nd and 3rd failed evaluation of a trace.
 BACKOFF_SECONDS = (5 * 60, 30 * 60, 2 * 60 * 60)
-#: Evaluations of a trace that may end with transient failures before retries stop (the first + the retries).
-MAX_FAILED_EVALUATIONS = 1 + len(BACKOFF_SECONDS)
+# Evaluations of a trace that may end with transient failures before retries stop (the first + the retries):
+# ``MAX_FAILED_EVALUATIONS``, and how many failed (``failed_evaluations``), are read from the record by
+# ``mlflow_io.writer`` (the report counts them too); one backoff step per failed evaluation but the last.
+assert MAX_FAILED_EVALUATIONS == 1 + len(BACKOFF_SECONDS)
 
-
-def failed_evaluations(assessments: Iterable[Any], *, plus: str | None = None) -> int:
-    """How many evaluations wrote a non-final feedback of ours on the trace (valid or superseded).
-
-    ``plus``: an evaluation id to count as failed too (the one finishing now, before its write lands).
-
-    >>> from types import SimpleNamespace as A
-    >>> failed = lambda e, v=True: A(metadata={"tracejudge.key": "k", "evaluation_id": e}, feedback=1, valid=v,
-    ...                              error=A(error_code="TIMEOUT"))
-    >>> failed_evaluations([failed("e1", v=False), failed("e2")]), failed_evaluations([failed("e1")], plus="e3")
-    (2, 2)
-    """
-    ids = set()
-    for assessment in assessments:
-        metadata = getattr(assessment, "metadata", None) or {}
-        error = getattr(assessment, "error", None)
-        if not metadata.get(KEY) or getattr(assessment, "feedback", None) is None or error is None:
-            continue
-        if getattr(error, "error_code", None) in FINAL_ERRORS:
-            continue
-        ids.add(metadata.get(EVALUATION_ID) or getattr(assessment, "assessment_id", None))
-    if plus:
-        ids.add(plus)
-    return len(ids)
+__all__ = ["BACKOFF_SECONDS", "MAX_FAILED_EVALUATIONS", "failed_evaluations", "retry_delay", "schedule_retry"]
 
 
 def retry_delay(failed: int) -> float | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from tracejudge.mlflow_io.writer import KEY, call_mlflow
+from tracejudge.mlflow_io.writer import KEY, call_mlflow, failed_evaluations
 
 #: MLflow's session key; our session results carry it in their metadata (see ``mlflow_io.sessions``).
 SESSION = "mlflow.trace.session"
@@ -47,6 +47,8 @@ class JudgedTraceRow:
     workflow: str
     tags: dict[str, str]
     assessments: list[AssessmentRow]
+    #: evaluations that wrote a non-final feedback of ours on the trace, valid or superseded (automatic retries' count)
+    failed_evaluations: int = 0
 
 
 def resolve_experiment(client: Any, experiment: str) -> str:
@@ -136,11 +138,13 @@ def is_ours(assessment: Any) -> bool:
     return str(getattr(getattr(assessment, "source", None), "source_type", "") or "").upper() in OUR_SOURCES
 
 
-def judged_row(info: Any) -> JudgedTraceRow | None:
+def judged_row(info: Any, *, history: Any = None) -> JudgedTraceRow | None:
     """A judged trace as the monitor reads it: its tags and our valid feedbacks (None when tracejudge gave it no verdict).
 
     ``info`` is what ``search_traces`` returns per trace (or anything with ``trace_id``, ``request_time``, ``tags``
     and ``assessments``): the workers build the same shape for what they just wrote, so both count it alike.
+    ``history``: every assessment the trace holds, superseded ones included, when ``info`` leaves those out (its
+    failed evaluations are counted over them; default: ``info.assessments``, which ``search_traces`` gives whole).
     """
     tags = dict(getattr(info, "tags", None) or {})
     if STATUS_TAG not in tags:
@@ -173,6 +177,7 @@ def judged_row(info: Any) -> JudgedTraceRow | None:
         workflow=tags.get("mlflow.traceName", "workflow"),
         tags=tags,
         assessments=assessments,
+        failed_evaluations=failed_evaluations(getattr(info, "assessments", None) or [] if history is None else history),
     )
 
 

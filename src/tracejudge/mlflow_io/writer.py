@@ -75,6 +75,37 @@ def result_key(trace_id: str, span_id: str | None, judge: str, version: str, mod
 FINAL_ERRORS = frozenset({"MISSING_VARIABLE", "UNKNOWN_JUDGE"})
 
 
+#: A trace is given up on after this many evaluations ended with transient failures (the first + 3 automatic
+#: retries, ``controls.retries.BACKOFF_SECONDS``); after that only ``tracejudge backfill`` judges it again.
+#: Here, with the record's other rules, because the report reads it from the record too (``monitor``).
+MAX_FAILED_EVALUATIONS = 4
+
+
+def failed_evaluations(assessments: Iterable[Any], *, plus: str | None = None) -> int:
+    """How many evaluations wrote a non-final feedback of ours on the trace (valid or superseded).
+
+    ``plus``: an evaluation id to count as failed too (the one finishing now, before its write lands).
+
+    >>> from types import SimpleNamespace as A
+    >>> failed = lambda e, v=True: A(metadata={"tracejudge.key": "k", "evaluation_id": e}, feedback=1, valid=v,
+    ...                              error=A(error_code="TIMEOUT"))
+    >>> failed_evaluations([failed("e1", v=False), failed("e2")]), failed_evaluations([failed("e1")], plus="e3")
+    (2, 2)
+    """
+    ids = set()
+    for assessment in assessments:
+        metadata = getattr(assessment, "metadata", None) or {}
+        error = getattr(assessment, "error", None)
+        if not metadata.get(KEY) or getattr(assessment, "feedback", None) is None or error is None:
+            continue
+        if getattr(error, "error_code", None) in FINAL_ERRORS:
+            continue
+        ids.add(metadata.get(EVALUATION_ID) or getattr(assessment, "assessment_id", None))
+    if plus:
+        ids.add(plus)
+    return len(ids)
+
+
 def is_final(result: JudgeResult) -> bool:
     """A score, or a permanent error of the input: worth reusing. A transient failure is not.
 

@@ -34,6 +34,8 @@ COUNTS_KEY = "tracejudge:counts:{day}"
 #: Their daily budget spend (``tasks/budget.py``), nano-USD.
 SPENT_KEY = "tracejudge:budget:{day}:spent"
 NANO = 1_000_000_000
+#: The deferred evaluations (``controls/deferred.py``): a sorted set of requests (JSON), and those a releaser took.
+DEFERRED_KEYS = ("tracejudge:deferred", "tracejudge:deferred:processing")
 
 
 def summarise_quality(
@@ -83,6 +85,7 @@ def summarise_quality(
         links=links_for(experiment_id, tracking_uri=tracking_uri or _tracking_uri()),
         workflow=query.workflow,
         environment=query.environment,
+        scheduled=scheduled_traces(redis, prefix),
     )
     if redis is not None:
         summary.counters, summary.daily_counters = read_counters(redis, prefix, start_ms, end_ms, workflow=query.workflow)
@@ -160,6 +163,30 @@ def read_counters(
             for k, v in row.items():
                 totals[k] = round(totals.get(k, 0.0) + v, 6)
     return totals, daily
+
+
+def scheduled_traces(redis: Any, prefix: str) -> set[str] | None:
+    """The traces with an evaluation waiting in the deferred set (an automatic retry, or a budget deferral);
+    None without Redis or when it cannot be read (the report then says it did not ask)."""
+    import json
+
+    if redis is None:
+        return None
+    try:
+        pipe = redis.pipeline(transaction=False)
+        for key in DEFERRED_KEYS:
+            pipe.zrange(prefix + key, 0, -1)
+        replies = pipe.execute()
+    except Exception as exc:  # coordination is an extra here; the record's figures stand without it
+        log.warning("could not read the deferred set from Redis: %s", exc)
+        return None
+    traces = set()
+    for raw in (member for reply in replies for member in reply):
+        try:
+            traces.add(str(json.loads(raw)["trace_id"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # not a trace's request (a session's, or unreadable): not a trace retry
+    return traces
 
 
 def redis_gap(

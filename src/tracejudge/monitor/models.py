@@ -141,6 +141,27 @@ class SessionFigures(BaseModel):
     )
 
 
+class RetryFigures(BaseModel):
+    """Traces in the window whose valid results are not all final (issue 17): automatic retries, and where each
+    figure comes from (``sources``: the record, or Redis coordination)."""
+
+    non_final: int = Field(0, description="traces with at least one valid result of ours that is a transient failure")
+    due: int = Field(0, description="of those, with fewer failed evaluations than the cap: an automatic retry is due")
+    waiting: int | None = Field(
+        None, description="of those due, with a retry waiting in Redis's deferred set (None: no Redis to ask)"
+    )
+    not_scheduled: int | None = Field(
+        None, description="due but with no retry waiting: gate, forced or partial runs (never retried in the "
+        "background), a lost Redis; a plain `tracejudge backfill` judges them again (None: no Redis to ask)",
+    )
+    gave_up: int = Field(0, description="traces whose automatic retries are used up (the cap reached)")
+    gave_up_codes: dict[str, int] = Field(
+        default_factory=dict, description="traces given up on, per transient error code on them (a trace may have several)"
+    )
+    attempt_cap: int = Field(description="failed evaluations after which a trace is given up on (the first + the retries)")
+    sources: dict[str, str] = Field(default_factory=dict, description="figure -> where it was read")
+
+
 class Links(BaseModel):
     mlflow_ui: str
     experiment_quality: str = Field(description="the experiment's Overview -> Quality tab in the MLflow UI")
@@ -186,6 +207,10 @@ class QualitySummary(BaseModel):
     )
     sessions: SessionFigures | None = Field(
         None, description="conversations judged in the window (session judges), read from MLflow; None when none were"
+    )
+    retries: RetryFigures | None = Field(
+        None, description="traces with non-final results (transient failures): retries due, waiting, given up; "
+        "None from a summariser that does not count them"
     )
     links: Links
     llm_summary: str | None = Field(None, description="a plain-language summary of the themes (report --llm-summary; off by default)")

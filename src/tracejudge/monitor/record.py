@@ -54,6 +54,7 @@ def trace_record(row: JudgedTraceRow, *, environment: str | None = None) -> Trac
         # workers write only the status and score tags now; the band is the score's (older traces carry the tag)
         band=tags.get("tracejudge.band") or quality_band(score),
         results=results,
+        failed_evaluations=row.failed_evaluations,
     )
 
 
@@ -94,6 +95,7 @@ def record_after_writeback(
     override (MLflow marks those invalid); ``tags``: the trace tags written.
     """
     gone = set(superseded)
+    written = list(written)
     assessments = [a for a in loaded.assessments if getattr(a, "assessment_id", None) not in gone]
     info = SimpleNamespace(
         trace_id=loaded.trace_id,
@@ -103,7 +105,7 @@ def record_after_writeback(
         tags={"mlflow.traceName": loaded.workflow_name, **loaded.tags, **tags},
         assessments=[*assessments, *written],
     )
-    row = judged_row(info)
+    row = judged_row(info, history=[*loaded.assessments, *written])  # superseded ones count as failed evaluations too
     return None if row is None else trace_record(row, environment=environment)
 
 

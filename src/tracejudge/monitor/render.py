@@ -97,6 +97,9 @@ def to_table(s: QualitySummary) -> str:
         lines += ["bands: " + ", ".join(f"{k} {v}" for k, v in s.bands.items())]
     if s.counters:
         lines += ["controls: " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in s.counters.items())]
+    if s.retries and (s.retries.non_final or s.retries.waiting):
+        lines += ["", "traces with non-final results (transient failures; automatic retries):"]
+        lines += _table(["figure", "traces", "from"], retry_rows(s))
     if s.worst_nodes:
         lines += ["most often below threshold: " + ", ".join(f"{w.node}/{w.judge} {pct(w.failure_rate)}" for w in s.worst_nodes[:4])]
     if s.bottom_traces:
@@ -127,6 +130,9 @@ def to_markdown(s: QualitySummary) -> str:
         out += ["", "**Errors:** " + ", ".join(f"`{k}` {v}" for k, v in s.error_codes.items())]
     if s.counters:
         out += ["", "**Controls:** " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in s.counters.items())]
+    if s.retries and (s.retries.non_final or s.retries.waiting):
+        out += ["", "**Traces with non-final results (automatic retries):**", "", "| figure | traces | from |", "|---|---|---|"]
+        out += ["| " + " | ".join(row) + " |" for row in retry_rows(s)]
     if s.worst_nodes:
         out += ["", "**Most often below threshold:** " + ", ".join(f"{w.node}/{w.judge} {pct(w.failure_rate)}" for w in s.worst_nodes[:5])]
     if s.bottom_traces:
@@ -143,6 +149,28 @@ def to_markdown(s: QualitySummary) -> str:
         out += ["", f"**Summary (LLM):** {s.llm_summary}"]
     out += ["", f"[MLflow Quality tab]({s.links.experiment_quality})"]
     return "\n".join(out) + "\n"
+
+
+def retry_rows(s: QualitySummary) -> list[list[str]]:
+    """The retry figures as (figure, traces, where it was read) rows; one row per error code of those given up on."""
+    r = s.retries
+    assert r is not None
+    unknown = "-" if r.waiting is None else None
+    record = "record (MLflow)" if s.source == "mlflow" else "record (Redis rollups)"
+
+    def src(name: str) -> str:
+        text = r.sources.get(name, "")
+        return record + text[len("record"):] if text.startswith("record") else text
+
+    rows = [
+        ["non-final results", str(r.non_final), src("non_final")],
+        [f"  retry due (< {r.attempt_cap} failed evaluations)", str(r.due), src("due")],
+        ["    waiting for a retry", unknown or str(r.waiting), src("waiting")],
+        ["    none waiting (backfill re-judges)", unknown or str(r.not_scheduled), "due minus waiting"],
+        [f"  gave up ({r.attempt_cap} failed evaluations)", str(r.gave_up), src("gave_up")],
+    ]
+    rows += [[f"    {code}", str(n), "record: their error codes"] for code, n in r.gave_up_codes.items()]
+    return rows
 
 
 def session_line(s: QualitySummary) -> str:

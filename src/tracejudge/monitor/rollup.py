@@ -10,6 +10,10 @@ Per bucket (bucket start, ms) a flat mapping of counters:
 
 * ``traces``, ``status|passed``/``failed``/``error`` (the verdict; the gate's pass rate), ``band|<band>``,
   ``cost`` (USD, where the assessment metadata carries ``cost_usd``), ``err|<code>`` (judge and evaluation errors);
+* automatic retries (issue 17): ``retry|open|<trace>`` (the trace has non-final results and fewer failed evaluations
+  than the cap, ``mlflow_io.writer.MAX_FAILED_EVALUATIONS``: a retry is due), ``retry|gaveup|<trace>`` (the cap is
+  reached) and ``retry|code|<code>`` (per non-final error code of a trace given up on); by trace, so the report can
+  ask the deferred set which of them wait for a retry;
 * per (judge, node): ``j|<judge>|<node>|n`` (scored), ``|sum``, ``|sq`` (sum of squares), ``|below``
   (below threshold), ``|e`` (errors), ``|v<score>`` / ``|f<score>`` (how many passed / failed with exactly that
   score, to 0.001: the exact percentiles, minimum, maximum and the histogram split at the threshold, for both
@@ -26,6 +30,8 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+
+from tracejudge.mlflow_io.writer import FINAL_ERRORS, MAX_FAILED_EVALUATIONS
 
 BUCKET_MS = 300_000
 HIST_BINS = 10
@@ -80,6 +86,8 @@ class TraceRecord:
     band: str | None
     results: list[ResultRecord] = field(default_factory=list)
     error_code: str | None = None
+    #: evaluations that wrote a non-final feedback of ours (valid or superseded): automatic retries' count
+    failed_evaluations: int = 0
 
 
 @dataclass
@@ -160,6 +168,7 @@ def trace_fields(trace: TraceRecord) -> dict[str, float]:
         out[f"band|{trace.band}"] += 1
     if trace.error_code:
         out[f"err|{trace.error_code}"] += 1
+    out.update(retry_fields(trace))
     for r in trace.results:
         base = f"j|{r.judge}|{r.node}|"
         if r.cost_usd:
@@ -177,6 +186,22 @@ def trace_fields(trace: TraceRecord) -> dict[str, float]:
         if not r.passed:
             out[base + "below"] += 1
     return out
+
+
+def retry_fields(trace: TraceRecord) -> dict[str, float]:
+    """Whether the trace's valid results include non-final ones, and whether its automatic retries are used up.
+
+    >>> t = TraceRecord("tr-1", 0, "wf", "production", "error", None, None,
+    ...                 [ResultRecord("coherence", "workflow", None, 0.5, False, error_code="TIMEOUT")], failed_evaluations=4)
+    >>> retry_fields(t)
+    {'retry|gaveup|tr-1': 1, 'retry|code|TIMEOUT': 1}
+    """
+    codes = sorted({r.error_code for r in trace.results if r.error_code and r.error_code not in FINAL_ERRORS})
+    if not codes:
+        return {}
+    if trace.failed_evaluations < MAX_FAILED_EVALUATIONS:
+        return {f"retry|open|{trace.trace_id}": 1}
+    return {f"retry|gaveup|{trace.trace_id}": 1, **{f"retry|code|{code}": 1 for code in codes}}
 
 
 def value_field(score: float, *, passed: bool = True) -> str:

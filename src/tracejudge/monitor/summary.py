@@ -16,12 +16,14 @@ from tracejudge.monitor.models import (
     Links,
     NodeStats,
     QualitySummary,
+    RetryFigures,
     Stats,
     Theme,
     Totals,
     TraceRef,
     WorstNode,
 )
+from tracejudge.mlflow_io.writer import MAX_FAILED_EVALUATIONS
 from tracejudge.monitor.rollup import HIST_BINS, Rollup, hist_bin
 from tracejudge.monitor.themes import failure_themes
 
@@ -182,10 +184,12 @@ def summarise(
     links: Links,
     workflow: str | None = None,
     environment: str | None = None,
+    scheduled: set[str] | None = None,
 ) -> QualitySummary:
     """Every figure of the report, dashboard and alerts, from counters.
 
-    Only buckets inside ``[start_ms, end_ms)`` count.
+    Only buckets inside ``[start_ms, end_ms)`` count. ``scheduled``: the traces with an automatic retry waiting in
+    Redis's deferred set (None: no Redis was asked), for :func:`retry_figures`.
     """
     width = BUCKET_SECONDS[bucket] * 1000
     per_judge: dict[str, _Acc] = defaultdict(_Acc)
@@ -309,7 +313,40 @@ def summarise(
             )
             for f in recent
         ],
+        retries=retry_figures(totals, scheduled=scheduled),
         links=links,
+    )
+
+
+def retry_figures(totals: dict[str, float], *, scheduled: set[str] | None) -> RetryFigures:
+    """The window's traces with non-final results, from the rollup's ``retry|...`` counters (see ``monitor.rollup``).
+
+    ``sources`` names the record (MLflow's feedbacks: read from MLflow, or from the Redis rollups that copy it, as the
+    summary's ``source`` says) or Redis's coordination.
+
+    >>> f = retry_figures({"retry|open|a": 1, "retry|open|b": 1, "retry|gaveup|c": 1, "retry|code|TIMEOUT": 1},
+    ...                   scheduled={"a", "z"})
+    >>> f.non_final, f.due, f.waiting, f.not_scheduled, f.gave_up, f.gave_up_codes
+    (3, 2, 1, 1, 1, {'TIMEOUT': 1})
+    """
+    due = {k[len("retry|open|"):] for k, v in totals.items() if k.startswith("retry|open|") and v > 0}
+    gave_up = sum(1 for k, v in totals.items() if k.startswith("retry|gaveup|") and v > 0)
+    codes = {k[len("retry|code|"):]: int(v) for k, v in sorted(totals.items()) if k.startswith("retry|code|") and v > 0}
+    waiting = None if scheduled is None else len(due & scheduled)
+    return RetryFigures(
+        non_final=len(due) + gave_up,
+        due=len(due),
+        waiting=waiting,
+        not_scheduled=None if waiting is None else len(due) - waiting,
+        gave_up=gave_up,
+        gave_up_codes=codes,
+        attempt_cap=MAX_FAILED_EVALUATIONS,
+        sources={
+            "non_final": "record: valid results with a transient error",
+            "due": "record: failed evaluations < cap",
+            "waiting": "coordination: Redis deferred set" if scheduled is not None else "not read: no Redis asked",
+            "gave_up": "record: failed evaluations = cap",
+        },
     )
 
 
