@@ -3,8 +3,9 @@
 :func:`judged_traces` pages through an experiment's traces in a time window (trace metadata and assessments
 only, no spans) and yields each one tracejudge judged (it carries the ``tracejudge.status`` tag) as a plain
 record: the verdict's tags and our assessments with their metadata (node, threshold, passed, error code,
-``cost_usd`` where present). MLflow's ``query_trace_metrics`` is not used for judge figures: it cannot tell
-our feedback from people's under the same name.
+``cost_usd`` where present), and its tool calls per tool (in our feedbacks' metadata, ``tool_record``).
+MLflow's ``query_trace_metrics`` is not used for judge figures: it cannot tell our feedback from people's under
+the same name.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from tracejudge.mlflow_io.writer import KEY, call_mlflow, failed_evaluations
+from tracejudge.mlflow_io.tool_record import ToolCounts, read_counts
+from tracejudge.mlflow_io.writer import KEY, call_mlflow
 
 #: MLflow's session key; our session results carry it in their metadata (see ``mlflow_io.sessions``).
 SESSION = "mlflow.trace.session"
@@ -49,6 +52,8 @@ class JudgedTraceRow:
     assessments: list[AssessmentRow]
     #: evaluations that wrote a non-final feedback of ours on the trace, valid or superseded (automatic retries' count)
     failed_evaluations: int = 0
+    #: the trace's tool calls per tool (``tool_record``: in its feedbacks' metadata), None when it has none
+    tools: dict[str, ToolCounts] | None = None
 
 
 def resolve_experiment(client: Any, experiment: str) -> str:
@@ -178,6 +183,7 @@ def judged_row(info: Any, *, history: Any = None) -> JudgedTraceRow | None:
         tags=tags,
         assessments=assessments,
         failed_evaluations=failed_evaluations(getattr(info, "assessments", None) or [] if history is None else history),
+        tools=read_counts(a for a in getattr(info, "assessments", None) or [] if is_ours(a)),
     )
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracejudge.judges.model import JudgeInput
-from tracejudge.judges.trajectory import ToolUsage, tool_usage
+from tracejudge.judges.trajectory import ToolCall, ToolUsage, tool_usage
 from tracejudge.judges.plan import WORKFLOW_TARGET
 from tracejudge.mlflow_io.trajectory import SpanTree, is_tool_span, node_id
 from tracejudge.ops import metrics
@@ -82,10 +82,15 @@ class LoadedTrace:
     span_count_known: bool = True
 
 
+def trace_tool_calls(loaded: LoadedTrace) -> list[ToolCall]:
+    """Every tool call of the trace, in order (the workflow target's, which sees each call once)."""
+    root = next((t for t in loaded.targets if t.node_id == WORKFLOW_TARGET), None)
+    return list(root.judge_input.tool_calls) if root is not None else []
+
+
 def trace_tool_usage(loaded: LoadedTrace) -> ToolUsage | None:
     """The trace's tool calls counted (from the workflow target, which sees every call once), or None if it made none."""
-    root = next((t for t in loaded.targets if t.node_id == WORKFLOW_TARGET), None)
-    calls = root.judge_input.tool_calls if root is not None else []
+    calls = trace_tool_calls(loaded)
     return tool_usage(calls, default_node=WORKFLOW_TARGET) if calls else None
 
 

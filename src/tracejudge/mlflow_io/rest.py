@@ -146,14 +146,18 @@ class RestWriter:
     # ------------------------------------------------------------------ the writes
 
     async def log_feedback(
-        self, trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None, plan: str | None = None
+        self, trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None, plan: str | None = None,
+        tools: str | None = None,
     ) -> str:
         """Write one result as a feedback assessment (what ``log_assessment`` sends); returns its id.
 
         With ``overrides`` (an assessment id) the new one supersedes it: MLflow marks the old one invalid.
-        ``plan``: the full evaluation's plan fingerprint, kept in the metadata (``writer.PLAN``).
+        ``plan``: the full evaluation's plan fingerprint, kept in the metadata (``writer.PLAN``); ``tools``: the
+        trace's tool calls per tool (``writer.TOOLS``).
         """
-        body = {"assessment": feedback_json(trace_id, result, evaluation_id=evaluation_id, overrides=overrides, plan=plan)}
+        body = {"assessment": feedback_json(
+            trace_id, result, evaluation_id=evaluation_id, overrides=overrides, plan=plan, tools=tools
+        )}
         reply = await self.call("log_feedback", "POST", f"/api/3.0/mlflow/traces/{quote(trace_id, safe='')}/assessments", json=body)
         return str((reply.get("assessment") or {}).get("assessment_id", ""))
 
@@ -235,6 +239,7 @@ def feedback_json(
     overrides: str | None = None,
     plan: str | None = None,
     now_ms: int | None = None,
+    tools: str | None = None,
 ) -> dict[str, Any]:
     """The ``assessment`` MLflow's client sends for ``log_feedback(**writer.feedback_kwargs(...))``.
 
@@ -264,7 +269,7 @@ def feedback_json(
         body["feedback"] = {"value": float(result.score) if result.score is not None else None}
         if result.rationale is not None:
             body["rationale"] = result.rationale
-    body["metadata"] = writer.feedback_metadata(result, evaluation_id=evaluation_id, plan=plan)
+    body["metadata"] = writer.feedback_metadata(result, evaluation_id=evaluation_id, plan=plan, tools=tools)
     if overrides:
         body["overrides"] = overrides
     body["valid"] = True

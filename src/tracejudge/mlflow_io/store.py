@@ -224,18 +224,20 @@ class TraceStore:
         evaluation_id: str,
         overrides: dict[str, str] | None = None,
         plan: str | None = None,
+        tools: str | None = None,
     ) -> list[Callable[[], str]]:
         """One call per result, each writing it as a feedback assessment (for :meth:`write_all`).
 
         ``overrides`` maps a result key to the assessment it supersedes (MLflow marks that one invalid);
-        ``plan`` (a full evaluation's plan fingerprint) goes into every feedback's metadata.
+        ``plan`` (a full evaluation's plan fingerprint) and ``tools`` (the trace's tool calls per tool,
+        ``tool_record.encode``) go into every feedback's metadata.
         """
         overrides = overrides or {}
         if self.rest is not None:
             return [
                 functools.partial(
                     self.rest.log_feedback, trace_id, r, evaluation_id=evaluation_id, overrides=overrides.get(r.key or ""),
-                    plan=plan,
+                    plan=plan, tools=tools,
                 )
                 for r in results
             ]
@@ -243,7 +245,7 @@ class TraceStore:
         return [
             functools.partial(
                 writer.log_result, tracing, trace_id, r, evaluation_id=evaluation_id, overrides=overrides.get(r.key or ""),
-                plan=plan,
+                plan=plan, tools=tools,
             )
             for r in results
         ]

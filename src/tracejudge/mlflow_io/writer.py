@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 KEY = "tracejudge.key"
 #: Metadata key of a full evaluation's feedbacks: the plan's fingerprint (``controls.judged.plan_fingerprint``).
 PLAN = "tracejudge.plan"
+#: Metadata key of the trace's tool calls per tool (``tool_record``: what the monitor counts), on each feedback
+#: an evaluation of a trace that made tool calls writes.
+TOOLS = "tracejudge.tools"
 EVALUATION_ID = "evaluation_id"
 ARTIFACT_NAME = "quality_assessment.json"
 ONLINE_RUN_TAG = "tracejudge.role"
@@ -149,11 +152,13 @@ def existing_results(assessments: Iterable[Any]) -> dict[str, JudgeResult]:
     return found
 
 
-def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str, plan: str | None = None) -> dict[str, Any]:
+def feedback_kwargs(
+    trace_id: str, result: JudgeResult, *, evaluation_id: str, plan: str | None = None, tools: str | None = None
+) -> dict[str, Any]:
     """The ``mlflow.log_feedback`` (and ``Feedback``) arguments for one result."""
     from mlflow.entities import AssessmentError, AssessmentSource
 
-    metadata = feedback_metadata(result, evaluation_id=evaluation_id, plan=plan)
+    metadata = feedback_metadata(result, evaluation_id=evaluation_id, plan=plan, tools=tools)
     source_type, source_id = source_of(result)
     kwargs: dict[str, Any] = dict(
         trace_id=trace_id,
@@ -171,10 +176,13 @@ def feedback_kwargs(trace_id: str, result: JudgeResult, *, evaluation_id: str, p
     return kwargs
 
 
-def feedback_metadata(result: JudgeResult, *, evaluation_id: str, plan: str | None = None) -> dict[str, str]:
+def feedback_metadata(
+    result: JudgeResult, *, evaluation_id: str, plan: str | None = None, tools: str | None = None
+) -> dict[str, str]:
     """The metadata (strings only) every assessment of ours carries; the key makes writes idempotent.
 
     ``plan`` (a full evaluation's plan fingerprint) is kept under :data:`PLAN`; partial runs pass none.
+    ``tools`` (the trace's tool calls per tool, ``tool_record.encode``) under :data:`TOOLS`.
     """
     metadata = {
         KEY: result.key or "",
@@ -204,6 +212,8 @@ def feedback_metadata(result: JudgeResult, *, evaluation_id: str, plan: str | No
         metadata["score_stdev"] = f"{result.score_stdev:.4f}" if result.score_stdev is not None else ""
     if plan:
         metadata[PLAN] = plan
+    if tools:
+        metadata[TOOLS] = tools
     for key, value in result.metadata.items():  # e.g. a session's id and turns; never replaces ours
         metadata.setdefault(key, value)
     return metadata
@@ -215,12 +225,15 @@ def source_of(result: JudgeResult) -> tuple[str, str]:
 
 
 def feedback(
-    trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None, plan: str | None = None
+    trace_id: str, result: JudgeResult, *, evaluation_id: str, overrides: str | None = None, plan: str | None = None,
+    tools: str | None = None,
 ) -> Any:
     """The MLflow ``Feedback`` assessment for one result; ``overrides`` names the assessment it replaces."""
     from mlflow.entities import Feedback
 
-    return Feedback(**feedback_kwargs(trace_id, result, evaluation_id=evaluation_id, plan=plan), overrides=overrides)
+    return Feedback(
+        **feedback_kwargs(trace_id, result, evaluation_id=evaluation_id, plan=plan, tools=tools), overrides=overrides
+    )
 
 
 def log_result(
@@ -231,16 +244,18 @@ def log_result(
     evaluation_id: str,
     overrides: str | None = None,
     plan: str | None = None,
+    tools: str | None = None,
 ) -> str:
     """Write one result as a feedback assessment through ``tracing_client``; returns its assessment id.
 
     With ``overrides`` (an assessment id) the new one supersedes it: MLflow marks the old one invalid.
-    ``plan``: the full evaluation's plan fingerprint, kept in the metadata (:data:`PLAN`).
+    ``plan``: the full evaluation's plan fingerprint, kept in the metadata (:data:`PLAN`); ``tools``: the
+    trace's tool calls per tool (:data:`TOOLS`).
     """
     assessment = call_mlflow(
         tracing_client.log_assessment,
         trace_id,
-        feedback(trace_id, result, evaluation_id=evaluation_id, overrides=overrides, plan=plan),
+        feedback(trace_id, result, evaluation_id=evaluation_id, overrides=overrides, plan=plan, tools=tools),
     )
     return assessment.assessment_id
 

@@ -162,6 +162,42 @@ class RetryFigures(BaseModel):
     sources: dict[str, str] = Field(default_factory=dict, description="figure -> where it was read")
 
 
+class ToolPoint(BaseModel):
+    """One tool's calls in one time bucket."""
+
+    start: str = Field(description="bucket start, ISO 8601 UTC")
+    calls: int
+    failed: int = 0
+    failure_rate: float | None = Field(None, description="failed / calls")
+
+
+class ToolFigures(BaseModel):
+    """One tool over the window (or ``(other)``: the tools past the ten with most calls, summed)."""
+
+    tool: str
+    calls: int
+    failed: int = Field(0, description="calls whose span ended in an error")
+    failure_rate: float | None = Field(None, description="failed / calls")
+    retries: int = Field(0, description="calls repeating a failed call of the same tool just before it")
+    mean_ms: float | None = Field(None, description="mean call duration (ms)")
+    p95_ms: float | None = Field(
+        None, description="95th percentile call duration: the upper edge (ms) of its latency bin (1-2-5 steps from "
+        "1 ms to 300 s); None above 300 s"
+    )
+    series: list[ToolPoint] = Field(default_factory=list, description="per bucket where the tool was called")
+
+
+class ToolTotals(BaseModel):
+    """Tool calls of the judged traces in the window, counted from their spans (no LLM call)."""
+
+    traces: int = Field(description="judged traces that made tool calls")
+    calls: int
+    failed: int = 0
+    failure_rate: float | None = Field(None, description="failed / calls")
+    retries: int = 0
+    distinct_tools: int = Field(0, description="tool names seen (at most 20 per trace, the rest as '(other)')")
+
+
 class Links(BaseModel):
     mlflow_ui: str
     experiment_quality: str = Field(description="the experiment's Overview -> Quality tab in the MLflow UI")
@@ -204,6 +240,11 @@ class QualitySummary(BaseModel):
         default_factory=list,
         description="judge-vs-human agreement per judge and judge version where people left feedback (HUMAN "
         "assessments under a judge's name on the same span); MLflow source only; see `tracejudge agreement`",
+    )
+    tool_totals: ToolTotals | None = Field(None, description="tool calls of the judged traces; None when they made none")
+    tools: list[ToolFigures] = Field(
+        default_factory=list,
+        description="per tool, most calls first: the ten tools with most calls in the window, the rest summed as '(other)'",
     )
     sessions: SessionFigures | None = Field(
         None, description="conversations judged in the window (session judges), read from MLflow; None when none were"

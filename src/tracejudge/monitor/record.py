@@ -55,6 +55,7 @@ def trace_record(row: JudgedTraceRow, *, environment: str | None = None) -> Trac
         band=tags.get("tracejudge.band") or quality_band(score),
         results=results,
         failed_evaluations=row.failed_evaluations,
+        tools=dict(row.tools) if row.tools else {},
     )
 
 

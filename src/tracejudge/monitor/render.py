@@ -108,6 +108,9 @@ def to_table(s: QualitySummary) -> str:
         lines += ["highest traces:"] + [f"  {num(t.score)}  {t.trace_id}" for t in s.top_traces]
     if s.themes:
         lines += ["failure themes:"] + [f"  {t.judge}: \"{t.phrase}\" ({t.count} rationales)" for t in s.themes[:6]]
+    if s.tool_totals:
+        lines += ["", tool_line(s)]
+        lines += _table(TOOL_HEADER, _tool_rows(s))
     if s.sessions:
         lines += ["", session_line(s)] + [
             f"  {j.judge}: {j.count} scored, mean {num(j.mean)}, below {pct(j.failure_rate)}" + (f", {j.errors} errors" if j.errors else "")
@@ -139,6 +142,9 @@ def to_markdown(s: QualitySummary) -> str:
         out += ["", "**Lowest traces:** " + ", ".join(f"[{t.trace_id}]({t.url}) {num(t.score)}" for t in s.bottom_traces)]
     if s.themes:
         out += ["", "**Failure themes:** " + "; ".join(f"{t.judge}: \"{t.phrase}\" ({t.count})" for t in s.themes[:6])]
+    if s.tool_totals:
+        out += ["", f"**{tool_line(s).capitalize()}**", "", "| " + " | ".join(TOOL_HEADER) + " |", "|" + "---|" * len(TOOL_HEADER)]
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in _tool_rows(s)]
     if s.sessions:
         out += ["", f"**{session_line(s).capitalize()}** " + "; ".join(
             f"{j.judge} mean {num(j.mean)}, below {pct(j.failure_rate)}" for j in s.sessions.judges
@@ -171,6 +177,24 @@ def retry_rows(s: QualitySummary) -> list[list[str]]:
     ]
     rows += [[f"    {code}", str(n), "record: their error codes"] for code, n in r.gave_up_codes.items()]
     return rows
+
+
+TOOL_HEADER = ["tool", "calls", "failed", "failure rate", "retries", "mean ms", "p95 ms"]
+
+
+def tool_line(s: QualitySummary) -> str:
+    """One line on the judged traces' tool calls: how many, how many failed."""
+    t = s.tool_totals
+    assert t is not None
+    return (f"tool usage: {t.calls} calls in {t.traces} traces, failed {t.failed} ({pct(t.failure_rate)}), "
+            f"retries {t.retries}, {t.distinct_tools} tools")
+
+
+def _tool_rows(s: QualitySummary) -> list[list[str]]:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    return [[t.tool, str(t.calls), str(t.failed), pct(t.failure_rate), str(t.retries), ms(t.mean_ms), ms(t.p95_ms)] for t in s.tools]
 
 
 def session_line(s: QualitySummary) -> str:

@@ -17,7 +17,11 @@ Per bucket (bucket start, ms) a flat mapping of counters:
 * per (judge, node): ``j|<judge>|<node>|n`` (scored), ``|sum``, ``|sq`` (sum of squares), ``|below``
   (below threshold), ``|e`` (errors), ``|v<score>`` / ``|f<score>`` (how many passed / failed with exactly that
   score, to 0.001: the exact percentiles, minimum, maximum and the histogram split at the threshold, for both
-  sources; counts, so they can be taken back).
+  sources; counts, so they can be taken back);
+* per tool (the counts in the metadata of the trace's feedbacks, :mod:`tracejudge.mlflow_io.tool_record`: at most 20 names per trace,
+  the rest as ``(other)``): ``tool|<name>|n`` (calls), ``|x`` (failed), ``|r`` (retries), ``|us`` (total duration,
+  integer microseconds, so both sources sum it exactly), ``|b<i>`` (calls in latency bin ``i``); and
+  ``tooltraces`` (traces that made tool calls).
 
 Beside the counters, per bucket: every trace's overall score (the lowest and highest traces) and up to 20 failing
 results (trace, judge, node, score, rationale or error) for themes and alert examples.
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from tracejudge.mlflow_io.writer import FINAL_ERRORS, MAX_FAILED_EVALUATIONS
+from tracejudge.mlflow_io.tool_record import ToolCounts
 
 BUCKET_MS = 300_000
 HIST_BINS = 10
@@ -88,6 +93,8 @@ class TraceRecord:
     error_code: str | None = None
     #: evaluations that wrote a non-final feedback of ours (valid or superseded): automatic retries' count
     failed_evaluations: int = 0
+    #: its tool calls per tool (what its feedbacks' metadata says); empty when it made none
+    tools: dict[str, ToolCounts] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,6 +192,15 @@ def trace_fields(trace: TraceRecord) -> dict[str, float]:
         out[base + value_field(r.score, passed=r.passed)] += 1
         if not r.passed:
             out[base + "below"] += 1
+    if trace.tools:
+        out["tooltraces"] += 1
+    for name, c in trace.tools.items():
+        base = f"tool|{name}|"
+        for part, value in (("n", c.calls), ("x", c.failed), ("r", c.retries), ("us", c.duration_us)):
+            if value:
+                out[base + part] += value
+        for b, n in c.bins.items():
+            out[f"{base}b{b}"] += n
     return out
 
 

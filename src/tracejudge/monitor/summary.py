@@ -26,6 +26,7 @@ from tracejudge.monitor.models import (
 from tracejudge.mlflow_io.writer import MAX_FAILED_EVALUATIONS
 from tracejudge.monitor.rollup import HIST_BINS, Rollup, hist_bin
 from tracejudge.monitor.themes import failure_themes
+from tracejudge.monitor.tool_figures import tool_figures
 
 BUCKET_SECONDS = {"hour": 3600, "day": 86400}
 #: Built-in judges grouped into the design's dimensions (the radar); custom judges join by name when they match.
@@ -273,6 +274,8 @@ def summarise(
     failures = [f for b in reversed(in_window) for f in rollup.failures.get(b, [])]  # newest first
     recent = [f for b in reversed(in_window) for f in rollup.failures.get(b, [])][:MAX_FAILURES]
 
+    tool_totals, tools = tool_figures(rollup, start_ms=start_ms, end_ms=end_ms, width_ms=width)
+
     def ref(score: float, trace_id: str) -> TraceRef:
         return TraceRef(trace_id=trace_id, score=round(score, 6), url=trace_url(links.mlflow_ui, experiment_id, trace_id))
 
@@ -314,6 +317,8 @@ def summarise(
             for f in recent
         ],
         retries=retry_figures(totals, scheduled=scheduled),
+        tool_totals=tool_totals,
+        tools=tools,
         links=links,
     )
 

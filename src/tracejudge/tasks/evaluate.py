@@ -34,7 +34,7 @@ from tracejudge.judges.model import JudgeResult
 from tracejudge.judges.plan import JudgePlan, build_plan
 from tracejudge.judges.registry import UnknownJudgeError
 from tracejudge.judges.runner import JudgeJob, run_judges
-from tracejudge.mlflow_io import writer
+from tracejudge.mlflow_io import tool_record, writer
 from tracejudge.mlflow_io.reader import (
     UNCOUNTED,
     InvalidTraceId,
@@ -42,6 +42,7 @@ from tracejudge.mlflow_io.reader import (
     TraceIncomplete,
     TraceNotReady,
     check_trace_id,
+    trace_tool_calls,
     trace_tool_usage,
 )
 from tracejudge.controls import counters, retries
@@ -180,6 +181,8 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         stuck = quarantined(state, [(j.judge.name, j.judge.version) for j in todo if j.judge.kind == "code"])
         fresh: list[JudgeResult] = [blocked_result(j, stuck[(j.judge.name, j.judge.version)]) for j in todo if (j.judge.name, j.judge.version) in stuck]
         todo = [j for j in todo if (j.judge.name, j.judge.version) not in stuck]
+        # the trace's tool calls per tool, in each feedback's metadata: what the monitor counts (``tool_record``)
+        tools = tool_record.trace_text(trace_tool_calls(loaded))
         if todo:
             # the overall deadline counts from here: the waits for the trace and the lock are not judging time
             deadline = time.monotonic() + execution.overall_timeout_seconds
@@ -206,7 +209,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
                     runtime.store.write_all(
                         runtime.store.result_calls(
                             request.trace_id, done, evaluation_id=request.evaluation_id,
-                            overrides=writer.supersedes(loaded.assessments, done),
+                            overrides=writer.supersedes(loaded.assessments, done), tools=tools,
                         )
                     )
                     raise EvaluationDeferred(
@@ -241,7 +244,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         overrides = writer.supersedes(loaded.assessments, unwritten)
         planned = None if partial else fingerprint(plan, config, default_model=runtime.settings.default_model)
         calls = runtime.store.result_calls(
-            request.trace_id, unwritten, evaluation_id=request.evaluation_id, overrides=overrides, plan=planned
+            request.trace_id, unwritten, evaluation_id=request.evaluation_id, overrides=overrides, plan=planned, tools=tools
         )
         if not partial:
             # the fingerprint goes on the trace as a tag only when no feedback carries it there (rare: every
@@ -254,7 +257,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         if loaded.timestamp_ms:  # the trace's end to its verdict on the trace
             metrics.observe_trace_lag(time.time() - (loaded.timestamp_ms + loaded.duration_ms) / 1000)
         state.forget_results([r.key for r in unwritten if r.key])  # on the trace now: the cache has done its job
-        record_rollup(runtime, loaded, verdict, request, written=unwritten, overrides=overrides, plan=planned)
+        record_rollup(runtime, loaded, verdict, request, written=unwritten, overrides=overrides, plan=planned, tools=tools)
         if not partial:
             route_for_review(trace_id=request.trace_id, experiment_id=loaded.experiment_id, verdict=verdict, config=config,
                              redis=getattr(state, "redis", None), key_prefix=getattr(state, "prefix", ""))
@@ -318,12 +321,15 @@ def record_rollup(
     written: list[JudgeResult],
     overrides: dict[str, str],
     plan: str | None,
+    tools: str | None = None,
 ) -> None:
     """Replace the trace's contribution to the monitor's Redis rollups with what its record now says
     (``tasks/rollup_step.py``: one script call; never fails the evaluation). A partial run writes no tags."""
     config = request.config or runtime.config
     environment = request.environment or runtime.settings.environment or config.judges.environment or "production"
-    feedbacks = [writer.feedback(loaded.trace_id, r, evaluation_id=request.evaluation_id, plan=plan) for r in written]
+    feedbacks = [
+        writer.feedback(loaded.trace_id, r, evaluation_id=request.evaluation_id, plan=plan, tools=tools) for r in written
+    ]
     partial = request.judges is not None
     end_ms = loaded.timestamp_ms + loaded.duration_ms if loaded.timestamp_ms else None
     rollup_step.record(

@@ -75,9 +75,16 @@ def overall(results: list[JudgeResult], *, gate: tuple[str, ...] = GATE_JUDGES) 
     return status, score, quality_band(score)
 
 
-def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult]]], *, workflow: str = "article_writer") -> list[str]:
-    """Record one trace per ``(start_ms, results)`` in MLflow and write the results as a worker would.
+#: One tool call recorded under the research node: (tool name, failed, duration in ms).
+ToolSpan = tuple[str, bool, float]
 
+
+def seed_mlflow(experiment_id: str, traces: Iterable[tuple[Any, ...]], *, workflow: str = "article_writer") -> list[str]:
+    """Record one trace per ``(start_ms, results)`` or ``(start_ms, results, tools)`` in MLflow and write the
+    results as a worker would.
+
+    ``tools`` (a list of :data:`ToolSpan`) are recorded as TOOL spans under the research node, one after the
+    other; their counts go into the feedbacks' metadata the worker's way (counted from the trace's spans as read back).
     Each trace is waited for in the store before its results are written, so this works whether MLflow
     exports traces synchronously or (its default, and whatever this process's exporter was set up with
     first) asynchronously.
@@ -90,18 +97,30 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult
 
     store = TraceStore()  # MLflow's current tracking URI
     ids = []
-    for start_ms, results in traces:
+    for start_ms, results, *more in traces:
+        tools: list[ToolSpan] = more[0] if more else []
         ns = start_ms * 1_000_000
         root = mlflow.start_span_no_context(workflow, inputs={"topic": "AI safety"}, experiment_id=experiment_id, start_time_ns=ns)
         spans = {"workflow": root.span_id}
-        for i, node in enumerate(("research", "write")):
+        at = ns + 1_000_000
+        for node in ("research", "write"):
             child = mlflow.start_span_no_context(f"node_{node}", parent_span=root, inputs={"topic": "AI safety"},
-                                                 attributes={"node.id": node}, start_time_ns=ns + (i * 2 + 1) * 1_000_000)
+                                                 attributes={"node.id": node}, start_time_ns=at)
+            for name, failed, ms in tools if node == "research" else []:
+                tool = mlflow.start_span_no_context(name, parent_span=child, span_type="TOOL", inputs={"q": "AI safety"},
+                                                    start_time_ns=at)
+                at += int(ms * 1_000_000)
+                if failed:
+                    tool.set_status("ERROR")
+                else:
+                    tool.set_outputs({"hits": 3})
+                tool.end(end_time_ns=at)
+            at += 1_000_000
             child.set_outputs({"text": f"{node} output"})
-            child.end(end_time_ns=ns + (i * 2 + 2) * 1_000_000)
+            child.end(end_time_ns=at)
             spans[node] = child.span_id
         root.set_outputs({"article": "..."})
-        root.end(end_time_ns=ns + 6_000_000)
+        root.end(end_time_ns=at + 1_000_000)
         trace_id = root.trace_id
         # in the store before its results, even if an earlier test left async export on (MLflow's public
         # flush_trace_async_logging would cost ~1.2 s a trace: it restarts its export queue's thread)
@@ -111,7 +130,14 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[int, list[JudgeResult
         for r in results:
             r.span_id = spans.get(r.target)
             r.key = writer.result_key(trace_id, r.span_id, r.name, "v1", r.model, r.threshold)
-        calls = store.result_calls(trace_id, results, evaluation_id=f"seed-{trace_id[-8:]}")
+        tools_text = None
+        if tools:  # counted from the spans as the worker reads them, in every feedback's metadata
+            from tracejudge.mlflow_io import tool_record
+            from tracejudge.mlflow_io.reader import trace_tool_calls
+
+            tools_text = tool_record.trace_text(trace_tool_calls(store.load_trace(trace_id)))
+            assert tools_text is not None, f"no tool calls read back from {trace_id}"
+        calls = store.result_calls(trace_id, results, evaluation_id=f"seed-{trace_id[-8:]}", tools=tools_text)
         tags = {"tracejudge.status": status, "tracejudge.passed": "true" if status == "passed" else "false",
                 "tracejudge.score": "" if score is None else f"{score:.4f}", "tracejudge.band": band or ""}
         calls += store.summary_calls(trace_id, run_id=None, tags=tags, report={}, metrics={})

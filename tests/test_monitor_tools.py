@@ -1,0 +1,141 @@
+"""Tool usage in the monitor: a real worker judges agent traces, and the report's tool figures come out the same
+from Redis's rollups and from MLflow's record, after a forced re-judge, a partial run and a rebuild too.
+
+A real worker (in-thread), a sqlite MLflow store, the test LLM over HTTP. Three agent traces (the sample travel
+agent: ``search_flights`` once, ``book_flight`` failing 0, 1 and 2 times, each failure retried) and one article
+trace (``serper_search`` once) are judged. The expected figures are counted by hand from that shape, not by the code.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+import tracejudge
+from tracejudge.mlflow_io import tool_record
+from tracejudge.monitor import MonitorQuery, summarise_quality
+from tracejudge.monitor.render import to_markdown, to_table
+from tracejudge.testing.workflows import record_agent_trace, record_article_trace
+
+CONFIG = {
+    "observability": {
+        "mlflow": {
+            "judges": {
+                "workflow_defaults": [{"name": "harmfulness", "threshold": 0.5}],
+                "node_overrides": {"agent": [{"name": "tool_selection", "threshold": 0.7}]},
+                "execution": {"timeout_seconds": 5, "max_attempts": 1, "trace_wait_seconds": 20},
+            }
+        }
+    },
+    "quality_gate": {"enabled": True, "threshold": 0.7, "action": "ignore"},
+}
+#: A stricter threshold: new result keys, so the agent's judge is judged again (a re-judge that writes).
+CHANGED = copy.deepcopy(CONFIG)
+CHANGED["observability"]["mlflow"]["judges"]["node_overrides"]["agent"] = [{"name": "tool_selection", "threshold": 0.95}]
+
+#: By hand: search_flights 1 call a trace; book_flight 1 + f calls, f failed, f retries, for f = 0, 1, 2; the
+#: article's serper_search once.
+TOOLS = {"book_flight": (6, 3, 3), "search_flights": (3, 0, 0), "serper_search": (1, 0, 0)}
+
+
+def verdict(trace_id: str, **options):
+    v = tracejudge.enqueue(trace_id, **options).verdict(timeout=90, raise_on_block=False)
+    assert v.status in ("passed", "failed", "error"), v
+    return v
+
+
+@pytest.fixture(scope="module")
+def agents(worker, redis_url):
+    import redis
+
+    experiment_id = mlflow.create_experiment(f"monitor-tools-{time.time_ns()}")
+    mlflow.set_experiment(experiment_id=experiment_id)
+    ids = [record_agent_trace(booking_failures=f) for f in (0, 1, 2)]
+    ids.append(record_article_trace(research="Findings.", article="An article."))
+    mlflow.set_experiment("tracejudge-tests")
+    for trace_id in ids:
+        verdict(trace_id, config=CONFIG)
+    return experiment_id, ids, redis.Redis.from_url(redis_url)
+
+
+def summaries(experiment_id: str, redis):
+    prefix = os.environ["TRACEJUDGE_KEY_PREFIX"]
+    query = dict(experiment=experiment_id, since="1h", bucket="hour")
+    now_ms = int(time.time() * 1000)
+    from_redis = summarise_quality(MonitorQuery(**query, source="redis"), redis=redis, prefix=prefix, now_ms=now_ms)
+    from_mlflow = summarise_quality(MonitorQuery(**query, source="mlflow"), redis=redis, prefix=prefix, now_ms=now_ms)
+    return from_redis, from_mlflow
+
+
+def assert_tools(experiment_id: str, redis, step: str):
+    r, m = summaries(experiment_id, redis)
+    assert r.source == "redis" and m.source == "mlflow"
+    assert r.tool_totals == m.tool_totals, f"{step}: tool totals differ (redis vs mlflow)"
+    assert r.tools == m.tools, f"{step}: per-tool figures differ (redis vs mlflow)"
+    assert r.totals.traces == m.totals.traces == 4, step
+    t = m.tool_totals
+    assert (t.traces, t.calls, t.failed, t.retries, t.distinct_tools) == (4, 10, 3, 3, 3), f"{step}: {t}"
+    assert t.failure_rate == pytest.approx(0.3, abs=1e-6)
+    assert {x.tool: (x.calls, x.failed, x.retries) for x in m.tools} == TOOLS, step
+    assert [x.tool for x in m.tools] == ["book_flight", "search_flights", "serper_search"]  # most calls first
+    return m
+
+
+def tool_metadata(trace_id: str) -> set:
+    """The tool counts our valid feedbacks on the trace carry (each says the same)."""
+    from tracejudge.mlflow_io import writer
+
+    return {a.metadata.get(writer.TOOLS) for a in MlflowClient().get_trace(trace_id).info.assessments if writer.is_ours(a)}
+
+
+def test_tool_figures_agree_between_redis_and_mlflow_after_rejudges(agents):
+    experiment_id, ids, redis = agents
+    first = assert_tools(experiment_id, redis, "first judging")
+    book = next(x for x in first.tools if x.tool == "book_flight")
+    assert book.failure_rate == 0.5 and book.mean_ms is not None and book.p95_ms is not None
+    assert [(p.calls, p.failed) for p in book.series] == [(6, 3)]  # one hour bucket
+    # every feedback of ours carries the trace's counts (no extra MLflow call); the third agent's, by hand
+    assert tool_record.decode(*tool_metadata(ids[2]))["book_flight"].calls == 3
+    assert {t: len(tool_metadata(t)) for t in ids} == {t: 1 for t in ids}
+
+    for trace_id in ids:
+        verdict(trace_id, config=CONFIG, force=True)
+    assert_tools(experiment_id, redis, "force=True on every trace")
+
+    verdict(ids[1], config=CHANGED)
+    assert_tools(experiment_id, redis, "a re-judge under a changed threshold")
+    verdict(ids[0], config=CONFIG, judges=["harmfulness"])
+    assert_tools(experiment_id, redis, "a partial run")
+
+    from tracejudge.monitor.rebuild import rebuild_rollups
+    from tracejudge.monitor.collect import _client
+
+    rebuild_rollups(_client(None), redis, experiment_id, int(time.time() * 1000) - 3_600_000, int(time.time() * 1000),
+                    prefix=os.environ["TRACEJUDGE_KEY_PREFIX"])
+    last = assert_tools(experiment_id, redis, "the rollups rebuilt from MLflow")
+
+    table, md = to_table(last), to_markdown(last)
+    assert "tool usage: 10 calls in 4 traces, failed 3 (30.0%), retries 3, 3 tools" in table
+    assert "| book_flight | 6 | 3 | 50.0% | 3 |" in md
+
+
+def test_tools_past_the_tenth_are_summed_as_other():
+    from tracejudge.judges.trajectory import ToolCall
+    from tracejudge.monitor.rollup import Rollup, TraceRecord
+    from tracejudge.monitor.tool_figures import tool_figures
+
+    calls = [ToolCall(name=f"tool_{i:02d}", duration_ms=3.0) for i in range(25) for _ in range(25 - i)]
+    counts = tool_record.tool_counts(calls)
+    assert len(counts) == 21 and counts["(other)"].calls == sum(range(1, 6))  # 20 names a trace, 5 summed
+    rollup = Rollup()
+    rollup.add(TraceRecord(trace_id="tr-1", timestamp_ms=0, workflow="w", environment="e", status="passed", score=None,
+                           band=None, tools=counts))
+    totals, tools = tool_figures(rollup, start_ms=0, end_ms=300_000, width_ms=3_600_000)
+    assert [t.tool for t in tools] == [f"tool_{i:02d}" for i in range(10)] + ["(other)"]
+    assert tools[-1].calls == sum(range(1, 16)) and totals.calls == sum(range(1, 26)) and totals.distinct_tools == 21
+    assert tools[0].mean_ms == 3.0 and tools[0].p95_ms == 5.0
