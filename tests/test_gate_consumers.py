@@ -118,3 +118,32 @@ def test_a_gate_shorter_than_the_workers_trace_wait_says_the_worker_may_still_wa
     assert "within 1 s; state " in err and "no worker" not in err
     assert ("the worker may still be waiting for the trace to be whole: it waits up to 6 s for a trace's spans "
             "(judges.execution.trace_wait_seconds), longer than this wait of 1 s (--timeout); wait longer than 6 s") in err
+
+
+def test_the_python_timeout_says_when_no_worker_reads_the_queue(pipeline_env, article_trace, monkeypatch):
+    """handle.verdict(timeout=...) gives the hint the CLI gives, from the same check, only on a timeout."""
+    import tracejudge
+    from tracejudge.worker import QUEUE_ONLINE, get_app
+
+    with pytest.raises(tracejudge.EvaluationTimeout) as none:
+        tracejudge.enqueue(article_trace, gate=True).verdict(timeout=0.5)
+    assert str(none.value).endswith("; state PENDING: " + none.value.hint)
+    assert none.value.hint.startswith("no worker answers on this broker, so nothing reads the queue tracejudge.gate; start one:")
+
+    with _started(get_app(), [QUEUE_ONLINE]):
+        handle = tracejudge.enqueue(article_trace, gate=True)
+        with pytest.raises(tracejudge.EvaluationTimeout) as online_only:
+            handle.verdict(timeout=0.5)
+        assert online_only.value.hint.startswith("no worker reads the queue tracejudge.gate (")
+        assert "reads tracejudge.online" in online_only.value.hint
+        with pytest.raises(tracejudge.EvaluationTimeout) as unasked:  # a caller waiting on many handles opts out
+            handle.verdict(timeout=0.2, check_workers=False)
+        assert unasked.value.hint is None and str(unasked.value).endswith("state PENDING")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the check itself failed")
+
+    monkeypatch.setattr("tracejudge.worker.consumers.no_consumer_message", broken)
+    with pytest.raises(tracejudge.EvaluationTimeout) as failed_check:  # the timeout, never the check's error
+        handle.verdict(timeout=0.2)
+    assert failed_check.value.hint is None

@@ -362,18 +362,19 @@ def _wait_and_print(handle: Any, timeout: float, *, as_json: bool, queue: str | 
         if queue is not None and timeout > CONSUMER_CHECK_AFTER_SECONDS:
             try:
                 verdict = handle.verdict(timeout=CONSUMER_CHECK_AFTER_SECONDS, raise_on_block=False)
-            except tracejudge.EvaluationTimeout:
-                hint = _no_consumer(queue)
+            except tracejudge.EvaluationTimeout as early:  # the handle asked whether a worker reads its queue
+                hint = early.hint
                 if hint:
                     print(f"warning: {hint}; waiting up to {timeout:g} s", file=sys.stderr, flush=True)
-                verdict = handle.verdict(timeout=max(0.0, deadline - time.monotonic()), raise_on_block=False)
+                verdict = handle.verdict(timeout=max(0.0, deadline - time.monotonic()), raise_on_block=False,
+                                         check_workers=hint is None)  # a reader found missing is not asked for again
         else:
             verdict = handle.verdict(timeout=timeout, raise_on_block=False)
     except tracejudge.EvaluationTimeout as exc:
         if queue is None:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_ERROR
-        hint = hint or _no_consumer(queue) or trace_wait_hint(handle, timeout, option=option)
+        hint = hint or exc.hint or trace_wait_hint(handle, timeout, option=option)
         # (the whole wait, not what was left of it after the early check)
         print(f"error: no verdict for trace {handle.trace_id} (evaluation {handle.id}) within {timeout:g} s; state {handle.status}"
               + (f": {hint}" if hint else ""), file=sys.stderr)
@@ -403,13 +404,6 @@ def trace_wait_hint(handle: Any, timeout: float, *, option: str = "--timeout") -
     return (f"the worker may still be waiting for the trace to be whole: it waits up to {wait:g} s for a trace's spans "
             f"(judges.execution.trace_wait_seconds), longer than this wait of {timeout:g} s ({option}); "
             f"wait longer than {wait:g} s")
-
-
-def _no_consumer(queue: str) -> str | None:
-    from tracejudge.worker import get_app
-    from tracejudge.worker.consumers import no_consumer_message
-
-    return no_consumer_message(get_app(), queue)
 
 
 def exit_code(verdict: Any) -> int:

@@ -22,7 +22,12 @@ class EnqueueError(RuntimeError):
 
 
 class EvaluationTimeout(TimeoutError):
-    """No verdict within the timeout; the evaluation may still finish later."""
+    """No verdict within the timeout; the evaluation may still finish later. ``hint`` says why it may not come
+    (no live worker reads its queue), or is None."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message + (f": {hint}" if hint else ""))
+        self.hint = hint
 
 
 class EvaluationFailed(RuntimeError):
@@ -40,11 +45,13 @@ class EvaluationHandle:
     #: What the task's result is read as (a conversation's handle reads a ``SessionVerdict``).
     verdict_model: type[QualityVerdict] = QualityVerdict
 
-    def __init__(self, result: Any, *, trace_id: str, config: TraceJudgeConfig) -> None:
+    def __init__(self, result: Any, *, trace_id: str, config: TraceJudgeConfig, queue: str | None = None) -> None:
         self._result = result
         self.id: str = result.id
         self.trace_id = trace_id
         self.config = config
+        #: the queue it was sent to (``tracejudge.gate`` or ``tracejudge.online``)
+        self.queue = queue
 
     def __repr__(self) -> str:
         return f"EvaluationHandle(id={self.id!r}, trace_id={self.trace_id!r})"
@@ -56,19 +63,47 @@ class EvaluationHandle:
     def ready(self) -> bool:
         return bool(self._result.ready())
 
-    def verdict(self, timeout: float | None = DEFAULT_VERDICT_TIMEOUT, *, raise_on_block: bool = True) -> QualityVerdict:
-        """Wait for the verdict, then apply ``quality_gate.action`` (``block`` raises ``QualityGateBlocked``)."""
+    def verdict(
+        self, timeout: float | None = DEFAULT_VERDICT_TIMEOUT, *, raise_on_block: bool = True, check_workers: bool = True
+    ) -> QualityVerdict:
+        """Wait for the verdict, then apply ``quality_gate.action`` (``block`` raises ``QualityGateBlocked``).
+
+        A timeout raises :class:`EvaluationTimeout`; while the message still waits (``PENDING``) it first asks
+        the workers whether any reads its queue and says so when none does (``check_workers=False``: don't ask,
+        for a caller that waits on many handles).
+        """
         from celery.exceptions import TimeoutError as CeleryTimeout
 
         try:
             data = self._result.get(timeout=timeout, propagate=False, interval=0.05)
         except CeleryTimeout:
+            state = self.status
+            hint = no_reader_hint(self.queue) if check_workers and state == "PENDING" else None
             raise EvaluationTimeout(
-                f"no verdict for trace {self.trace_id} (evaluation {self.id}) within {timeout} s; state {self.status}"
+                f"no verdict for trace {self.trace_id} (evaluation {self.id}) within {timeout:g} s; state {state}", hint=hint
             ) from None
         if self._result.failed() or not isinstance(data, dict):
             raise EvaluationFailed(f"evaluation {self.id} of trace {self.trace_id} failed: {data!r}")
         return apply_gate(self.verdict_model.model_validate(data), self.config, raise_on_block=raise_on_block)
+
+
+def no_reader_hint(queue: str | None) -> str | None:
+    """Why a verdict may not come: no live worker reads ``queue`` (``worker.consumers.no_consumer_message``, the
+    sentence ``tracejudge gate`` prints), or None when one does. Never raises: a failed check is None.
+
+    >>> no_reader_hint(None) is None
+    True
+    """
+    if not queue:
+        return None
+    try:
+        from tracejudge.worker import get_app
+        from tracejudge.worker.consumers import no_consumer_message
+
+        return no_consumer_message(get_app(), queue)
+    except Exception as exc:  # the check must not hide the timeout it explains
+        log.debug("could not ask the workers whether any reads %s: %s", queue, exc)
+        return None
 
 
 class CompletedHandle:
@@ -85,7 +120,7 @@ class CompletedHandle:
     def ready(self) -> bool:
         return True
 
-    def verdict(self, timeout: float | None = None, *, raise_on_block: bool = True) -> QualityVerdict:
+    def verdict(self, timeout: float | None = None, *, raise_on_block: bool = True, check_workers: bool = True) -> QualityVerdict:
         return apply_gate(self._verdict, self.config, raise_on_block=raise_on_block)
 
 
@@ -102,7 +137,7 @@ class DisabledHandle:
     def ready(self) -> bool:
         return True
 
-    def verdict(self, timeout: float | None = None, *, raise_on_block: bool = True) -> None:
+    def verdict(self, timeout: float | None = None, *, raise_on_block: bool = True, check_workers: bool = True) -> None:
         return None
 
 
@@ -126,7 +161,7 @@ class SkippedHandle:
     def ready(self) -> bool:
         return True
 
-    def verdict(self, timeout: float | None = None, *, raise_on_block: bool = True) -> QualityVerdict:
+    def verdict(self, timeout: float | None = None, *, raise_on_block: bool = True, check_workers: bool = True) -> QualityVerdict:
         from tracejudge.verdict import skipped_verdict
 
         return skipped_verdict(self.trace_id, self.reason, self.config)
@@ -161,7 +196,7 @@ def send_request(
             f"could not enqueue {'trace' if task is None else 'session'} {label}: the broker at {_redacted_broker(app)} is unreachable "
             f"({_reason(exc)})"
         ) from None
-    return handle(result, trace_id=label, config=config)
+    return handle(result, trace_id=label, config=config, queue=QUEUE_GATE if request.gate else QUEUE_ONLINE)
 
 
 def _reason(exc: BaseException) -> str:

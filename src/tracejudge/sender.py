@@ -158,7 +158,14 @@ class QueuedHandle(EvaluationHandle):
             return True
         return self._state == _SENT and super().ready()
 
-    def verdict(self, timeout: float | None = 60.0, *, raise_on_block: bool = True) -> QualityVerdict:
+    @property
+    def queue(self) -> str:  # type: ignore[override]
+        """The queue it is sent to."""
+        from tracejudge.worker.names import QUEUE_GATE, QUEUE_ONLINE
+
+        return QUEUE_GATE if self._request.gate else QUEUE_ONLINE
+
+    def verdict(self, timeout: float | None = 60.0, *, raise_on_block: bool = True, check_workers: bool = True) -> QualityVerdict:
         """Wait for the send and then the verdict (one ``timeout`` for both); raises ``EnqueueError`` if it was given up."""
         started = time.monotonic()
         self.wait_sent(timeout)
@@ -170,7 +177,7 @@ class QueuedHandle(EvaluationHandle):
                 f"evaluation {self.id} of trace {self.trace_id} was still in the sender's buffer after {timeout} s"
             )
         remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-        return super().verdict(remaining, raise_on_block=raise_on_block)
+        return super().verdict(remaining, raise_on_block=raise_on_block, check_workers=check_workers)
 
 
 _STOP = object()

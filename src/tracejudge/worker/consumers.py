@@ -2,8 +2,9 @@
 
 One broadcast answers "who is there" (``ping``, waits ``timeout``); the next ones ask exactly those
 workers and return as soon as each has answered (``limit``), so a look costs about ``timeout`` seconds.
-``tracejudge status`` shows the result; ``tracejudge gate`` uses :func:`no_consumer_message` to say why a
-verdict does not come (no worker reads the gate queue) instead of timing out silently as PENDING.
+``tracejudge status`` shows the result; a handle's ``EvaluationTimeout`` (``publish.no_reader_hint``), and so
+``tracejudge gate``, uses :func:`no_consumer_message` to say why a verdict does not come (no worker reads the
+gate queue) instead of timing out silently as PENDING.
 """
 
 from __future__ import annotations
