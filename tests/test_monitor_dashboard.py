@@ -30,9 +30,28 @@ TOKEN = "dash-token-5d1e"
 HOUR = 3_600_000
 
 
+#: The research node's tools: every trace searches; most fetch a page (failing more often on the dip days,
+#: then retried); some compute.
+TOOL_NAMES = ["web_search", "fetch_page", "calculator"]
+
+
+def tool_spans(rng: random.Random, *, dip: bool) -> list:
+    """(tool, failed, ms) calls recorded under the research node of one trace."""
+    calls = [("web_search", rng.random() < 0.05, rng.uniform(80, 400))]
+    if rng.random() < 0.8:
+        failed = rng.random() < (0.4 if dip else 0.1)
+        calls.append(("fetch_page", failed, rng.uniform(150, 1500)))
+        if failed:
+            calls.append(("fetch_page", False, rng.uniform(150, 1500)))
+    if rng.random() < 0.3:
+        calls.append(("calculator", False, rng.uniform(0.5, 4)))
+    return calls
+
+
 def week_of_traces(now_ms: int) -> list:
-    """About 10 traces a day for 7 days; relevance dips on days 3-4, errors now and then."""
+    """About 10 traces a day for 7 days; relevance dips on days 3-4 (and fetch_page fails more), errors now and then."""
     rng = random.Random(11)
+    tools = random.Random(5)  # a sequence of its own: the scores stay as they were
     out = []
     for day in range(7):
         dip = day in (3, 4)
@@ -52,7 +71,7 @@ def week_of_traces(now_ms: int) -> list:
                 scores[("write", "completeness")] = "REPLY_NOT_JSON"
             elif dip and roll < 0.2:
                 scores[("research", "relevance")] = "RATE_LIMITED"
-            out.append((t, judged(scores, rng=rng, cost_usd=0.00042)))
+            out.append((t, judged(scores, rng=rng, cost_usd=0.00042), tool_spans(tools, dip=dip)))
     return out
 
 
@@ -188,7 +207,8 @@ def test_page_in_headless_chromium_draws_every_chart_and_shows_the_api_numbers(s
 
         charts = page.evaluate(CHECK_CHARTS)
         names = {c["name"] for c in charts}
-        expected = {"failure-judge", "failure-node", "gate", "node-mean", "worst", "bands", "radar", "errors", "counters", "cost"}
+        expected = {"failure-judge", "failure-node", "gate", "node-mean", "worst", "bands", "radar", "errors", "counters", "cost",
+                    "tools", "tool-failure"}
         assert api["totals"]["cost_usd"] == pytest.approx(0.00042 * api["totals"]["scored"], rel=1e-6)
         assert by_name_cost_ok(api)
         assert api["counters"] == {"sampled": 40, "skipped_sampling": 60, "cache_hit": 12, "budget_spent_usd": 1.25}
@@ -215,9 +235,21 @@ def test_page_in_headless_chromium_draws_every_chart_and_shows_the_api_numbers(s
         assert colours == ["#e58c8c", "#7fb8e6"]
         assert by_name["radar"][0] == [api["dimensions"].get(d) for d in ["correctness", "relevance", "coherence", "completeness", "safety"]]
         assert sum(sum(d) for d in by_name["errors"]) == sum(api["error_codes"].values())
+        # "Tool usage": one dataset per tool, named as in the traces' spans, calls per bucket as the API says
+        assert sorted(t["tool"] for t in api["tools"]) == sorted(TOOL_NAMES)
+        assert api["tool_totals"]["traces"] == len(ids) and api["tool_totals"]["failed"] > 0
+        starts = [b["start"] for b in api["buckets"]]
+        for chart, key in (("tools", "calls"), ("tool-failure", "failure_rate")):
+            labels = page.evaluate(f"Chart.getChart(document.querySelector('[data-chart={chart}]')).data.datasets.map(d => d.label)")
+            assert labels == [t["tool"] for t in api["tools"]], (chart, labels)
+            for tool, data in zip(api["tools"], by_name[chart]):
+                per = {p["start"]: p[key] for p in tool["series"]}
+                assert data == [per.get(x, 0 if key == "calls" else None) for x in starts], (chart, tool["tool"])
+        assert sum(sum(d) for d in by_name["tools"]) == api["tool_totals"]["calls"]
 
         shown = page.evaluate("Array.from(document.querySelectorAll('[data-metric]')).map(e => [e.dataset.metric, e.dataset.format, e.textContent])")
-        assert len(shown) >= 6 + 11 * 0 + 9 * len(api["nodes"])
+        assert len(shown) >= 6 + 11 * 0 + 9 * len(api["nodes"]) + 6 * len(api["tools"])
+        assert {path for path, _, _ in shown} >= {"tool_totals.calls", "tools.0.calls", "tools.0.p95_ms"}
         for path, kind, text in shown:
             assert text == fmt(at(api, path), kind), path
         links = page.evaluate("Array.from(document.querySelectorAll('#bottom a, #top a')).map(a => [a.dataset.trace, a.href])")

@@ -1,6 +1,6 @@
 """The HTML report cannot be broken by judged text (issue 18, point 7).
 
-Node names, rationales and the LLM summary come from workflows and judges, so an attacker (or an unlucky
+Node names, tool names, rationales and the LLM summary come from workflows and judges, so an attacker (or an unlucky
 model) chooses them. They are inlined in the report's ``<script>`` as JSON: a ``</script>`` or a
 ``<!--<script`` in them must neither end nor swallow the page's scripts. Checked in a real headless Chromium:
 the page renders, the data the page sees equals the summary exactly, the hostile text shows as text, and no
@@ -15,12 +15,14 @@ import time
 import mlflow
 import pytest
 
+from tracejudge.mlflow_io.tool_record import ToolCounts
 from tracejudge.monitor.render import script_json, to_html
 from tracejudge.testing.browser import find_chromium
 from tracejudge.testing.monitor_data import judged, record, seed_rollups
 
 HOSTILE_NODE = "<!--<script>"
 HOSTILE_NODE_2 = "</script><script>window.PWNED_NODE=1</script>"
+HOSTILE_TOOL = "</script><script>window.PWNED_TOOL=1</script>"
 HOSTILE_RATIONALE = "<!--<script> off topic </script><script>window.PWNED=1</script> & \u2028line\u2029sep"
 
 
@@ -52,10 +54,12 @@ def hostile_summary(pipeline_env, mlflow_store):
         for r in results:
             if r.name == "relevance":
                 r.rationale = HOSTILE_RATIONALE
-        records.append(record(f"tr-hostile-{i}", now - (60 - i) * 60_000, results))
+        tools = {HOSTILE_TOOL: ToolCounts(calls=2, failed=1, duration_us=5000, bins={2: 2})}  # a tool name is a user string too
+        records.append(record(f"tr-hostile-{i}", now - (60 - i) * 60_000, results, tools=tools))
     seed_rollups(redis, experiment_id, records, prefix=prefix)
     summary = summarise_quality(MonitorQuery(experiment=experiment_id, since="1d", source="redis"), redis=redis, prefix=prefix)
     assert {n.node for n in summary.nodes} >= {HOSTILE_NODE, HOSTILE_NODE_2}
+    assert [t.tool for t in summary.tools] == [HOSTILE_TOOL]
     return summary.model_copy(update={"llm_summary": HOSTILE_RATIONALE})
 
 
@@ -75,8 +79,9 @@ def test_report_with_hostile_names_and_rationales_renders_in_chromium(hostile_su
         assert json.loads(seen) == json.loads(hostile_summary.model_dump_json())
         assert page.evaluate("typeof window.PWNED") == "undefined"
         assert page.evaluate("typeof window.PWNED_NODE") == "undefined"
+        assert page.evaluate("typeof window.PWNED_TOOL") == "undefined"
         # the node names are shown as text, and every chart script ran (Chart.js and the dashboard's)
         text = page.evaluate("document.body.innerText")
-        assert HOSTILE_NODE in text
+        assert HOSTILE_NODE in text and HOSTILE_TOOL in text
         assert page.evaluate("typeof Chart") == "function"
         assert page.evaluate("document.querySelectorAll('canvas[data-chart]').length") > 0

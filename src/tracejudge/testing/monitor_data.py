@@ -148,14 +148,15 @@ def seed_mlflow(experiment_id: str, traces: Iterable[tuple[Any, ...]], *, workfl
 
 
 def record(trace_id: str, start_ms: int, results: list[JudgeResult], *, workflow: str = "article_writer",
-           environment: str = "production") -> TraceRecord:
-    """A :class:`TraceRecord` for :func:`seed_rollups`."""
+           environment: str = "production", tools: dict[str, Any] | None = None) -> TraceRecord:
+    """A :class:`TraceRecord` for :func:`seed_rollups`; ``tools``: its tool calls per tool (``tool_record.ToolCounts``)."""
     status, score, band = overall(results)
     return TraceRecord(
         trace_id=trace_id, timestamp_ms=start_ms, workflow=workflow, environment=environment, status=status, score=score, band=band,
         results=[ResultRecord(judge=r.name, node=r.target, score=r.score, threshold=r.threshold, passed=r.passed,
                               error_code=r.error.type if r.error else None, rationale=r.rationale, cost_usd=r.cost_usd)
                  for r in results],
+        tools=dict(tools or {}),
     )
 
 

@@ -68,6 +68,11 @@
       ["Judge errors", "totals.errors", t.errors, "int", t.errors ? "bad" : ""],
       t.cost_usd > 0 ? ["Judge cost", "totals.cost_usd", t.cost_usd, "usd", ""] : ["Judge results", "totals.results", t.results, "int", ""],
     ];
+    if (s.tool_totals) {  // tool calls of the judged traces (agents)
+      var tt = s.tool_totals;
+      items.push(["Tool calls", "tool_totals.calls", tt.calls, "int", ""]);
+      items.push(["Tool calls failed", "tool_totals.failure_rate", tt.failure_rate, "pct", tt.failure_rate > 0.1 ? "bad" : ""]);
+    }
     if (s.sessions) {  // conversations judged as a whole (session judges)
       var f = s.sessions;
       items.push(["Sessions judged", "sessions.sessions", f.sessions, "int", ""]);
@@ -140,7 +145,36 @@
       draw("cost", { type: "bar", data: { labels: labels, datasets: [{ label: "USD", backgroundColor: "#8e5cc4",
         data: s.buckets.map(function (b) { return b.cost_usd; }) }] }, options: { plugins: { legend: { display: false } } } });
     }
+    renderTools(s, starts, labels, line);
     renderHistograms(s);
+  }
+
+  // tool calls per tool over time (stacked bars) and the share of them that failed (lines), when traces made any
+  function renderTools(s, starts, labels, line) {
+    var tools = s.tools || [];
+    ["tools-card", "tool-failure-card", "tool-table-card"].forEach(function (id) { document.getElementById(id).hidden = !tools.length; });
+    if (!tools.length) return;
+    function at(points, key) {
+      var by = {};
+      points.forEach(function (p) { by[p.start] = p; });
+      return starts.map(function (x) { return by[x] ? by[x][key] : (key === "calls" ? 0 : null); });
+    }
+    draw("tools", { type: "bar", data: { labels: labels, datasets: tools.map(function (t, i) {
+      return { label: t.tool, backgroundColor: color(i), data: at(t.series, "calls") };
+    }) }, options: { scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, ticks: { precision: 0 } } },
+                     plugins: { legend: { position: "bottom" } } } });
+    draw("tool-failure", line(tools.map(function (t, i) {
+      return { label: t.tool, data: at(t.series, "failure_rate"), borderColor: color(i), backgroundColor: color(i) };
+    }), pctAxis));
+    var box = document.getElementById("tool-table");
+    box.innerHTML = "";
+    box.appendChild(table([["tool"], ["calls", 1], ["failed", 1], ["failure rate", 1], ["retries", 1], ["mean ms", 1], ["p95 ms", 1]],
+      tools.map(function (t, i) {
+        var p = "tools." + i + ".";
+        return [td(t.tool), mtd(p + "calls", t.calls, "int"), mtd(p + "failed", t.failed, "int", t.failed ? "bad" : ""),
+                mtd(p + "failure_rate", t.failure_rate, "pct", t.failure_rate > 0.2 ? "bad" : ""), mtd(p + "retries", t.retries, "int"),
+                mtd(p + "mean_ms", t.mean_ms, "int"), mtd(p + "p95_ms", t.p95_ms, "int")];
+      })));
   }
 
   var thresholdLine = {
