@@ -124,6 +124,41 @@ def test_tool_figures_agree_between_redis_and_mlflow_after_rejudges(agents):
     assert "| book_flight | 6 | 3 | 50.0% | 3 |" in md
 
 
+def test_tool_failure_rate_alert_fires_for_all_tools_or_one(agents):
+    """The rule kind tool_failure_rate, through the alert check with a log sink, on the agents judged above."""
+    from tracejudge.config import load_config
+    from tracejudge.monitor.alerts import check_alerts
+
+    experiment_id, _, redis = agents
+    alerts = load_config({"quality_alerts": {"window_minutes": 60, "baseline_days": 1, "rules": [
+        {"kind": "tool_failure_rate", "above": 0.25},                           # 3 of 10 failed: fires
+        {"kind": "tool_failure_rate", "tool": "book_flight", "above": 0.5},      # 3 of 6: not above 0.5
+        {"kind": "tool_failure_rate", "tool": "search_flights", "above": 0.0},   # none failed
+        {"kind": "tool_failure_rate", "tool": "book_flight", "above": 0.1, "min_count": 7},  # too few calls
+    ], "sinks": [{"type": "log"}]}}).quality_alerts
+    result = check_alerts(alerts, experiment=experiment_id, redis=redis, prefix=os.environ["TRACEJUDGE_KEY_PREFIX"])
+    every, book, search, few = result.outcomes
+    assert every.holds and every.observed == pytest.approx(0.3, abs=1e-6)
+    assert "all tools: failed share 0.300 of 10 tool calls" in every.message
+    assert not book.holds and book.observed == 0.5
+    assert not search.holds and search.observed == 0.0
+    assert not few.holds and "tool book_flight: 6 tool calls in the window (rule needs 7)" in few.message
+    assert [o.rule for o in result.firing] == [every.rule]
+
+
+@pytest.mark.parametrize("rule, message", [
+    ({"kind": "tool_failure_rate"}, "a tool_failure_rate rule needs above"),
+    ({"kind": "tool_failure_rate", "above": 0.1, "judge": "relevance"}, "takes no judge or node (use tool: <name>)"),
+    ({"kind": "failure_rate", "above": 0.1, "tool": "search"}, "tool: only a tool_failure_rate rule takes a tool"),
+])
+def test_bad_tool_rules_are_named(rule, message):
+    from tracejudge.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config({"quality_alerts": {"rules": [rule]}})
+    assert message in str(err.value)
+
+
 def test_tools_past_the_tenth_are_summed_as_other():
     from tracejudge.judges.trajectory import ToolCall
     from tracejudge.monitor.rollup import Rollup, TraceRecord

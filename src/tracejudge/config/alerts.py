@@ -14,6 +14,8 @@
         - {kind: new_failure_type}
         - {kind: gate_pass_rate, below: 0.9}
         - {kind: session_failure_rate, above: 0.3}    # conversations (judges.sessions) failing a session judge
+        - {kind: tool_failure_rate, above: 0.1}       # over 10% of the judged traces' tool calls failed
+        - {kind: tool_failure_rate, tool: book_flight, above: 0.05}
         # the pipeline itself (all experiments; see docs/pipeline-health.md)
         - {kind: pipeline_lag, seconds: 300}          # p95 trace end -> verdict above 5 min
         - {kind: backlog, depth: 1000, seconds: 600}  # a queue deeper than 1000 or its oldest message older than 10 min
@@ -46,6 +48,8 @@ RULE_NEEDS: dict[str, tuple[str, ...]] = {
     "gate_pass_rate": ("below",),
     # conversations (judges.sessions): the share of sessions judged in the window with a result below threshold
     "session_failure_rate": ("above",),
+    # agents: the share of the judged traces' tool calls that failed (all tools, or one: `tool`)
+    "tool_failure_rate": ("above",),
     # judges vs people: kappa (or Spearman) of our scores with HUMAN feedback in the window below a bound
     "judge_agreement": ("below",),
     # the pipeline's health (tracejudge.ops.pipeline; evaluated at the end of tracejudge.monitor.alert_rules)
@@ -63,7 +67,7 @@ _Positive = Annotated[float, BeforeValidator(_no_bool), Field(gt=0)]
 class AlertRule(_Section):
     """One rule; ``judge`` / ``node`` narrow it (default: every judge on every node)."""
 
-    #: The rule: quality_drop, failure_rate, variance_increase, new_failure_type, gate_pass_rate, session_failure_rate, judge_agreement; about the pipeline: pipeline_lag, backlog, no_verdicts, judge_error_rate.
+    #: The rule: quality_drop, failure_rate, variance_increase, new_failure_type, gate_pass_rate, session_failure_rate, judge_agreement, tool_failure_rate; about the pipeline: pipeline_lag, backlog, no_verdicts, judge_error_rate.
     kind: str
     #: A name for the alert (default: made from the rule).
     name: str | None = None
@@ -73,7 +77,7 @@ class AlertRule(_Section):
     node: str | None = None
     #: Fires when the figure is below this (quality_drop, gate_pass_rate, judge_agreement).
     below: Score | None = None
-    #: Fires when the figure is above this (failure_rate, session_failure_rate, judge_error_rate).
+    #: Fires when the figure is above this (failure_rate, session_failure_rate, judge_error_rate, tool_failure_rate).
     above: Score | None = None
     #: Fires when the mean drops by this much against the baseline (quality_drop).
     drop_by: Score | None = None
@@ -89,9 +93,11 @@ class AlertRule(_Section):
     queue: str | None = None
     #: Only this error code (judge_error_rate; default each code on its own), e.g. JUDGE_TIMEOUT.
     code: str | None = None
+    #: Only this tool's calls (tool_failure_rate; default all tools together), e.g. book_flight.
+    tool: str | None = None
     #: The agreement figure a judge_agreement rule watches: Cohen's `kappa` (pass/fail) or `spearman` (scores).
     statistic: Literal["kappa", "spearman"] = "kappa"
-    min_count: int = Field(5, ge=1, description="fewer scored results in the window than this: the rule stays quiet")
+    min_count: int = Field(5, ge=1, description="fewer scored results in the window than this (tool calls for tool_failure_rate, sessions for session_failure_rate): the rule stays quiet")
 
     @field_validator("kind")
     @classmethod
@@ -111,6 +117,10 @@ class AlertRule(_Section):
             raise ValueError(f"a {self.kind} rule needs {' or '.join(need)}")
         if self.kind in PIPELINE_KINDS and (self.judge or self.node):
             raise ValueError(f"a {self.kind} rule is about the whole pipeline: it takes no judge or node")
+        if self.kind == "tool_failure_rate" and (self.judge or self.node):
+            raise ValueError("a tool_failure_rate rule is about tool calls: it takes no judge or node (use tool: <name>)")
+        if self.tool is not None and self.kind != "tool_failure_rate":
+            raise ValueError(f"tool: only a tool_failure_rate rule takes a tool, not a {self.kind} rule")
         return self
 
     @property
@@ -127,7 +137,7 @@ class AlertRule(_Section):
             parts.append(f"node {self.node}")
         if self.judge:
             parts.append(self.judge)
-        for key in ("queue", "code"):
+        for key in ("queue", "code", "tool"):
             if getattr(self, key):
                 parts.append(getattr(self, key))
         for key in ("below", "above", "drop_by", "factor", "seconds", "depth", "minutes"):

@@ -179,6 +179,30 @@ def session_failure_rate(rule: AlertRule, ctx: RuleContext) -> Evaluation:
     return Evaluation(holds, observed, base, f"{scope}: {_f(observed)} failing (baseline {_f(base)}), alert above {rule.above:g}")
 
 
+@rule_kind("tool_failure_rate")
+def tool_failure_rate(rule: AlertRule, ctx: RuleContext) -> Evaluation:
+    """The share of the judged traces' tool calls that failed in the window: all tools together, or ``tool``'s.
+
+    A tool past the ten most called in the window is summed into ``(other)`` by the summary: name ``(other)`` to
+    watch those together.
+    """
+
+    def rate(summary: QualitySummary) -> tuple[int, float | None]:
+        if rule.tool is None:
+            t = summary.tool_totals
+            return (t.calls, t.failure_rate) if t is not None else (0, None)
+        hit = next((x for x in summary.tools if x.tool == rule.tool), None)
+        return (hit.calls, hit.failure_rate) if hit else (0, None)
+
+    (n, observed), (_, base) = rate(ctx.window), rate(ctx.baseline)
+    scope = f"tool {rule.tool}" if rule.tool else "all tools"
+    if n < rule.min_count:
+        return Evaluation(False, observed, base, f"{scope}: {n} tool calls in the window (rule needs {rule.min_count})")
+    holds = observed is not None and observed > (rule.above or 0)
+    return Evaluation(holds, observed, base, f"{scope}: failed share {_f(observed)} of {n} tool calls (baseline {_f(base)}), "
+                                             f"alert above {rule.above:g}")
+
+
 @rule_kind("judge_agreement")
 def judge_agreement(rule: AlertRule, ctx: RuleContext) -> Evaluation:
     """Our judges against people: the lowest ``statistic`` (kappa or Spearman) of a judge (and version) with the

@@ -85,8 +85,8 @@ def rule_id(rule: AlertRule, experiment_id: str) -> str:
     >>> len(rule_id(AlertRule(kind="failure_rate", above=0.2), "1"))
     16
     """
-    # the pipeline rules' fields only when set, so the ids of rules written before them stay the same
-    unset = {k for k in ("seconds", "depth", "minutes", "queue", "code") if getattr(rule, k) is None}
+    # the pipeline rules' (and tool_failure_rate's) fields only when set, so the ids of rules written before them stay the same
+    unset = {k for k in ("seconds", "depth", "minutes", "queue", "code", "tool") if getattr(rule, k) is None}
     if rule.statistic == "kappa":  # judge_agreement's default: likewise left out, so older ids stay the same
         unset.add("statistic")
     blob = json.dumps([experiment_id, rule.model_dump(mode="json", exclude=unset)], sort_keys=True)
