@@ -8,6 +8,7 @@ search_traces) and from the Redis rollups the worker kept.
 from __future__ import annotations
 
 import json
+import os
 
 import mlflow
 import pytest
@@ -147,7 +148,7 @@ def test_report_command_formats(seeded, tmp_path, capsys):
 
     assert main(["report", "--experiment-id", experiment_id, "--since", "1h", "--format", "md", "--source", "mlflow"]) == 0
     md = capsys.readouterr().out
-    assert "| research | relevance | 5 | 0.700 |" in md and f"[{ids[2]}](" in md
+    assert "| research | relevance | 5 | 0.700 |" in md and f"`{ids[2]}`" in md  # a sqlite store: no UI address, no link
 
     out = tmp_path / "report.html"
     assert main(["report", "--experiment-id", experiment_id, "--since", "1h", "--format", "html", "-o", str(out), "--source", "mlflow"]) == 0
@@ -189,3 +190,38 @@ def test_report_bad_options_are_named(mlflow_store, capsys, argv, message):
 def test_report_unknown_experiment(mlflow_store, capsys):
     assert main(["report", "--experiment-id", "no-such-experiment-xyz", "--source", "mlflow"]) == 2
     assert "experiment 'no-such-experiment-xyz' does not exist" in capsys.readouterr().err
+
+
+def test_report_links_for_a_local_store_say_how_to_open_the_ui_and_never_guess_a_host(seeded, monkeypatch, capsys):
+    """A sqlite store serves no UI: the report says how to open one (mlflow ui over that store, then the path),
+    not a guessed http://127.0.0.1:5000; an http(s) store or MLFLOW_UI_URL still gives links."""
+    from tracejudge.monitor.links import links_for
+
+    experiment_id, ids, _, _ = seeded
+    store = os.environ["MLFLOW_TRACKING_URI"]
+    assert store.startswith("sqlite:")
+    monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
+    args = ["report", "--experiment-id", experiment_id, "--since", "1h", "--source", "mlflow"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert text.rstrip().splitlines()[-1] == (f"MLflow Quality tab: run `mlflow ui --backend-store-uri {store}`, then open "
+                                              f"/#/experiments/{experiment_id}/overview/quality at the address it prints")
+    assert "127.0.0.1:5000" not in text
+    assert main([*args, "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["links"]["mlflow_ui"] is None and data["links"]["open_ui"] == f"mlflow ui --backend-store-uri {store}"
+    assert data["bottom_traces"][0]["url"].startswith(f"/#/experiments/{experiment_id}/traces?")
+    assert main([*args, "--format", "md"]) == 0
+    md = capsys.readouterr().out
+    assert f"run `mlflow ui --backend-store-uri {store}`, then open `/#/experiments/{experiment_id}/overview/quality`" in md
+    assert "127.0.0.1:5000" not in md and "](/#" not in md
+
+    monkeypatch.setenv("MLFLOW_UI_URL", "http://mlflow.example:5000/")
+    assert main([*args, "--format", "md"]) == 0
+    md = capsys.readouterr().out
+    assert f"[MLflow Quality tab](http://mlflow.example:5000/#/experiments/{experiment_id}/overview/quality)" in md
+    assert f"[{ids[2]}](http://mlflow.example:5000/#/experiments/{experiment_id}/traces?" in md
+    monkeypatch.delenv("MLFLOW_UI_URL")
+    server = links_for("7", tracking_uri="https://mlflow.example.com/")
+    assert (server.mlflow_ui, server.open_ui) == ("https://mlflow.example.com", None)
+    assert server.experiment_quality == "https://mlflow.example.com/#/experiments/7/overview/quality"

@@ -215,10 +215,21 @@ def slack_payload(alert: Any) -> dict[str, Any]:
     icon = ":white_check_mark:" if alert.status == "resolved" else ":rotating_light:"
     lines = [f"{icon} *{alert.status.upper()}* quality alert `{alert.rule}` (experiment {alert.experiment_id})", alert.message,
              f"window {alert.window['since']} .. {alert.window['until']}"]
-    lines += [f"• <{e['url']}|{e['trace_id']}> {e.get('node') or ''} {e.get('judge') or ''} {'' if e.get('score') is None else round(e['score'], 3)}" for e in alert.examples]
+    lines += [f"• {_slack_link(e.get('url') or '', e['trace_id'])} {e.get('node') or ''} {e.get('judge') or ''} {'' if e.get('score') is None else round(e['score'], 3)}" for e in alert.examples]
     if alert.links.get("quality"):
-        lines.append(f"<{alert.links['quality']}|MLflow Quality tab>")
+        lines.append(_slack_link(alert.links["quality"], "MLflow Quality tab"))
     return {"text": "\n".join(lines)}
+
+
+def _slack_link(url: str, label: str) -> str:
+    """``<url|label>``; a path in the MLflow UI (its address is not known: a local store) as text.
+
+    >>> _slack_link("https://ui/#/x", "tr-1"), _slack_link("/#/experiments/1/traces", "tr-1")
+    ('<https://ui/#/x|tr-1>', 'tr-1 (/#/experiments/1/traces in the MLflow UI)')
+    """
+    if url.startswith(("http://", "https://")):
+        return f"<{url}|{label}>"
+    return f"{label} ({url} in the MLflow UI)" if url else label
 
 
 def _post(url: str, payload: dict[str, Any], *, timeout: float, max_attempts: int) -> tuple[int, str | None]:

@@ -199,7 +199,11 @@ class ToolTotals(BaseModel):
 
 
 class Links(BaseModel):
-    mlflow_ui: str
+    """Links into the MLflow UI (``monitor/links.py``). Without a known UI address (a local store, no
+    ``MLFLOW_UI_URL``) the links are paths in the UI (``/#/experiments/...``) and ``open_ui`` says how to start it."""
+
+    mlflow_ui: str | None = Field(description="the UI's address; None when not known (a local store)")
+    open_ui: str | None = Field(None, description="how to open the UI when its address is not known: the command to run")
     experiment_quality: str = Field(description="the experiment's Overview -> Quality tab in the MLflow UI")
     experiment_traces: str
 

@@ -11,6 +11,7 @@ import json
 import re
 from importlib import resources
 
+from tracejudge.monitor.links import where
 from tracejudge.monitor.models import QualitySummary
 
 FORMATS = ("table", "json", "html", "md")
@@ -120,7 +121,7 @@ def to_table(s: QualitySummary) -> str:
         lines += ["", "agreement with people (HUMAN feedback on the same spans):"] + _agreement_lines(s)
     if s.llm_summary:
         lines += ["", f"summary (LLM): {s.llm_summary}"]
-    lines += ["", f"MLflow Quality tab: {s.links.experiment_quality}"]
+    lines += ["", f"MLflow Quality tab: {where(s.links.experiment_quality, s.links)}"]
     return "\n".join(lines)
 
 
@@ -139,7 +140,9 @@ def to_markdown(s: QualitySummary) -> str:
     if s.worst_nodes:
         out += ["", "**Most often below threshold:** " + ", ".join(f"{w.node}/{w.judge} {pct(w.failure_rate)}" for w in s.worst_nodes[:5])]
     if s.bottom_traces:
-        out += ["", "**Lowest traces:** " + ", ".join(f"[{t.trace_id}]({t.url}) {num(t.score)}" for t in s.bottom_traces)]
+        out += ["", "**Lowest traces:** " + ", ".join(
+            (f"[{t.trace_id}]({t.url})" if s.links.mlflow_ui else f"`{t.trace_id}`") + f" {num(t.score)}" for t in s.bottom_traces
+        )]
     if s.themes:
         out += ["", "**Failure themes:** " + "; ".join(f"{t.judge}: \"{t.phrase}\" ({t.count})" for t in s.themes[:6])]
     if s.tool_totals:
@@ -153,7 +156,10 @@ def to_markdown(s: QualitySummary) -> str:
         out += ["", "**Agreement with people:** " + "; ".join(line.strip() for line in _agreement_lines(s))]
     if s.llm_summary:
         out += ["", f"**Summary (LLM):** {s.llm_summary}"]
-    out += ["", f"[MLflow Quality tab]({s.links.experiment_quality})"]
+    if s.links.mlflow_ui:
+        out += ["", f"[MLflow Quality tab]({s.links.experiment_quality})"]
+    else:
+        out += ["", f"MLflow Quality tab: run `{s.links.open_ui}`, then open `{s.links.experiment_quality}` at the address it prints"]
     return "\n".join(out) + "\n"
 
 

@@ -277,7 +277,7 @@ def summarise(
     tool_totals, tools = tool_figures(rollup, start_ms=start_ms, end_ms=end_ms, width_ms=width)
 
     def ref(score: float, trace_id: str) -> TraceRef:
-        return TraceRef(trace_id=trace_id, score=round(score, 6), url=trace_url(links.mlflow_ui, experiment_id, trace_id))
+        return TraceRef(trace_id=trace_id, score=round(score, 6), url=trace_url(links.mlflow_ui or "", experiment_id, trace_id))
 
     return QualitySummary(
         experiment_id=experiment_id,
@@ -312,7 +312,7 @@ def summarise(
         failures=[
             Failure(
                 trace_id=f["trace_id"], judge=f["judge"], node=f["node"], score=f.get("score"),
-                error_code=f.get("error_code"), url=trace_url(links.mlflow_ui, experiment_id, f["trace_id"]),
+                error_code=f.get("error_code"), url=trace_url(links.mlflow_ui or "", experiment_id, f["trace_id"]),
             )
             for f in recent
         ],

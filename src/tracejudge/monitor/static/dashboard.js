@@ -241,7 +241,9 @@
       box.innerHTML = "";
       if (!list.length) { box.appendChild(el("div", { class: "muted" }, "no scored traces")); return; }
       box.appendChild(table([["trace"], ["score", 1]], list.map(function (t, i) {
-        var cell = el("td"), a = el("a", { href: t.url, target: "_blank", rel: "noopener", "data-trace": t.trace_id }, t.trace_id);
+        // without a known MLflow UI address (a local store) the url is a path in a UI nobody started: no link
+        var cell = el("td"), a = s.links.mlflow_ui ? el("a", { href: t.url, target: "_blank", rel: "noopener", "data-trace": t.trace_id }, t.trace_id)
+                                                  : el("span", { "data-trace": t.trace_id, title: t.url }, t.trace_id);
         cell.appendChild(a);
         return [cell, mtd(which + "_traces." + i + ".score", t.score, "num")];
       })));
@@ -273,8 +275,13 @@
   function renderLinks(s) {
     var nav = document.getElementById("links");
     nav.innerHTML = "";
-    nav.appendChild(el("a", { href: s.links.experiment_quality, target: "_blank", rel: "noopener", id: "quality-link" }, "MLflow Quality tab \u2197"));
-    nav.appendChild(el("a", { href: s.links.experiment_traces, target: "_blank", rel: "noopener" }, "MLflow traces \u2197"));
+    if (s.links.mlflow_ui) {
+      nav.appendChild(el("a", { href: s.links.experiment_quality, target: "_blank", rel: "noopener", id: "quality-link" }, "MLflow Quality tab \u2197"));
+      nav.appendChild(el("a", { href: s.links.experiment_traces, target: "_blank", rel: "noopener" }, "MLflow traces \u2197"));
+    } else {  // a local store: no UI address to guess; say how to open one
+      nav.appendChild(el("span", { class: "muted", id: "open-ui" }, "MLflow UI: run " + s.links.open_ui + ", then open " +
+                         s.links.experiment_quality + " at the address it prints"));
+    }
     var scope = "experiment " + s.experiment_id + (s.workflow ? " \u00b7 workflow " + s.workflow : "") +
                 (s.environment ? " \u00b7 " + s.environment : "") + " \u00b7 " + s.since.slice(0, 16).replace("T", " ") +
                 " \u2013 " + s.until.slice(0, 16).replace("T", " ") + " UTC";
