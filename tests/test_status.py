@@ -132,6 +132,39 @@ def test_on_rabbitmq_the_depth_comes_from_the_broker(pipeline_env):
         assert report["held_by_workers"] is None
         assert "1 message waits on tracejudge.online and no worker reads it" in report["problems"]
 
+        # the table says the age is unknown, not 0 or blank
+        table = subprocess.run([sys.executable, "-m", "tracejudge", "status"], env={**env, "COLUMNS": "200"},
+                               capture_output=True, text=True, timeout=120)
+        [online] = [line for line in table.stdout.splitlines() if "tracejudge.online" in line and "nobody" in line]
+        assert [c.strip() for c in online.strip("│ ").split("│")][:3] == ["tracejudge.online", "1", "unknown"], table.stdout
+        # a worker's scrape-time gauges: the depth from RabbitMQ, no age sample (absent, not 0)
+        from tracejudge.config import Settings
+        from tracejudge.worker.serving import readings
+
+        [queues] = [r for r in readings(Settings.from_env(env)) if r.name == "queues"]
+        samples = {(s.name, s.labels["queue"]): s.value for family in queues.collect() for s in family.samples}
+        assert samples[("tracejudge_queue_depth", "tracejudge.online")] == 1
+        assert samples[("tracejudge_queue_depth", "tracejudge.gate")] == 0
+        assert ("tracejudge_oldest_message_age_seconds", "tracejudge.online") not in samples
+        assert samples[("tracejudge_oldest_message_age_seconds", "tracejudge.gate")] == 0  # empty: 0
+        # a backlog alert rule reads the same depth
+        import redis
+
+        from tracejudge.config import load_config
+        from tracejudge.monitor.alerts import check_alerts
+        from tracejudge.worker import QUEUES
+
+        alerts = load_config({"quality_alerts": {"rules": [{"kind": "backlog", "depth": 0, "queue": "tracejudge.online"}],
+                                                 "sinks": [{"type": "log"}]}}).quality_alerts
+        saved = os.environ.get("TRACEJUDGE_BROKER_URL")
+        os.environ["TRACEJUDGE_BROKER_URL"] = vhost.url
+        try:
+            [backlog] = check_alerts(alerts, experiment="0", redis=redis.Redis.from_url(pipeline_env["TRACEJUDGE_REDIS_URL"]),
+                                     prefix=pipeline_env["TRACEJUDGE_KEY_PREFIX"], queues=QUEUES).outcomes
+        finally:
+            os.environ.pop("TRACEJUDGE_BROKER_URL") if saved is None else os.environ.__setitem__("TRACEJUDGE_BROKER_URL", saved)
+        assert backlog.holds and "tracejudge.online holds 1 message (bound 0)" in backlog.message
+
 
 def _evaluations_by_status() -> dict[str, float]:
     """``tracejudge_evaluations_total`` of this process, summed over queues, by status."""

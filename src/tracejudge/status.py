@@ -99,10 +99,13 @@ def gather(settings: Any, config: Any, redis: Any, *, inspect_timeout: float = 1
     workers = inspect_workers(app, timeout=inspect_timeout)
     broker = broker_client(settings)
     pipeline = read_state(redis, broker=broker, queues=QUEUES, minutes=WINDOW_MINUTES, prefix=prefix, now=now, workers=workers)
-    if broker is None:  # RabbitMQ: depth from a passive declare, no age
+    if broker is None:  # RabbitMQ: depth from a passive declare, the age unknown
+        from tracejudge.ops.broker import read_amqp_queues
+
+        with app.connection_for_read() as connection:
+            found = read_amqp_queues(connection, list(QUEUES))
         pipeline.queues = {
-            name: QueueState(depth=depth, consumers=[w.name for w in workers if name in w.queues])
-            for name, depth in rabbit_depths(app, list(QUEUES)).items()
+            name: QueueState(depth=r.depth, consumers=[w.name for w in workers if name in w.queues]) for name, r in found.items()
         }
     state = RedisState(redis, prefix=prefix)
     pipeline.pickup = read_pickup(state, now=now)
@@ -116,20 +119,6 @@ def broker_client(settings: Any) -> Any:
     import redis as redis_lib
 
     return redis_lib.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=5)
-
-
-def rabbit_depths(app: Any, queues: list[str]) -> dict[str, int]:
-    """Messages ready on each RabbitMQ queue (a passive declare; 0 for a queue nobody declared yet)."""
-    out = {}
-    with app.connection_for_read() as connection:
-        for name in queues:
-            try:
-                out[name] = int(connection.default_channel.queue_declare(queue=name, passive=True).message_count)
-            except Exception:  # not declared yet (the channel is closed by the broker: take a new one)
-                connection.close()
-                connection.connect()
-                out[name] = 0
-    return out
 
 
 def read_pickup(state: Any, *, now: float) -> list[Any]:
@@ -202,7 +191,7 @@ def print_table(report: dict[str, Any]) -> None:
     for column in ("queue", "depth", "oldest (s)", "read by"):
         table.add_column(column)
     for name, q in report["queues"].items():
-        age = "" if q["oldest_age_seconds"] is None else f"{q['oldest_age_seconds']:.0f}"
+        age = f"{q['oldest_age_seconds']:.0f}" if q["oldest_age_seconds"] is not None else "unknown" if q["depth"] else ""
         table.add_row(name, str(q["depth"]), age, ", ".join(q["consumers"] or []) or "nobody")
     console.print(table)
     key = next(k for k in report if k.startswith("last_"))

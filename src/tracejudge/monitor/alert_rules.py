@@ -244,7 +244,7 @@ def variance_increase(rule: AlertRule, ctx: RuleContext) -> Evaluation:
 # pipeline_lag, backlog, no_verdicts, judge_error_rate: about the whole pipeline (every experiment the workers
 # judge), not the watched experiment's quality. They read the pipeline's state once per check
 # (tracejudge.ops.pipeline.read_state: the workers' verdict counts and trace lag over window_minutes, each
-# queue's depth and oldest message from a Redis broker) and ask tracejudge.ops.pipeline.evaluate_pipeline_rule,
+# queue's depth and oldest message from a Redis broker, the depth only from RabbitMQ) and ask tracejudge.ops.pipeline.evaluate_pipeline_rule,
 # the conditions `tracejudge status` uses too. The queues come from the caller (check_alerts(queues=...): the
 # worker's beat task and the CLI pass tracejudge.worker.QUEUES); without them a backlog rule stays quiet.
 
@@ -257,14 +257,21 @@ def pipeline_state(ctx: RuleContext) -> Any:
 
         settings = Settings.from_env()
         broker = None
-        if settings.broker_is_redis and ctx.extra.get("queues"):  # RabbitMQ: no queue readings here
+        queues = tuple(ctx.extra.get("queues") or ())
+        if settings.broker_is_redis and queues:
             import redis as redis_lib
 
             broker = redis_lib.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=5)
-        ctx.extra["pipeline_state"] = read_state(
-            ctx.redis, broker=broker, queues=tuple(ctx.extra.get("queues") or ()),
+        state = read_state(
+            ctx.redis, broker=broker, queues=queues,
             minutes=int(ctx.extra.get("window_minutes") or 15), prefix=ctx.prefix, now=ctx.now_ms / 1000,
         )
+        if not settings.broker_is_redis and queues:  # RabbitMQ: each queue's depth from the broker, its age unknown
+            from tracejudge.ops.broker import read_amqp_url
+            from tracejudge.ops.pipeline import QueueState
+
+            state.queues = {name: QueueState(depth=r.depth) for name, r in read_amqp_url(settings.broker_url, queues).items()}
+        ctx.extra["pipeline_state"] = state
     return ctx.extra["pipeline_state"]
 
 

@@ -1,4 +1,8 @@
-"""How deep each queue is and how old its oldest message, read from a Redis broker cheaply.
+"""How deep each queue is and how old its oldest message, read from the broker cheaply.
+
+On RabbitMQ (:func:`read_amqp_queues`) the depth is the broker's own count (a passive ``queue_declare``)
+and the age is unknown: ``oldest_age_seconds`` None with messages waiting (:meth:`QueueReading.age_unknown`),
+shown as "unknown" and left out of ``tracejudge_oldest_message_age_seconds``, never as 0.
 
 Kombu's Redis transport keeps a queue as a list (``LPUSH`` by producers, ``BRPOP`` by workers, so the
 oldest message is at the right end), with one more list per priority step (``<queue>\\x06\\x16<n>``).
@@ -27,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["QueueReading", "read_queues", "queue_keys"]
+__all__ = ["QueueReading", "read_amqp_queues", "read_amqp_url", "read_queues", "queue_keys"]
 
 #: kombu's Redis transport: the separator of a priority queue's key, and its priority steps
 PRIORITY_SEP = "\x06\x16"
@@ -40,6 +44,15 @@ class QueueReading:
 
     depth: int
     oldest_age_seconds: float | None
+
+    @property
+    def age_unknown(self) -> bool:
+        """Messages wait and their age is not known (RabbitMQ, or messages without ``enqueued_at``).
+
+        >>> QueueReading(3, None).age_unknown, QueueReading(0, None).age_unknown, QueueReading(3, 4.0).age_unknown
+        (True, False, False)
+        """
+        return self.depth > 0 and self.oldest_age_seconds is None
 
 
 def queue_keys(queue: str, *, prefix: str = "") -> list[str]:
@@ -86,3 +99,30 @@ def enqueued_at(message: bytes | str) -> float | None:
         return float(value) if value is not None else None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None
+
+
+def read_amqp_queues(connection: Any, queues: Sequence[str]) -> dict[str, QueueReading]:
+    """Depth of each queue on an AMQP broker (RabbitMQ), from a passive ``queue_declare`` per queue through
+    ``connection`` (a kombu ``Connection``, which the caller owns): the messages ready, not those delivered and
+    unacknowledged. A queue nobody declared yet is empty. The age is unknown there (None).
+
+    Raises kombu's ``OperationalError`` when the broker does not answer.
+    """
+    readings: dict[str, QueueReading] = {}
+    for name in queues:
+        try:
+            declared = connection.default_channel.queue_declare(queue=name, passive=True)
+            readings[name] = QueueReading(depth=int(declared.message_count), oldest_age_seconds=None)
+        except connection.channel_errors:  # 404: not declared yet (the broker closed the channel: take a new one)
+            connection.close()
+            connection.connect()
+            readings[name] = QueueReading(depth=0, oldest_age_seconds=None)
+    return readings
+
+
+def read_amqp_url(url: str, queues: Sequence[str], *, timeout: float = 2.0) -> dict[str, QueueReading]:
+    """:func:`read_amqp_queues` over a connection of its own to ``url`` (an ``amqp://`` broker URL), closed after."""
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=timeout) as connection:
+        return read_amqp_queues(connection, queues)

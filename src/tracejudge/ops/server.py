@@ -85,16 +85,23 @@ class Readings:
 
 
 def queue_metrics(readings: dict[str, QueueReading]) -> list[Metric]:
-    """``tracejudge_queue_depth{queue}`` and ``tracejudge_oldest_message_age_seconds{queue}`` (0 when empty)."""
+    """``tracejudge_queue_depth{queue}`` and ``tracejudge_oldest_message_age_seconds{queue}`` (0 when empty; no
+    sample when messages wait with an unknown age, as on RabbitMQ: absent, not 0).
+
+    >>> [(s.labels["queue"], s.value) for f in queue_metrics({"a": QueueReading(2, None), "b": QueueReading(0, None)})
+    ...  for s in f.samples if f.name == "tracejudge_oldest_message_age_seconds"]
+    [('b', 0.0)]
+    """
     depth = GaugeMetricFamily("tracejudge_queue_depth", "Messages waiting in the queue (read from the broker).", labels=["queue"])
     age = GaugeMetricFamily(
         "tracejudge_oldest_message_age_seconds",
-        "Age of the queue's oldest waiting message (its enqueue time; 0 when empty).",
+        "Age of the queue's oldest waiting message (its enqueue time; 0 when empty; absent when unknown: RabbitMQ).",
         labels=["queue"],
     )
     for queue, reading in sorted(readings.items()):
         depth.add_metric([queue], reading.depth)
-        age.add_metric([queue], reading.oldest_age_seconds or 0.0)
+        if not reading.age_unknown:
+            age.add_metric([queue], reading.oldest_age_seconds or 0.0)
     return [depth, age]
 
 

@@ -176,7 +176,7 @@ def readings(settings: Settings) -> list[Readings]:
     from tracejudge.config import ConfigError, load_config
     from tracejudge.controls.budget import read_spend
     from tracejudge.controls.online import pickup_watermarks
-    from tracejudge.ops.broker import read_queues
+    from tracejudge.ops.broker import read_amqp_url, read_queues
     from tracejudge.ops.server import budget_metrics, pickup_metrics, queue_metrics
     from tracejudge.tasks.state import RedisState
     from tracejudge.worker.names import QUEUES
@@ -186,6 +186,8 @@ def readings(settings: Settings) -> list[Readings]:
     if settings.broker_is_redis:
         broker = redis.Redis.from_url(settings.broker_url or settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
         found.append(Readings("queues", lambda: queue_metrics(read_queues(broker, QUEUES, prefix=settings.key_prefix))))
+    else:  # RabbitMQ: the depth from a passive declare per scrape, the age unknown (no sample)
+        found.append(Readings("queues", lambda: queue_metrics(read_amqp_url(settings.broker_url, QUEUES))))
     try:
         daily = load_config(settings.config_path).judges.budget.daily_usd
     except ConfigError:
