@@ -128,8 +128,14 @@ def _landed(assessment) -> dict:
     }
 
 
+#: A trace's tool counts as the evaluation writes them in every feedback's metadata (``tool_record.encode``).
+TOOLS = '{"v":1,"tools":{"b\u00fcch|er":[3,1,1,4500,{"2":1,"3":2}]}}'
+
+
 @pytest.mark.slow
 def test_what_lands_is_identical_to_the_clients_writes(server) -> None:
+    from tracejudge.mlflow_io.tool_record import decode, read_counts
+
     from mlflow import MlflowClient
     from mlflow.tracing.client import TracingClient
 
@@ -144,7 +150,7 @@ def test_what_lands_is_identical_to_the_clients_writes(server) -> None:
     for result in RESULTS:
         span = "node_research" if result.target == "research" else ("node_write" if result.target == "write" else None)
         a = result.model_copy(update={"span_id": span_of[via_client].get(span)})
-        writer.log_result(tracing, via_client, a, evaluation_id="ev-1", plan="5f1c0e9a2b7d4c31")
+        writer.log_result(tracing, via_client, a, evaluation_id="ev-1", plan="5f1c0e9a2b7d4c31", tools=TOOLS)
     client.set_trace_tag(via_client, "tracejudge.status", "failed")
     client.set_trace_tag(via_client, "tracejudge.score", "0.6100")
     from mlflow.entities import Metric
@@ -157,7 +163,7 @@ def test_what_lands_is_identical_to_the_clients_writes(server) -> None:
         for result in RESULTS:
             span = "node_research" if result.target == "research" else ("node_write" if result.target == "write" else None)
             b = result.model_copy(update={"span_id": span_of[via_rest].get(span)})
-            assert await rest.log_feedback(via_rest, b, evaluation_id="ev-1", plan="5f1c0e9a2b7d4c31")
+            assert await rest.log_feedback(via_rest, b, evaluation_id="ev-1", plan="5f1c0e9a2b7d4c31", tools=TOOLS)
         await rest.set_trace_tag(via_rest, "tracejudge.status", "failed")
         await rest.set_trace_tag(via_rest, "tracejudge.score", "0.6100")
         await rest.log_metrics(run_of[via_rest], metrics, step=step)
@@ -176,6 +182,8 @@ def test_what_lands_is_identical_to_the_clients_writes(server) -> None:
     assert sorted((x.name, span_name[via_client].get(x.span_id)) for x in trace_a.info.assessments) == sorted(
         (x.name, span_name[via_rest].get(x.span_id)) for x in trace_b.info.assessments
     )
+    # the tool counts the monitor reads are there, the same way
+    assert read_counts(trace_a.info.assessments) == read_counts(trace_b.info.assessments) == decode(TOOLS)
     # the key the worker reads back for idempotency is there, the same way
     assert set(writer.existing_results(trace_a.info.assessments)) == set(writer.existing_results(trace_b.info.assessments))
     ours = {k: v for k, v in trace_b.info.tags.items() if k.startswith("tracejudge.")}
