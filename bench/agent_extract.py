@@ -6,10 +6,12 @@
 Builds an in-memory trace shaped like an agent (a root, ``--nodes`` node spans, each with ``--tools`` rounds of
 a chat-model span and a tool span carrying ~1 kB of arguments/result) and times, per trace:
 
-* ``targets_before``: ``extract_targets`` without the tool calls and steps (the reader as it was: inputs,
-  outputs, context), by blanking ``SpanTree.tool_calls``/``trajectory``;
-* ``targets``: ``extract_targets`` as the worker runs it now (every target also gets ``{tool_calls}`` and
-  ``{trajectory}``);
+* ``targets``: ``extract_targets(trace, agent=False)``, what the worker does when no judge of its plan reads
+  ``{tool_calls}`` or ``{trajectory}`` (inputs, outputs, context; the reader before agents);
+* ``tool_usage``: counting the trace's tool calls for the verdict and run metrics from the spans
+  (``trace_tool_usage`` on such a trace: no steps built), which every evaluation does;
+* ``targets_agent``: ``extract_targets(trace)``, every target with its ``{tool_calls}`` and ``{trajectory}``
+  (what a plan with an agent judge, or a code judge, adds: ``reader.add_agent_data``);
 * ``render``: rendering ``{tool_calls}`` and ``{trajectory}`` of the root target at the default budget.
 
 Prints p50 / p95 in ms and the load average before and after (run it on a quiet machine).
@@ -24,9 +26,8 @@ import time
 from types import SimpleNamespace
 
 from tracejudge.judges.trajectory import render_tool_calls, render_trajectory
-from tracejudge.mlflow_io import trajectory as trajectory_module
-from tracejudge.mlflow_io.reader import extract_targets
-
+from tracejudge.mlflow_io.reader import LoadedTrace, extract_targets, trace_tool_usage
+from tracejudge.mlflow_io.trajectory import SpanTree
 
 def span(span_id, parent, name, kind, start, inputs=None, outputs=None, attributes=None):
     status = SimpleNamespace(status_code=SimpleNamespace(value="OK"), description="")
@@ -69,14 +70,16 @@ def main() -> None:
     trace = agent_trace(args.nodes, args.tools)
     root = extract_targets(trace)[-1].judge_input
 
-    tool_calls, steps = trajectory_module.SpanTree.tool_calls, trajectory_module.SpanTree.trajectory
-    trajectory_module.SpanTree.tool_calls = lambda self, span_id=None: []  # type: ignore[method-assign]
-    trajectory_module.SpanTree.trajectory = lambda self, span_id=None: []  # type: ignore[method-assign]
-    before = timed(lambda: extract_targets(trace), args.rounds)
-    trajectory_module.SpanTree.tool_calls, trajectory_module.SpanTree.trajectory = tool_calls, steps
+    def usage() -> None:
+        tree = SpanTree(trace.data.spans)
+        loaded = LoadedTrace(trace_id="tr-bench", experiment_id=None, run_id=None, workflow_name="agent",
+                             targets=extract_targets(trace, agent=False, tree=tree), tree=tree, agent_data=False)
+        trace_tool_usage(loaded)
+
     rows = {
-        "targets_before": before,
-        "targets": timed(lambda: extract_targets(trace), args.rounds),
+        "targets": timed(lambda: extract_targets(trace, agent=False), args.rounds),
+        "tool_usage": timed(usage, args.rounds),
+        "targets_agent": timed(lambda: extract_targets(trace), args.rounds),
         "render": timed(lambda: (render_tool_calls(root.tool_calls, budget=20_000), render_trajectory(root.trajectory, budget=20_000)), args.rounds),
     }
     print(f"trace: {len(trace.data.spans)} spans ({args.nodes} nodes x {args.tools} tool rounds), {args.rounds} rounds")

@@ -7,7 +7,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from tracejudge.judges import Judge, JudgeInput
+from tracejudge.judges import CodeJudge, Judge, JudgeInput
 from tracejudge.judges.prompt import render
 from tracejudge.judges.trajectory import NO_TOOL_CALLS, Step, ToolCall, render_tool_calls
 from tracejudge.mlflow_io.reader import extract_targets
@@ -64,6 +64,30 @@ def test_a_node_sees_its_own_tools_and_an_article_trace_keeps_its_context(mlflow
     assert targets["research"].tool_calls[0].arguments == {"query": "AI Safety research papers"}
     assert targets["write"].tool_calls == [] and targets["write"].trajectory == []
     assert len(targets["research"].context) == 1
+
+
+def test_tool_calls_and_steps_are_read_only_when_a_judge_of_the_plan_reads_them(mlflow_store):
+    from tracejudge.judges.registry import default_registry
+    from tracejudge.mlflow_io.reader import add_agent_data, load_trace, trace_tool_usage
+    from tracejudge.tasks.evaluate import reads_agent_data
+
+    trace_id = record_agent_trace(booking_failures=1)
+    _trace(trace_id)  # exported
+    eager = {t.node_id: t.judge_input for t in load_trace(MlflowClient(), trace_id).targets}
+    lazy = load_trace(MlflowClient(), trace_id, agent=False)
+    assert not lazy.agent_data and all(t.judge_input.tool_calls == [] and t.judge_input.trajectory == [] for t in lazy.targets)
+    # the trace's tool figures are counted from the spans without the steps
+    assert trace_tool_usage(lazy) == trace_tool_usage(load_trace(MlflowClient(), trace_id))
+    assert trace_tool_usage(lazy).total.calls == 3
+    add_agent_data(lazy)
+    add_agent_data(lazy)  # once is enough; twice changes nothing
+    assert {t.node_id: (t.judge_input.tool_calls, t.judge_input.trajectory) for t in lazy.targets} == {
+        node: (ji.tool_calls, ji.trajectory) for node, ji in eager.items()
+    }
+    registry = default_registry()
+    assert reads_agent_data(registry.get("tool_selection")) and reads_agent_data(registry.get("task_completion"))
+    assert not reads_agent_data(registry.get("relevance")) and not reads_agent_data(registry.get("coherence"))
+    assert reads_agent_data(CodeJudge(name="short", fn=lambda x: 1.0))  # a function may read anything
 
 
 def test_orphan_spans_and_an_empty_trace_do_not_break_the_tree():

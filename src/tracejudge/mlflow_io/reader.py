@@ -4,7 +4,10 @@ A target is one node span (named ``node_<id>``, or carrying a ``node.id``
 attribute) with its inputs, outputs and context (outputs of TOOL and
 RETRIEVER spans under it), plus the root span as the ``workflow`` target.
 Each target also carries its ordered tool calls and steps (``{tool_calls}``,
-``{trajectory}``; :mod:`tracejudge.mlflow_io.trajectory`).
+``{trajectory}``; :mod:`tracejudge.mlflow_io.trajectory`): read at once by
+default, or, with ``agent=False``, only when :func:`add_agent_data` is called
+(the worker does so when a judge of its plan reads them; they cost ~10 ms of
+CPU on an agent trace of 85 spans, ``bench/agent_extract.py``).
 A plain trace without node spans has just the root.
 
 MLflow exports traces asynchronously, so "not found" (or a half-written
@@ -80,16 +83,36 @@ class LoadedTrace:
     duration_ms: int = 0
     #: False when MLflow recorded no span count to check the spans read against (see :func:`not_whole`)
     span_count_known: bool = True
+    #: the spans indexed, kept for :func:`add_agent_data` and :func:`trace_tool_usage` (None: not kept)
+    tree: SpanTree | None = field(default=None, repr=False, compare=False)
+    #: whether the targets carry their tool calls and steps (``load_trace(..., agent=True)`` or :func:`add_agent_data`)
+    agent_data: bool = True
+
+
+def add_agent_data(loaded: LoadedTrace) -> LoadedTrace:
+    """Give every target its ``tool_calls`` and ``trajectory`` (a trace read with ``agent=False``); idempotent."""
+    if loaded.agent_data or loaded.tree is None:
+        return loaded
+    for target in loaded.targets:
+        target.judge_input.tool_calls = loaded.tree.tool_calls(target.span_id)
+        target.judge_input.trajectory = loaded.tree.trajectory(target.span_id)
+    loaded.agent_data = True
+    return loaded
 
 
 def trace_tool_calls(loaded: LoadedTrace) -> list[ToolCall]:
-    """Every tool call of the trace, in order (the workflow target's, which sees each call once)."""
+    """Every tool call of the trace, in order (those under the workflow root, which sees each call once): the
+    workflow target's ``{tool_calls}`` when read, else from the spans (no steps built)."""
     root = next((t for t in loaded.targets if t.node_id == WORKFLOW_TARGET), None)
-    return list(root.judge_input.tool_calls) if root is not None else []
+    if root is None:
+        return []
+    if loaded.agent_data or loaded.tree is None:
+        return list(root.judge_input.tool_calls)
+    return loaded.tree.tool_calls(root.span_id)
 
 
 def trace_tool_usage(loaded: LoadedTrace) -> ToolUsage | None:
-    """The trace's tool calls counted (from the workflow target, which sees every call once), or None if it made none."""
+    """The trace's tool calls counted (:func:`trace_tool_calls`), or None if it made none."""
     calls = trace_tool_calls(loaded)
     return tool_usage(calls, default_node=WORKFLOW_TARGET) if calls else None
 
@@ -219,32 +242,42 @@ def _get_trace(client: Any, trace_id: str) -> Any:
     return trace
 
 
-def load_trace(client: Any, trace_id: str, *, last_look: bool = False) -> LoadedTrace:
-    """Fetch a whole trace once and extract its targets (``last_look``: see :func:`not_whole`)."""
+def load_trace(client: Any, trace_id: str, *, last_look: bool = False, agent: bool = True) -> LoadedTrace:
+    """Fetch a whole trace once and extract its targets (``last_look``: see :func:`not_whole`).
+
+    ``agent=False`` leaves the targets' tool calls and steps out until :func:`add_agent_data`.
+    """
     trace = fetch_trace(client, trace_id, last_look=last_look)
     info = trace.info
     metadata = _metadata(info)
     tags = dict(getattr(info, "tags", None) or {})
     root = _root_span(trace.data.spans)
+    tree = SpanTree(trace.data.spans)
     return LoadedTrace(
         trace_id=trace_id,
         experiment_id=_experiment_id(info),
         run_id=metadata.get("mlflow.sourceRun"),
         workflow_name=tags.get("mlflow.traceName") or (root.name if root is not None else "workflow"),
-        targets=extract_targets(trace),
+        targets=extract_targets(trace, agent=agent, tree=tree),
         assessments=list(getattr(info, "assessments", None) or []),
         tags=tags,
         state=str(getattr(info, "state", None) or getattr(info, "status", None) or ""),
         timestamp_ms=int(getattr(info, "request_time", 0) or 0),
         duration_ms=int(getattr(info, "execution_duration", 0) or 0),
         span_count_known=span_count(metadata) is not None,
+        tree=tree,
+        agent_data=agent,
     )
 
 
-def extract_targets(trace: Any) -> list[Target]:
-    """Node spans in start order, then the workflow root."""
+def extract_targets(trace: Any, *, agent: bool = True, tree: SpanTree | None = None) -> list[Target]:
+    """Node spans in start order, then the workflow root.
+
+    ``agent``: with each target's tool calls and steps (else empty, see :func:`add_agent_data`);
+    ``tree``: the spans already indexed.
+    """
     spans = list(trace.data.spans)
-    tree = SpanTree(spans)
+    tree = tree or SpanTree(spans)
     root = _root_span(spans)
     expectations = _expectations(trace)
     root_inputs = _as_dict(root.inputs) if root is not None else {}
@@ -253,15 +286,16 @@ def extract_targets(trace: Any) -> list[Target]:
         node = node_id(span)
         if node is None:
             continue
-        targets.append(_target(node, span, _context(span, tree.children), root_inputs, expectations, tree))
+        targets.append(_target(node, span, _context(span, tree.children), root_inputs, expectations, tree if agent else None))
     if root is not None:
         all_context = [s.outputs for s in spans if is_tool_span(s) and s.outputs is not None]
-        targets.append(_target(WORKFLOW_TARGET, root, all_context, {}, expectations, tree))
+        targets.append(_target(WORKFLOW_TARGET, root, all_context, {}, expectations, tree if agent else None))
     return targets
 
 
 def _target(
-    node: str, span: Any, context: list[Any], root_inputs: dict[str, Any], expectations: dict[str, Any], tree: SpanTree
+    node: str, span: Any, context: list[Any], root_inputs: dict[str, Any], expectations: dict[str, Any],
+    tree: SpanTree | None,
 ) -> Target:
     inputs = _as_dict(span.inputs)
     merged = {**root_inputs, **inputs}
@@ -282,8 +316,8 @@ def _target(
             expected=expected,
             inputs=merged,
             metadata=metadata,
-            tool_calls=tree.tool_calls(span.span_id),
-            trajectory=tree.trajectory(span.span_id),
+            tool_calls=tree.tool_calls(span.span_id) if tree is not None else [],
+            trajectory=tree.trajectory(span.span_id) if tree is not None else [],
         ),
     )
 

@@ -150,19 +150,20 @@ class TraceStore:
 
     # ------------------------------------------------------------------ reading
 
-    def load_trace(self, trace_id: str, *, last_look: bool = False) -> LoadedTrace:
-        """Fetch a whole trace once and extract its targets (``TraceNotReady``, ``MlflowUnavailable``...)."""
-        return reader.load_trace(self.client, trace_id, last_look=last_look)
+    def load_trace(self, trace_id: str, *, last_look: bool = False, agent: bool = True) -> LoadedTrace:
+        """Fetch a whole trace once and extract its targets (``TraceNotReady``, ``MlflowUnavailable``...);
+        ``agent=False``: their tool calls and steps only on ``reader.add_agent_data``."""
+        return reader.load_trace(self.client, trace_id, last_look=last_look, agent=agent)
 
-    def wait_for_trace(self, trace_id: str, *, wait_seconds: float) -> LoadedTrace:
-        """Load the trace, polling with backoff (0.1 s doubling to 2 s) while it is not exported yet or not
-        whole (fewer spans than MLflow's span count, see ``reader.not_whole``)."""
+    def wait_for_trace(self, trace_id: str, *, wait_seconds: float, agent: bool = True) -> LoadedTrace:
+        """Load the trace, polling with backoff (20 ms doubling to 2 s) while it is not exported yet or not
+        whole (fewer spans than MLflow's span count, see ``reader.not_whole``); ``agent`` as in :meth:`load_trace`."""
         reader.check_trace_id(trace_id)
         give_up = time.monotonic() + wait_seconds
         pause = POLL_INITIAL_SECONDS
         while True:
             try:  # the last look within the wait judges a trace without a span count as read (reader.not_whole)
-                return self.load_trace(trace_id, last_look=time.monotonic() + pause > give_up)
+                return self.load_trace(trace_id, last_look=time.monotonic() + pause > give_up, agent=agent)
             except TraceNotReady:
                 if time.monotonic() + pause > give_up:
                     raise

@@ -32,6 +32,7 @@ from tracejudge.controls.review import route_for_review
 from tracejudge.judges import errors
 from tracejudge.judges.model import JudgeResult
 from tracejudge.judges.plan import JudgePlan, build_plan
+from tracejudge.judges.prompt import AGENT_VARIABLES
 from tracejudge.judges.registry import UnknownJudgeError
 from tracejudge.judges.runner import JudgeJob, run_judges
 from tracejudge.mlflow_io import tool_record, writer
@@ -41,6 +42,7 @@ from tracejudge.mlflow_io.reader import (
     LoadedTrace,
     TraceIncomplete,
     TraceNotReady,
+    add_agent_data,
     check_trace_id,
     trace_tool_calls,
     trace_tool_usage,
@@ -120,8 +122,8 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
     started = time.monotonic()
     with state.trace_lock(request.trace_id, timeout=lock_wait_seconds(execution)) as held:
         try:
-            loaded = runtime.store.wait_for_trace(
-                request.trace_id, wait_seconds=trace_wait_left(execution.trace_wait_seconds, started=started)
+            loaded = runtime.store.wait_for_trace(  # tool calls and steps only if a judge reads them (below)
+                request.trace_id, wait_seconds=trace_wait_left(execution.trace_wait_seconds, started=started), agent=False
             )
         except InvalidTraceId as exc:
             return ended(runtime, error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields))
@@ -150,6 +152,8 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         try:
             plan = runtime_plan(config, runtime, request)  # built once: the jobs and the fingerprint come from it
             jobs, sampled_out = plan_jobs(loaded, plan, runtime, request)
+            if any(reads_agent_data(job.judge) for job in jobs):
+                add_agent_data(loaded)  # the jobs' inputs are the targets' own: filled in place
         except UnknownJudgeError as exc:
             return ended(runtime, error_verdict(request.trace_id, UNKNOWN_JUDGE, exc.message, config, **fields))
         if not jobs and sampled_out:  # the user's per-judge sampling left every judge out: not an error
@@ -430,6 +434,17 @@ def plan_jobs(
     if left_out:
         count(runtime, loaded.workflow_name, counters.SKIPPED_JUDGE_SAMPLING, left_out)
     return jobs, sorted(sampled_out)
+
+
+def reads_agent_data(judge: Any) -> bool:
+    """Whether a judge may read a target's tool calls or steps: an LLM judge whose template names
+    ``{tool_calls}`` or ``{trajectory}``, and every code judge (its function gets the whole input).
+
+    >>> from tracejudge.judges import Judge
+    >>> reads_agent_data(Judge(name="tools", prompt="Were these right? {tool_calls}")), reads_agent_data(Judge(name="c", prompt="{output}"))
+    (True, False)
+    """
+    return judge.kind == "code" or any(variable in AGENT_VARIABLES for variable in judge.variables)
 
 
 def count(runtime: Runtime, workflow: str | None, event: str, n: int = 1) -> None:
