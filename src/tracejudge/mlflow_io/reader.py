@@ -111,9 +111,9 @@ def trace_tool_calls(loaded: LoadedTrace) -> list[ToolCall]:
     return loaded.tree.tool_calls(root.span_id)
 
 
-def trace_tool_usage(loaded: LoadedTrace) -> ToolUsage | None:
-    """The trace's tool calls counted (:func:`trace_tool_calls`), or None if it made none."""
-    calls = trace_tool_calls(loaded)
+def trace_tool_usage(loaded: LoadedTrace, *, calls: list[ToolCall] | None = None) -> ToolUsage | None:
+    """The trace's tool calls counted (:func:`trace_tool_calls`, unless given), or None if it made none."""
+    calls = trace_tool_calls(loaded) if calls is None else calls
     return tool_usage(calls, default_node=WORKFLOW_TARGET) if calls else None
 
 

@@ -186,7 +186,8 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         fresh: list[JudgeResult] = [blocked_result(j, stuck[(j.judge.name, j.judge.version)]) for j in todo if (j.judge.name, j.judge.version) in stuck]
         todo = [j for j in todo if (j.judge.name, j.judge.version) not in stuck]
         # the trace's tool calls per tool, in each feedback's metadata: what the monitor counts (``tool_record``)
-        tools = tool_record.trace_text(trace_tool_calls(loaded))
+        tool_calls = trace_tool_calls(loaded)
+        tools = tool_record.trace_text(tool_calls)
         if todo:
             # the overall deadline counts from here: the waits for the trace and the lock are not judging time
             deadline = time.monotonic() + execution.overall_timeout_seconds
@@ -238,7 +239,7 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
             retry_of=request.retry_of,
             partial=request.judges is not None,
             sampled_out=sampled_out,
-            tool_usage=trace_tool_usage(loaded),
+            tool_usage=trace_tool_usage(loaded, calls=tool_calls),
         )
         # One concurrent batch: the assessments not yet on the trace, the tags, the report and metrics.
         # A partial run (judges=...) writes its assessments only, without the plan's fingerprint: the full
