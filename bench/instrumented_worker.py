@@ -1,7 +1,7 @@
 """``tracejudge worker`` with timers around each step of an evaluation (benchmarks only).
 
 Usage: ``python bench/instrumented_worker.py worker [CELERY OPTIONS...]`` with
-``TJBENCH_PHASES_DIR`` set. Nothing in the package changes: the module-level
+``TJBENCH_PHASES_DIR`` set (several ``--processes``: each supervised child runs this file, as ``child``). Nothing in the package changes: the module-level
 functions the task calls are wrapped before the worker starts (so prefork
 children inherit the wrappers), and after each task one JSON line goes to
 ``$TJBENCH_PHASES_DIR/phases-<pid>.jsonl``:
@@ -155,6 +155,10 @@ def install() -> None:
 
     setattr(state, name, trace_lock)
 
+    # `tracejudge worker` with several processes: each supervised child runs this file too (timers in every process)
+    supervisor, name = _target("tracejudge.worker.supervisor:subprocess")
+    setattr(supervisor, name, _ChildCommand(getattr(supervisor, name)))
+
     @signals.task_prerun.connect(weak=False)
     def _prerun(task_id: str = "", args: Any = None, **_: Any) -> None:
         _local.phases = {}
@@ -182,6 +186,24 @@ def install() -> None:
             record["ops"] = {k: list(v) for k, v in _ops.items()}
         _local.phases = None
         _write(record)
+
+
+class _ChildCommand:
+    """``subprocess`` for ``worker/supervisor.py``: ``python -m tracejudge.worker.child ...`` becomes
+    ``python bench/instrumented_worker.py child ...``; everything else is the module's own."""
+
+    CHILD = ["-m", "tracejudge.worker.child"]
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def Popen(self, cmd: list[str], *args: Any, **kwargs: Any) -> Any:  # noqa: N802 (subprocess's name)
+        if list(cmd[1:3]) == self.CHILD:
+            cmd = [cmd[0], os.path.abspath(__file__), "child", *cmd[3:]]
+        return self._module.Popen(cmd, *args, **kwargs)
 
 
 def _write(record: dict[str, Any]) -> None:
@@ -257,6 +279,10 @@ if __name__ == "__main__":
     if whatifs:
         install_whatifs(whatifs)
     install()
+    if sys.argv[1:2] == ["child"]:  # one supervised process of `tracejudge worker` (see _ChildCommand)
+        from tracejudge.worker import child
+
+        sys.exit(child.main(sys.argv[2:]))
     from tracejudge.cli import main
 
     sys.exit(main(sys.argv[1:]))
