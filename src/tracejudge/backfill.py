@@ -174,6 +174,21 @@ def queue_depth(redis: Any, queue: str, prefix: str = "") -> int:
     return int(redis.llen(f"{prefix}{queue}"))
 
 
+#: How often a backfill held back by a deep queue looks at it again.
+HOLD_BACK_POLL_SECONDS = 0.5
+
+
+def hold_back(state: Any, *, queue: str, max_queue: int, waiting: Callable[[str], None]) -> None:
+    """Return once ``queue`` holds ``max_queue`` messages or fewer (0: never wait), calling ``waiting(reason)`` at each look.
+
+    Back-pressure for a backfill (traces or sessions): it never queues more than the workers, and the rate
+    limit, can absorb. ``state`` is the :class:`~tracejudge.tasks.state.RedisState` (its Redis and key prefix).
+    """
+    while max_queue and queue_depth(state.redis, queue, state.prefix) > max_queue:
+        waiting(f"holding back: queue deeper than {max_queue}")
+        time.sleep(HOLD_BACK_POLL_SECONDS)
+
+
 def run_backfill(
     *,
     store: Any,
@@ -259,9 +274,7 @@ def run_backfill(
                     if len(result.sample_ids) < sample_size:
                         result.sample_ids.append(info.trace_id)
             else:
-                while max_queue and queue_depth(state.redis, queue, state.prefix) > max_queue:
-                    note(counts, f"holding back: queue deeper than {max_queue}")
-                    time.sleep(0.5)
+                hold_back(state, queue=queue, max_queue=max_queue, waiting=lambda why: note(counts, why))
                 handle = enqueue(info.trace_id)
                 if getattr(handle, "status", None) == "skipped":
                     counts.skipped_sampling += 1

@@ -100,11 +100,10 @@ def enqueue(
         raise ValueError(f"enqueue(sample=...): must be a number from 0 to 1, the share of traces judged (got {sample!r})")
     explicit = config is not None
     resolved = resolve_config(config)
-    if not resolved.enabled or not resolved.enable_judges:
-        return _disabled(trace_id, "judging is off (observability.mlflow.enabled / enable_judges is false)")
+    off = judging_off(resolved)
+    if off is not None:
+        return _disabled(trace_id, off)
     mode = resolved.judges.execution.mode
-    if mode == "disabled":
-        return _disabled(trace_id, "judging is off (judges.execution.mode: disabled)")
     refs = [_as_ref(j) for j in judges] if judges is not None else None
     skipped = _sampled_out(trace_id, resolved, gate=gate, sample=sample, workflow=workflow)
     if skipped is not None:
@@ -250,6 +249,19 @@ def _skip_counter() -> Any:
 
         _counter = BatchedCounter(client, lambda: Settings.from_env().key_prefix)
     return _counter
+
+
+def judging_off(config: TraceJudgeConfig) -> str | None:
+    """Why nothing is judged under ``config`` (for a :class:`DisabledHandle`), or None when judging is on.
+
+    >>> judging_off(TraceJudgeConfig.model_validate({"judges": {"execution": {"mode": "disabled"}}}))
+    'judging is off (judges.execution.mode: disabled)'
+    """
+    if not config.enabled or not config.enable_judges:
+        return "judging is off (observability.mlflow.enabled / enable_judges is false)"
+    if config.judges.execution.mode == "disabled":
+        return "judging is off (judges.execution.mode: disabled)"
+    return None
 
 
 def _disabled(trace_id: str, reason: str) -> DisabledHandle:

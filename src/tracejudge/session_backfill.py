@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracejudge.backfill import queue_depth
+from tracejudge.backfill import hold_back
 from tracejudge.config import TraceJudgeConfig
 from tracejudge.controls.session_judged import session_judged
 from tracejudge.controls.session_pickup import PAGE_SIZE, session_infos
@@ -102,9 +102,7 @@ def run_session_backfill(
             if len(result.sample_ids) < sample_size:
                 result.sample_ids.append(sid)
         else:
-            while max_queue and queue_depth(state.redis, queue, state.prefix) > max_queue:
-                note(counts, f"holding back: queue deeper than {max_queue}")
-                time.sleep(0.5)
+            hold_back(state, queue=queue, max_queue=max_queue, waiting=lambda why: note(counts, why))
             result.handles.append(enqueue(sid))
             counts.enqueued += 1
             if len(result.sample_ids) < sample_size:

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tracejudge.config import JudgeRef
-from tracejudge.enqueue import ConfigSource, _as_ref, _disabled, resolve_config
+from tracejudge.enqueue import ConfigSource, _as_ref, _disabled, judging_off, resolve_config
 from tracejudge.publish import CompletedHandle, DisabledHandle, EvaluationHandle, send_request
 from tracejudge.payload import SessionRequest
 from tracejudge.sessions.verdict import SessionVerdict
@@ -66,11 +66,10 @@ def enqueue_session(
     """
     explicit = config is not None
     resolved = resolve_config(config)
-    if not resolved.enabled or not resolved.enable_judges:
-        return _disabled(session_id, "judging is off (observability.mlflow.enabled / enable_judges is false)")
+    off = judging_off(resolved)
+    if off is not None:
+        return _disabled(session_id, off)
     mode = resolved.judges.execution.mode
-    if mode == "disabled":
-        return _disabled(session_id, "judging is off (judges.execution.mode: disabled)")
     try:
         request = SessionRequest(
             session_id=session_id,

@@ -1,11 +1,13 @@
-"""The building blocks every YAML section shares: the section base (unknown keys are errors) and the score type."""
+"""The building blocks every YAML section shares: the section base (unknown keys are errors), the score type, and the
+small checks several sections make (seconds greater than 0, a count of 1 or more, a judge listed once)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .errors import FieldProblem, show, unknown_key_message
 
@@ -21,6 +23,54 @@ Score = Annotated[float, BeforeValidator(_no_bool), Field(ge=0.0, le=1.0)]
 """A judge score or threshold: 0 (worst) to 1 (best)."""
 _Number = Annotated[float, BeforeValidator(_no_bool)]
 _Count = Annotated[int, BeforeValidator(_no_bool)]
+
+
+def positive_seconds(value: float) -> float:
+    """A number of seconds greater than 0 (and finite), else ``ValueError`` saying so.
+
+    >>> positive_seconds(0.5)
+    0.5
+    """
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a number of seconds greater than 0 (got {show(value)})")
+    return value
+
+
+def at_least_one(value: int) -> int:
+    """A whole number, 1 or more, else ``ValueError`` saying so.
+
+    >>> at_least_one(3)
+    3
+    """
+    if value < 1:
+        raise ValueError(f"must be a whole number, 1 or more (got {show(value)})")
+    return value
+
+
+_Seconds = Annotated[float, BeforeValidator(_no_bool), AfterValidator(positive_seconds)]
+"""A duration in seconds, greater than 0."""
+_AtLeastOne = Annotated[int, BeforeValidator(_no_bool), AfterValidator(at_least_one)]
+"""A count, 1 or more."""
+
+
+def no_repeated_judges(refs: Sequence[Any]) -> None:
+    """Refuse a list of judge references that names one judge twice, pointing at the second and the first.
+
+    >>> from types import SimpleNamespace as Ref
+    >>> no_repeated_judges([Ref(name="coherence"), Ref(name="relevance")])
+    >>> no_repeated_judges([Ref(name="coherence"), Ref(name="coherence")])
+    Traceback (most recent call last):
+    ...
+    tracejudge.config.errors.FieldProblem: judge 'coherence' is listed twice (also at [0]); keep one entry
+    """
+    seen: dict[str, int] = {}
+    for index, ref in enumerate(refs):
+        if ref.name in seen:
+            raise FieldProblem(
+                f"judge {ref.name!r} is listed twice (also at [{seen[ref.name]}]); keep one entry",
+                loc=(index, "name"),
+            )
+        seen[ref.name] = index
 
 
 class _Section(BaseModel):

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from .errors import FieldProblem, show
-from .base import _Count, _Number, _Section
+from .base import _AtLeastOne, _Count, _Number, _Seconds, _Section
 
 __all__ = [
     "BudgetConfig",
@@ -130,13 +130,13 @@ class OnlineConfig(_Section):
     #: Experiments (ids or names) the beat scans for new traces to judge (online pick-up).
     experiments: list[str] = Field(default_factory=list)
     #: Seconds between two scans.
-    interval_seconds: _Number = 30.0
+    interval_seconds: _Seconds = 30.0
     #: How long after a trace ends it is picked up, so its spans are all written.
     delay_seconds: _Number = 30.0
     #: An MLflow search_traces filter that picked-up traces must also match.
     filter_string: str | None = None
     #: Most traces enqueued by one scan; the rest wait for the next.
-    max_per_scan: _Count = 1000
+    max_per_scan: _AtLeastOne = 1000
 
     @field_validator("experiments", mode="before")
     @classmethod
@@ -153,25 +153,11 @@ class OnlineConfig(_Section):
                 raise FieldProblem("must be an experiment id or name (got an empty string)", loc=(index,))
         return [name.strip() for name in value]
 
-    @field_validator("interval_seconds")
-    @classmethod
-    def _interval(cls, value: float) -> float:
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"must be a number of seconds greater than 0 (got {show(value)})")
-        return value
-
     @field_validator("delay_seconds")
     @classmethod
     def _delay(cls, value: float) -> float:
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"must be a number of seconds, 0 or more (got {show(value)})")
-        return value
-
-    @field_validator("max_per_scan")
-    @classmethod
-    def _max(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be a whole number, 1 or more (got {show(value)})")
         return value
 
 

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from .alerts import QualityAlertsConfig
-from .base import Score, _Count, _no_bool, _Number, _Section
+from .base import Score, _AtLeastOne, _Count, _no_bool, _Number, _Seconds, _Section, no_repeated_judges
 from .errors import ConfigError, FieldProblem, from_validation_error, show, unknown_key_message
 
 __all__ = [
@@ -146,21 +146,21 @@ class ExecutionConfig(_Section):
     #: `async`: judge in workers, off the workflow's path; `sync`: judge in the calling process; `disabled`: judge nothing.
     mode: Literal["async", "sync", "disabled"] = "async"
     #: Seconds one judge call (one LLM round trip) may take before it fails as `TIMEOUT`.
-    timeout_seconds: _Number = 30.0
+    timeout_seconds: _Seconds = 30.0
     #: Retry a judge call that failed transiently (timeouts, 429, 5xx), up to `max_attempts`.
     retry_on_failure: bool = True
     #: Write each judge's rationale into its MLflow feedback.
     log_rationale: bool = True
     #: LLM attempts per judge call when `retry_on_failure` is on.
-    max_attempts: _Count = 3
+    max_attempts: _AtLeastOne = 3
     #: Judge calls in flight at once for one evaluation.
-    concurrency: _Count = 32
+    concurrency: _AtLeastOne = 32
     #: Longest text handed to a judge per variable; longer values are cut (the cut is recorded).
     max_input_chars: _Count = 20000
     #: How long a worker waits for a trace that is not yet (fully) written to MLflow before giving up.
     trace_wait_seconds: _Number = 30.0
     #: Seconds one whole evaluation (all judges of a trace) may take.
-    overall_timeout_seconds: _Number = 300.0
+    overall_timeout_seconds: _Seconds = 300.0
     #: Judge calls per second to one model of the endpoint, shared by all workers (through Redis).
     rate_limit_per_second: _Number | None = None
     #: How LLM judges' scores are read: "direct" (the reply's score) or "logprobs" (G-Eval: levels
@@ -181,25 +181,11 @@ class ExecutionConfig(_Section):
             raise ValueError(f"must be a number of calls per second greater than 0 (got {show(value)})")
         return value
 
-    @field_validator("timeout_seconds", "overall_timeout_seconds")
-    @classmethod
-    def _positive_seconds(cls, value: float) -> float:
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"must be a number of seconds greater than 0 (got {show(value)})")
-        return value
-
     @field_validator("trace_wait_seconds")
     @classmethod
     def _wait_seconds(cls, value: float) -> float:
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"must be a number of seconds, 0 or more (got {show(value)})")
-        return value
-
-    @field_validator("max_attempts", "concurrency")
-    @classmethod
-    def _at_least_one(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be a whole number, 1 or more (got {show(value)})")
         return value
 
     @field_validator("max_input_chars")
@@ -362,17 +348,6 @@ class CustomJudgeConfig(_Section):
         return template_variables(self.grading_prompt)
 
 
-def _no_repeats(refs: list[JudgeRef]) -> None:
-    seen: dict[str, int] = {}
-    for index, ref in enumerate(refs):
-        if ref.name in seen:
-            raise FieldProblem(
-                f"judge {ref.name!r} is listed twice (also at [{seen[ref.name]}]); keep one entry",
-                loc=(index, "name"),
-            )
-        seen[ref.name] = index
-
-
 class JudgesConfig(_Section):
     """``observability.mlflow.judges``: which judges run where, and how."""
 
@@ -407,7 +382,7 @@ class JudgesConfig(_Section):
     @field_validator("workflow_defaults")
     @classmethod
     def _defaults_unique(cls, value: list[JudgeRef]) -> list[JudgeRef]:
-        _no_repeats(value)
+        no_repeated_judges(value)
         return value
 
     @field_validator("node_overrides")
@@ -417,7 +392,7 @@ class JudgesConfig(_Section):
             if not node.strip():
                 raise FieldProblem("node ids must be non-empty", loc=(node,))
             try:
-                _no_repeats(refs)
+                no_repeated_judges(refs)
             except FieldProblem as exc:
                 raise FieldProblem(str(exc), loc=(node, *exc.loc)) from None
         return value

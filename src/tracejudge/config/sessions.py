@@ -15,12 +15,9 @@ arrived for ``idle_seconds``, and again (superseding) when it grows.
 
 from __future__ import annotations
 
-import math
-
 from pydantic import Field, field_validator
 
-from .base import _Count, _Number, _Section
-from .errors import FieldProblem, show
+from .base import _AtLeastOne, _Seconds, _Section, no_repeated_judges
 
 __all__ = ["SessionsConfig"]
 
@@ -38,34 +35,14 @@ class SessionsConfig(_Section):
     #: The judges of whole conversations: built-in (conversation_completeness, user_frustration, knowledge_retention) or `custom` judges whose prompt uses `{conversation}`.
     judges: list["JudgeRef"] = Field(default_factory=list)  # noqa: F821
     #: Pick-up judges a session once no new turn has arrived for this long (and again when it grows).
-    idle_seconds: _Number = 600.0
+    idle_seconds: _Seconds = 600.0
     #: Most sessions one pick-up scan enqueues per experiment (the rest wait for the next scan).
-    max_per_scan: _Count = 200
+    max_per_scan: _AtLeastOne = 200
 
     @field_validator("judges")
     @classmethod
-    def _unique(cls, value: list["JudgeRef"]) -> list["JudgeRef"]:
-        seen: dict[str, int] = {}
-        for index, ref in enumerate(value):
-            if ref.name in seen:
-                raise FieldProblem(
-                    f"judge {ref.name!r} is listed twice (also at [{seen[ref.name]}]); keep one entry", loc=(index, "name")
-                )
-            seen[ref.name] = index
-        return value
-
-    @field_validator("idle_seconds")
-    @classmethod
-    def _idle(cls, value: float) -> float:
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"must be a number of seconds greater than 0 (got {show(value)})")
-        return value
-
-    @field_validator("max_per_scan")
-    @classmethod
-    def _max(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be a whole number, 1 or more (got {show(value)})")
+    def _unique(cls, value: list["JudgeRef"]) -> list["JudgeRef"]:  # noqa: F821
+        no_repeated_judges(value)
         return value
 
     @property

@@ -38,6 +38,7 @@ from typing import Any
 from tracejudge.config import TraceJudgeConfig
 from tracejudge.mlflow_io.search import time_filter
 from tracejudge.controls.judged import already_judged
+from tracejudge.controls.scanning import scan_each_experiment
 from tracejudge.ops import metrics
 
 log = logging.getLogger(__name__)
@@ -89,23 +90,15 @@ def scan(
     result = ScanResult()
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     cutoff = now_ms - int(online.delay_seconds * 1000)
-    for index, ref in enumerate(online.experiments):
-        experiment_id = store.experiment_id(ref, where=f"{config.location('judges')}.online.experiments[{index}]")
-        state.redis.sadd(state.key(PICKUP_EXPERIMENTS), experiment_id)  # whose lag the metrics report (pickup_watermarks)
-        lock = state.redis.lock(state.key(f"{SCAN_LOCK}{experiment_id}"), timeout=lock_seconds, blocking=False)
-        if not lock.acquire(blocking=False):
-            result.skipped_locked.append(experiment_id)
-            continue
-        try:
-            _scan_experiment(
-                experiment_id, store=store, state=state, config=config,
-                fingerprint=fingerprint, enqueue=enqueue, cutoff=cutoff, result=result,
-            )
-        finally:
-            try:
-                lock.release()
-            except Exception:  # expired: the next scan takes it
-                pass
+    scan_each_experiment(
+        store, state, config, lock_prefix=SCAN_LOCK, lock_seconds=lock_seconds, skipped=result.skipped_locked,
+        # every experiment scanned is one whose lag the metrics report (pickup_watermarks)
+        on_each=lambda experiment_id: state.redis.sadd(state.key(PICKUP_EXPERIMENTS), experiment_id),
+        scan_one=lambda experiment_id: _scan_experiment(
+            experiment_id, store=store, state=state, config=config,
+            fingerprint=fingerprint, enqueue=enqueue, cutoff=cutoff, result=result,
+        ),
+    )
     return result
 
 

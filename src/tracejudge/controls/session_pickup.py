@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracejudge.config import TraceJudgeConfig
+from tracejudge.controls.scanning import scan_each_experiment
 from tracejudge.controls.session_judged import plan_session, session_judged
 from tracejudge.mlflow_io import sessions as session_io
 from tracejudge.mlflow_io.search import time_filter
@@ -89,22 +90,13 @@ def scan_sessions(
     """
     result = SessionScanResult()
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    for index, ref in enumerate(config.judges.online.experiments):
-        experiment_id = store.experiment_id(ref, where=f"{config.location('judges')}.online.experiments[{index}]")
-        lock = state.redis.lock(state.key(f"{SCAN_LOCK}{experiment_id}"), timeout=lock_seconds, blocking=False)
-        if not lock.acquire(blocking=False):
-            result.skipped_locked.append(experiment_id)
-            continue
-        try:
-            _scan_experiment(
-                experiment_id, store=store, state=state, config=config, planned=planned,
-                default_model=default_model, enqueue=enqueue, now_ms=now_ms, result=result,
-            )
-        finally:
-            try:
-                lock.release()
-            except Exception:  # expired: the next scan takes it
-                pass
+    scan_each_experiment(
+        store, state, config, lock_prefix=SCAN_LOCK, lock_seconds=lock_seconds, skipped=result.skipped_locked,
+        scan_one=lambda experiment_id: _scan_experiment(
+            experiment_id, store=store, state=state, config=config, planned=planned,
+            default_model=default_model, enqueue=enqueue, now_ms=now_ms, result=result,
+        ),
+    )
     return result
 
 
