@@ -126,6 +126,9 @@ class TraceStore:
         self._client: Any = None
         self._tracing: Any = None
         self._lock = threading.Lock()
+        #: experiment id -> its artifact location, once a run of it was seen at ``<location>/<run>/artifacts``
+        #: (None: one was not; see :meth:`run_artifact_uri`)
+        self._run_layouts: dict[str, str | None] = {}
 
     # ------------------------------------------------------------------ clients
 
@@ -285,8 +288,10 @@ class TraceStore:
         ``experiment_id`` (the run's) lets the REST writer find the run's artifact root without a ``get_run``.
         """
         if self.rest is None:
+            known = self.run_artifact_uri(run_id, experiment_id) if run_id is not None and report is not None else None
             return writer.summary_calls(
-                self.client, trace_id, tags=tags, run_id=run_id, report=report, metrics=metrics, step=step
+                self.client, trace_id, tags=tags, run_id=run_id, report=report, metrics=metrics, step=step,
+                artifact_uri=known,
             )
         rest = self.rest
         calls: list[Callable[[], Any]] = [functools.partial(rest.set_trace_tag, trace_id, k, str(v)) for k, v in tags.items()]
@@ -295,6 +300,22 @@ class TraceStore:
         if run_id is not None and report is not None:
             calls.append(functools.partial(self._log_report, run_id, experiment_id, trace_id, report))
         return calls
+
+    def run_artifact_uri(self, run_id: str, experiment_id: str | None) -> str | None:
+        """The run's artifact URI without reading the run: its experiment's artifact location +
+        ``/<run>/artifacts``, how MLflow creates runs. Checked once per experiment against the first run's own
+        ``artifact_uri`` (``get_experiment`` + ``get_run``); where they differ, or without an experiment, None:
+        then MLflow's client looks each run up itself (``log_dict``).
+        """
+        if experiment_id is None or str(self.tracking_uri or "").lower().startswith("databricks"):
+            return None  # (Databricks' artifact URIs carry the profile: its client's own look-up)
+        if experiment_id not in self._run_layouts:
+            location = writer.call_mlflow(self.client.get_experiment, experiment_id).artifact_location
+            actual = writer.call_mlflow(self.client.get_run, run_id).info.artifact_uri
+            with self._lock:
+                self._run_layouts[experiment_id] = location if actual == writer.run_artifact_uri(location, run_id) else None
+        location = self._run_layouts[experiment_id]
+        return writer.run_artifact_uri(location, run_id) if location is not None else None
 
     async def _log_report(self, run_id: str, experiment_id: str | None, trace_id: str, report: dict[str, Any]) -> None:
         """The report through the REST writer when the server holds the run's artifacts, else MLflow's client."""

@@ -325,9 +325,11 @@ def summary_calls(
     report: dict[str, Any] | None,
     metrics: dict[str, float] | None,
     step: int = 0,
+    artifact_uri: str | None = None,
 ) -> list[Callable[[], Any]]:
     """The MLflow calls that write trace tags, and the report and metrics (each unless None) on the run
-    (for :func:`write_all`).
+    (for :func:`write_all`). ``artifact_uri``: the run's, when known (the report is then written without
+    MLflow looking the run up, see :func:`log_dict`).
 
     ``step`` is the metrics' step: the trace's start time in milliseconds, so that a run holding many
     traces (the experiment's online run) keeps one point per trace, a time series, not one value at step 0.
@@ -341,7 +343,10 @@ def summary_calls(
     ]
     if run_id is not None:
         now = int(time.time() * 1000)
-        if report is not None:
+        if report is not None and artifact_uri is not None:
+            calls.append(functools.partial(call_mlflow, log_dict, artifact_uri, report, report_path(trace_id),
+                                           tracking_uri=getattr(client, "tracking_uri", None)))
+        elif report is not None:
             calls.append(functools.partial(call_mlflow, client.log_dict, run_id, report, report_path(trace_id)))
         if metrics:
             calls.append(
@@ -353,6 +358,37 @@ def summary_calls(
                 )
             )
     return calls
+
+
+def run_artifact_uri(artifact_location: str, run_id: str) -> str:
+    """Where MLflow puts a run's artifacts: its experiment's artifact location + ``/<run>/artifacts``.
+
+    >>> run_artifact_uri("file:///data/mlruns/1", "abc")
+    'file:///data/mlruns/1/abc/artifacts'
+    """
+    from mlflow.utils.uri import append_to_uri_path
+
+    return append_to_uri_path(artifact_location, run_id, "artifacts")
+
+
+def log_dict(artifact_uri: str, dictionary: dict[str, Any], artifact_file: str, *, tracking_uri: str | None = None) -> None:
+    """``MlflowClient.log_dict`` to a run whose artifact URI is known: the same JSON file in the same place.
+
+    MLflow's own looks the run up first (``get_run``: the run with its tags, params and metrics, one
+    read of the store) for every run it has not seen, which is every trace's own run.
+    """
+    import os
+    import posixpath
+    import tempfile
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    directory, name = posixpath.split(posixpath.normpath(artifact_file))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, name)
+        with open(path, "w") as f:
+            json.dump(dictionary, f, indent=2, default=str)
+        get_artifact_repository(artifact_uri, tracking_uri=tracking_uri).log_artifact(path, directory or None)
 
 
 _online_runs: dict[str, str] = {}
