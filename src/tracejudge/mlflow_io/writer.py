@@ -399,10 +399,11 @@ def online_run_id(client: Any, experiment_id: str) -> str:
     """The run that holds reports of traces that have no run of their own (one per experiment).
 
     It is found by its tag ``tracejudge.role = online`` (created on first use)
-    and cached for the life of the process.
+    and cached for the life of the process, per tracking store (experiment ids of two stores collide).
     """
+    cache_key = f"{getattr(client, 'tracking_uri', '')}|{experiment_id}"
     with _online_lock:
-        cached = _online_runs.get(experiment_id)
+        cached = _online_runs.get(cache_key)
         if cached:
             return cached
         runs = call_mlflow(
@@ -419,7 +420,7 @@ def online_run_id(client: Any, experiment_id: str) -> str:
                 client.create_run, experiment_id, run_name=ONLINE_RUN_NAME, tags={ONLINE_RUN_TAG: "online"}
             )
             run_id = run.info.run_id
-        _online_runs[experiment_id] = run_id
+        _online_runs[cache_key] = run_id
         return run_id
 
 

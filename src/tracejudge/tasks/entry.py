@@ -4,7 +4,8 @@
 ``INVALID_PAYLOAD`` verdict, never retried), evaluates it with the process's
 runtime, and turns the failures worth a retry into a :class:`Retry` chosen
 by the :class:`RetryPolicy`; once the policy gives up, the verdict says why
-(``MLFLOW_UNAVAILABLE``, ``EVALUATION_BUSY``). Every verdict it returns is counted once in the
+(``MLFLOW_UNAVAILABLE``, ``EVALUATION_BUSY``), and an evaluation MLflow stayed down
+for is put off to be judged again later (``tasks/outage.py``). Every verdict it returns is counted once in the
 pipeline's counts (``ops.pipeline``; those ended before a write-back by ``rollup_step.count_ended``).
 The worker only maps this onto its queue (Celery's ``self.retry``).
 
@@ -26,7 +27,8 @@ from tracejudge.mlflow_io.store import import_mlflow, set_worker_environment
 from tracejudge.controls.deferred import defer
 from tracejudge.tasks.evaluate import INVALID_PAYLOAD, EvaluationDeferred, evaluate_request, verdict_json
 from tracejudge.payload import EvaluationRequest, describe_payload_error, payload_trace_id
-from tracejudge.tasks.retry import Retry, RetryPolicy
+from tracejudge.tasks.outage import schedule_after_outage
+from tracejudge.tasks.retry import MLFLOW_UNAVAILABLE, Retry, RetryPolicy
 from tracejudge.tasks.rollup_step import count_ended
 from tracejudge.tasks.runtime import get_runtime, import_judge_modules
 from tracejudge.verdict import error_verdict
@@ -46,8 +48,12 @@ class TaskOutcome:
     deferred: bool = False
 
 
-def run_task(payload: Any, *, attempt: int = 0, task_id: str | None = None, policy: RetryPolicy = DEFAULT_POLICY) -> TaskOutcome:
-    """Evaluate one task payload; ``attempt`` is the number of retries so far (0 on first delivery)."""
+def run_task(payload: Any, *, attempt: int = 0, task_id: str | None = None, policy: RetryPolicy | None = None) -> TaskOutcome:
+    """Evaluate one task payload; ``attempt`` is the number of retries so far (0 on first delivery).
+
+    ``policy``: the retry policy (default :data:`DEFAULT_POLICY`, looked up at each call).
+    """
+    policy = policy or DEFAULT_POLICY
     runtime = get_runtime()
     try:
         request = EvaluationRequest.model_validate(payload)
@@ -70,10 +76,27 @@ def run_task(payload: Any, *, attempt: int = 0, task_id: str | None = None, poli
         if retry is not None:
             log.warning("%s for %s (retry %d in %g s): %s", retry.reason, request.trace_id, attempt + 1, retry.countdown, exc)
             return TaskOutcome(retry=retry)
-        log.error("giving up on %s after %d retries: %s", request.trace_id, attempt, exc)
+        message = str(exc) + (judged_again_later(runtime, request) if code == MLFLOW_UNAVAILABLE else "")
+        log.error("giving up on %s after %d retries: %s", request.trace_id, attempt, message)
         config = request.config or runtime.config
-        verdict = error_verdict(request.trace_id, code, str(exc), config, evaluation_id=request.evaluation_id)
+        verdict = error_verdict(request.trace_id, code, message, config, evaluation_id=request.evaluation_id)
         return TaskOutcome(verdict=verdict_json(count_ended(runtime, verdict)))
+
+
+def judged_again_later(runtime: Any, request: EvaluationRequest) -> str:
+    """Put an evaluation MLflow stayed down for off to a later retry (``tasks/outage.py``); what the verdict adds."""
+    state = runtime.state
+    redis = getattr(state, "redis", None)
+    if redis is None:
+        return "; not retried later (no Redis): run tracejudge backfill once MLflow is back"
+    try:
+        delay = schedule_after_outage(redis, state.prefix, request)
+    except Exception as exc:  # Redis down too: the trace has no record, backfill finds it
+        log.warning("could not schedule a later evaluation of %s: %s", request.trace_id, exc)
+        return "; could not schedule a later retry: run tracejudge backfill once MLflow is back"
+    if delay is None:
+        return "; the automatic retries after MLflow outages are used up: run tracejudge backfill once MLflow is back"
+    return f"; judged again in {delay:g} s (a deferred evaluation, released by tracejudge beat)"
 
 
 def prepare_worker_process() -> None:
