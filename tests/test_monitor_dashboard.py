@@ -8,6 +8,7 @@ API. Set TRACEJUDGE_UPDATE_SCREENSHOT=1 to write the screenshot to docs/dashboar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 import pytest
@@ -88,7 +90,6 @@ def server(store, redis_url, mlflow_store, tmp_path_factory):
     experiment_id, _ = store
     import redis as redis_lib
 
-    port = free_port()
     log = tmp_path_factory.mktemp("dash") / "dashboard.log"
     prefix = f"tjdash-{time.time_ns()}:"
     # the production controls' daily counters and budget spend (their keys), shown when present
@@ -100,23 +101,33 @@ def server(store, redis_url, mlflow_store, tmp_path_factory):
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "TRACEJUDGE_REDIS_URL": redis_url,
            "TRACEJUDGE_KEY_PREFIX": prefix, "MLFLOW_UI_URL": "http://mlflow.example:5000",
            "TRACEJUDGE_DASHBOARD_TOKEN": TOKEN}
+    with serve_dashboard(env, experiment_id, log) as base:
+        yield base
+    client.delete(f"{prefix}tracejudge:counts:{today}", f"{prefix}tracejudge:budget:{today}:spent")
+
+
+@contextlib.contextmanager
+def serve_dashboard(env: dict, experiment_id: str, log: Path) -> Iterator[str]:
+    """``tracejudge dashboard`` in a process of its own with ``env``; its base URL once it answers."""
+    port = free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "tracejudge", "dashboard", "--port", str(port), "--experiment-id", experiment_id],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            get(base + "/api/health", token=TOKEN)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"dashboard did not start: {log.read_text()}")
-            time.sleep(0.2)
-    yield base
-    client.delete(f"{prefix}tracejudge:counts:{today}", f"{prefix}tracejudge:budget:{today}:spent")
-    proc.terminate()
-    proc.wait(20)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:  # polls until the server answers (a readiness check, not a synchronising sleep)
+            try:
+                get(base + "/api/health", token=TOKEN)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"dashboard did not start: {log.read_text()}")
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def get(url: str, *, token: str | None = None) -> tuple[int, dict]:
@@ -281,3 +292,38 @@ def test_page_in_headless_chromium_draws_every_chart_and_shows_the_api_numbers(s
         target = ROOT / "docs" / "dashboard.png" if os.environ.get("TRACEJUDGE_UPDATE_SCREENSHOT") else tmp_path / "dashboard.png"
         page.screenshot(str(target))
         assert target.stat().st_size > 50_000
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no chromium: scripts/ensure-chromium.sh installs Debian's package (needs root and apt-get)")
+def test_page_over_a_local_store_without_ui_url_says_how_to_open_mlflow_ui_and_links_nowhere(store, redis_url, mlflow_store, tmp_path):
+    """A sqlite store and no MLFLOW_UI_URL: no guessed address. The header says which command opens the UI and
+    which path to open there; the lowest/highest traces are plain text (their path in a title), not links."""
+    from tracejudge.testing.browser import Chromium
+
+    experiment_id, ids = store
+    assert mlflow_store.startswith("sqlite:")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_UI_URL"}
+    env.update({"MLFLOW_TRACKING_URI": mlflow_store, "TRACEJUDGE_REDIS_URL": redis_url,
+                "TRACEJUDGE_KEY_PREFIX": f"tjdash-local-{time.time_ns()}:", "TRACEJUDGE_DASHBOARD_TOKEN": TOKEN})
+    query = f"experiment={experiment_id}&since=7d&bucket=day"
+    with serve_dashboard(env, experiment_id, tmp_path / "dashboard.log") as base:
+        _, api = get(base + f"/api/summary?{query}", token=TOKEN)
+        assert api["links"]["mlflow_ui"] is None
+        assert api["links"]["open_ui"] == f"mlflow ui --backend-store-uri {mlflow_store}"
+        assert api["links"]["experiment_quality"] == f"/#/experiments/{experiment_id}/overview/quality"
+        with Chromium(width=1440, height=1000) as page:
+            page.open(f"{base}/?token={TOKEN}&{query}", until="document.body.dataset.rendered")
+            assert page.evaluate("document.body.dataset.rendered") == "true", page.evaluate("document.getElementById('error').textContent")
+            said = page.evaluate("document.getElementById('open-ui').textContent")
+            assert said == (f"MLflow UI: run {api['links']['open_ui']}, then open {api['links']['experiment_quality']} "
+                            "at the address it prints")
+            assert page.evaluate("document.querySelectorAll('#links a').length") == 0
+            assert page.evaluate("document.getElementById('quality-link')") is None
+            # the trace lists: no link into a UI nobody started; the id shown, its path in the title
+            assert page.evaluate("document.querySelectorAll('#bottom a, #top a').length") == 0
+            shown = page.evaluate("Array.from(document.querySelectorAll('#bottom span[data-trace], #top span[data-trace]'))"
+                                  ".map(e => [e.dataset.trace, e.textContent, e.title])")
+            want = [(t["trace_id"], t["trace_id"], t["url"]) for t in api["bottom_traces"] + api["top_traces"]]
+            assert want and [tuple(x) for x in shown] == want and all(t in ids for t, _, _ in want)
+            assert all(url == f"/#/experiments/{experiment_id}/traces?selectedEvaluationId={t}&traceId={t}" for t, _, url in want)
+            assert page.evaluate("document.getElementById('error').textContent") == ""
