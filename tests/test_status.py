@@ -226,3 +226,49 @@ def test_every_verdict_is_counted_once_whichever_path_ended_it(pipeline_env, art
     assert window.lag_count == 2
     recent = report["last_15_minutes"]
     assert recent["verdicts"] == expected and recent["verdict_errors"] == {"INVALID_PAYLOAD": 2, "TRACE_NOT_FOUND": 1}
+
+
+def test_a_redelivered_evaluation_counts_once_and_two_evaluations_of_one_trace_twice(pipeline_env, monkeypatch):
+    """The pipeline's entries are keyed by evaluation: a message delivered again (a later minute, another outcome)
+    replaces its own entry; another evaluation of the same trace is an entry of its own. A message without an
+    evaluation_id (not sent by enqueue) is its task id's evaluation, not a fresh one per delivery."""
+    import uuid
+
+    import redis
+
+    from tracejudge.config import load_config
+    from tracejudge.ops.pipeline import read_window, record_verdict
+    from tracejudge.payload import EvaluationRequest
+    from tracejudge.tasks import run_task
+    from tracejudge.tasks.runtime import reset_runtime
+
+    client = redis.Redis.from_url(pipeline_env["TRACEJUDGE_REDIS_URL"])
+    prefix = f"tjredeliver-{uuid.uuid4().hex[:8]}:"
+    pipe = client.pipeline()
+    record_verdict(pipe, trace_id="tr-1", evaluation_id="e-1", status="error", results=0, errors={},
+                   code="MLFLOW_UNAVAILABLE", lag_seconds=None, now=600.0, prefix=prefix)
+    record_verdict(pipe, trace_id="tr-1", evaluation_id="e-1", status="passed", results=3, errors={}, lag_seconds=5.0,
+                   now=665.0, prefix=prefix)  # the same message delivered again, a minute later: it replaces the first
+    record_verdict(pipe, trace_id="tr-1", evaluation_id="e-2", status="failed", results=3, errors={"TIMEOUT": 1},
+                   lag_seconds=9.0, now=670.0, prefix=prefix)  # an automatic retry: an evaluation of its own
+    pipe.execute()
+    window = read_window(client, minutes=15, now=700.0, prefix=prefix)
+    assert window.verdicts == {"failed": 1, "passed": 1} and window.total == 2
+    assert window.verdict_errors == {} and window.judge_results == 6 and window.judge_errors == {"TIMEOUT": 1}
+    assert window.lag_count == 2
+    assert all(client.ttl(k) > 0 for k in client.scan_iter(f"{prefix}*"))  # nothing kept for ever
+
+    # through the task entry: the same message twice, then another message for the same (missing) trace
+    monkeypatch.setenv("TRACEJUDGE_KEY_PREFIX", prefix + "task:")
+    reset_runtime()
+    quick = load_config({"observability": {"mlflow": {"judges": {"execution": {"trace_wait_seconds": 0.2}}}}})
+    payload = EvaluationRequest(trace_id="tr-" + uuid.uuid4().hex, config=quick).model_dump(mode="json", exclude_none=True)
+    del payload["evaluation_id"]
+    try:
+        outcomes = [run_task(dict(payload), task_id=task) for task in ("task-a", "task-a", "task-b")]
+    finally:
+        reset_runtime()
+    assert [(o.verdict["error"]["type"], o.verdict["evaluation_id"]) for o in outcomes] == [
+        ("TRACE_NOT_FOUND", "task-a"), ("TRACE_NOT_FOUND", "task-a"), ("TRACE_NOT_FOUND", "task-b")]
+    window = read_window(client, minutes=15, prefix=prefix + "task:")
+    assert window.verdicts == {"error": 2} and window.verdict_errors == {"TRACE_NOT_FOUND": 2}

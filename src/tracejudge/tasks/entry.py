@@ -51,10 +51,13 @@ class TaskOutcome:
 def run_task(payload: Any, *, attempt: int = 0, task_id: str | None = None, policy: RetryPolicy | None = None) -> TaskOutcome:
     """Evaluate one task payload; ``attempt`` is the number of retries so far (0 on first delivery).
 
-    ``policy``: the retry policy (default :data:`DEFAULT_POLICY`, looked up at each call).
+    ``policy``: the retry policy (default :data:`DEFAULT_POLICY`, looked up at each call). A payload without an
+    ``evaluation_id`` (a message not sent by ``enqueue``) is the evaluation ``task_id``: every delivery of the
+    message is then the same evaluation (one entry in the pipeline's counts, one id in the record).
     """
     policy = policy or DEFAULT_POLICY
     runtime = get_runtime()
+    payload = with_evaluation_id(payload, task_id)
     try:
         request = EvaluationRequest.model_validate(payload)
     except ValidationError as exc:
@@ -97,6 +100,20 @@ def judged_again_later(runtime: Any, request: EvaluationRequest) -> str:
     if delay is None:
         return "; the automatic retries after MLflow outages are used up: run tracejudge backfill once MLflow is back"
     return f"; judged again in {delay:g} s (a deferred evaluation, released by tracejudge beat)"
+
+
+def with_evaluation_id(payload: Any, task_id: str | None) -> Any:
+    """``payload`` with ``task_id`` as its ``evaluation_id`` when it names none (else unchanged): the default would be
+    a fresh id per delivery, so a redelivered message would count as another evaluation.
+
+    >>> with_evaluation_id({"trace_id": "tr-1"}, "task-7")
+    {'trace_id': 'tr-1', 'evaluation_id': 'task-7'}
+    >>> with_evaluation_id({"trace_id": "tr-1", "evaluation_id": "e-1"}, "task-7")["evaluation_id"]
+    'e-1'
+    """
+    if isinstance(payload, dict) and "evaluation_id" not in payload and task_id and len(task_id) <= 128:
+        return {**payload, "evaluation_id": task_id}
+    return payload
 
 
 def prepare_worker_process() -> None:
