@@ -98,7 +98,9 @@ def test_tool_figures_agree_between_redis_and_mlflow_after_rejudges(agents):
     first = assert_tools(experiment_id, redis, "first judging")
     book = next(x for x in first.tools if x.tool == "book_flight")
     assert book.failure_rate == 0.5 and book.mean_ms is not None and book.p95_ms is not None
-    assert [(p.calls, p.failed) for p in book.series] == [(6, 3)]  # one hour bucket
+    # per hour: one bucket, or two when the traces were judged across the top of an hour (no wall-clock assumption)
+    assert 1 <= len(book.series) <= 2 and all(p.calls for p in book.series)
+    assert (sum(p.calls for p in book.series), sum(p.failed for p in book.series)) == (6, 3)
     # every feedback of ours carries the trace's counts (no extra MLflow call); the third agent's, by hand
     assert tool_record.decode(*tool_metadata(ids[2]))["book_flight"].calls == 3
     assert {t: len(tool_metadata(t)) for t in ids} == {t: 1 for t in ids}
