@@ -7,6 +7,7 @@ and verdicts judged in ``sync`` mode (recorded in Redis too when ``TRACEJUDGE_RE
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -80,8 +81,13 @@ def test_a_failed_rollup_write_makes_auto_read_mlflow_for_that_window(experiment
 
     monkeypatch.setattr(rollup_store, "record_verdict", broken)
     missed = trace_in(experiment_id)
-    tracejudge.enqueue(missed, config=CONFIG).verdict(timeout=90)
+    handle = tracejudge.enqueue(missed, config=CONFIG)
+    verdict = handle.verdict(timeout=90)
     monkeypatch.undo()
+    # the verdict still counts in the pipeline's figures (tracejudge status, the pipeline rules), once
+    prefix = os.environ["TRACEJUDGE_KEY_PREFIX"]
+    counted = [redis.hget(k, handle.id) for k in redis.scan_iter(f"{prefix}tracejudge:pipeline:*:v")]
+    assert [json.loads(c)["s"] for c in counted if c is not None] == [verdict.status]
 
     later = int(time.time() * 1000) + IN_FLIGHT_MS  # no longer an evaluation in flight
     s = summary(experiment_id, redis, now_ms=later)

@@ -89,6 +89,8 @@ def record(
         pipe.execute()
     except Exception as exc:  # the pending mark stays: Redis says it does not cover this trace's window
         _failed(runtime, exc, loaded.trace_id)
+        if verdict is not None and runtime.redis is not None:  # the verdict still counts (a second count of one
+            count_ended(runtime, verdict, lag_seconds=lag_seconds)  # evaluation replaces its own entry)
 
 
 def count_ended(runtime: Any, verdict: Any, *, lag_seconds: float | None = None) -> Any:
