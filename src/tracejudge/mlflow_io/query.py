@@ -15,7 +15,6 @@ from typing import Any, Iterator
 
 from tracejudge.mlflow_io.writer import KEY, call_mlflow, failed_evaluations
 from tracejudge.mlflow_io.tool_record import ToolCounts, read_counts
-from tracejudge.mlflow_io.writer import KEY, call_mlflow
 
 #: MLflow's session key; our session results carry it in their metadata (see ``mlflow_io.sessions``).
 SESSION = "mlflow.trace.session"
