@@ -176,3 +176,28 @@ def test_tools_past_the_tenth_are_summed_as_other():
     assert [t.tool for t in tools] == [f"tool_{i:02d}" for i in range(10)] + ["(other)"]
     assert tools[-1].calls == sum(range(1, 16)) and totals.calls == sum(range(1, 26)) and totals.distinct_tools == 21
     assert tools[0].mean_ms == 3.0 and tools[0].p95_ms == 5.0
+
+
+def test_the_worst_tool_counts_fit_every_sql_store_mlflow_keeps_assessment_metadata_in(caplog):
+    """MLflow 3.17 sets no limit on an assessment's metadata values; its SQL stores keep the whole metadata as JSON in
+    a ``Text`` column, and MySQL's TEXT (65,535 bytes) is the smallest. The counts every feedback carries stay far
+    under it at their worst (20 names of 100 astral characters, each escaped to 12 bytes, every latency bin, huge
+    numbers), so a write never fails for them. Names are cut, the rest summed, and unreadable counts are None."""
+    import json
+
+    from tracejudge.judges.trajectory import ToolCall
+    from tracejudge.mlflow_io import writer
+
+    slowest = [0.5, 1.5, 3, 7, 15, 30, 70, 150, 300, 700, 1500, 3000, 7000, 15000, 30000, 70000, 200000, 10.0**9]
+    calls = [ToolCall(name="\U0001F600" * 99 + chr(0x4E00 + i), status="ERROR", duration_ms=float(ms))
+             for i in range(40) for ms in slowest]
+    text = tool_record.trace_text(calls)
+    counts = tool_record.decode(text)
+    assert len(counts) == tool_record.MAX_TOOLS + 1 and counts[tool_record.OTHER].calls == 20 * len(slowest)
+    assert all(len(name) <= tool_record.MAX_NAME for name in counts)
+    stored = json.dumps({writer.KEY: "k" * 64, writer.TOOLS: text})  # as MLflow's SqlAssessments stores metadata
+    assert len(stored.encode()) < 65_535 // 2, len(stored)
+
+    with caplog.at_level("WARNING", logger="tracejudge.mlflow_io.tool_record"):
+        assert tool_record.decode('{"v":1,"tools":{"a":[1,0]}}') is None
+    assert "unreadable tracejudge.tools metadata" in caplog.text
