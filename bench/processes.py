@@ -107,7 +107,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"| {kind} | {r['default']['judge_calls_per_s']:.0f} calls/s | {r['one']['judge_calls_per_s']:.0f} calls/s | "
               f"{r['peer']['judge_calls_per_s']:.0f} calls/s | {r['default_over_peer']:.2f}x | {r['default_over_one']:.2f}x |")
-    print(f"\nload average before {results['load_before']}, after {results['load_after']} ({n} traces per row)")
+    print("\nCPU per trace (ms; the worker's processes, the peer's one) and MLflow calls per trace (the worker's):")
+    for kind in stores:
+        r = results[kind]
+        if "skipped" not in r:
+            print(f"  {kind}: default {r['default']['worker_cpu_ms_per_trace']:.0f} ms, {r['default']['store_calls_per_trace'] or 0:g} calls "
+                  f"(CPU % {r['default']['cpu_percent']}); one process {r['one']['worker_cpu_ms_per_trace']:.0f} ms, "
+                  f"{r['one']['store_calls_per_trace'] or 0:g} calls; peer {r['peer']['cpu_ms_per_trace']:.0f} ms")
+    loads = lambda xs: " ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    print(f"\nload average before {loads(results['load_before'])}, after {loads(results['load_after'])} ({n} traces per row; "
+          "a figure from a loaded machine says little)")
     out = BENCH_DIR / "results" / f"processes-{time.strftime('%Y%m%d-%H%M%S')}.json"
     write_json(out, results)
     print(f"saved {out}")

@@ -137,6 +137,10 @@ def install() -> None:
     def _count_commit(_conn: Any) -> None:
         _sql["COMMIT"] += 1
 
+    @event.listens_for(Engine, "connect")
+    def _count_connect(*_: Any) -> None:  # a new database connection (the pool had none free)
+        _sql["new connection"] += 1
+
     sync_send = conn.AbstractConnection.send_packed_command
 
     def send(self: Any, command: Any, check_health: bool = True) -> Any:
