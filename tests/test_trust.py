@@ -289,9 +289,9 @@ def test_a_second_delivery_of_a_missing_trace_does_not_wait_for_it_twice(pipelin
     asked: dict[str, float] = {}
     plain_wait = runtime.store.wait_for_trace
 
-    def recording_wait(trace_id: str, *, wait_seconds: float):
+    def recording_wait(trace_id: str, *, wait_seconds: float, **options):
         asked[threading.current_thread().name] = wait_seconds
-        return plain_wait(trace_id, wait_seconds=wait_seconds)
+        return plain_wait(trace_id, wait_seconds=wait_seconds, **options)
 
     monkeypatch.setattr(runtime.store, "wait_for_trace", recording_wait)
     outcome: dict[str, object] = {}

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from tracejudge.sessions.evaluate import evaluate_session, session_error
 from tracejudge.payload import SessionRequest
-from tracejudge.tasks.entry import DEFAULT_POLICY, TaskOutcome
+from tracejudge.tasks import entry
+from tracejudge.tasks.entry import TaskOutcome, retry_or_give_up
 from tracejudge.tasks.evaluate import INVALID_PAYLOAD
 from tracejudge.payload import describe_payload_error
 from tracejudge.tasks.retry import RetryPolicy
@@ -19,13 +20,16 @@ log = logging.getLogger(__name__)
 
 
 def run_session_task(
-    payload: Any, *, attempt: int = 0, task_id: str | None = None, policy: RetryPolicy = DEFAULT_POLICY
+    payload: Any, *, attempt: int = 0, task_id: str | None = None, policy: RetryPolicy | None = None
 ) -> TaskOutcome:
     """Judge one session payload; ``attempt`` is the number of retries so far (0 on first delivery).
+
+    ``policy``: the retry policy (default ``tasks.entry.DEFAULT_POLICY``, looked up at each call).
 
     >>> run_session_task({"session_id": 5}).verdict["error"]["code"]  # doctest: +SKIP
     'INVALID_PAYLOAD'
     """
+    policy = policy or entry.DEFAULT_POLICY
     runtime = get_runtime()
     try:
         request = SessionRequest.model_validate(payload)
@@ -37,13 +41,12 @@ def run_session_task(
     try:
         return TaskOutcome(verdict=evaluate_session(request, runtime).to_result())
     except Exception as exc:
-        code = policy.code_of(exc)
-        if code is None:
+
+        def give_up(code: str, message: str) -> dict[str, Any]:
+            config = request.config or runtime.config
+            return session_error(request.session_id, code, message, config, evaluation_id=request.evaluation_id).to_result()
+
+        outcome = retry_or_give_up(exc, policy=policy, attempt=attempt, what=f"session {request.session_id}", give_up=give_up)
+        if outcome is None:
             raise  # a bug: the task fails with its traceback
-        retry = policy.decide(exc, attempt=attempt)
-        if retry is not None:
-            log.warning("%s for session %s (retry %d in %g s): %s", retry.reason, request.session_id, attempt + 1, retry.countdown, exc)
-            return TaskOutcome(retry=retry)
-        log.error("giving up on session %s after %d retries: %s", request.session_id, attempt, exc)
-        config = request.config or runtime.config
-        return TaskOutcome(verdict=session_error(request.session_id, code, str(exc), config, evaluation_id=request.evaluation_id).to_result())
+        return outcome

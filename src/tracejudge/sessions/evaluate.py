@@ -25,14 +25,14 @@ from tracejudge.controls.session_judged import judge_model, plan_session, sessio
 from tracejudge.judges.model import JudgeResult
 from tracejudge.judges.plan import PlannedJudge
 from tracejudge.judges.registry import UnknownJudgeError
-from tracejudge.judges.runner import JudgeJob, run_judges
+from tracejudge.judges.runner import JudgeJob
 from tracejudge.judges.session_judges import SESSION_TARGET, conversation_input
 from tracejudge.mlflow_io import sessions as session_io
 from tracejudge.mlflow_io import writer
 from tracejudge.mlflow_io.reader import TraceNotReady
 from tracejudge.payload import SessionRequest
 from tracejudge.sessions.verdict import SessionVerdict
-from tracejudge.tasks.evaluate import lock_wait_seconds, trace_wait_left
+from tracejudge.tasks.evaluate import judge_jobs, lock_wait_seconds, trace_wait_left
 from tracejudge.tasks.runtime import Runtime
 from tracejudge.tasks.state import EvaluationBusy
 from tracejudge.verdict import build_verdict
@@ -92,18 +92,7 @@ def evaluate_session(request: SessionRequest, runtime: Runtime) -> SessionVerdic
         todo = [job for job in jobs if job.key not in known]
         fresh: list[JudgeResult] = []
         if todo:
-            deadline = time.monotonic() + execution.overall_timeout_seconds
-            judged = runtime.run(
-                run_judges(
-                    todo,
-                    client=runtime.llm,
-                    execution=execution,
-                    default_model=runtime.settings.default_model,
-                    deadline=deadline,
-                    limiter=runtime.limiter(execution.rate_limit_per_second),
-                    controls=runtime.controls(config, use_cache=not request.force),
-                )
-            )
+            judged = judge_jobs(runtime, todo, config=config, force=request.force)
             fresh = [r.model_copy(update={"metadata": record_metadata(session)}) for r in judged]
             state.cache_results([r for r in fresh if writer.is_final(r)])
         by_key = {**known, **{r.key: r for r in fresh}}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
@@ -72,18 +72,49 @@ def run_task(payload: Any, *, attempt: int = 0, task_id: str | None = None, poli
         log.warning("%s (until %s UTC)", exc, time.strftime("%Y-%m-%d %H:%M", time.gmtime(when)))
         return TaskOutcome(deferred=True)
     except Exception as exc:
-        code = policy.code_of(exc)
-        if code is None:
+
+        def give_up(code: str, message: str) -> dict[str, Any]:
+            message += judged_again_later(runtime, request) if code == MLFLOW_UNAVAILABLE else ""
+            config = request.config or runtime.config
+            verdict = error_verdict(request.trace_id, code, message, config, evaluation_id=request.evaluation_id)
+            return verdict_json(count_ended(runtime, verdict))
+
+        outcome = retry_or_give_up(exc, policy=policy, attempt=attempt, what=request.trace_id, give_up=give_up)
+        if outcome is None:
             raise  # a bug: the task fails with its traceback
-        retry = policy.decide(exc, attempt=attempt)
-        if retry is not None:
-            log.warning("%s for %s (retry %d in %g s): %s", retry.reason, request.trace_id, attempt + 1, retry.countdown, exc)
-            return TaskOutcome(retry=retry)
-        message = str(exc) + (judged_again_later(runtime, request) if code == MLFLOW_UNAVAILABLE else "")
-        log.error("giving up on %s after %d retries: %s", request.trace_id, attempt, message)
-        config = request.config or runtime.config
-        verdict = error_verdict(request.trace_id, code, message, config, evaluation_id=request.evaluation_id)
-        return TaskOutcome(verdict=verdict_json(count_ended(runtime, verdict)))
+        return outcome
+
+
+def retry_or_give_up(
+    exc: BaseException,
+    *,
+    policy: RetryPolicy,
+    attempt: int,
+    what: str,
+    give_up: Callable[[str, str], dict[str, Any]],
+) -> TaskOutcome | None:
+    """What a task body answers to a failure (the trace's and the session's alike): a :class:`Retry` while the
+    policy allows one, else the verdict ``give_up(code, message)`` makes; None for a failure the policy does not
+    retry (a bug: the caller re-raises it). ``what`` names the evaluation in the log (``tr-1``, ``session s-1``).
+
+    >>> from tracejudge.tasks.state import EvaluationBusy
+    >>> busy = EvaluationBusy("held")
+    >>> retry_or_give_up(busy, policy=RetryPolicy(), attempt=0, what="tr-1", give_up=dict).retry.countdown
+    1.0
+    >>> retry_or_give_up(busy, policy=RetryPolicy(max_retries=0), attempt=0, what="tr-1", give_up=lambda c, m: {"code": c}).verdict
+    {'code': 'EVALUATION_BUSY'}
+    >>> retry_or_give_up(ValueError("a bug"), policy=RetryPolicy(), attempt=0, what="tr-1", give_up=dict) is None
+    True
+    """
+    code = policy.code_of(exc)
+    if code is None:
+        return None
+    retry = policy.decide(exc, attempt=attempt)
+    if retry is not None:
+        log.warning("%s for %s (retry %d in %g s): %s", retry.reason, what, attempt + 1, retry.countdown, exc)
+        return TaskOutcome(retry=retry)
+    log.error("giving up on %s after %d retries: %s", what, attempt, exc)
+    return TaskOutcome(verdict=give_up(code, str(exc)))
 
 
 def judged_again_later(runtime: Any, request: EvaluationRequest) -> str:
@@ -98,7 +129,9 @@ def judged_again_later(runtime: Any, request: EvaluationRequest) -> str:
         log.warning("could not schedule a later evaluation of %s: %s", request.trace_id, exc)
         return "; could not schedule a later retry: run tracejudge backfill once MLflow is back"
     if delay is None:
+        log.warning("%s: the automatic retries after MLflow outages are used up (tracejudge backfill finds it)", request.trace_id)
         return "; the automatic retries after MLflow outages are used up: run tracejudge backfill once MLflow is back"
+    log.info("%s: judged again in %g s, once MLflow is back (a deferred evaluation)", request.trace_id, delay)
     return f"; judged again in {delay:g} s (a deferred evaluation, released by tracejudge beat)"
 
 

@@ -190,18 +190,9 @@ def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVer
         tools = tool_record.trace_text(tool_calls)
         if todo:
             # the overall deadline counts from here: the waits for the trace and the lock are not judging time
-            deadline = time.monotonic() + execution.overall_timeout_seconds
-            fresh += runtime.run(
-                run_judges(
-                    todo,
-                    client=runtime.llm,
-                    execution=execution,
-                    default_model=runtime.settings.default_model,
-                    deadline=deadline,
-                    limiter=runtime.limiter(execution.rate_limit_per_second),
-                    controls=runtime.controls(config, use_cache=not request.force),
-                ),
-                timeout=execution.overall_timeout_seconds + LOOP_WAIT_MARGIN_SECONDS,
+            fresh += judge_jobs(
+                runtime, todo, config=config, force=request.force,
+                loop_timeout=execution.overall_timeout_seconds + LOOP_WAIT_MARGIN_SECONDS,
             )
             state.cache_results([r for r in fresh if writer.is_final(r)])  # transient failures are judged again
             over_budget = [r for r in fresh if r.error is not None and r.error.type == errors.BUDGET_EXCEEDED]
@@ -276,6 +267,28 @@ def ended(runtime: Runtime, verdict: QualityVerdict) -> QualityVerdict:
     """A verdict that ends the evaluation before any write-back, counted in the pipeline's counts
     (``rollup_step.count_ended``: ``tracejudge status``, the pipeline rules) as a written one is."""
     return rollup_step.count_ended(runtime, verdict)
+
+
+def judge_jobs(
+    runtime: Runtime, jobs: list[JudgeJob], *, config: TraceJudgeConfig, force: bool, loop_timeout: float | None = None
+) -> list[JudgeResult]:
+    """Judge ``jobs`` on the process's event loop (a trace's and a session's alike): the runtime's LLM client,
+    its shared rate limiter and the controls (budget; the result cache unless ``force``), under the overall
+    deadline (``overall_timeout_seconds``) counted from now. ``loop_timeout``: how long to wait on the loop
+    before ``tasks.loop.LoopStalled`` (None: no bound)."""
+    execution = config.judges.execution
+    return runtime.run(
+        run_judges(
+            jobs,
+            client=runtime.llm,
+            execution=execution,
+            default_model=runtime.settings.default_model,
+            deadline=time.monotonic() + execution.overall_timeout_seconds,
+            limiter=runtime.limiter(execution.rate_limit_per_second),
+            controls=runtime.controls(config, use_cache=not force),
+        ),
+        timeout=loop_timeout,
+    )
 
 
 def check_lock(held: Any, trace_id: str) -> None:
