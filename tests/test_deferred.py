@@ -24,11 +24,15 @@ from tracejudge.controls.deferred import (
     RECLAIM_AFTER_SECONDS,
     RETRY_SECONDS,
     SPREAD_SECONDS,
+    TRACES_BUILT_KEY,
+    TRACES_KEY,
     defer,
     next_utc_day,
     pending,
+    rebuild_trace_index,
     release_due,
 )
+from tracejudge.monitor.collect import scheduled_traces
 from tracejudge.payload import EvaluationRequest
 
 NOW = 1_764_000_000.0  # a fixed moment (releases take ``now``; nothing here waits)
@@ -147,3 +151,54 @@ def test_deferred_to_the_next_day_they_wake_spread_over_its_first_hour(r, prefix
     # the same request always lands on the same point (a re-deferral does not move it around)
     again = request()
     assert defer(r, prefix, again, now=NOW) == defer(r, prefix, again, now=NOW + 5)
+
+
+def _by_scan(r, prefix) -> set[str]:
+    """The traces with an entry waiting, read the old way: every request in both sets."""
+    members = r.zrange(prefix + DEFERRED_KEY, 0, -1) + r.zrange(prefix + PROCESSING_KEY, 0, -1)
+    return {json.loads(m)["trace_id"] for m in members}
+
+
+def test_the_report_asks_the_trace_index_which_agrees_with_the_sets_at_every_step(r, prefix):
+    """The report looks up only the traces it asks about (``scheduled_traces``); the per-trace index the scripts keep
+    says what reading every deferred request would, through re-deferral, take, failed send, sent and rebuild."""
+    one, two = request(1), request(2)
+    same_trace = EvaluationRequest(trace_id=one.trace_id, evaluation_id="ev-other")
+    ask = {one.trace_id, two.trace_id, "tr-never-deferred"}
+    lookup = scheduled_traces(r, prefix)
+
+    def check(expected: set[str]) -> None:
+        assert _by_scan(r, prefix) == expected
+        assert lookup(ask) == expected
+
+    defer(r, prefix, one, until=NOW - 3)
+    defer(r, prefix, one, until=NOW - 3)  # the same entry again: re-scored, not counted twice
+    defer(r, prefix, same_trace, until=NOW + 3600)  # a second entry of the same trace, not due yet
+    defer(r, prefix, two, until=NOW - 2)
+    check({one.trace_id, two.trace_id})
+    assert {k.decode(): int(v) for k, v in r.hgetall(prefix + TRACES_KEY).items()} == {one.trace_id: 2, two.trace_id: 1}
+
+    with pytest.raises(ConnectionError):  # a failed send puts both back: nothing changes for the report
+        release_due(r, prefix, lambda req: (_ for _ in ()).throw(ConnectionError("broker down")), now=NOW)
+    check({one.trace_id, two.trace_id})
+
+    # sent while the worker had already deferred the same request again (it sits in both sets for a moment)
+    def send(req: EvaluationRequest) -> None:
+        if req.evaluation_id == one.evaluation_id:
+            defer(r, prefix, req, until=NOW + 7200)
+
+    assert release_due(r, prefix, send, now=NOW + RETRY_SECONDS) == 2
+    check({one.trace_id})  # ``one`` deferred again (and ``same_trace`` still waits); ``two`` sent
+    assert int(r.hget(prefix + TRACES_KEY, one.trace_id)) == 2
+
+    assert release_due(r, prefix, lambda req: None, now=NOW + 7200) == 2
+    check(set())
+    assert r.exists(prefix + TRACES_KEY) == 0  # nothing left behind
+
+    # entries deferred before the index was kept (an upgrade): the first release rebuilds it, once
+    r.zadd(prefix + DEFERRED_KEY, {two.model_dump_json(exclude_none=True): NOW + 99_999})  # as the old code did
+    r.delete(prefix + TRACES_BUILT_KEY)
+    assert lookup(ask) == set()
+    assert release_due(r, prefix, lambda req: None, now=NOW) == 0
+    check({two.trace_id})
+    assert rebuild_trace_index(r, prefix) == 1 and int(r.hget(prefix + TRACES_KEY, two.trace_id)) == 1

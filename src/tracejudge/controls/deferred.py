@@ -27,6 +27,12 @@ at 00:00 at once, hitting the LLM's rate limit together and spending the new
 day's budget in the first minute; an hour is short enough that deferred
 work is still judged early in its day, and at most :data:`RELEASE_LIMIT`
 entries are sent per release on top of that.
+
+Beside the two sets, a hash (``tracejudge:deferred:traces``, :data:`TRACES_KEY`) counts per trace id the
+entries of that trace in either set, kept by the same scripts that add and remove them, so the report asks
+"which of these traces wait for a retry" by trace id (``monitor.collect.scheduled_traces``, ``HMGET``) instead
+of reading every deferred request. It is coordination: :func:`rebuild_trace_index` rebuilds it from the sets, and the first
+release on a Redis that has never had it built (an upgrade; a Redis lost and started empty) does so once.
 """
 
 from __future__ import annotations
@@ -55,6 +61,47 @@ SPREAD_SECONDS = 3600.0
 RELEASE_LIMIT = 1000
 #: A failed send is tried again this much later.
 RETRY_SECONDS = 60.0
+
+#: Per trace id, how many entries of that trace are in the deferred or the processing set.
+TRACES_KEY = "tracejudge:deferred:traces"
+#: Set (no expiry) when :data:`TRACES_KEY` was rebuilt from the sets: from then on the scripts keep it.
+TRACES_BUILT_KEY = "tracejudge:deferred:traces:built"
+
+#: KEYS: deferred, processing, traces. ARGV: when, member, trace id. Adds (or re-scores) an entry; a new entry
+#: (in neither set) counts for its trace.
+_ADD = """
+local new = not redis.call('ZSCORE', KEYS[1], ARGV[2]) and not redis.call('ZSCORE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+if new then redis.call('HINCRBY', KEYS[3], ARGV[3], 1) end
+"""
+
+#: KEYS: deferred, processing, traces. ARGV: member, trace id ('' when unknown). Removes a sent (or dropped)
+#: entry from the processing set; gone from both sets, it no longer counts for its trace.
+_DONE = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 and ARGV[2] ~= '' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  if redis.call('HINCRBY', KEYS[3], ARGV[2], -1) <= 0 then redis.call('HDEL', KEYS[3], ARGV[2]) end
+end
+"""
+
+#: KEYS: deferred, processing, traces, built. Rebuilds the per-trace counts from both sets (members that are not a
+#: request with a trace id are left out) and marks them built.
+_REBUILD = """
+redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[4], '1')
+local seen = {}
+for i = 1, 2 do
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
+    if not seen[member] then
+      seen[member] = true
+      local ok, data = pcall(cjson.decode, member)
+      if ok and type(data) == 'table' and type(data['trace_id']) == 'string' then
+        redis.call('HINCRBY', KEYS[3], data['trace_id'], 1)
+      end
+    end
+  end
+end
+return redis.call('HLEN', KEYS[3])
+"""
 
 #: KEYS: deferred, processing. ARGV: now, limit, reclaim_before. Puts stale taken entries back (due now), then
 #: moves up to ``limit`` due entries into the processing set and returns them.
@@ -106,8 +153,18 @@ def defer(
     True
     """
     when = next_utc_day(now) + spread_offset(request.evaluation_id) if until is None else until
-    redis.zadd(f"{prefix}{DEFERRED_KEY}", {request.model_dump_json(exclude_none=True): when})
+    redis.eval(_ADD, 3, *_keys(prefix), repr(when), request.model_dump_json(exclude_none=True), request.trace_id)
     return when
+
+
+def _keys(prefix: str) -> tuple[str, str, str]:
+    return f"{prefix}{DEFERRED_KEY}", f"{prefix}{PROCESSING_KEY}", f"{prefix}{TRACES_KEY}"
+
+
+def rebuild_trace_index(redis: Any, prefix: str) -> int:
+    """Rebuild the per-trace counts (:data:`TRACES_KEY`) from the deferred and processing sets; returns how many
+    traces have entries. One script: it reads both sets whole, so it is for a missing index, not for every call."""
+    return int(redis.eval(_REBUILD, 4, *_keys(prefix), f"{prefix}{TRACES_BUILT_KEY}"))
 
 
 def release_due(
@@ -124,7 +181,9 @@ def release_due(
     :data:`RECLAIM_AFTER_SECONDS`), sends each, then removes it (see the module docstring).
     """
     moment = time.time() if now is None else now
-    key, processing = f"{prefix}{DEFERRED_KEY}", f"{prefix}{PROCESSING_KEY}"
+    key, processing, traces = _keys(prefix)
+    if not redis.exists(f"{prefix}{TRACES_BUILT_KEY}"):  # entries may have been deferred before the index was kept
+        rebuild_trace_index(redis, prefix)
     taken = redis.eval(_TAKE_DUE, 2, key, processing, repr(moment), int(limit), repr(moment - RECLAIM_AFTER_SECONDS))
     sent = 0
     for i, raw in enumerate(taken):
@@ -132,7 +191,7 @@ def release_due(
             request = EvaluationRequest.model_validate(json.loads(raw))
         except ValueError as exc:  # never sendable (written by hand, or by an incompatible version): say so, drop it
             log.error("dropping a deferred evaluation that is not a valid request (%s): %.300r", exc, raw)
-            redis.zrem(processing, raw)
+            redis.eval(_DONE, 3, key, processing, traces, raw, _trace_id(raw))
             continue
         try:
             send(request)
@@ -145,9 +204,18 @@ def release_due(
                 pipe.zadd(key, {member: moment for member in taken[i + 1:]})
             pipe.execute()
             raise
-        redis.zrem(processing, raw)
+        redis.eval(_DONE, 3, key, processing, traces, raw, request.trace_id)
         sent += 1
     return sent
+
+
+def _trace_id(raw: Any) -> str:
+    """The trace id of an entry that is not a valid request, if it names one ('' otherwise), as the rebuild reads it."""
+    try:
+        trace_id = json.loads(raw)["trace_id"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return trace_id if isinstance(trace_id, str) else ""
 
 
 def pending(redis: Any, prefix: str) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from tracejudge.monitor.links import links_for
 from tracejudge.monitor.models import QualitySummary
@@ -34,8 +34,11 @@ COUNTS_KEY = "tracejudge:counts:{day}"
 #: Their daily budget spend (``tasks/budget.py``), nano-USD.
 SPENT_KEY = "tracejudge:budget:{day}:spent"
 NANO = 1_000_000_000
-#: The deferred evaluations (``controls/deferred.py``): a sorted set of requests (JSON), and those a releaser took.
-DEFERRED_KEYS = ("tracejudge:deferred", "tracejudge:deferred:processing")
+#: The deferred evaluations' per-trace index (``controls/deferred.py``, ``TRACES_KEY``): trace id -> how many entries
+#: of that trace wait in the deferred set or its processing set.
+DEFERRED_TRACES_KEY = "tracejudge:deferred:traces"
+#: Trace ids asked per ``HMGET``.
+LOOKUP_CHUNK = 1000
 
 
 def summarise_quality(
@@ -165,28 +168,38 @@ def read_counters(
     return totals, daily
 
 
-def scheduled_traces(redis: Any, prefix: str) -> set[str] | None:
-    """The traces with an evaluation waiting in the deferred set (an automatic retry, or a budget deferral);
-    None without Redis or when it cannot be read (the report then says it did not ask)."""
-    import json
+def scheduled_traces(redis: Any, prefix: str) -> Callable[[set[str]], set[str] | None] | None:
+    """Which of the window's traces with a retry due have an evaluation waiting in the deferred set (an automatic
+    retry, or a budget deferral): a lookup of just those trace ids in the set's per-trace index
+    (:data:`DEFERRED_TRACES_KEY`), never the deferred requests themselves. None without Redis; the lookup answers
+    None when Redis cannot be read (the report then says it did not ask).
 
+    >>> import fakeredis
+    >>> r = fakeredis.FakeRedis()
+    >>> _ = r.hset("t:" + DEFERRED_TRACES_KEY, "tr-1", 1)
+    >>> scheduled_traces(r, "t:")({"tr-1", "tr-2"})
+    {'tr-1'}
+    """
     if redis is None:
         return None
-    try:
-        pipe = redis.pipeline(transaction=False)
-        for key in DEFERRED_KEYS:
-            pipe.zrange(prefix + key, 0, -1)
-        replies = pipe.execute()
-    except Exception as exc:  # coordination is an extra here; the record's figures stand without it
-        log.warning("could not read the deferred set from Redis: %s", exc)
-        return None
-    traces = set()
-    for raw in (member for reply in replies for member in reply):
+    key = prefix + DEFERRED_TRACES_KEY
+
+    def lookup(trace_ids: set[str]) -> set[str] | None:
+        ids = sorted(trace_ids)
         try:
-            traces.add(str(json.loads(raw)["trace_id"]))
-        except (ValueError, KeyError, TypeError):
-            continue  # not a trace's request (a session's, or unreadable): not a trace retry
-    return traces
+            if not ids:
+                redis.ping()  # none due: still say whether Redis was read
+                return set()
+            pipe = redis.pipeline(transaction=False)
+            for i in range(0, len(ids), LOOKUP_CHUNK):
+                pipe.hmget(key, ids[i : i + LOOKUP_CHUNK])
+            counts = [n for reply in pipe.execute() for n in reply]
+        except Exception as exc:  # coordination is an extra here; the record's figures stand without it
+            log.warning("could not read the deferred set from Redis: %s", exc)
+            return None
+        return {trace_id for trace_id, n in zip(ids, counts) if n is not None and int(n) > 0}
+
+    return lookup
 
 
 def redis_gap(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from tracejudge.monitor.links import quality_url, trace_url, traces_url
 from tracejudge.monitor.models import (
@@ -185,12 +185,13 @@ def summarise(
     links: Links,
     workflow: str | None = None,
     environment: str | None = None,
-    scheduled: set[str] | None = None,
+    scheduled: set[str] | Callable[[set[str]], set[str] | None] | None = None,
 ) -> QualitySummary:
     """Every figure of the report, dashboard and alerts, from counters.
 
     Only buckets inside ``[start_ms, end_ms)`` count. ``scheduled``: the traces with an automatic retry waiting in
-    Redis's deferred set (None: no Redis was asked), for :func:`retry_figures`.
+    Redis's deferred set, or a lookup asked for the traces with a retry due (None: no Redis was asked), for
+    :func:`retry_figures`.
     """
     width = BUCKET_SECONDS[bucket] * 1000
     per_judge: dict[str, _Acc] = defaultdict(_Acc)
@@ -323,7 +324,9 @@ def summarise(
     )
 
 
-def retry_figures(totals: dict[str, float], *, scheduled: set[str] | None) -> RetryFigures:
+def retry_figures(
+    totals: dict[str, float], *, scheduled: set[str] | Callable[[set[str]], set[str] | None] | None
+) -> RetryFigures:
     """The window's traces with non-final results, from the rollup's ``retry|...`` counters (see ``monitor.rollup``).
 
     ``sources`` names the record (MLflow's feedbacks: read from MLflow, or from the Redis rollups that copy it, as the
@@ -337,6 +340,8 @@ def retry_figures(totals: dict[str, float], *, scheduled: set[str] | None) -> Re
     due = {k[len("retry|open|"):] for k, v in totals.items() if k.startswith("retry|open|") and v > 0}
     gave_up = sum(1 for k, v in totals.items() if k.startswith("retry|gaveup|") and v > 0)
     codes = {k[len("retry|code|"):]: int(v) for k, v in sorted(totals.items()) if k.startswith("retry|code|") and v > 0}
+    if callable(scheduled):  # asked only for the traces with a retry due
+        scheduled = scheduled(due)
     waiting = None if scheduled is None else len(due & scheduled)
     return RetryFigures(
         non_final=len(due) + gave_up,
