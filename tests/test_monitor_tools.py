@@ -201,3 +201,54 @@ def test_the_worst_tool_counts_fit_every_sql_store_mlflow_keeps_assessment_metad
     with caplog.at_level("WARNING", logger="tracejudge.mlflow_io.tool_record"):
         assert tool_record.decode('{"v":1,"tools":{"a":[1,0]}}') is None
     assert "unreadable tracejudge.tools metadata" in caplog.text
+
+
+def test_tool_names_built_from_ids_fold_to_one_counter_set_per_bucket_in_both_sources(redis_url):
+    """Tool names that carry ids (an order number, a UUID, a hash) would make counters per id in every 5-minute
+    bucket, kept 35 days. Their ids are folded (``tool_record.fold_name``) by one rule applied to each trace on its
+    own, so the Redis rollups and the in-memory sum of MLflow's record stay equal whatever order traces come in,
+    and records written before folding (raw names in their metadata) fold the same way."""
+    import uuid
+
+    import redis as redis_lib
+
+    from tracejudge.judges.trajectory import ToolCall
+    from tracejudge.monitor.rollup import Rollup, TraceRecord
+    from tracejudge.monitor.rollup_store import load_rollup, record_verdict
+    from tracejudge.monitor.tool_figures import tool_figures
+
+    from tracejudge.monitor.rollup import bucket_of
+
+    start = bucket_of(int(time.time() * 1000))  # keys expire 35 days after their bucket: a bucket of today
+
+    def trace(n: int, tools) -> TraceRecord:
+        return TraceRecord(trace_id=f"tr-{n}", timestamp_ms=start + n, workflow="w", environment="e", status="passed",
+                           score=None, band=None, tools=tools)
+
+    # new records: the names fold as the worker counts them
+    written = [tool_record.tool_counts([ToolCall(name=f"fetch_order_{10_000 + n}", duration_ms=2.0),
+                                        ToolCall(name=f"lookup/{uuid.uuid4()}", duration_ms=2.0),
+                                        ToolCall(name="search", duration_ms=2.0)]) for n in range(30)]
+    assert all(sorted(c) == ["fetch_order_#", "lookup/#", "search"] for c in written)
+    # records written before folding: raw id names in the metadata, folded when the monitor reads them
+    older = [{f"fetch_order_{20_000 + n}": tool_record.ToolCounts(calls=2, failed=1, bins={1: 2})} for n in range(10)]
+    traces = [trace(n, tools) for n, tools in enumerate(written + older)]
+
+    r = redis_lib.Redis.from_url(redis_url)
+    prefix, experiment_id = f"tjfold-{uuid.uuid4().hex[:8]}:", "1"
+    for t in reversed(traces):  # another order than the in-memory sum: the figures do not depend on it
+        record_verdict(r, t, experiment_id=experiment_id, prefix=prefix)
+    from_redis = load_rollup(r, experiment_id, start, start + 300_000, prefix=prefix)
+    in_memory = Rollup()
+    for t in traces:
+        in_memory.add(t)
+    assert from_redis.counters == in_memory.counters
+    for rollup in (from_redis, in_memory):
+        totals, tools = tool_figures(rollup, start_ms=start, end_ms=start + 300_000, width_ms=300_000)
+        assert {x.tool: (x.calls, x.failed) for x in tools} == {"fetch_order_#": (50, 10), "lookup/#": (30, 0),
+                                                                "search": (30, 0)}
+        assert totals.distinct_tools == 3
+    # the bucket's hash keeps counters for the three folded names, not one set per id
+    fields = {f.decode() for f in r.hkeys(f"{prefix}tracejudge:monitor:{experiment_id}:w\x1fe:{start}:c")}
+    assert {f.split("|")[1] for f in fields if f.startswith("tool|")} == {"fetch_order_#", "lookup/#", "search"}
+    r.delete(*r.keys(f"{prefix}*"))

@@ -7,8 +7,9 @@ assessments. No extra MLflow call: a trace's spans do not change, so every feedb
 the newest valid one is read (:func:`read_counts`).
 
 Per trace at most :data:`MAX_TOOLS` tools are kept by name (most calls first, then by name); the rest are summed
-under :data:`OTHER`. Names are cut to :data:`MAX_NAME` characters. Durations go into fixed latency bins
-(:data:`LATENCY_EDGES_MS`, 1-2-5 steps), so a p95 can be read from summed counts.
+under :data:`OTHER`. Names are cut to :data:`MAX_NAME` characters, and the ids in them folded (:func:`fold_name`:
+``fetch_order_18734`` counts as ``fetch_order_#``), so names built from ids do not make a counter each. Durations
+go into fixed latency bins (:data:`LATENCY_EDGES_MS`, 1-2-5 steps), so a p95 can be read from summed counts.
 
 >>> from tracejudge.judges.trajectory import ToolCall
 >>> counts = tool_counts([ToolCall(name="search", duration_ms=12.0), ToolCall(name="search", status="ERROR", duration_ms=3.0)])
@@ -23,6 +24,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -39,6 +41,10 @@ MAX_NAME = 100
 OTHER = "(other)"
 #: Upper edges (ms, inclusive) of the latency bins; bin ``len(LATENCY_EDGES_MS)`` holds the slower calls.
 LATENCY_EDGES_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 300000)
+#: What :func:`fold_name` writes for an id in a tool name.
+ID_MARK = "#"
+#: An id in a tool name: a hex run of 8 or more (with its ``-``-joined parts: a UUID), or a run of 4+ digits.
+_ID = re.compile(r"[0-9A-Fa-f]{8,}(?:-[0-9A-Fa-f]+)*|[0-9]{4,}")
 
 
 @dataclass
@@ -69,11 +75,40 @@ def latency_bin(duration_ms: float) -> int:
     return bisect.bisect_left(LATENCY_EDGES_MS, duration_ms)
 
 
+def fold_name(name: str) -> str:
+    """A tool name with the ids in it replaced by :data:`ID_MARK` (a hex run of 8+ holding a digit, a UUID, a run of
+    4+ digits); the same name always folds the same way, and a folded name folds to itself.
+
+    >>> fold_name("fetch_order_18734"), fold_name("get/550e8400-e29b-41d4-a716-446655440000"), fold_name("sha256_v2")
+    ('fetch_order_#', 'get/#', 'sha256_v2')
+    >>> fold_name("call_deadbeef"), fold_name("call_deadbeef01"), fold_name(fold_name("run_20261205"))
+    ('call_deadbeef', 'call_#', 'run_#')
+    """
+    return _ID.sub(lambda m: ID_MARK if any(c.isdigit() for c in m.group()) else m.group(), name)
+
+
+def fold_names(per: dict[str, ToolCounts]) -> dict[str, ToolCounts]:
+    """Counts per tool with the names folded (:func:`fold_name`); tools that fold to one name are summed.
+
+    >>> sorted((n, c.calls) for n, c in fold_names({"a_1234": ToolCounts(calls=1), "a_5678": ToolCounts(calls=2)}).items())
+    [('a_#', 3)]
+    """
+    out: dict[str, ToolCounts] = {}
+    for name, counts in per.items():
+        folded = fold_name(name)
+        if folded in out:
+            out[folded].add(counts)
+        else:
+            out[folded] = ToolCounts(counts.calls, counts.failed, counts.retries, counts.duration_us, dict(counts.bins))
+    return out
+
+
 def tool_counts(calls: Iterable[ToolCall]) -> dict[str, ToolCounts]:
-    """Per tool, a trace's calls counted (capped at :data:`MAX_TOOLS` names, the rest under :data:`OTHER`)."""
+    """Per tool, a trace's calls counted (names folded, :func:`fold_name`; capped at :data:`MAX_TOOLS` names, the rest
+    under :data:`OTHER`)."""
     per: dict[str, ToolCounts] = {}
     for call in calls:
-        c = per.setdefault(str(call.name)[:MAX_NAME] or "(unnamed)", ToolCounts())
+        c = per.setdefault(fold_name(str(call.name)[:MAX_NAME]) or "(unnamed)", ToolCounts())
         c.calls += 1
         c.failed += int(call.failed)
         c.retries += int(call.retry)

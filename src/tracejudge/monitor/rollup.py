@@ -19,9 +19,9 @@ Per bucket (bucket start, ms) a flat mapping of counters:
   score, to 0.001: the exact percentiles, minimum, maximum and the histogram split at the threshold, for both
   sources; counts, so they can be taken back);
 * per tool (the counts in the metadata of the trace's feedbacks, :mod:`tracejudge.mlflow_io.tool_record`: at most 20 names per trace,
-  the rest as ``(other)``): ``tool|<name>|n`` (calls), ``|x`` (failed), ``|r`` (retries), ``|us`` (total duration,
-  integer microseconds, so both sources sum it exactly), ``|b<i>`` (calls in latency bin ``i``); and
-  ``tooltraces`` (traces that made tool calls).
+  the rest as ``(other)``; ids in names folded, ``tool_record.fold_name``, by one rule for both sources):
+  ``tool|<name>|n`` (calls), ``|x`` (failed), ``|r`` (retries), ``|us`` (total duration, integer microseconds,
+  so both sources sum it exactly), ``|b<i>`` (calls in latency bin ``i``); and ``tooltraces`` (traces that made tool calls).
 
 Beside the counters, per bucket: every trace's overall score (the lowest and highest traces) and up to 20 failing
 results (trace, judge, node, score, rationale or error) for themes and alert examples.
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from tracejudge.mlflow_io.writer import FINAL_ERRORS, MAX_FAILED_EVALUATIONS
-from tracejudge.mlflow_io.tool_record import ToolCounts
+from tracejudge.mlflow_io.tool_record import ToolCounts, fold_names
 
 BUCKET_MS = 300_000
 HIST_BINS = 10
@@ -194,7 +194,7 @@ def trace_fields(trace: TraceRecord) -> dict[str, float]:
             out[base + "below"] += 1
     if trace.tools:
         out["tooltraces"] += 1
-    for name, c in trace.tools.items():
+    for name, c in fold_names(trace.tools).items():  # ids in names folded here too: records written before folding
         base = f"tool|{name}|"
         for part, value in (("n", c.calls), ("x", c.failed), ("r", c.retries), ("us", c.duration_us)):
             if value:
