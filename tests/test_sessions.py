@@ -286,3 +286,16 @@ def test_session_figures_honour_the_reports_workflow_and_environment_filters(wor
     assert done.returncode == 0, done.stderr
     assert "sessions judged: 1, failed 1 (100.0%)" in done.stdout, done.stdout
     assert "(only sessions whose first turn is a sales_bot trace)" in done.stdout, done.stdout
+
+
+def test_a_session_message_without_evaluation_id_is_its_task_ids_evaluation(worker, experiment):
+    """A hand-sent session message (no evaluation_id) is one evaluation however often it is delivered: the
+    task id, not a fresh uuid per delivery (as for traces, tasks.entry.with_evaluation_id)."""
+    from tracejudge.sessions.entry import run_session_task
+
+    payload = {"session_id": "no-such-session", "experiment_id": experiment, "config": {
+        "judges": {"sessions": {"judges": ["user_frustration"]}, "execution": {"trace_wait_seconds": 0.2}}}}
+    first = run_session_task(dict(payload), task_id="task-77").verdict
+    again = run_session_task(dict(payload), task_id="task-77").verdict
+    assert first["error"]["type"] == again["error"]["type"] == "SESSION_NOT_FOUND"
+    assert first["evaluation_id"] == again["evaluation_id"] == "task-77"

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from tracejudge.sessions.evaluate import evaluate_session, session_error
 from tracejudge.payload import SessionRequest
 from tracejudge.tasks import entry
-from tracejudge.tasks.entry import TaskOutcome, retry_or_give_up
+from tracejudge.tasks.entry import TaskOutcome, retry_or_give_up, with_evaluation_id
 from tracejudge.tasks.evaluate import INVALID_PAYLOAD
 from tracejudge.payload import describe_payload_error
 from tracejudge.tasks.retry import RetryPolicy
@@ -24,13 +24,15 @@ def run_session_task(
 ) -> TaskOutcome:
     """Judge one session payload; ``attempt`` is the number of retries so far (0 on first delivery).
 
-    ``policy``: the retry policy (default ``tasks.entry.DEFAULT_POLICY``, looked up at each call).
+    ``policy``: the retry policy (default ``tasks.entry.DEFAULT_POLICY``, looked up at each call). A payload without an
+    ``evaluation_id`` is the evaluation ``task_id``, as for traces: every delivery of the message is one evaluation.
 
     >>> run_session_task({"session_id": 5}).verdict["error"]["code"]  # doctest: +SKIP
     'INVALID_PAYLOAD'
     """
     policy = policy or entry.DEFAULT_POLICY
     runtime = get_runtime()
+    payload = with_evaluation_id(payload, task_id)
     try:
         request = SessionRequest.model_validate(payload)
     except ValidationError as exc:
