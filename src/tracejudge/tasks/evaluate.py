@@ -4,17 +4,21 @@ The steps, for one :class:`EvaluationRequest`, all under a per-trace Redis
 lock (so the one read sees whatever another delivery wrote before):
 
 1. fetch the trace once (spans, tags, assessments), waiting up to
-   ``trace_wait_seconds`` for one that is not exported yet;
-2. plan (target, judge) pairs and give each an idempotency key;
+   ``trace_wait_seconds`` for one that is not exported yet (:func:`read_trace`),
+   unless the filters leave it out (:func:`skip_filtered`);
+2. plan (target, judge) pairs and give each an idempotency key (:func:`plan`);
 3. take the results already on the trace (our keys in assessment metadata)
    and those cached in Redis by an earlier attempt that could not write
-   them, and judge only the rest;
+   them (:func:`take_known`), and judge only the rest (:func:`judge_the_rest`);
 4. cache new results in Redis at once, then write every result not yet on
    the trace (concurrently, bounded; a full evaluation's carry the plan's
-   fingerprint in their metadata);
+   fingerprint in their metadata) (:func:`write_back`);
 5. tag the trace (status, score), log ``quality_assessment.json`` and the
-   quality metrics on its run as the artifact settings ask, and return the
-   verdict.
+   quality metrics on its run as the artifact settings ask (:func:`make_verdict`,
+   :func:`write_back`), and return the verdict.
+
+Each step is a function of the :class:`Evaluation` it fills in; a step that ends
+the evaluation early (an error or skip verdict) raises :class:`EndedEarly`.
 
 So a redelivered task makes no LLM calls for work already judged and adds
 no second assessment; an MLflow outage (:class:`MlflowUnavailable`) is
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from tracejudge.config import TraceJudgeConfig, log_unused_keys_once
@@ -100,167 +105,277 @@ class EvaluationDeferred(RuntimeError):
 
 
 def evaluate_request(request: EvaluationRequest, runtime: Runtime) -> QualityVerdict:
-    """Run one evaluation end to end (see the module docstring).
+    """Run one evaluation end to end (see the module docstring), step by step.
 
     Raises only what is worth a retry: ``MlflowUnavailable`` and :class:`EvaluationBusy`.
     """
-    config = request.config or runtime.config
-    log_unused_keys_once(config, log)
-    # the payload's environment, else TRACEJUDGE_ENVIRONMENT, else judges.environment (in the config)
-    environment = request.environment or runtime.settings.environment
-    request = request.model_copy(update={"environment": environment})
-    execution = config.judges.execution
-    fields = {"evaluation_id": request.evaluation_id, "environment": environment}
+    ev = Evaluation.start(request, runtime)
     try:
-        check_trace_id(request.trace_id)  # before a lock is named after it
-    except InvalidTraceId as exc:
-        return ended(runtime, error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields))
-    attempt = retry_attempt(runtime, request.retry_of)
-    state = runtime.state
-    # The lock is taken before the trace is read, so the one read (spans, tags, assessments) sees what another
-    # delivery wrote before it released the lock. Its holder may be waiting for the trace's export first.
-    started = time.monotonic()
-    with state.trace_lock(request.trace_id, timeout=lock_wait_seconds(execution)) as held:
-        try:
-            loaded = runtime.store.wait_for_trace(  # tool calls and steps only if a judge reads them (below)
-                request.trace_id, wait_seconds=trace_wait_left(execution.trace_wait_seconds, started=started), agent=False
-            )
-        except InvalidTraceId as exc:
-            return ended(runtime, error_verdict(request.trace_id, INVALID_TRACE_ID, str(exc), config, **fields))
-        except TraceIncomplete as exc:  # never judged in part: the verdict says what is missing
-            message = (
-                f"{exc} after waiting {execution.trace_wait_seconds:g} s (trace_wait_seconds); not judged in part. "
-                "MLflow's exporter drops spans it fails to write (see its debug log); raise trace_wait_seconds "
-                "if the export is only slow"
-            )
-            return ended(runtime, error_verdict(request.trace_id, TRACE_INCOMPLETE, message, config, **fields))
-        except TraceNotReady as exc:
-            # the reader's reason names the trace once; add where and how long we looked
-            message = (
-                f"{exc}; waited {execution.trace_wait_seconds:g} s (judges.execution.trace_wait_seconds) on "
-                f"{runtime.settings.mlflow_tracking_uri or 'the default tracking URI'}"
-            )
-            return ended(runtime, error_verdict(request.trace_id, TRACE_NOT_FOUND, message, config, **fields))
-        skip = filter_reason(config.judges.filters, workflow=loaded.workflow_name, tags=loaded.tags, state=loaded.state)
-        if skip is not None:
-            count(runtime, loaded.workflow_name, counters.SKIPPED_FILTER)
-            log.info("not judging %s: %s", request.trace_id, skip)
-            return ended(runtime, skipped_verdict(
-                request.trace_id, f"filtered out: {skip}", config, evaluation_id=request.evaluation_id,
-                workflow_name=loaded.workflow_name,
-            ))
-        try:
-            plan = runtime_plan(config, runtime, request)  # built once: the jobs and the fingerprint come from it
-            jobs, sampled_out = plan_jobs(loaded, plan, runtime, request)
-            if any(reads_agent_data(job.judge) for job in jobs):
-                add_agent_data(loaded)  # the jobs' inputs are the targets' own: filled in place
-        except UnknownJudgeError as exc:
-            return ended(runtime, error_verdict(request.trace_id, UNKNOWN_JUDGE, exc.message, config, **fields))
-        if not jobs and sampled_out:  # the user's per-judge sampling left every judge out: not an error
-            return ended(runtime, skipped_verdict(
-                request.trace_id, f"every judge was sampled out on this trace ({', '.join(sampled_out)}; judges.sampling.judges)",
-                config, evaluation_id=request.evaluation_id, workflow_name=loaded.workflow_name,
-            ))
-        if not jobs:
-            return ended(runtime, error_verdict(
-                request.trace_id,
-                NO_TARGETS,
-                "the plan has no judges for this trace (no workflow_defaults, and no node_overrides matching its nodes)",
-                config,
-                **fields,
-                workflow_name=loaded.workflow_name,
-            ))
-        # Only final results are reused (a score, a permanent error of the input). A transient failure
-        # (timeout, rate limit, provider error, deadline, budget...) is judged again. Every new result
-        # supersedes our valid assessment at its (span, judge), whatever changed (threshold, model, rubric,
-        # version: a new key), so a trace never shows two valid ones of ours for one (span, judge).
-        on_trace = writer.existing_results(loaded.assessments)
-        if request.force:  # re-judge everything; the new assessments supersede ours already there
-            on_trace = {}
-            known: dict[str, JudgeResult] = {}
-        else:
-            known = {**state.cached_results([j.key for j in jobs if j.key not in on_trace]), **on_trace}
-        todo = [job for job in jobs if job.key not in known]
-        # a code judge that blocked a worker's event loop is answered LOOP_BLOCKED for a while (tasks/quarantine.py)
-        stuck = quarantined(state, [(j.judge.name, j.judge.version) for j in todo if j.judge.kind == "code"])
-        fresh: list[JudgeResult] = [blocked_result(j, stuck[(j.judge.name, j.judge.version)]) for j in todo if (j.judge.name, j.judge.version) in stuck]
-        todo = [j for j in todo if (j.judge.name, j.judge.version) not in stuck]
-        # the trace's tool calls per tool, in each feedback's metadata: what the monitor counts (``tool_record``)
-        tool_calls = trace_tool_calls(loaded)
-        tools = tool_record.trace_text(tool_calls)
-        if todo:
-            # the overall deadline counts from here: the waits for the trace and the lock are not judging time
-            fresh += judge_jobs(
-                runtime, todo, config=config, force=request.force,
-                loop_timeout=execution.overall_timeout_seconds + LOOP_WAIT_MARGIN_SECONDS,
-            )
-            state.cache_results([r for r in fresh if writer.is_final(r)])  # transient failures are judged again
-            over_budget = [r for r in fresh if r.error is not None and r.error.type == errors.BUDGET_EXCEEDED]
-            if over_budget:
-                count(runtime, loaded.workflow_name, counters.BUDGET_EXCEEDED, len(over_budget))
-                if config.judges.budget.on_exceed == "defer":
-                    done = [r for r in fresh if not _never_reused(r)]
-                    check_lock(held, request.trace_id)
-                    rollup_step.before_writeback(runtime, loaded)  # recorded when the deferred run writes its verdict
-                    runtime.store.write_all(
-                        runtime.store.result_calls(
-                            request.trace_id, done, evaluation_id=request.evaluation_id,
-                            overrides=writer.supersedes(loaded.assessments, done), tools=tools,
-                        )
-                    )
-                    raise EvaluationDeferred(
-                        f"{len(over_budget)} judge call(s) of {request.trace_id} deferred to the next UTC day: "
-                        f"{over_budget[0].error.message}",
-                        request=request,
-                    )
-        by_key = {**known, **{r.key: r for r in fresh}}
-        results = [by_key[job.key] for job in jobs]
-        metrics.count_judge_results(fresh, reused=[known[job.key] for job in jobs if job.key in known])
-        verdict = build_verdict(
-            request.trace_id,
-            results,
-            config,
-            evaluation_id=request.evaluation_id,
-            workflow_name=loaded.workflow_name,
-            environment=request.environment,
-            reused=len(results) - len(fresh),
-            aggregations={job.judge.name: job.judge.aggregations for job in jobs if job.judge.aggregations},
-            warnings=trace_warnings(loaded, config, request),
-            attempt=attempt,
-            retry_of=request.retry_of,
-            partial=request.judges is not None,
-            sampled_out=sampled_out,
-            tool_usage=trace_tool_usage(loaded, calls=tool_calls),
-        )
-        # One concurrent batch: the assessments not yet on the trace, the tags, the report and metrics.
-        # A partial run (judges=...) writes its assessments only, without the plan's fingerprint: the full
-        # evaluation's tags, report and run metrics stay as they are, and pick-up does not count it as judged.
-        partial = request.judges is not None
-        unwritten = [r for r in results if r.key not in on_trace]
-        overrides = writer.supersedes(loaded.assessments, unwritten)
-        planned = None if partial else fingerprint(plan, config, default_model=runtime.settings.default_model)
-        calls = runtime.store.result_calls(
-            request.trace_id, unwritten, evaluation_id=request.evaluation_id, overrides=overrides, plan=planned, tools=tools
-        )
-        if not partial:
-            # the fingerprint goes on the trace as a tag only when no feedback carries it there (rare: every
-            # result reused under a changed plan), so pick-up does not enqueue the trace again and again
-            plan_tag = planned if not unwritten and not has_plan(loaded.tags, loaded.assessments, planned) else None
-            calls += summary_calls(runtime, loaded, verdict, config, plan=plan_tag)
-        check_lock(held, request.trace_id)  # right before the write-back: still ours, asked of Redis
-        rollup_step.before_writeback(runtime, loaded)
-        runtime.store.write_all(calls)
-        if loaded.timestamp_ms:  # the trace's end to its verdict on the trace
-            metrics.observe_trace_lag(time.time() - (loaded.timestamp_ms + loaded.duration_ms) / 1000)
-        state.forget_results([r.key for r in unwritten if r.key])  # on the trace now: the cache has done its job
-        record_rollup(runtime, loaded, verdict, request, written=unwritten, overrides=overrides, plan=planned, tools=tools)
-        if not partial:
-            route_for_review(trace_id=request.trace_id, experiment_id=loaded.experiment_id, verdict=verdict, config=config,
-                             redis=getattr(state, "redis", None), key_prefix=getattr(state, "prefix", ""))
-            retry_transient_failures(runtime, loaded, results, request)
-
-    log.info("evaluated %s: %s (judged %d, reused %d)", request.trace_id, verdict.summary(), verdict.judged, verdict.reused)
+        check_id(ev)  # before a lock is named after it
+        attempt = retry_attempt(runtime, ev.request.retry_of)
+        # The lock is taken before the trace is read, so the one read (spans, tags, assessments) sees what another
+        # delivery wrote before it released the lock. Its holder may be waiting for the trace's export first.
+        started = time.monotonic()
+        with runtime.state.trace_lock(ev.trace_id, timeout=lock_wait_seconds(ev.execution)) as held:
+            read_trace(ev, started=started)
+            skip_filtered(ev)
+            plan(ev)
+            take_known(ev)
+            judge_the_rest(ev, held)
+            verdict = make_verdict(ev, attempt=attempt)
+            write_back(ev, verdict, held)
+            after_write_back(ev, verdict)
+    except EndedEarly as end:
+        return ended(runtime, end.verdict)
+    log.info("evaluated %s: %s (judged %d, reused %d)", ev.trace_id, verdict.summary(), verdict.judged, verdict.reused)
     return verdict
+
+
+class EndedEarly(Exception):
+    """A step's verdict that ends the evaluation before any write-back (an error, a skip)."""
+
+    def __init__(self, verdict: QualityVerdict) -> None:
+        super().__init__(verdict.summary())
+        self.verdict = verdict
+
+
+@dataclass
+class Evaluation:
+    """One evaluation's state, filled in by the steps of :func:`evaluate_request` in their order."""
+
+    request: EvaluationRequest
+    runtime: Runtime
+    config: TraceJudgeConfig
+    loaded: LoadedTrace = None  # type: ignore[assignment]  # read_trace
+    judge_plan: JudgePlan = None  # type: ignore[assignment]  # plan: built once, the jobs and the fingerprint come from it
+    jobs: list[JudgeJob] = field(default_factory=list)  # plan
+    sampled_out: list[str] = field(default_factory=list)  # plan
+    on_trace: dict[str, JudgeResult] = field(default_factory=dict)  # take_known: final results on the trace
+    known: dict[str, JudgeResult] = field(default_factory=dict)  # take_known: those + results cached in Redis
+    fresh: list[JudgeResult] = field(default_factory=list)  # judge_the_rest
+    tool_calls: Any = None  # judge_the_rest: the trace's tool calls, counted once
+    tools: Any = None  # judge_the_rest: the same as each feedback's metadata carries it (``tool_record``)
+
+    @classmethod
+    def start(cls, request: EvaluationRequest, runtime: Runtime) -> "Evaluation":
+        """The request's config, and its environment: the payload's, else TRACEJUDGE_ENVIRONMENT, else the config's."""
+        config = request.config or runtime.config
+        log_unused_keys_once(config, log)
+        environment = request.environment or runtime.settings.environment
+        return cls(request=request.model_copy(update={"environment": environment}), runtime=runtime, config=config)
+
+    @property
+    def trace_id(self) -> str:
+        return self.request.trace_id
+
+    @property
+    def execution(self) -> Any:
+        return self.config.judges.execution
+
+    @property
+    def partial(self) -> bool:
+        """A partial run (``judges=...``): its assessments only, no tags, report or plan fingerprint."""
+        return self.request.judges is not None
+
+    def error(self, code: str, message: str, **fields: Any) -> EndedEarly:
+        """An error verdict ending the evaluation."""
+        return EndedEarly(error_verdict(
+            self.trace_id, code, message, self.config, evaluation_id=self.request.evaluation_id,
+            environment=self.request.environment, **fields,
+        ))
+
+    def skipped(self, reason: str) -> EndedEarly:
+        """A skipped verdict ending the evaluation."""
+        return EndedEarly(skipped_verdict(
+            self.trace_id, reason, self.config, evaluation_id=self.request.evaluation_id, workflow_name=self.loaded.workflow_name,
+        ))
+
+
+def check_id(ev: Evaluation) -> None:
+    """A malformed trace id ends it at once (``INVALID_TRACE_ID``)."""
+    try:
+        check_trace_id(ev.trace_id)
+    except InvalidTraceId as exc:
+        raise ev.error(INVALID_TRACE_ID, str(exc)) from None
+
+
+def read_trace(ev: Evaluation, *, started: float) -> None:
+    """The one read of the trace (under the lock), waiting for what is left of ``trace_wait_seconds``; tool calls
+    and steps only if a judge reads them (:func:`plan`). Not found, not whole: an error verdict saying why."""
+    execution, runtime = ev.execution, ev.runtime
+    try:
+        ev.loaded = runtime.store.wait_for_trace(
+            ev.trace_id, wait_seconds=trace_wait_left(execution.trace_wait_seconds, started=started), agent=False
+        )
+    except InvalidTraceId as exc:
+        raise ev.error(INVALID_TRACE_ID, str(exc)) from None
+    except TraceIncomplete as exc:  # never judged in part: the verdict says what is missing
+        message = (
+            f"{exc} after waiting {execution.trace_wait_seconds:g} s (trace_wait_seconds); not judged in part. "
+            "MLflow's exporter drops spans it fails to write (see its debug log); raise trace_wait_seconds "
+            "if the export is only slow"
+        )
+        raise ev.error(TRACE_INCOMPLETE, message) from None
+    except TraceNotReady as exc:
+        # the reader's reason names the trace once; add where and how long we looked
+        message = (
+            f"{exc}; waited {execution.trace_wait_seconds:g} s (judges.execution.trace_wait_seconds) on "
+            f"{runtime.settings.mlflow_tracking_uri or 'the default tracking URI'}"
+        )
+        raise ev.error(TRACE_NOT_FOUND, message) from None
+
+
+def skip_filtered(ev: Evaluation) -> None:
+    """A trace the config's filters leave out ends skipped (counted)."""
+    loaded = ev.loaded
+    skip = filter_reason(ev.config.judges.filters, workflow=loaded.workflow_name, tags=loaded.tags, state=loaded.state)
+    if skip is not None:
+        count(ev.runtime, loaded.workflow_name, counters.SKIPPED_FILTER)
+        log.info("not judging %s: %s", ev.trace_id, skip)
+        raise ev.skipped(f"filtered out: {skip}")
+
+
+def plan(ev: Evaluation) -> None:
+    """The plan and its jobs (each with its key), the agent data read if a judge needs it; an unknown judge,
+    every judge sampled out (a skip, not an error) or no judges at all end it."""
+    try:
+        ev.judge_plan = runtime_plan(ev.config, ev.runtime, ev.request)
+        ev.jobs, ev.sampled_out = plan_jobs(ev.loaded, ev.judge_plan, ev.runtime, ev.request)
+        if any(reads_agent_data(job.judge) for job in ev.jobs):
+            add_agent_data(ev.loaded)  # the jobs' inputs are the targets' own: filled in place
+    except UnknownJudgeError as exc:
+        raise ev.error(UNKNOWN_JUDGE, exc.message) from None
+    if not ev.jobs and ev.sampled_out:  # the user's per-judge sampling left every judge out: not an error
+        raise ev.skipped(f"every judge was sampled out on this trace ({', '.join(ev.sampled_out)}; judges.sampling.judges)")
+    if not ev.jobs:
+        raise ev.error(
+            NO_TARGETS,
+            "the plan has no judges for this trace (no workflow_defaults, and no node_overrides matching its nodes)",
+            workflow_name=ev.loaded.workflow_name,
+        )
+
+
+def take_known(ev: Evaluation) -> None:
+    """The results not to judge again: final ones on the trace, and those an earlier attempt cached in Redis.
+
+    Only final results are reused (a score, a permanent error of the input). A transient failure (timeout, rate
+    limit, provider error, deadline, budget...) is judged again. Every new result supersedes our valid assessment
+    at its (span, judge), whatever changed (threshold, model, rubric, version: a new key), so a trace never shows
+    two valid ones of ours for one (span, judge). ``force``: nothing is reused.
+    """
+    if ev.request.force:  # re-judge everything; the new assessments supersede ours already there
+        ev.on_trace, ev.known = {}, {}
+        return
+    ev.on_trace = writer.existing_results(ev.loaded.assessments)
+    ev.known = {**ev.runtime.state.cached_results([j.key for j in ev.jobs if j.key not in ev.on_trace]), **ev.on_trace}
+
+
+def judge_the_rest(ev: Evaluation, held: Any) -> None:
+    """Judge what is not known: quarantined code judges answered LOOP_BLOCKED, the rest on the loop under the
+    overall deadline (counted from here: the waits for the trace and the lock are not judging time), final
+    results cached at once. Budget refusals are counted; with ``on_exceed: defer`` what was judged is written
+    and the evaluation is deferred (:class:`EvaluationDeferred`)."""
+    runtime, state, execution = ev.runtime, ev.runtime.state, ev.execution
+    todo = [job for job in ev.jobs if job.key not in ev.known]
+    # a code judge that blocked a worker's event loop is answered LOOP_BLOCKED for a while (tasks/quarantine.py)
+    stuck = quarantined(state, [(j.judge.name, j.judge.version) for j in todo if j.judge.kind == "code"])
+    ev.fresh = [blocked_result(j, stuck[(j.judge.name, j.judge.version)]) for j in todo if (j.judge.name, j.judge.version) in stuck]
+    todo = [j for j in todo if (j.judge.name, j.judge.version) not in stuck]
+    # the trace's tool calls per tool, in each feedback's metadata: what the monitor counts (``tool_record``)
+    ev.tool_calls = trace_tool_calls(ev.loaded)
+    ev.tools = tool_record.trace_text(ev.tool_calls)
+    if not todo:
+        return
+    ev.fresh += judge_jobs(
+        runtime, todo, config=ev.config, force=ev.request.force,
+        loop_timeout=execution.overall_timeout_seconds + LOOP_WAIT_MARGIN_SECONDS,
+    )
+    state.cache_results([r for r in ev.fresh if writer.is_final(r)])  # transient failures are judged again
+    over_budget = [r for r in ev.fresh if r.error is not None and r.error.type == errors.BUDGET_EXCEEDED]
+    if not over_budget:
+        return
+    count(runtime, ev.loaded.workflow_name, counters.BUDGET_EXCEEDED, len(over_budget))
+    if ev.config.judges.budget.on_exceed == "defer":
+        done = [r for r in ev.fresh if not _never_reused(r)]
+        check_lock(held, ev.trace_id)
+        rollup_step.before_writeback(runtime, ev.loaded)  # recorded when the deferred run writes its verdict
+        runtime.store.write_all(
+            runtime.store.result_calls(
+                ev.trace_id, done, evaluation_id=ev.request.evaluation_id,
+                overrides=writer.supersedes(ev.loaded.assessments, done), tools=ev.tools,
+            )
+        )
+        raise EvaluationDeferred(
+            f"{len(over_budget)} judge call(s) of {ev.trace_id} deferred to the next UTC day: {over_budget[0].error.message}",
+            request=ev.request,
+        )
+
+
+def results_of(ev: Evaluation) -> list[JudgeResult]:
+    """Every job's result, in the plan's order: the new one, else the known one."""
+    by_key = {**ev.known, **{r.key: r for r in ev.fresh}}
+    return [by_key[job.key] for job in ev.jobs]
+
+
+def make_verdict(ev: Evaluation, *, attempt: int) -> QualityVerdict:
+    """The verdict over every job's result (reused + new); the judge results counted in the metrics."""
+    request, loaded = ev.request, ev.loaded
+    results = results_of(ev)
+    metrics.count_judge_results(ev.fresh, reused=[ev.known[job.key] for job in ev.jobs if job.key in ev.known])
+    return build_verdict(
+        ev.trace_id,
+        results,
+        ev.config,
+        evaluation_id=request.evaluation_id,
+        workflow_name=loaded.workflow_name,
+        environment=request.environment,
+        reused=len(results) - len(ev.fresh),
+        aggregations={job.judge.name: job.judge.aggregations for job in ev.jobs if job.judge.aggregations},
+        warnings=trace_warnings(loaded, ev.config, request),
+        attempt=attempt,
+        retry_of=request.retry_of,
+        partial=ev.partial,
+        sampled_out=ev.sampled_out,
+        tool_usage=trace_tool_usage(loaded, calls=ev.tool_calls),
+    )
+
+
+def write_back(ev: Evaluation, verdict: QualityVerdict, held: Any) -> None:
+    """One concurrent batch: the assessments not yet on the trace, the tags, the report and metrics; then the
+    trace's rollups replaced (``record_rollup``).
+
+    A partial run (judges=...) writes its assessments only, without the plan's fingerprint: the full evaluation's
+    tags, report and run metrics stay as they are, and pick-up does not count it as judged.
+    """
+    runtime, loaded, request = ev.runtime, ev.loaded, ev.request
+    unwritten = [r for r in results_of(ev) if r.key not in ev.on_trace]
+    overrides = writer.supersedes(loaded.assessments, unwritten)
+    planned = None if ev.partial else fingerprint(ev.judge_plan, ev.config, default_model=runtime.settings.default_model)
+    calls = runtime.store.result_calls(
+        ev.trace_id, unwritten, evaluation_id=request.evaluation_id, overrides=overrides, plan=planned, tools=ev.tools
+    )
+    if not ev.partial:
+        # the fingerprint goes on the trace as a tag only when no feedback carries it there (rare: every
+        # result reused under a changed plan), so pick-up does not enqueue the trace again and again
+        plan_tag = planned if not unwritten and not has_plan(loaded.tags, loaded.assessments, planned) else None
+        calls += summary_calls(runtime, loaded, verdict, ev.config, plan=plan_tag)
+    check_lock(held, ev.trace_id)  # right before the write-back: still ours, asked of Redis
+    rollup_step.before_writeback(runtime, loaded)
+    runtime.store.write_all(calls)
+    if loaded.timestamp_ms:  # the trace's end to its verdict on the trace
+        metrics.observe_trace_lag(time.time() - (loaded.timestamp_ms + loaded.duration_ms) / 1000)
+    runtime.state.forget_results([r.key for r in unwritten if r.key])  # on the trace now: the cache has done its job
+    record_rollup(runtime, loaded, verdict, request, written=unwritten, overrides=overrides, plan=planned, tools=ev.tools)
+
+
+def after_write_back(ev: Evaluation, verdict: QualityVerdict) -> None:
+    """A full evaluation's follow-ups: human review routing, and a retry of its transient failures."""
+    if ev.partial:
+        return
+    state = ev.runtime.state
+    route_for_review(trace_id=ev.trace_id, experiment_id=ev.loaded.experiment_id, verdict=verdict, config=ev.config,
+                     redis=getattr(state, "redis", None), key_prefix=getattr(state, "prefix", ""))
+    retry_transient_failures(ev.runtime, ev.loaded, results_of(ev), ev.request)
 
 
 def ended(runtime: Runtime, verdict: QualityVerdict) -> QualityVerdict:
