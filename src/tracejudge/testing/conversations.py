@@ -44,10 +44,32 @@ def record_turn(
                 span.set_outputs(result)
         return answer
 
+    _after_last_turn()
     chat(message)
+    _turn_ended()
     trace_id = mlflow.get_last_active_trace_id(thread_local=True) or mlflow.get_last_active_trace_id()
     assert trace_id, "MLflow recorded no trace"
     return trace_id
+
+
+_last_turn_ms = 0
+
+
+def _after_last_turn() -> None:
+    """Start each turn in a later millisecond than the one before ended: a session's turns are ordered by their
+    traces' start times (milliseconds), and two turns recorded within one millisecond would tie, in the store's
+    order (real turns are seconds apart; this only spins across a clock tick)."""
+    import time
+
+    while time.time_ns() // 1_000_000 <= _last_turn_ms:
+        pass
+
+
+def _turn_ended() -> None:
+    import time
+
+    global _last_turn_ms
+    _last_turn_ms = time.time_ns() // 1_000_000
 
 
 def record_conversation(session_id: str, turns: Sequence[tuple[str, str]], *, workflow: str = "chat") -> list[str]:
