@@ -222,8 +222,9 @@ def test_every_verdict_is_counted_once_whichever_path_ended_it(pipeline_env, art
     assert window.verdicts == expected and window.total == 5
     assert window.verdict_errors == {"INVALID_PAYLOAD": 2, "TRACE_NOT_FOUND": 1}
     assert counted == {s: float(n) for s, n in expected.items()}  # the metric agrees, status by status
-    # only the written verdicts have a trace lag; status shows the codes
-    assert window.lag_count == 2
+    # only a trace's first written verdict has a trace lag (the partial re-run of the judged trace has none: its
+    # lag would be the trace's age); status shows the codes
+    assert window.lag_count == 1
     recent = report["last_15_minutes"]
     assert recent["verdicts"] == expected and recent["verdict_errors"] == {"INVALID_PAYLOAD": 2, "TRACE_NOT_FOUND": 1}
 
@@ -272,3 +273,21 @@ def test_a_redelivered_evaluation_counts_once_and_two_evaluations_of_one_trace_t
         ("TRACE_NOT_FOUND", "task-a"), ("TRACE_NOT_FOUND", "task-a"), ("TRACE_NOT_FOUND", "task-b")]
     window = read_window(client, minutes=15, prefix=prefix + "task:")
     assert window.verdicts == {"error": 2} and window.verdict_errors == {"TRACE_NOT_FOUND": 2}
+
+
+def test_trace_lag_is_the_first_verdicts_only():
+    """A re-judge, a backfill or a retry of a trace that already holds our results adds no lag sample: after a
+    backfill of day-old traces, pipeline_lag would otherwise fire with nothing behind."""
+    from types import SimpleNamespace
+
+    from mlflow.entities import AssessmentSource, Feedback
+
+    from tracejudge.mlflow_io.writer import KEY
+    from tracejudge.tasks.evaluate import first_verdict_lag
+
+    ours = Feedback(name="relevance", value=0.9, metadata={KEY: "k1"}, source=AssessmentSource("LLM_JUDGE", "gpt-4o-mini"))
+    fresh = SimpleNamespace(timestamp_ms=1_000_000, duration_ms=2_000, assessments=[])
+    judged = SimpleNamespace(timestamp_ms=1_000_000, duration_ms=2_000, assessments=[ours])
+    assert first_verdict_lag(fresh, now=1_010.0) == 8.0
+    assert first_verdict_lag(judged, now=90_000.0) is None
+    assert first_verdict_lag(SimpleNamespace(timestamp_ms=0, duration_ms=0, assessments=[]), now=5.0) is None

@@ -362,8 +362,9 @@ def write_back(ev: Evaluation, verdict: QualityVerdict, held: Any) -> None:
     check_lock(held, ev.trace_id)  # right before the write-back: still ours, asked of Redis
     rollup_step.before_writeback(runtime, loaded)
     runtime.store.write_all(calls)
-    if loaded.timestamp_ms:  # the trace's end to its verdict on the trace
-        metrics.observe_trace_lag(time.time() - (loaded.timestamp_ms + loaded.duration_ms) / 1000)
+    lag = first_verdict_lag(loaded)
+    if lag is not None:
+        metrics.observe_trace_lag(lag)
     runtime.state.forget_results([r.key for r in unwritten if r.key])  # on the trace now: the cache has done its job
     record_rollup(runtime, loaded, verdict, request, written=unwritten, overrides=overrides, plan=planned, tools=ev.tools)
 
@@ -464,13 +465,23 @@ def record_rollup(
         writer.feedback(loaded.trace_id, r, evaluation_id=request.evaluation_id, plan=plan, tools=tools) for r in written
     ]
     partial = request.judges is not None
-    end_ms = loaded.timestamp_ms + loaded.duration_ms if loaded.timestamp_ms else None
     rollup_step.record(
         runtime, loaded, written=feedbacks, superseded=overrides.values(), tags={} if partial else verdict_tags(verdict),
         environment=environment,
         verdict=verdict,  # the pipeline's counts by verdict time (ops.pipeline; a partial run's as partial), same round trip
-        lag_seconds=time.time() - end_ms / 1000 if end_ms else None,  # the trace's end to its verdict on the trace
+        lag_seconds=first_verdict_lag(loaded),
     )
+
+
+def first_verdict_lag(loaded: LoadedTrace, *, now: float | None = None) -> float | None:
+    """The trace's end to its verdict on the trace, in seconds, for the trace's first judging only; None for a
+    trace that already held results of ours (a re-judge, a backfill, a retry of its failures: its lag would be
+    the age of the trace, not how far the pipeline is behind, and would set off ``pipeline_lag``), or whose start
+    time is unknown.
+    """
+    if not loaded.timestamp_ms or any(writer.is_ours(a) for a in loaded.assessments or ()):
+        return None
+    return (time.time() if now is None else now) - (loaded.timestamp_ms + loaded.duration_ms) / 1000
 
 
 def retry_transient_failures(
