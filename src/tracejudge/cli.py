@@ -271,6 +271,14 @@ def run_worker(extra: list[str]) -> int:
     app = _app_or_error(get_app)
     if app is None:
         return EXIT_ERROR
+    from tracejudge.config import Settings
+    from tracejudge.tasks.runtime import JudgeModuleError, import_judge_modules
+
+    try:  # before any process starts: a worker without its configured judges must not report ready
+        import_judge_modules(Settings.from_env().judge_modules)
+    except JudgeModuleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if processes > 1 and not any(a in ("-h", "--help") for a in extra):
         return run_supervisor(processes, extra)
     return run_worker_process(app, extra)
@@ -420,8 +428,15 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 def cmd_validate_config(args: argparse.Namespace) -> int:
     from tracejudge.config import ConfigError, config_warnings, load_config, validate_judge_names
     from tracejudge.judges.plan import WORKFLOW_TARGET, plan_for_target
+    from tracejudge.config import Settings
     from tracejudge.judges.registry import default_registry
+    from tracejudge.tasks.runtime import JudgeModuleError, import_judge_modules
 
+    try:  # the judges the workers register from Python (TRACEJUDGE_JUDGE_MODULES), as a worker imports them
+        import_judge_modules(Settings.from_env().judge_modules)
+    except JudgeModuleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     registry = default_registry()
     try:
         config = load_config(args.file)
@@ -435,6 +450,8 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     print(f"  judging: {'on' if config.judging_enabled else 'off'} (mode {execution.mode}, timeout {execution.timeout_seconds:g} s, attempts {execution.attempts})")
     if not config.has_plan:
         print("  no judges named: the default plan runs on the workflow root")
+    for line in _sessions_lines(config, registry):
+        print(f"  {line}")
     for target in [WORKFLOW_TARGET, *config.judges.node_overrides]:
         plan = plan_for_target(target, config, registry)
         names = ", ".join(f"{p.judge.name} >= {p.threshold:g}" for p in plan) or "(none)"
@@ -458,6 +475,17 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     for warning in config_warnings(config):
         print(f"warning: {warning}")
     return EXIT_PASSED
+
+
+def _sessions_lines(config: Any, registry: Any) -> list[str]:
+    """The session judges (``judges.sessions``) with their thresholds and idle time, for ``validate-config``."""
+    sessions = config.judges.sessions
+    if not sessions.enabled:
+        return []
+    from tracejudge.controls.session_judged import plan_session
+
+    names = ", ".join(f"{p.judge.name} >= {p.threshold:g}" for p in plan_session(config, registry))
+    return [f"sessions: {names}; judged once idle {sessions.idle_seconds:g} s (at most {sessions.max_per_scan} per scan)"]
 
 
 def gate_sampling_notes(config: Any) -> list[str]:

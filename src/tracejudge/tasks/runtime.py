@@ -150,9 +150,34 @@ def key_prefix() -> str:
     return Settings.from_env().key_prefix
 
 
+class JudgeModuleError(ImportError):
+    """A module of ``TRACEJUDGE_JUDGE_MODULES`` could not be imported; the message names it and why."""
+
+
 def import_judge_modules(names: Iterable[str] | None = None) -> list[str]:
-    """Import modules (default: ``Settings.judge_modules``, from ``TRACEJUDGE_JUDGE_MODULES``) so their judges register."""
+    """Import modules (default: ``Settings.judge_modules``, from ``TRACEJUDGE_JUDGE_MODULES``) so their judges register.
+
+    A module that cannot be imported (missing, or raising while it loads) is a :class:`JudgeModuleError`
+    naming the module, the error and the variable:
+
+    >>> import_judge_modules(["tracejudge_no_such_mod"])
+    Traceback (most recent call last):
+    ...
+    tracejudge.tasks.runtime.JudgeModuleError: cannot import judge module 'tracejudge_no_such_mod' (TRACEJUDGE_JUDGE_MODULES): ModuleNotFoundError: No module named 'tracejudge_no_such_mod' (is its directory on PYTHONPATH?)
+    """
     names = list(Settings.from_env().judge_modules if names is None else names)
     for name in names:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a module that fails while loading is as unusable as a missing one
+            hint = " (is its directory on PYTHONPATH?)" if _is_missing(exc, name) else ""
+            raise JudgeModuleError(
+                f"cannot import judge module {name!r} (TRACEJUDGE_JUDGE_MODULES): {type(exc).__name__}: {exc}{hint}"
+            ) from exc
     return names
+
+
+def _is_missing(exc: Exception, name: str) -> bool:
+    """Whether ``exc`` says the module ``name`` itself (or its package) is not found, not something it imports."""
+    missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    return bool(missing) and (name == missing or name.startswith(f"{missing}."))

@@ -19,6 +19,7 @@ Settings and why (measured, see docs/architecture.md):
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -27,9 +28,12 @@ from celery import Celery, signals
 
 from tracejudge.config import Settings
 from tracejudge.tasks import get_runtime, prepare_worker_process, warm_runtime
+from tracejudge.tasks.runtime import JudgeModuleError
 from tracejudge.worker import alerts_task, fetch, lease, serving, session_task, task
 from tracejudge.worker.lease import lease_interval
 from tracejudge.worker.names import QUEUE_GATE, QUEUE_ONLINE, QUEUES, TASK_EVALUATE
+
+log = logging.getLogger(__name__)
 
 __all__ = ["QUEUES", "QUEUE_GATE", "QUEUE_ONLINE", "TASK_EVALUATE", "celery_settings", "make_app"]
 
@@ -171,7 +175,11 @@ def _warm_worker(sender: Any = None, **_: Any) -> None:
         app.conf.result_backend_transport_options = options
         # (the producer keeps failing fast; a worker must not lose a verdict to a Redis restart)
         app.conf.update(WORKER_BACKEND_ALWAYS_RETRY)
-    prepare_worker_process()
+    try:
+        prepare_worker_process()
+    except JudgeModuleError as exc:  # fatal: a worker without its judges must not report ready (Celery logs and goes on otherwise)
+        log.critical("%s", exc)
+        raise SystemExit(2) from None
 
 
 @signals.worker_process_init.connect
