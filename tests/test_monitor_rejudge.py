@@ -171,3 +171,39 @@ def test_a_trace_counts_once_in_redis_whatever_the_order_of_recordings(redis_url
     assert [t.trace_id for t in summary.bottom_traces] == ["tr-a"] and summary.totals.traces == 1
     record_verdict(client, None, experiment_id="x", prefix=prefix, trace_id="tr-a", now_ms=now)
     assert load_rollup(client, "x", now - 3_600_000, now + 3_600_000, prefix=prefix).buckets() == []
+
+
+def test_the_series_set_expires_with_the_rollups_and_outlives_their_buckets(redis_url):
+    """``...:series`` gets the rollups' retention, renewed by each recording and never shortened by an old trace;
+    a set left without expiry (recorded before) gets one on the next recording."""
+    import time
+    import uuid
+
+    import redis as redis_lib
+
+    from tracejudge.monitor.rollup_store import TTL_SECONDS, load_rollup, record_verdict
+    from tracejudge.testing.monitor_data import judged as results_of
+    from tracejudge.testing.monitor_data import record
+
+    client = redis_lib.Redis.from_url(redis_url)
+    prefix = f"series-ttl-{uuid.uuid4().hex[:8]}:"
+    series = f"{prefix}tracejudge:monitor:x:series"
+    day = 86_400
+    try:
+        client.sadd(series, "older\x1fproduction")  # as recorded before the set had an expiry
+        assert client.ttl(series) == -1
+        now = int(time.time() * 1000)
+        record_verdict(client, record("tr-new", now, results_of({("write", "coherence"): 0.9})), experiment_id="x",
+                       prefix=prefix, now_ms=now)
+        assert TTL_SECONDS - day < client.ttl(series) <= TTL_SECONDS
+        # a 20-day-old trace (a backfill) records into a bucket expiring in ~15 days: the set keeps its 35
+        old = now - 20 * day * 1000
+        record_verdict(client, record("tr-old", old, results_of({("write", "coherence"): 0.4})), experiment_id="x",
+                       prefix=prefix, now_ms=now)
+        assert TTL_SECONDS - day < client.ttl(series) <= TTL_SECONDS
+        rollup = load_rollup(client, "x", old - 3_600_000, now + 3_600_000, prefix=prefix)
+        assert sum(dict(rollup.counters[b]).get("traces", 0) for b in rollup.buckets()) == 2
+    finally:
+        keys = list(client.scan_iter(f"{prefix}*"))
+        if keys:
+            client.delete(*keys)

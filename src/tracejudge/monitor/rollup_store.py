@@ -10,7 +10,9 @@ Keys, under ``<prefix>tracejudge:monitor:<experiment>:``:
   rollup is not recorded yet).
 
 Every key of a bucket, and the contributions in it, expire 35 days after the bucket's start (``EXPIREAT``, not
-refreshed), so Redis holds exactly the last 35 days by trace time.
+refreshed), so Redis holds exactly the last 35 days by trace time. ``series`` and ``since`` are refreshed on each
+write to 35 days from then (``series`` never to less than the bucket written: it outlives every bucket it names),
+so an experiment no worker records for goes from Redis entirely.
 """
 
 from __future__ import annotations
@@ -71,7 +73,13 @@ local function apply(c, sign, expire_at)
     redis.call('EXPIREAT', key .. ':f', expire_at)
   end
   redis.call('EXPIREAT', h, expire_at)
-  redis.call('SADD', base .. 'series', c.series)
+  -- the series set outlives every bucket naming it: kept until the later of this bucket's expiry and
+  -- now + the rollups' retention, never shortened (a set without expiry, from before, gets one)
+  local series, now_s = base .. 'series', math.floor(tonumber(ARGV[5]) / 1000)
+  redis.call('SADD', series, c.series)
+  local keep = math.max(expire_at, now_s + math.floor(tonumber(ARGV[6]) / 1000))
+  local left = redis.call('TTL', series)
+  if left < 0 or now_s + left < keep then redis.call('EXPIREAT', series, keep) end
 end
 local old = redis.call('GET', KEYS[1])
 if old then apply(cjson.decode(old), -1, 0) end
