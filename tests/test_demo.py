@@ -38,6 +38,11 @@ def test_demo_runs_on_a_private_prefix_with_its_own_worker(tmp_path):
         assert trace_verdict.start() < session.start() and not output[trace_verdict.start():].startswith("verdict: session"), output
         for judge in ("conversation_completeness", "knowledge_retention"):
             assert re.search(rf"^session\s+{judge}\s+0\.\d\d", output, re.M), (judge, output)
+        # the closing lines give ready-to-paste commands on the demo's own store (not ./mlflow.db)
+        store = re.search(r"MLflow store: (sqlite:///\S+);", output)
+        assert store, output
+        for command in ("report", "dashboard"):
+            assert re.search(rf"MLFLOW_TRACKING_URI={re.escape(store.group(1))} tracejudge {command} --experiment-id \d+$", output, re.M), output
         prefix = re.search(r"keys under (tjdemo-[0-9a-f]+:)", output)
         assert prefix, output
         removed = re.search(r"removed the demo's (\d+) Redis keys \(under (tjdemo-[0-9a-f]+:)\)", output)

@@ -189,7 +189,23 @@ def test_report_bad_options_are_named(mlflow_store, capsys, argv, message):
 
 def test_report_unknown_experiment(mlflow_store, capsys):
     assert main(["report", "--experiment-id", "no-such-experiment-xyz", "--source", "mlflow"]) == 2
-    assert "experiment 'no-such-experiment-xyz' does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "experiment 'no-such-experiment-xyz' does not exist" in err
+    assert f"in the tracking store {mlflow.get_tracking_uri()} (MLFLOW_TRACKING_URI says which store)" in err, err  # which store it looked in
+
+
+def test_unknown_experiment_names_the_store_with_its_password_hidden():
+    from tracejudge.mlflow_io.query import ExperimentNotFound, resolve_experiment
+
+    class ServerClient:  # answers like MlflowClient on a store without the experiment
+        tracking_uri = "postgresql://mlflow:s3cret@db:5432/mlflow"
+
+        def get_experiment_by_name(self, name):
+            return None
+
+    with pytest.raises(ExperimentNotFound) as caught:
+        resolve_experiment(ServerClient(), "support-bot")
+    assert "tracking store postgresql://mlflow:***@db:5432/mlflow" in str(caught.value) and "s3cret" not in str(caught.value)
 
 
 def test_report_links_for_a_local_store_say_how_to_open_the_ui_and_never_guess_a_host(seeded, monkeypatch, capsys):

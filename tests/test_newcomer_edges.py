@@ -175,3 +175,23 @@ def test_technical_accuracy_says_what_it_judges_and_what_it_needs_where_the_exam
     assert "AI/ML" in before[-400:] and "`topic`" in before[-400:]  # the comment right above its use
     with pytest.raises(JudgeInputError, match="topic"):  # a node without it: an error naming the variable
         render(judge, JudgeInput(target="write", output="Transformers use attention.", inputs={}))
+
+
+def test_a_judge_error_cut_in_the_table_is_printed_whole_below_it():
+    from tracejudge.display import format_verdict
+    from tracejudge.verdict import QualityVerdict
+
+    message = ("judge 'politeness' needs template variable 'tone', which the target does not have "
+               "(it has: input, output); add it to the span's inputs or change the prompt")
+    verdict = QualityVerdict.model_validate({
+        "trace_id": "tr-1", "status": "error", "threshold": 0.8,
+        "targets": [{"node_id": "workflow", "aggregate": {"mean_score": None, "min_score": None, "all_passed": False, "count": 1, "errors": 1},
+                     "judges": [{"name": "politeness", "target": "workflow", "threshold": 0.7,
+                                 "error": {"type": "MISSING_VARIABLE", "message": message}}]}],
+    })
+    lines = format_verdict(verdict).splitlines()
+    row = next(line for line in lines if line.startswith("workflow  politeness"))
+    assert message not in row and row.endswith("...")  # the table cuts it
+    assert f"error: workflow politeness: MISSING_VARIABLE: {message}" in lines
+    assert lines.index(f"error: workflow politeness: MISSING_VARIABLE: {message}") < next(
+        i for i, line in enumerate(lines) if line.startswith("verdict: "))

@@ -213,6 +213,9 @@ def run_demo(*, directory: str = ".tracejudge/demo", latency_ms: float = 200.0, 
         mlflow_bin = Path(sys.executable).with_name("mlflow")
         ui = str(mlflow_bin) if mlflow_bin.exists() else "mlflow"
         say(f"see it in the MLflow UI: {ui} ui --backend-store-uri {tracking_uri} --port 5000  (then open http://127.0.0.1:5000)")
+        # the commands after the demo read the demo's store, not ./mlflow.db: paste them as they are
+        say(f"quality over time: MLFLOW_TRACKING_URI={tracking_uri} tracejudge report --experiment-id {experiment_id}")
+        say(f"as a page: MLFLOW_TRACKING_URI={tracking_uri} tracejudge dashboard --experiment-id {experiment_id}")
     return 0
 
 

@@ -6,7 +6,8 @@ from typing import Any
 
 
 def format_verdict(verdict: Any, *, rationale_width: int = 60) -> str:
-    """A plain-text table: node, judge, score, threshold, pass, rationale; then the verdict and its warnings.
+    """A plain-text table: node, judge, score, threshold, pass, rationale (cut to ``rationale_width``); then each
+    judge error's whole message, the verdict and its warnings.
 
     >>> from tracejudge.verdict import QualityVerdict
     >>> v = QualityVerdict(trace_id="tr-1", status="error", threshold=0.8, warnings=["node_overrides.research matches no node"])
@@ -28,6 +29,11 @@ def format_verdict(verdict: Any, *, rationale_width: int = 60) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 17)
     if lines:
+        lines.append("")
+    errors = [r for r in verdict.results() if r.error]
+    for r in errors:  # the table cuts the message; here it is whole (what to fix is often at its end)
+        lines.append(f"error: {r.target} {r.name}: {r.error.type}: {r.error.message}")
+    if errors:
         lines.append("")
     lines.append(f"verdict: {verdict.summary()}")
     if verdict.retry_nodes:

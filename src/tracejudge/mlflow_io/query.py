@@ -68,8 +68,20 @@ def resolve_experiment(client: Any, experiment: str) -> str:
     if found is None:
         found = call_mlflow(client.get_experiment_by_name, str(experiment))
     if found is None:
-        raise ExperimentNotFound(f"experiment {experiment!r} does not exist in the tracking store")
+        raise ExperimentNotFound(f"experiment {experiment!r} does not exist in the tracking store {store_uri(client)}")
     return str(found.experiment_id)
+
+
+def store_uri(client: Any) -> str:
+    """The client's tracking URI, password hidden, for error messages (MLFLOW_TRACKING_URI says where to look)."""
+    from tracejudge.config.settings import redact_url
+
+    uri = getattr(getattr(client, "_tracking_client", None), "tracking_uri", None) or getattr(client, "tracking_uri", None)
+    if not uri:
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
+    return f"{redact_url(str(uri))} (MLFLOW_TRACKING_URI says which store)"
 
 
 def judged_traces(

@@ -211,12 +211,15 @@ class TraceStore:
 
     def experiment_id(self, ref: str, *, where: str = "experiment") -> str:
         """The id of the experiment with this id or name; :class:`UnknownExperiment` naming ``where`` if none."""
-        from tracejudge.mlflow_io.query import ExperimentNotFound, resolve_experiment
+        from tracejudge.mlflow_io.query import ExperimentNotFound, resolve_experiment, store_uri
 
         try:
             return resolve_experiment(self.client, str(ref).strip())
         except ExperimentNotFound:
-            raise UnknownExperiment(f"{where}: unknown experiment {str(ref).strip()!r} (no experiment has this id or name)") from None
+            raise UnknownExperiment(
+                f"{where}: unknown experiment {str(ref).strip()!r} (no experiment has this id or name in the tracking "
+                f"store {store_uri(self.client)})"
+            ) from None
 
     # ------------------------------------------------------------------ writing
 
