@@ -97,3 +97,14 @@ def test_validate_config_shows_the_session_judges(capsys, tmp_path):
     assert cli_main(["validate-config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "  sessions: user_frustration >= 0.8, knowledge_retention >= 0.7; judged once idle 120 s (at most 200 per scan)\n" in out
+
+
+def test_other_commands_name_a_judge_module_they_cannot_import_in_one_line(tmp_path, monkeypatch, capsys):
+    """calibrate (like backfill and offline scoring) imports the judge modules too: one error line, exit 2, no traceback."""
+    monkeypatch.setenv("TRACEJUDGE_JUDGE_MODULES", "my_judges_mdo")
+    monkeypatch.delenv("TRACEJUDGE_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["calibrate", "--judge", "relevance"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot import judge module 'my_judges_mdo' (TRACEJUDGE_JUDGE_MODULES)"), err
+    assert "Traceback" not in err

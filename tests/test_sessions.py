@@ -299,3 +299,27 @@ def test_a_session_message_without_evaluation_id_is_its_task_ids_evaluation(work
     again = run_session_task(dict(payload), task_id="task-77").verdict
     assert first["error"]["type"] == again["error"]["type"] == "SESSION_NOT_FOUND"
     assert first["evaluation_id"] == again["evaluation_id"] == "task-77"
+
+
+def test_a_sessions_wait_on_the_event_loop_is_bounded_like_a_traces(worker, fake_llm, experiment, monkeypatch):
+    """Issue 17 item 7 for conversations: the session's judging waits on the loop at most the overall deadline plus
+    the margin (then LoopStalled, retried), as a trace's does; it had no bound."""
+    from tracejudge.sessions import evaluate as session_evaluate
+    from tracejudge.sessions.entry import run_session_task
+    from tracejudge.tasks.evaluate import LOOP_WAIT_MARGIN_SECONDS
+    from tracejudge.testing.conversations import record_conversation
+
+    waits = []
+    real = session_evaluate.judge_jobs
+
+    def judge_jobs(*args, **kwargs):
+        waits.append(kwargs.get("loop_timeout"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(session_evaluate, "judge_jobs", judge_jobs)
+    session_id = f"s-{uuid.uuid4().hex[:8]}"
+    record_conversation(session_id, TURNS_TEXT)
+    config = {"judges": {"sessions": {"judges": ["user_frustration"]}, "execution": {"overall_timeout_seconds": 40}}}
+    verdict = run_session_task({"session_id": session_id, "experiment_id": experiment, "config": config}, task_id="t-1").verdict
+    assert verdict["status"] in ("passed", "failed"), verdict
+    assert waits == [40 + LOOP_WAIT_MARGIN_SECONDS]

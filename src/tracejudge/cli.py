@@ -57,11 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_ERROR
+    from tracejudge.tasks.runtime import JudgeModuleError
+
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `tracejudge report | head`: the reader left; stop quietly, as cat does
         _silence_stdout()
         return EXIT_PASSED
+    except JudgeModuleError as exc:  # backfill, calibrate, offline scoring...: one line, as validate-config says it
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def _silence_stdout() -> None:

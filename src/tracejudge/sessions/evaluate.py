@@ -32,7 +32,7 @@ from tracejudge.mlflow_io import writer
 from tracejudge.mlflow_io.reader import TraceNotReady
 from tracejudge.payload import SessionRequest
 from tracejudge.sessions.verdict import SessionVerdict
-from tracejudge.tasks.evaluate import judge_jobs, lock_wait_seconds, trace_wait_left
+from tracejudge.tasks.evaluate import LOOP_WAIT_MARGIN_SECONDS, judge_jobs, lock_wait_seconds, trace_wait_left
 from tracejudge.tasks.runtime import Runtime
 from tracejudge.tasks.state import EvaluationBusy
 from tracejudge.verdict import build_verdict
@@ -92,7 +92,9 @@ def evaluate_session(request: SessionRequest, runtime: Runtime) -> SessionVerdic
         todo = [job for job in jobs if job.key not in known]
         fresh: list[JudgeResult] = []
         if todo:
-            judged = judge_jobs(runtime, todo, config=config, force=request.force)
+            # bounded like a trace's: a judge that blocks the loop ends in LoopStalled (retried), not a frozen task
+            judged = judge_jobs(runtime, todo, config=config, force=request.force,
+                                loop_timeout=config.judges.execution.overall_timeout_seconds + LOOP_WAIT_MARGIN_SECONDS)
             fresh = [r.model_copy(update={"metadata": record_metadata(session)}) for r in judged]
             state.cache_results([r for r in fresh if writer.is_final(r)])
         by_key = {**known, **{r.key: r for r in fresh}}
