@@ -111,3 +111,44 @@ def test_the_probes_answer_503_with_the_failing_check_and_metrics_survive_a_fail
         assert get(f"{base}/nope")[0] == 404
     finally:
         server.close()
+
+
+def test_closing_the_loop_ends_the_waits_on_it_with_loop_stalled():
+    """A worker stopping (or a runtime replaced) while an evaluation waits on the loop: the waiting thread gets
+    LoopStalled at once (retried later), not a wait to its deadline that holds the thread pool at exit."""
+    import asyncio
+    import threading
+
+    from tracejudge.tasks.loop import CLOSED, LoopRunner, LoopStalled
+
+    runner = LoopRunner()
+    started = threading.Event()
+    outcome: list[BaseException] = []
+
+    async def judge_forever():
+        started.set()
+        await asyncio.Event().wait()
+
+    def wait():
+        try:
+            runner.run(judge_forever(), timeout=3600)
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    assert started.wait(30)
+    runner.close()
+    waiter.join(60)
+    assert not waiter.is_alive(), "the wait outlived close()"
+    assert len(outcome) == 1 and isinstance(outcome[0], LoopStalled) and str(outcome[0]) == CLOSED
+
+    async def two():
+        return 2
+
+    try:
+        runner.run(two())
+    except LoopStalled as exc:  # a wait asked of a closed loop is refused the same way
+        assert str(exc) == CLOSED
+    else:
+        raise AssertionError("a closed loop ran a coroutine")

@@ -107,6 +107,24 @@ def _f(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _share_above(
+    rule: AlertRule,
+    ctx: RuleContext,
+    rate: Callable[[QualitySummary], tuple[int, float | None]],
+    *,
+    scope: str,
+    counted: str,
+    says: Callable[[int, float | None], str],
+) -> Evaluation:
+    """A share in the window above ``rule.above``, once ``rule.min_count`` things were ``counted``; ``rate`` reads
+    (count, share) from a summary (the window's and the baseline's), ``says`` words the observed share."""
+    (n, observed), (_, base) = rate(ctx.window), rate(ctx.baseline)
+    if n < rule.min_count:
+        return Evaluation(False, observed, base, f"{scope}: {n} {counted} in the window (rule needs {rule.min_count})")
+    holds = observed is not None and observed > (rule.above or 0)
+    return Evaluation(holds, observed, base, f"{scope}: {says(n, observed)} (baseline {_f(base)}), alert above {rule.above:g}")
+
+
 def _too_few(rule: AlertRule, ctx: RuleContext) -> Evaluation | None:
     n, mean, _, _, _ = scoped(ctx.window, rule)
     if n < rule.min_count:
@@ -171,12 +189,8 @@ def session_failure_rate(rule: AlertRule, ctx: RuleContext) -> Evaluation:
         hit = next((j for j in f.judges if j.judge == rule.judge), None)
         return (hit.count, hit.failure_rate) if hit else (0, None)
 
-    (n, observed), (_, base) = rate(ctx.window), rate(ctx.baseline)
     scope = f"sessions ({rule.judge})" if rule.judge else "sessions"
-    if n < rule.min_count:
-        return Evaluation(False, observed, base, f"{scope}: {n} judged in the window (rule needs {rule.min_count})")
-    holds = observed is not None and observed > (rule.above or 0)
-    return Evaluation(holds, observed, base, f"{scope}: {_f(observed)} failing (baseline {_f(base)}), alert above {rule.above:g}")
+    return _share_above(rule, ctx, rate, scope=scope, counted="judged", says=lambda n, observed: f"{_f(observed)} failing")
 
 
 @rule_kind("tool_failure_rate")
@@ -194,13 +208,9 @@ def tool_failure_rate(rule: AlertRule, ctx: RuleContext) -> Evaluation:
         hit = next((x for x in summary.tools if x.tool == rule.tool), None)
         return (hit.calls, hit.failure_rate) if hit else (0, None)
 
-    (n, observed), (_, base) = rate(ctx.window), rate(ctx.baseline)
     scope = f"tool {rule.tool}" if rule.tool else "all tools"
-    if n < rule.min_count:
-        return Evaluation(False, observed, base, f"{scope}: {n} tool calls in the window (rule needs {rule.min_count})")
-    holds = observed is not None and observed > (rule.above or 0)
-    return Evaluation(holds, observed, base, f"{scope}: failed share {_f(observed)} of {n} tool calls (baseline {_f(base)}), "
-                                             f"alert above {rule.above:g}")
+    return _share_above(rule, ctx, rate, scope=scope, counted="tool calls",
+                        says=lambda n, observed: f"failed share {_f(observed)} of {n} tool calls")
 
 
 @rule_kind("judge_agreement")
